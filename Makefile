@@ -1,0 +1,36 @@
+# ASTEROID: every target does its own set-up. `make help` lists them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXP ?= ethanol
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-unit train tensorboard clean
+
+help: ## List the targets and what they do
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv and install ASTEROID editable with its dev extra (quick when done)
+
+# torch is installed first and pinned: `pip install torch==2.13.0` takes the CPU build where one is on disk,
+# whereas an open range would pull several GB of CUDA wheels on a CPU-only machine.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+test: install ## Run the whole test suite (unit and integration)
+	$(BIN)/python -m pytest -q
+
+test-unit: install ## Run only the fast unit tests
+	$(BIN)/python -m pytest -q -m "not integration"
+
+train: install ## Train, test and report an experiment: make train EXP=ethanol (generates its data if missing)
+	$(BIN)/asteroid fit --config experiments/$(EXP).yaml
+
+tensorboard: install ## Serve the TensorBoard logs of every run in runs/ (http://localhost:6006)
+	$(BIN)/tensorboard --logdir runs --port 6006
+
+clean: ## Remove runs/ and the coordinate caches (keeps generated trajectories in data/)
+	rm -rf runs data/cache

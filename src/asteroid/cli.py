@@ -1,0 +1,180 @@
+"""The `asteroid` command: Lightning's fit / validate / test / predict, plus our own subcommands."""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from asteroid.callbacks import CONFIG_KEY, ModelConfigInCheckpoint, PredictionWriter
+from asteroid.data.datamodule import TrajectoryDataModule
+from asteroid.errors import AsteroidError, ConfigError
+from asteroid.module import ForecastModule
+
+# subcommand -> (module with `main(argv) -> int`, one-line help)
+COMMANDS = {
+    "simulate": ("asteroid.simulate", "generate a GFN2-xTB MD trajectory (MD17-format .npz)"),
+    "inspect": ("asteroid.data.inspect", "summarise a trajectory file: frames, atoms, dt, time order"),
+}
+# values the data module decides and the net must agree with
+LINKED = ("history", "horizon")
+class AsteroidCLI(LightningCLI):
+    """LightningCLI with our defaults: runs/<name>/ for logs, checkpoints and tables, and no silent overrides."""
+
+    def add_arguments_to_parser(self, parser):
+        parser.add_argument("--extends", default=None,
+                            help="in a config file: the base config it builds on (see `with_base_configs`)")
+        parser.add_argument("--name", default="asteroid",
+                            help="run name: TensorBoard logs in runs/<name>/version_N, checkpoints in "
+                                 "runs/<name>/checkpoints")
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="after `fit`, run `test` on the best checkpoint and print the table")
+        for key in LINKED:
+            parser.link_arguments(f"data.{key}", f"model.net.init_args.{key}", apply_on="instantiate")
+
+    # ---- guards against silent surprises ---------------------------------------------------------------------
+    def before_instantiate_classes(self):
+        config = self.config[self.subcommand]
+        # jsonargparse overwrites a link target silently: remember what the user wrote to compare afterwards.
+        net_args = config.model.net.get("init_args") or {}
+        self._user_linked = {k: net_args.get(k) for k in LINKED if net_args.get(k) is not None}
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last" and not self.checkpoint_dir(config.name).joinpath("last.ckpt").is_file():
+            raise ConfigError(f"--ckpt_path last: no {self.checkpoint_dir(config.name) / 'last.ckpt'} to resume "
+                              f"from (is --name {config.name} the run you mean?)")
+        if ckpt_path not in (None, "last", "best") and not Path(ckpt_path).is_file():
+            raise ConfigError(f"{ckpt_path}: checkpoint file not found")
+
+    def after_instantiate_classes(self):
+        super().after_instantiate_classes()
+        for key, given in self._user_linked.items():
+            actual = getattr(self.datamodule, key)
+            if given != actual:
+                raise ConfigError(f"model.net.init_args.{key}={given} conflicts with the data windows "
+                                  f"({key}={actual}); it is set from data.{key}: remove it from the model")
+
+    def _parse_ckpt_path(self):
+        """Lightning lets a checkpoint's stored hyperparameters override the config silently: refuse instead."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        stored = torch.load(ckpt_path, weights_only=True, map_location="cpu").get(CONFIG_KEY, {})
+        conflicts = sorted(_differences(stored, self._model_config(subcommand)))
+        if conflicts:
+            raise ConfigError(f"{ckpt_path} was trained with other model settings ({'; '.join(conflicts)}); "
+                              "Lightning would silently use the checkpoint's values: make the config match")
+
+    def _model_config(self, subcommand: str) -> dict:
+        parser = self._parser(subcommand)
+        return yaml.safe_load(parser.dump(self.config[subcommand], skip_link_targets=False))["model"]
+
+    # ---- defaults for logs and checkpoints ---------------------------------------------------------------------
+    @staticmethod
+    def checkpoint_dir(name: str) -> Path:
+        return Path("runs") / name / "checkpoints"
+
+    def instantiate_trainer(self, **kwargs):
+        config = self.config_init[self.subcommand]
+        trainer_config = {**config.get("trainer", {}), **kwargs}
+        if trainer_config.get("logger") in (None, True):
+            trainer_config["logger"] = TensorBoardLogger("runs", name=config.name, default_hp_metric=False)
+        extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        callbacks = list(trainer_config.get("callbacks") or []) + [c for c in extra if c is not None]
+        if trainer_config.get("enable_checkpointing", True) is not False and \
+                not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(ModelCheckpoint(dirpath=self.checkpoint_dir(config.name), monitor="val/mse_mean",
+                                             filename="best-epoch{epoch:03d}-step{step}", save_last=True,
+                                             auto_insert_metric_name=False))
+        callbacks.append(ModelConfigInCheckpoint(self._model_config(self.subcommand)))
+        if self.subcommand == "predict":
+            callbacks.append(PredictionWriter())
+        if trainer_config["logger"] is not False:
+            callbacks.append(LearningRateMonitor("step"))
+        trainer_config["callbacks"] = callbacks
+        return self._instantiate_trainer(trainer_config, [])
+
+    def after_fit(self):
+        config = self.config_init[self.subcommand]
+        checkpoint = self.trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if config.test_after_fit:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        if self.trainer.is_global_zero:
+            if self.trainer.log_dir:
+                print(f"TensorBoard logs: {self.trainer.log_dir}   (make tensorboard)")
+            if best:
+                print(f"best checkpoint: {best}\nlast checkpoint: {checkpoint.last_model_path}")
+
+
+def _differences(stored, given, prefix="model"):
+    """'key: checkpoint X, config Y' for every leaf set in both that differs (None = not set, e.g. link targets)."""
+    if isinstance(stored, dict) and isinstance(given, dict):
+        for key in stored.keys() & given.keys():
+            yield from _differences(stored[key], given[key], f"{prefix}.{key}")
+    elif given is not None and stored != given and not (isinstance(stored, (list, tuple)) and list(stored) == list(given or [])):
+        yield f"{prefix}: checkpoint {stored!r}, config {given!r}"
+
+
+def with_base_configs(argv: list[str]) -> list[str]:
+    """Expand `--config X`, where file X says `extends: BASE`, into `--config BASE --config X` (recursively).
+
+    jsonargparse merges consecutive configs key by key, so an experiment file states only what differs from its
+    base; a base named inside a config file is resolved relative to that file.
+    """
+    expanded, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" and i + 1 < len(argv):
+            path, i = argv[i + 1], i + 2
+        elif arg.startswith("--config="):
+            path, i = arg.split("=", 1)[1], i + 1
+        else:
+            expanded.append(arg)
+            i += 1
+            continue
+        expanded += [f"--config={config}" for config in _config_chain(Path(path))]
+    return expanded
+
+
+def _config_chain(path: Path, seen: tuple = ()) -> list[Path]:
+    if not path.is_file():
+        return [path]  # jsonargparse reports the missing file (or parses an inline yaml string)
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `extends` loops back to itself")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    base = content.get("extends") if isinstance(content, dict) else None
+    if base is None:
+        return [path]
+    return _config_chain(path.parent / base, seen + (path.resolve(),)) + [path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] in COMMANDS:
+            module = importlib.import_module(COMMANDS[argv[0]][0])
+            return module.main(argv[1:])
+        if not argv or argv[0] in ("-h", "--help"):
+            print("asteroid subcommands besides Lightning's fit / validate / test / predict:")
+            for name, (_, help_text) in COMMANDS.items():
+                print(f"  {name:10s} {help_text}")
+            print()
+        AsteroidCLI(ForecastModule, TrajectoryDataModule, subclass_mode_model=False,
+                    save_config_kwargs={"overwrite": True}, args=with_base_configs(argv))
+        return 0
+    except AsteroidError as error:
+        print(f"asteroid: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The contract every forecaster (ASTEROID and the baselines) follows."""
+
+import torch
+from torch import Tensor, nn
+
+from asteroid.errors import ConfigError, DataError
+
+
+class ForecastModel(nn.Module):
+    """Base of every forecaster: H history frames in, P future frames out.
+
+    Subclasses implement
+    ``forward(history, z, mask, target=None, sampling_prob=0.0) -> dict`` with
+
+    - history (B, H, N, 3) Angstrom, z (B, N) int64 atomic numbers (0 = padding),
+      mask (B, N) bool (False = padding atom, which must not influence real atoms);
+    - target (B, P, N, 3) Angstrom in training (teacher forcing, auxiliary losses),
+      None at inference;
+    - sampling_prob: probability that an autoregressive step is fed the model's own
+      previous prediction instead of the true previous frame (scheduled sampling).
+
+    and return ``{"pred": (B, P, N, 3) Angstrom absolute coordinates,
+    "losses": {name: scalar tensor}}``; each subclass documents whether its
+    auxiliary losses are weighted (the dict is empty when there are none).
+    """
+
+    def __init__(self, history: int, horizon: int):
+        super().__init__()
+        if history < 1 or horizon < 1:
+            raise ConfigError(f"history and horizon must be >= 1, got history={history}, horizon={horizon}")
+        self.history = history
+        self.horizon = horizon
+        # RMS displacement of each horizon step from the last history frame (Angstrom),
+        # fitted on the training split; a buffer so that checkpoints carry it.
+        self.register_buffer("displacement_scale", torch.ones(horizon))
+
+    def set_displacement_scale(self, scale: Tensor) -> None:
+        """Store the per-horizon-step RMS displacement (P,) in Angstrom fitted on the training split."""
+        if scale.shape != (self.horizon,):
+            raise ValueError(f"displacement scale must have shape ({self.horizon},), got {tuple(scale.shape)}")
+        bad = ~torch.isfinite(scale) | (scale <= 0)
+        if bad.any():
+            step = int(bad.nonzero()[0]) + 1
+            raise DataError(
+                f"training windows: RMS displacement of horizon step {step} is {float(scale[step - 1])} Angstrom; "
+                "the frames do not move (or contain NaN), so there is nothing to forecast"
+            )
+        self.displacement_scale.copy_(scale)
+
+    @staticmethod
+    def center(history: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Centre every frame on the centroid of the last history frame's real atoms.
+
+        history (B, H, N, 3), mask (B, N) -> (centred history (B, H, N, 3), centroid (B, 1, 1, 3)).
+        Padded atoms are zeroed first so whatever the padding holds (even NaN) cannot leak.
+        """
+        atom_mask = mask[:, None, :, None]  # (B, 1, N, 1)
+        history = history.masked_fill(~atom_mask, 0.0)
+        count = mask.sum(dim=1).clamp(min=1).to(history.dtype)  # (B,)
+        centroid = history[:, -1].sum(dim=1) / count[:, None]  # (B, 3)
+        centroid = centroid[:, None, None, :]  # (B, 1, 1, 3)
+        return history - centroid, centroid
+
+    def displace(self, history: Tensor, output: Tensor) -> Tensor:
+        """Absolute prediction from network outputs in displacement-scale units.
+
+        history (B, H, N, 3), output (B, P, N, 3) -> last history frame + displacement_scale[k] * output[:, k].
+        """
+        return history[:, -1:] + self.displacement_scale[None, :, None, None] * output

@@ -1,0 +1,230 @@
+"""Temporal encoder over the history frames and the decoder that produces the horizon frames."""
+
+import torch
+from torch import Tensor, nn
+
+from asteroid.models.spatial import LocalGraph, MultiHeadAttention, RadiusGraph, SpatialBlock
+
+
+def frame_velocities(frames: Tensor) -> Tensor:
+    """Backward frame differences (B, T, N, 3); the first frame reuses the second's (zeros if T == 1)."""
+    if frames.shape[1] == 1:
+        return torch.zeros_like(frames)
+    step = frames[:, 1:] - frames[:, :-1]
+    return torch.cat([step[:, :1], step], dim=1)
+
+
+def atoms_to_sequences(x: Tensor) -> Tensor:
+    """(B, T, N, C) -> (B*N, T, C): one time sequence per atom."""
+    B, T, N, C = x.shape
+    return x.transpose(1, 2).reshape(B * N, T, C)
+
+
+def sequences_to_atoms(x: Tensor, batch: int) -> Tensor:
+    """(B*N, T, C) -> (B, T, N, C), inverse of atoms_to_sequences."""
+    BN, T, C = x.shape
+    return x.view(batch, BN // batch, T, C).transpose(1, 2)
+
+
+class FrameEmbedding(nn.Module):
+    """Per-atom token of a frame: atom type embedding + linear map of centred position and velocity."""
+
+    def __init__(self, dim: int, max_z: int, position_unit: float):
+        super().__init__()
+        self.position_unit = position_unit
+        self.atom_type = nn.Embedding(max_z + 1, dim)
+        self.kinematics = nn.Linear(6, dim)
+
+    def forward(self, z: Tensor, positions: Tensor, velocities: Tensor, velocity_unit: Tensor) -> Tensor:
+        """z (B, N), positions and velocities (B, T, N, 3) Angstrom, centred -> (B, T, N, C)."""
+        kinematics = torch.cat([positions / self.position_unit, velocities / velocity_unit], dim=-1)
+        return self.atom_type(z)[:, None] + self.kinematics(kinematics)
+
+
+def _spatial(block: SpatialBlock, x: Tensor, mask: Tensor, graph: LocalGraph | None) -> Tensor:
+    """Apply a SpatialBlock to every frame of (B, T, N, C); mask is (B*T, N)."""
+    B, T, N, C = x.shape
+    return block(x.reshape(B * T, N, C), mask, graph).view(B, T, N, C)
+
+
+def _frame_mask(mask: Tensor, frames: int) -> Tensor:
+    """(B, N) -> (B*frames, N) in the b-major frame order of x.reshape(B * frames, N, C)."""
+    return mask.repeat_interleave(frames, dim=0)
+
+
+class EncoderLayer(nn.Module):
+    """Spatial block within each frame, then each atom attends across the history frames."""
+
+    def __init__(self, dim: int, heads: int, num_rbf: int, local: bool, global_: bool):
+        super().__init__()
+        self.spatial = SpatialBlock(dim, heads, num_rbf, local, global_)
+        self.temporal = MultiHeadAttention(dim, heads)
+        self.temporal_norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, frame_mask: Tensor, graph: LocalGraph | None) -> Tensor:
+        """x (B, H, N, C), frame_mask (B*H, N) -> (B, H, N, C)."""
+        x = _spatial(self.spatial, x, frame_mask, graph)
+        sequences = atoms_to_sequences(x)  # (B*N, H, C)
+        sequences = self.temporal_norm(sequences + self.temporal(sequences, sequences))
+        return sequences_to_atoms(sequences, x.shape[0])
+
+
+class TemporalEncoder(nn.Module):
+    """Encodes the H history frames into a memory (B, H, N, C) of per-atom, per-frame states."""
+
+    def __init__(
+        self,
+        history: int,
+        dim: int,
+        heads: int,
+        layers: int,
+        num_rbf: int,
+        cutoff: float,
+        local: bool,
+        global_: bool,
+        max_z: int,
+    ):
+        super().__init__()
+        self.frame_embedding = FrameEmbedding(dim, max_z, position_unit=cutoff)
+        self.time_embedding = nn.Embedding(history, dim)
+        self.graph = RadiusGraph(cutoff, num_rbf) if local else None
+        self.layers = nn.ModuleList(EncoderLayer(dim, heads, num_rbf, local, global_) for _ in range(layers))
+
+    def forward(self, z: Tensor, frames: Tensor, mask: Tensor, velocity_unit: Tensor) -> Tensor:
+        """z (B, N), frames (B, H, N, 3) centred Angstrom, mask (B, N) -> memory (B, H, N, C)."""
+        B, H, N, _ = frames.shape
+        x = self.frame_embedding(z, frames, frame_velocities(frames), velocity_unit)
+        x = x + self.time_embedding.weight[None, :, None, :]
+        frame_mask = _frame_mask(mask, H)
+        graph = None if self.graph is None else self.graph(frames.reshape(B * H, N, 3), frame_mask)
+        for layer in self.layers:
+            x = layer(x, frame_mask, graph)
+        return x
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention over decoder steps, cross-attention to the atom's memory, spatial block on the frame."""
+
+    def __init__(self, dim: int, heads: int, num_rbf: int, local: bool, global_: bool):
+        super().__init__()
+        self.self_attention = MultiHeadAttention(dim, heads)
+        self.self_norm = nn.LayerNorm(dim)
+        self.cross_attention = MultiHeadAttention(dim, heads)
+        self.cross_norm = nn.LayerNorm(dim)
+        self.spatial = SpatialBlock(dim, heads, num_rbf, local, global_)
+
+    def forward(
+        self, x: Tensor, context: Tensor, memory: Tensor, frame_mask: Tensor, graph: LocalGraph | None
+    ) -> Tensor:
+        """x (B, S, N, C) new steps; context (B, Sc, N, C) the steps they may see (themselves included);
+        memory (B*N, H, C) encoder states per atom; frame_mask (B*S, N) -> (B, S, N, C)."""
+        sequences = atoms_to_sequences(x)  # (B*N, S, C)
+        sequences = self.self_norm(sequences + self.self_attention(sequences, atoms_to_sequences(context)))
+        sequences = self.cross_norm(sequences + self.cross_attention(sequences, memory))
+        return _spatial(self.spatial, sequences_to_atoms(sequences, x.shape[0]), frame_mask, graph)
+
+
+class AutoregressiveDecoder(nn.Module):
+    """Produces the P horizon steps as displacements from the last history frame, in displacement-scale units.
+
+    Autoregressive: step k embeds its input frame (frame H+k-1: the last history frame for k = 0, then the
+    true previous frame under teacher forcing, or the model's own detached previous prediction with
+    probability sampling_prob, and always at inference), attends to steps <= k, cross-attends to the memory
+    of the same atom and runs the spatial block on that input frame. Direct (autoregressive=False): all P
+    steps at once from the last history frame, no frame feedback.
+    """
+
+    def __init__(
+        self,
+        horizon: int,
+        dim: int,
+        heads: int,
+        layers: int,
+        num_rbf: int,
+        cutoff: float,
+        local: bool,
+        global_: bool,
+        max_z: int,
+        autoregressive: bool = True,
+    ):
+        super().__init__()
+        self.horizon = horizon
+        self.autoregressive = autoregressive
+        self.frame_embedding = FrameEmbedding(dim, max_z, position_unit=cutoff)
+        self.step_embedding = nn.Embedding(horizon, dim)
+        self.graph = RadiusGraph(cutoff, num_rbf) if local else None
+        self.layers = nn.ModuleList(DecoderLayer(dim, heads, num_rbf, local, global_) for _ in range(layers))
+        self.displacement_head = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 3))
+
+    def forward(
+        self,
+        memory: Tensor,
+        z: Tensor,
+        mask: Tensor,
+        last_frame: Tensor,
+        last_velocity: Tensor,
+        displacement_scale: Tensor,
+        query_seed: Tensor | None = None,
+        target: Tensor | None = None,
+        sampling_prob: float = 0.0,
+    ) -> Tensor:
+        """memory (B, H, N, C); z (B, N); mask (B, N); last_frame, last_velocity (B, N, 3) centred Angstrom;
+        displacement_scale (P,); query_seed (B, P, N, C) added to the step queries; target (B, P, N, 3)
+        centred like last_frame -> displacement outputs (B, P, N, 3)."""
+        memory = atoms_to_sequences(memory)  # (B*N, H, C)
+        if not self.autoregressive:
+            return self._decode_direct(memory, z, mask, last_frame, last_velocity, displacement_scale, query_seed)
+        B, N, _ = last_frame.shape
+        velocity_unit = displacement_scale[0]
+        frame, velocity = last_frame, last_velocity
+        contexts = [[] for _ in self.layers]  # per layer: inputs of the steps decoded so far
+        outputs = []
+        for k in range(self.horizon):
+            x = self.frame_embedding(z, frame[:, None], velocity[:, None], velocity_unit)
+            x = x + self.step_embedding.weight[k]
+            if query_seed is not None:
+                x = x + query_seed[:, k : k + 1]
+            graph = None if self.graph is None else self.graph(frame, mask)
+            for layer, context in zip(self.layers, contexts):
+                context.append(x)
+                x = layer(x, torch.cat(context, dim=1), memory, mask, graph)
+            output = self.displacement_head(x[:, 0])  # (B, N, 3)
+            outputs.append(output)
+            if k + 1 < self.horizon:
+                next_frame = last_frame + displacement_scale[k] * output.detach()
+                if target is not None:
+                    next_frame = self._teacher_frame(target[:, k], next_frame, sampling_prob)
+                frame, velocity = next_frame, next_frame - frame
+        return torch.stack(outputs, dim=1)
+
+    @staticmethod
+    def _teacher_frame(true_frame: Tensor, predicted_frame: Tensor, sampling_prob: float) -> Tensor:
+        """Scheduled sampling: per window, the own prediction with probability sampling_prob, else the truth."""
+        if sampling_prob <= 0.0:
+            return true_frame
+        own = torch.rand(true_frame.shape[0], 1, 1, device=true_frame.device) < sampling_prob
+        return torch.where(own, predicted_frame, true_frame)
+
+    def _decode_direct(
+        self,
+        memory: Tensor,
+        z: Tensor,
+        mask: Tensor,
+        last_frame: Tensor,
+        last_velocity: Tensor,
+        displacement_scale: Tensor,
+        query_seed: Tensor | None,
+    ) -> Tensor:
+        """All P steps in one pass; every step sees the last history frame and every other step."""
+        B, N, _ = last_frame.shape
+        P = self.horizon
+        x = self.frame_embedding(z, last_frame[:, None], last_velocity[:, None], displacement_scale[0])
+        x = x + self.step_embedding.weight[None, :, None, :]  # (B, P, N, C)
+        if query_seed is not None:
+            x = x + query_seed
+        frame_mask = _frame_mask(mask, P)
+        frames = last_frame[:, None].expand(B, P, N, 3).reshape(B * P, N, 3)
+        graph = None if self.graph is None else self.graph(frames, frame_mask)
+        for layer in self.layers:
+            x = layer(x, x, memory, frame_mask, graph)
+        return self.displacement_head(x)

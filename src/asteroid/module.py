@@ -1,0 +1,221 @@
+"""The LightningModule around any forecaster: losses, scheduled sampling, augmentation, metrics, dashboards."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from asteroid.errors import ConfigError
+from asteroid.figures import error_vs_horizon, trajectory_traces
+from asteroid.fileio import atomic_output
+from asteroid.metrics import ForecastMetrics
+from asteroid.models.base import ForecastModel
+from asteroid.models.extrapolation import extrapolate
+from asteroid.report import format_table, metrics_table, write_csv
+
+# Forecasts with no parameters, scored on the same test windows as the trained model.
+REFERENCE_ORDERS = {"constant": 0, "linear": 1}
+
+
+def random_rotations(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(n, 3, 3) rotation matrices drawn uniformly (QR of a Gaussian matrix, sign-fixed, det +1)."""
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, device=device, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    q[torch.det(q) < 0, :, 0] *= -1
+    return q.to(dtype)
+
+
+def rotate(frames: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """frames (B, T, N, 3) rotated by rotation (B, 3, 3) about the origin."""
+    return torch.einsum("bij,btnj->btni", rotation, frames)
+
+
+class ForecastModule(pl.LightningModule):
+    """Trains and evaluates `net` (ASTEROID or a baseline) on windows from `TrajectoryDataModule`.
+
+    The forecast loss is the MSE of each horizon step in units of that step's training RMS displacement, so every
+    step weighs the same. Auxiliary losses the net returns (e.g. the STI terms) are added with `aux_loss_weights`.
+    Scheduled sampling: the probability that a decoder step sees its own prediction rises linearly from 0 to
+    `max_sampling_prob` over the first `sampling_ramp` fraction of training.
+    """
+
+    def __init__(self, net: ForecastModel, lr: float = 1e-3, weight_decay: float = 1e-2, warmup_steps: int = 100,
+                 lr_schedule: str = "cosine", aux_loss_weights: dict[str, float] | None = None,
+                 max_sampling_prob: float = 0.5, sampling_ramp: float = 0.5, rotation_augmentation: bool = True):
+        super().__init__()
+        if lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.aux_loss_weights = aux_loss_weights or {"sti_primary": 1.0, "sti_consistency": 0.1,
+                                                     "sti_conjugate": 0.1}
+        self.val_metrics = ForecastMetrics(net.horizon)
+        self.test_metrics = torch.nn.ModuleDict({"model": ForecastMetrics(net.horizon)})
+        self.layout = None
+        self._first_val_batch = None
+
+    # ---- set-up ------------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return
+        if (datamodule.history, datamodule.horizon) != (self.net.history, self.net.horizon):
+            raise ConfigError(f"the net forecasts {self.net.history} -> {self.net.horizon} frames but the data "
+                              f"windows are {datamodule.history} -> {datamodule.horizon}")
+        self.layout = datamodule.layout
+        # A checkpoint loaded after setup restores its own scale, so this only matters for a fresh net.
+        self.net.set_displacement_scale(datamodule.displacement_scale.to(self.device))
+        for name, order in REFERENCE_ORDERS.items():
+            if order < self.net.history and name not in self.test_metrics:
+                self.test_metrics[name] = ForecastMetrics(self.net.horizon).to(self.device)
+
+    @property
+    def run_dir(self) -> Path | None:
+        return Path(self.trainer.log_dir) if self.trainer.log_dir else None
+
+    @rank_zero_only
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.run_dir is not None and datamodule is not None:
+            with atomic_output(self.run_dir / "splits.json", "w") as handle:
+                json.dump(datamodule.split_summary(), handle, indent=1)
+
+    # Lightning does not restore random states, so a resumed run would shuffle, rotate and sample differently
+    # from an uninterrupted one; keeping torch's state in the checkpoint makes resuming exact.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
+    # ---- losses ------------------------------------------------------------------------------------------------
+    @property
+    def sampling_prob(self) -> float:
+        ramp = self.hparams.sampling_ramp * max(self.trainer.estimated_stepping_batches, 1)
+        return self.hparams.max_sampling_prob * min(1.0, self.global_step / ramp) if ramp > 0 else 0.0
+
+    def forecast_loss(self, pred, target, mask):
+        """MSE over real atoms, each horizon step in units of its training RMS displacement."""
+        scale = self.net.displacement_scale[None, :, None, None]  # (1, P, 1, 1)
+        err = ((pred - target) / scale).square().sum(-1)  # (B, P, N)
+        weights = mask[:, None, :].expand_as(err).to(err.dtype)
+        return (err * weights).sum() / (3 * weights.sum())
+
+    def training_step(self, batch, batch_idx):
+        history, target, mask = batch["history"], batch["target"], batch["mask"]
+        if self.hparams.rotation_augmentation:
+            rotation = random_rotations(len(history), history.device, history.dtype)
+            history, target = rotate(history, rotation), rotate(target, rotation)
+        out = self.net(history, batch["z"], mask, target=target, sampling_prob=self.sampling_prob)
+        forecast = self.forecast_loss(out["pred"], target, mask)
+        unknown = set(out["losses"]) - set(self.aux_loss_weights)
+        if unknown:
+            raise ConfigError(f"the net returns losses {sorted(unknown)} with no weight in model.aux_loss_weights")
+        aux = {name: self.aux_loss_weights[name] * value for name, value in out["losses"].items()}
+        loss = forecast + sum(aux.values())
+        size = len(history)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/forecast", forecast, batch_size=size)
+        for name, value in aux.items():
+            self.log(f"train/{name}", value, batch_size=size)
+        self.log("train/sampling_prob", self.sampling_prob, batch_size=size)
+        return loss
+
+    # ---- evaluation --------------------------------------------------------------------------------------------
+    def forward(self, batch) -> torch.Tensor:
+        """(B, P, N, 3) forecast of a batch of windows, feeding the model's own predictions (inference)."""
+        return self.net(batch["history"], batch["z"], batch["mask"])["pred"]
+
+    def _update(self, metric, pred, batch):
+        metric.update(pred, batch["target"], batch["mask"], batch["z"], batch["history"][:, -1])
+
+    def validation_step(self, batch, batch_idx):
+        pred = self(batch)
+        self.log("val/loss", self.forecast_loss(pred, batch["target"], batch["mask"]), batch_size=len(pred),
+                 sync_dist=True)
+        self._update(self.val_metrics, pred, batch)
+        if batch_idx == 0:
+            self._first_val_batch = {k: batch[k][0].detach().cpu() for k in ("history", "target")}
+            self._first_val_batch["pred"] = pred[0].detach().float().cpu()
+
+    def on_validation_epoch_end(self):
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self._log_per_step("val", values)
+        if self.trainer.sanity_checking:
+            return
+        self._log_figures(values)
+
+    def test_step(self, batch, batch_idx):
+        self._update(self.test_metrics["model"], self(batch), batch)
+        for name, order in REFERENCE_ORDERS.items():
+            if name in self.test_metrics:
+                guess = extrapolate(batch["history"], self.layout.history_offsets, self.layout.target_offsets, order)
+                self._update(self.test_metrics[name], guess, batch)
+
+    def on_test_epoch_end(self):
+        rows = []
+        for name, metric in self.test_metrics.items():
+            values = metric.compute()
+            metric.reset()
+            if name == "model":
+                self._log_per_step("test", values)
+            label = type(self.net).__name__ if name == "model" else name
+            rows += [{"model": label, **row} for row in metrics_table(values, self.net.horizon)]
+        self._report_test(rows)
+
+    @rank_zero_only
+    def _report_test(self, rows):
+        print("\n" + format_table(rows, title="test windows: error per horizon step (MSE = mean over atoms and "
+                                              "x, y, z components)"))
+        if self.run_dir is not None:
+            write_csv(rows, self.run_dir / "test_metrics.csv")
+            print(f"test table written to {self.run_dir / 'test_metrics.csv'}")
+
+    def predict_step(self, batch, batch_idx):
+        return {"pred": self(batch).float(), **batch}
+
+    def _log_per_step(self, split, values):
+        for name in ("mse_mean", "mae_mean", "rmsd_mean", "bond_mean", "ADE", "FDE"):
+            self.log(f"{split}/{name}", values[name].float(), prog_bar=name == "mse_mean")
+        for name in ("mse", "rmsd"):
+            for k, v in enumerate(values[name]):
+                self.log(f"{split}_{name}_per_step/step_{k + 1:02d}", v.float())
+
+    @rank_zero_only
+    def _log_figures(self, values):
+        if not isinstance(self.logger, TensorBoardLogger) or self._first_val_batch is None:
+            return
+        step_fs = None
+        if self.layout is not None and getattr(self.trainer, "datamodule", None) is not None:
+            step_fs = float(self.trainer.datamodule.lead_times_fs[0])
+        experiment = self.logger.experiment
+        per_step = {"MSE (A^2)": values["mse"].cpu(), "RMSD (A)": values["rmsd"].cpu()}
+        experiment.add_figure("val/error_vs_horizon", error_vs_horizon(per_step, step_fs, title="validation"),
+                              self.global_step)
+        b = self._first_val_batch
+        experiment.add_figure("val/predicted_vs_true", trajectory_traces(b["pred"], b["target"], b["history"],
+                                                                         title="first validation window",
+                                                                         dt_fs_per_step=step_fs), self.global_step)
+
+    # ---- optimisation ------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        total = max(self.trainer.estimated_stepping_batches, 1)
+        warmup = min(self.hparams.warmup_steps, total // 2)
+
+        def factor(step):
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,153 @@
+"""End to end through `asteroid fit / test`: checkpoints, resuming, precision, DDP and the guards on overrides."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from asteroid.cli import main, with_base_configs
+from helpers import write_toy_trajectory
+
+pytestmark = pytest.mark.integration
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+ASTEROID = shutil.which("asteroid") or str(Path(sys.executable).parent / "asteroid")
+
+
+def tiny_args(tmp_path, name="tiny", **overrides):
+    """A few-second training run on a toy trajectory, with the shipped base config."""
+    npz = tmp_path / "toy.npz"
+    if not npz.exists():
+        write_toy_trajectory(npz)
+    args = {
+        "--name": name,
+        "--data.sources": json.dumps([{"path": str(npz)}]),
+        "--data.history": "3", "--data.horizon": "2", "--data.spacing": "2", "--data.batch_size": "8",
+        "--data.cache_dir": str(tmp_path / "cache"),
+        "--model.net.init_args.hidden": "16", "--model.net.init_args.encoder_layers": "1",
+        "--trainer.max_steps": "-1", "--trainer.max_epochs": "4", "--trainer.val_check_interval": "null",
+        "--trainer.check_val_every_n_epoch": "1", "--trainer.limit_train_batches": "5",
+        "--trainer.limit_val_batches": "2", "--trainer.limit_test_batches": "2",
+        "--trainer.enable_progress_bar": "false", "--trainer.enable_model_summary": "false",
+        "--trainer.log_every_n_steps": "1",
+        **overrides,
+    }
+    return ["--config", str(EXPERIMENTS / "base.yaml")] + [x for kv in args.items() for x in kv]
+
+
+def test_config_bases_are_expanded_in_order(tmp_path):
+    (tmp_path / "a.yaml").write_text("x: 1\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
+    argv = with_base_configs(["fit", "--config", str(tmp_path / "c.yaml"), "--trainer.max_steps", "3"])
+    assert argv == ["fit", f"--config={tmp_path / 'a.yaml'}", f"--config={tmp_path / 'b.yaml'}",
+                    f"--config={tmp_path / 'c.yaml'}", "--trainer.max_steps", "3"]
+
+
+def test_fit_writes_checkpoints_logs_table_config_and_splits(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny_args(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Asteroid" in out and "constant" in out and "linear" in out and "mean" in out
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    assert (tmp_path / "runs/tiny/checkpoints/last.ckpt").is_file()
+    assert list((tmp_path / "runs/tiny/checkpoints").glob("best-*.ckpt"))
+    assert list(run.glob("events.out.tfevents.*"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["seed_everything"] == 0 and config["data"]["history"] == 3
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["trajectories"][0]["train"]["windows"] > 0
+    table = (run / "test_metrics.csv").read_text().splitlines()
+    assert table[0] == "model,step,mse,mae,rmsd,ade,bond" and len(table) == 1 + 3 * 3
+
+
+def test_tensorboard_has_losses_per_step_errors_and_figures(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny_args(tmp_path), "--test_after_fit", "false"]) == 0
+    events = EventAccumulator(str(tmp_path / "runs/tiny/version_0"), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/forecast", "train/sti_primary", "val/mse_mean", "val/rmsd_mean",
+            "val_mse_per_step/step_01", "val_mse_per_step/step_02"} <= scalars
+    assert {"val/error_vs_horizon", "val/predicted_vs_true"} <= set(events.Tags()["images"])
+
+
+def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny_args(tmp_path, name="straight"), "--test_after_fit", "false"]) == 0
+    crash = ["--trainer.callbacks+=helpers.CrashAtStep", "--trainer.callbacks.step=12"]
+    with pytest.raises(RuntimeError, match="simulated crash at step 12"):
+        main(["fit", *tiny_args(tmp_path, name="crashed"), *crash])
+    assert torch.load(tmp_path / "runs/crashed/checkpoints/last.ckpt", weights_only=True)["global_step"] == 10
+    assert main(["fit", *tiny_args(tmp_path, name="crashed"), "--ckpt_path", "last",
+                 "--test_after_fit", "false"]) == 0
+    straight = torch.load(tmp_path / "runs/straight/checkpoints/last.ckpt", weights_only=True)
+    resumed = torch.load(tmp_path / "runs/crashed/checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] == straight["global_step"] == 20
+    for key, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, msg=key)
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny_args(tmp_path, name="never"), "--ckpt_path", "last"]) == 2
+    assert "no runs/never/checkpoints/last.ckpt to resume from" in capsys.readouterr().err
+
+
+def test_checkpoint_settings_that_differ_from_the_config_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny_args(tmp_path), "--trainer.max_epochs", "1", "--test_after_fit", "false"]) == 0
+    ckpt = str(tmp_path / "runs/tiny/checkpoints/last.ckpt")
+    assert main(["test", *tiny_args(tmp_path), "--ckpt_path", ckpt]) == 0
+    assert main(["test", *tiny_args(tmp_path), "--model.net.init_args.hidden", "32", "--ckpt_path", ckpt]) == 2
+    err = capsys.readouterr().err
+    assert "model.net.init_args.hidden: checkpoint 16, config 32" in err
+
+
+def test_a_linked_value_set_by_the_user_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny_args(tmp_path), "--model.net.init_args.history", "5"]) == 2
+    assert "model.net.init_args.history=5 conflicts with the data windows (history=3)" in capsys.readouterr().err
+
+
+def test_bf16_mixed_precision(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny_args(tmp_path), "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run",
+                 "true"]) == 0
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    # DDP re-launches the command line for rank 1, so this runs the real console script.
+    result = subprocess.run([ASTEROID, "fit", *tiny_args(tmp_path, name="ddp"), "--trainer.strategy", "ddp",
+                             "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Asteroid" in result.stdout and (tmp_path / "runs/ddp/checkpoints/last.ckpt").is_file()
+
+
+def test_print_config_and_unknown_keys(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(EXPERIMENTS / "ethanol.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["sources"][0]["molecule"] == "ethanol"
+    assert printed["model"]["net"]["class_path"] == "asteroid.models.Asteroid"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(EXPERIMENTS / "ethanol.yaml"), "--model.net.init_args.hiddne", "3"])
+    assert exit_info.value.code != 0
+    assert "hiddne" in capsys.readouterr().err
+
+
+def test_missing_data_file_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run([ASTEROID, "fit", *tiny_args(tmp_path), "--data.sources",
+                             json.dumps([{"path": "nowhere.npz"}])], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == \
+        "asteroid: error: nowhere.npz: file not found (set `molecule` in the source to generate it, or name a known dataset such as md17:ethanol)"
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+
+from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource, collate_windows
+from asteroid.data.windows import SPLITS, count_windows
+from asteroid.errors import ConfigError, DataError
+
+
+def write_npz(path, n_frames=800, z=(6, 1, 8, 1), seed=0):
+    """A smooth, time-ordered synthetic trajectory (atoms on independent oscillators)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_frames)[:, None, None] * 0.05
+    R = rng.normal(size=(1, len(z), 3)) * 2 + 0.1 * np.sin(t * rng.uniform(0.5, 2, size=(1, len(z), 3)))
+    np.savez(path, R=R.astype(np.float32), z=np.asarray(z), dt_fs=0.5)
+    return R.astype(np.float32)
+
+
+def make_module(tmp_path, sources, **kwargs):
+    kwargs = {"history": 3, "horizon": 2, "spacing": 4, "batch_size": 8, "cache_dir": str(tmp_path / "cache"),
+              **kwargs}
+    dm = TrajectoryDataModule(sources=sources, **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_windows_are_views_of_the_trajectory(tmp_path):
+    R = write_npz(tmp_path / "a.npz")
+    dm = make_module(tmp_path, [TrajectorySource(str(tmp_path / "a.npz"))])
+    span = dm.layout.span
+    assert span == (3 + 2 - 1) * 4 + 1
+    counts = [len(dm.datasets[s]) for s in SPLITS]
+    lengths = [int((800 - 2 * span) * f) for f in (0.8, 0.1, 0.1)]
+    assert counts == [count_windows(n, span, 1) for n in lengths]
+    sample = dm.datasets["val"][5]
+    start = dm.datasets["val"].index[5, 1]
+    np.testing.assert_array_equal(sample["history"].numpy(), R[start + np.array([0, 4, 8])])
+    np.testing.assert_array_equal(sample["target"].numpy(), R[start + np.array([12, 16])])
+    assert sample["z"].tolist() == [6, 1, 8, 1] and sample["mask"].all()
+    cache = np.load(dm.datasets["train"].coordinate_files[0], mmap_mode="r")
+    assert isinstance(cache, np.memmap) and cache.dtype == np.float32
+
+
+def test_displacement_scale_uses_the_training_block_only(tmp_path):
+    R = write_npz(tmp_path / "a.npz")
+    dm = make_module(tmp_path, [TrajectorySource(str(tmp_path / "a.npz"))])
+    # corrupt everything after the training block: the scale must not move
+    R2 = R.copy()
+    last_train_frame = dm.datasets["train"].index[-1, 1] + dm.layout.span
+    R2[last_train_frame:] += np.random.default_rng(1).normal(size=R2[last_train_frame:].shape) * 10
+    np.savez(tmp_path / "b.npz", R=R2, z=np.array([6, 1, 8, 1]), dt_fs=0.5)
+    dm2 = make_module(tmp_path, [TrajectorySource(str(tmp_path / "b.npz"))])
+    torch.testing.assert_close(dm.displacement_scale, dm2.displacement_scale)
+    assert dm.displacement_scale.shape == (2,) and (dm.displacement_scale > 0).all()
+    # and it is the RMS displacement from the last history frame, per component
+    train = dm.datasets["train"]
+    disp = np.stack([(train[i]["target"] - train[i]["history"][-1]).numpy() for i in range(len(train))])
+    np.testing.assert_allclose(dm.displacement_scale.numpy(), np.sqrt((disp ** 2).mean(axis=(0, 2, 3))), rtol=1e-4)
+
+
+def test_several_molecules_are_padded_with_a_mask(tmp_path):
+    write_npz(tmp_path / "a.npz", z=(6, 1, 8, 1))
+    write_npz(tmp_path / "b.npz", z=(7, 7), seed=1)
+    dm = make_module(tmp_path, [TrajectorySource(str(tmp_path / "a.npz")), TrajectorySource(str(tmp_path / "b.npz"))])
+    ds = dm.datasets["train"]
+    first_b = int(np.argmax(ds.index[:, 0] == 1))
+    batch = collate_windows([ds[0], ds[first_b]])
+    assert batch["history"].shape == (2, 3, 4, 3) and batch["target"].shape == (2, 2, 4, 3)
+    assert batch["mask"].tolist() == [[True] * 4, [True, True, False, False]]
+    assert batch["z"][1].tolist() == [7, 7, 0, 0]
+    assert (batch["history"][1, :, 2:] == 0).all()
+
+
+def test_heavy_atoms_only(tmp_path):
+    write_npz(tmp_path / "a.npz")
+    dm = make_module(tmp_path, [TrajectorySource(str(tmp_path / "a.npz"))], heavy_atoms=True)
+    assert dm.datasets["train"][0]["z"].tolist() == [6, 8]
+
+
+def test_split_summary_records_the_split(tmp_path):
+    write_npz(tmp_path / "a.npz")
+    dm = make_module(tmp_path, [TrajectorySource(str(tmp_path / "a.npz"))])
+    summary = dm.split_summary()
+    assert summary["protocol"] == "default" and summary["target_offsets"] == [12, 16]
+    traj = summary["trajectories"][0]
+    assert traj["train"]["last_start"] + dm.layout.span <= traj["val"]["first_start"]
+    assert traj["n_frames"] == 800 and traj["dt_fs"] == 0.5
+
+
+def test_protocol_fixes_the_layout(tmp_path):
+    with pytest.raises(ConfigError, match="protocol 'gmn' fixes the window layout"):
+        TrajectoryDataModule(sources=[TrajectorySource("x.npz")], protocol="gmn", history=4)
+    with pytest.raises(ConfigError, match="unknown protocol 'nope'"):
+        TrajectoryDataModule(sources=[TrajectorySource("x.npz")], protocol="nope")
+
+
+def test_missing_file_without_molecule(tmp_path):
+    dm = TrajectoryDataModule(sources=[TrajectorySource(str(tmp_path / "missing.npz"))])
+    with pytest.raises(DataError, match=r"missing.npz: file not found"):
+        dm.prepare_data()
+
+
+def test_too_short_for_the_split(tmp_path):
+    write_npz(tmp_path / "short.npz", n_frames=60)
+    with pytest.raises(DataError, match=r"short.npz: trajectory too short"):
+        make_module(tmp_path, [TrajectorySource(str(tmp_path / "short.npz"))])

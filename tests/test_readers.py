@@ -1,0 +1,493 @@
+"""Trajectory readers: round trips for every format, the time-order check, MD17/MD22 resolution, bad inputs."""
+import io
+import urllib.error
+import urllib.request
+import warnings
+
+import numpy as np
+import pytest
+
+from asteroid.data.md17 import check_dataset, download_dataset, resolve_dataset
+from asteroid.data.readers import load_trajectory
+from asteroid.data.time_order import (
+    TimeOrderWarning, is_time_ordered, mean_step_displacement, rms_displacement, time_order_ratio)
+from asteroid.errors import DataError
+
+Z = np.array([8, 6, 1, 1, 1])  # O C H H H
+ETHANOL_Z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
+
+
+def harmonic_frames(T=60, N=5, seed=0):
+    """Independent harmonic oscillators around a fixed structure: smooth, time-ordered frames (T, N, 3)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(scale=1.5, size=(N, 3))
+    amplitude = rng.uniform(0.05, 0.2, size=(N, 3))
+    omega = rng.uniform(0.05, 0.2, size=(N, 3))  # radians per frame: periods of 30-120 frames
+    phase = rng.uniform(0, 2 * np.pi, size=(N, 3))
+    t = np.arange(T)[:, None, None]
+    return (base + amplitude * np.sin(omega * t + phase)).astype(np.float32)
+
+
+def shuffled(R, seed=1):
+    return R[np.random.default_rng(seed).permutation(len(R))]
+
+
+def save_sgdml(path, R, z, **extra):
+    """An npz laid out like the sGDML MD17 files (metadata keys, E of shape (T, 1))."""
+    T, N = R.shape[:2]
+    arrays = dict(R=R.astype(np.float64), z=z, E=np.arange(T, dtype=np.float64)[:, None],
+                  F=np.ones((T, N, 3)), name="test", theory="PBE+vdW-TS", md5="0" * 32, type="d")
+    arrays.update(extra)
+    np.savez(path, **arrays)
+
+
+def truncate(path, fraction=0.6):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+
+
+# --- npz ---------------------------------------------------------------------------------------------
+
+
+def test_sgdml_npz_round_trip(tmp_path):
+    R = harmonic_frames()
+    path = tmp_path / "md17_test.npz"
+    save_sgdml(path, R, Z)
+    traj = load_trajectory(path)
+    np.testing.assert_allclose(traj.R, R, atol=1e-6)
+    assert traj.R.dtype == np.float32 and traj.R.shape == (60, 5, 3)
+    np.testing.assert_array_equal(traj.z, Z)
+    assert traj.dt_fs == 0.5  # MD17 spacing, from the sGDML metadata
+    assert traj.name == "md17_test" and traj.source == str(path)
+    np.testing.assert_array_equal(traj.E, np.arange(60))
+    assert traj.F.shape == (60, 5, 3)
+
+
+def test_npz_dt_from_file_and_argument(tmp_path):
+    path = tmp_path / "gen.npz"
+    np.savez(path, R=harmonic_frames(), z=Z, dt_fs=2.0)
+    assert load_trajectory(path).dt_fs == 2.0
+    assert load_trajectory(path, dt_fs=1.0, name="mine").dt_fs == 1.0  # an explicit argument wins
+    assert load_trajectory(path, name="mine").name == "mine"
+
+
+def test_plain_npz_needs_dt(tmp_path):
+    path = tmp_path / "plain.npz"
+    np.savez(path, R=harmonic_frames(), z=Z)
+    with pytest.raises(DataError, match=r"plain\.npz.*dt_fs"):
+        load_trajectory(path)
+    assert load_trajectory(path, dt_fs=0.25).dt_fs == 0.25
+
+
+def test_npz_heavy_atom_selection(tmp_path):
+    path = tmp_path / "sel.npz"
+    R = harmonic_frames()
+    save_sgdml(path, R, Z)
+    traj = load_trajectory(path, selection="not element H")
+    np.testing.assert_array_equal(traj.z, [8, 6])
+    np.testing.assert_allclose(traj.R, R[:, :2], atol=1e-6)
+    assert traj.F.shape == (60, 2, 3)
+    assert load_trajectory(path, selection="index 2 to 4").n_atoms == 3
+
+
+def test_rmd17_is_refused(tmp_path):
+    path = tmp_path / "rmd17_ethanol.npz"
+    np.savez(path, coords=harmonic_frames(N=9), nuclear_charges=ETHANOL_Z, energies=np.zeros(60),
+             forces=np.zeros((60, 9, 3)), old_indices=np.arange(60), old_energies=np.zeros(60))
+    with pytest.raises(DataError, match=r"rmd17_ethanol\.npz.*rMD17.*random samples.*original MD17"):
+        load_trajectory(path)
+
+
+def test_npz_missing_keys(tmp_path):
+    path = tmp_path / "keys.npz"
+    np.savez(path, positions=harmonic_frames(), z=Z)
+    with pytest.raises(DataError, match=r"keys\.npz: missing key\(s\) R.*found keys \['positions', 'z'\]"):
+        load_trajectory(path)
+
+
+@pytest.mark.parametrize("problem, edit, message", [
+    ("nan", lambda R, z: (np.where(np.arange(60)[:, None, None] == 7, np.nan, R), z), "NaN"),
+    ("inf", lambda R, z: (np.where(np.arange(60)[:, None, None] == 7, np.inf, R), z), "inf"),
+    ("zlength", lambda R, z: (R, z[:4]), "atomic numbers"),
+    ("empty", lambda R, z: (R[:0], z), "no frames"),
+])
+def test_npz_bad_values(tmp_path, problem, edit, message):
+    R, z = edit(harmonic_frames(), Z)
+    path = tmp_path / f"{problem}.npz"
+    np.savez(path, R=R, z=z, dt_fs=0.5)
+    with pytest.raises(DataError, match=rf"{problem}\.npz.*{message}"):
+        load_trajectory(path)
+
+
+def test_npz_truncated(tmp_path):
+    path = tmp_path / "cut.npz"
+    save_sgdml(path, harmonic_frames(), Z)
+    truncate(path)
+    with pytest.raises(DataError, match=r"cut\.npz: cannot read"):
+        load_trajectory(path)
+
+
+def test_npz_topology_is_refused(tmp_path):
+    path = tmp_path / "top.npz"
+    save_sgdml(path, harmonic_frames(), Z)
+    with pytest.raises(DataError, match=r"top\.npz: a topology is only used"):
+        load_trajectory(path, topology="x.pdb")
+
+
+# --- ASE ---------------------------------------------------------------------------------------------
+
+
+def ase_frames(R, z, info=None, with_results=True):
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for t, positions in enumerate(R):
+        atoms = Atoms(numbers=z, positions=positions)
+        atoms.info.update({key: value(t) for key, value in (info or {}).items()})
+        if with_results:
+            atoms.calc = SinglePointCalculator(atoms, energy=-1.0 * t, forces=np.full((len(z), 3), float(t)))
+        frames.append(atoms)
+    return frames
+
+
+@pytest.mark.parametrize("suffix", ["extxyz", "traj"])
+def test_ase_round_trip(tmp_path, suffix):
+    import ase.io
+
+    R = harmonic_frames()
+    path = tmp_path / f"run.{suffix}"
+    ase.io.write(path, ase_frames(R, Z, info={"dt_fs": lambda t: 0.25}))
+    traj = load_trajectory(path)
+    np.testing.assert_allclose(traj.R, R, atol=1e-5)
+    np.testing.assert_array_equal(traj.z, Z)
+    assert traj.dt_fs == 0.25 and traj.name == "run"
+    np.testing.assert_allclose(traj.E, -np.arange(60.0))
+    np.testing.assert_allclose(traj.F[:, 0, 0], np.arange(60.0))
+
+
+def test_plain_xyz_needs_dt(tmp_path):
+    import ase.io
+
+    R = harmonic_frames()
+    path = tmp_path / "plain.xyz"
+    ase.io.write(path, ase_frames(R, Z, with_results=False), format="xyz")
+    with pytest.raises(DataError, match=r"plain\.xyz.*dt_fs"):
+        load_trajectory(path)
+    traj = load_trajectory(path, dt_fs=1.0)
+    np.testing.assert_allclose(traj.R, R, atol=1e-5)
+    assert traj.E is None and traj.F is None
+
+
+def test_cp2k_style_times(tmp_path):
+    frames = "".join(
+        f"3\n i = {t}, time = {0.5 * t:.3f}, E = -17.0\nO 0 0 {0.01 * t}\nH 0 0.96 0\nH 0.96 0 0\n" for t in range(12))
+    path = tmp_path / "cp2k-pos-1.xyz"
+    path.write_text(frames)
+    traj = load_trajectory(path)
+    assert traj.dt_fs == pytest.approx(0.5) and traj.n_frames == 12
+    path.write_text(frames.replace("time = 1.000", "time = 1.200"))
+    with pytest.raises(DataError, match=r"cp2k-pos-1\.xyz: frames are not evenly spaced"):
+        load_trajectory(path)
+
+
+def test_ase_heavy_atom_selection(tmp_path):
+    import ase.io
+
+    path = tmp_path / "sel.extxyz"
+    ase.io.write(path, ase_frames(harmonic_frames(), Z))
+    traj = load_trajectory(path, dt_fs=0.5, selection="not element H")
+    np.testing.assert_array_equal(traj.z, [8, 6])
+
+
+def test_ase_changing_atoms(tmp_path):
+    import ase.io
+
+    R = harmonic_frames()
+    path = tmp_path / "grow.extxyz"
+    ase.io.write(path, ase_frames(R[:3], Z) + ase_frames(R[:3, :4], Z[:4]))
+    with pytest.raises(DataError, match=r"grow\.extxyz: the atoms change at frame 3"):
+        load_trajectory(path, dt_fs=0.5)
+
+
+@pytest.mark.parametrize("suffix", ["xyz", "extxyz"])
+def test_ase_truncated(tmp_path, suffix):
+    import ase.io
+
+    path = tmp_path / f"cut.{suffix}"
+    ase.io.write(path, ase_frames(harmonic_frames(), Z))
+    truncate(path, 0.5)
+    with pytest.raises(DataError, match=rf"cut\.{suffix}: cannot read"):
+        load_trajectory(path, dt_fs=0.5)
+
+
+# --- mdtraj ------------------------------------------------------------------------------------------
+
+
+def md_topology():
+    import mdtraj as md
+
+    topology = md.Topology()
+    residue = topology.add_residue("MOL", topology.add_chain())
+    for name, symbol in zip(["O1", "C1", "H1", "H2", "H3"], ["O", "C", "H", "H", "H"]):
+        topology.add_atom(name, md.element.get_by_symbol(symbol), residue)
+    return topology
+
+
+@pytest.fixture
+def md_files(tmp_path):
+    """The same trajectory (nm, 0.5 fs per frame) saved by mdtraj, with a one-frame .pdb topology."""
+    import mdtraj as md
+
+    R = harmonic_frames()  # Angstrom
+    traj = md.Trajectory(R / 10.0, md_topology(), time=np.arange(60) * 0.0005)  # nm, ps
+    traj[0].save_pdb(str(tmp_path / "top.pdb"))
+    return traj, R, tmp_path
+
+
+# nm -> Angstrom checks at each format's stored precision (xtc: 1e-3 nm; pdb: 1e-3 Angstrom)
+@pytest.mark.filterwarnings("ignore:.*netCDF4")  # mdtraj writing .nc through scipy: slower, not wrong
+@pytest.mark.parametrize("suffix, atol", [("xtc", 0.011), ("trr", 1e-5), ("nc", 1e-3)])
+def test_mdtraj_timed_round_trip(md_files, suffix, atol):
+    traj, R, tmp_path = md_files
+    path = tmp_path / f"run.{suffix}"
+    traj.save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # smooth frames: no time-order warning, and the netCDF4 notice is silenced
+        loaded = load_trajectory(path, topology=tmp_path / "top.pdb")
+    np.testing.assert_allclose(loaded.R, R, atol=atol)
+    np.testing.assert_array_equal(loaded.z, Z)
+    assert loaded.dt_fs == pytest.approx(0.5, rel=1e-4)  # from the file's times, ps -> fs
+    assert load_trajectory(path, topology=tmp_path / "top.pdb", dt_fs=2.0).dt_fs == 2.0
+
+
+@pytest.mark.parametrize("suffix, atol", [("dcd", 1e-5), ("pdb", 6e-4)])
+def test_mdtraj_untimed_round_trip(md_files, suffix, atol):
+    traj, R, tmp_path = md_files
+    path = tmp_path / f"run.{suffix}"
+    traj.save(str(path))
+    topology = None if suffix == "pdb" else tmp_path / "top.pdb"  # a multi-model pdb is its own topology
+    with pytest.raises(DataError, match=rf"run\.{suffix}.*dt_fs"):  # dcd/pdb store no frame times
+        load_trajectory(path, topology=topology)
+    loaded = load_trajectory(path, topology=topology, dt_fs=0.5)
+    np.testing.assert_allclose(loaded.R, R, atol=atol)
+    np.testing.assert_array_equal(loaded.z, Z)
+    assert loaded.n_frames == 60 and loaded.dt_fs == 0.5
+
+
+def test_mdtraj_h5_round_trip(md_files):
+    traj, R, tmp_path = md_files
+    traj.save(str(tmp_path / "run.h5"))
+    loaded = load_trajectory(tmp_path / "run.h5")
+    np.testing.assert_allclose(loaded.R, R, atol=1e-5)
+    assert loaded.dt_fs == pytest.approx(0.5, rel=1e-4)
+
+
+def test_mdtraj_selection(md_files):
+    traj, R, tmp_path = md_files
+    traj.save(str(tmp_path / "run.xtc"))
+    top = tmp_path / "top.pdb"
+    heavy = load_trajectory(tmp_path / "run.xtc", topology=top, selection="not element H")
+    np.testing.assert_array_equal(heavy.z, [8, 6])
+    np.testing.assert_allclose(heavy.R, R[:, :2], atol=0.011)
+    assert load_trajectory(tmp_path / "run.xtc", topology=top, selection="name H2").n_atoms == 1
+    with pytest.raises(DataError, match=r"run\.xtc: atom selection 'protein and name CA' matches no atom"):
+        load_trajectory(tmp_path / "run.xtc", topology=top, selection="protein and name CA")
+    with pytest.raises(DataError, match=r"run\.xtc: invalid atom selection"):
+        load_trajectory(tmp_path / "run.xtc", topology=top, selection="element (")
+
+
+def test_mdtraj_needs_topology(md_files):
+    traj, _, tmp_path = md_files
+    traj.save(str(tmp_path / "run.dcd"))
+    with pytest.raises(DataError, match=r"run\.dcd: .*pass a topology"):
+        load_trajectory(tmp_path / "run.dcd", dt_fs=0.5)
+    with pytest.raises(DataError, match=r"missing\.pdb: cannot read the topology"):
+        load_trajectory(tmp_path / "run.dcd", topology=tmp_path / "missing.pdb", dt_fs=0.5)
+
+
+def test_mdtraj_wrong_topology(md_files):
+    traj, _, tmp_path = md_files
+    traj.save(str(tmp_path / "run.dcd"))
+    traj.atom_slice([0, 1, 2])[0].save_pdb(str(tmp_path / "three.pdb"))
+    with pytest.raises(DataError, match=r"run\.dcd: cannot read"):
+        load_trajectory(tmp_path / "run.dcd", topology=tmp_path / "three.pdb", dt_fs=0.5)
+
+
+def test_mdtraj_virtual_sites(tmp_path):
+    import mdtraj as md
+
+    topology = md.Topology()
+    residue = topology.add_residue("HOH", topology.add_chain())
+    topology.add_atom("O", md.element.oxygen, residue)
+    topology.add_atom("EP", md.element.virtual, residue)  # TIP4P-style massless site
+    md.Trajectory(harmonic_frames(N=2) / 10.0, topology).save_pdb(str(tmp_path / "tip4p.pdb"))
+    with pytest.raises(DataError, match=r"tip4p\.pdb: no chemical element for atom\(s\) HOH0-EP"):
+        load_trajectory(tmp_path / "tip4p.pdb", dt_fs=1.0)
+    np.testing.assert_array_equal(load_trajectory(tmp_path / "tip4p.pdb", dt_fs=1.0, selection="not element VS").z, [8])
+
+
+def test_dcd_truncated(md_files):
+    traj, _, tmp_path = md_files
+    path = tmp_path / "cut.dcd"
+    traj.save(str(path))
+    truncate(path)
+    with pytest.raises(DataError, match=r"cut\.dcd: the file is truncated: its header declares 60 frames"):
+        load_trajectory(path, topology=tmp_path / "top.pdb", dt_fs=0.5)
+
+
+@pytest.mark.filterwarnings("ignore:.*netCDF4")
+def test_nc_truncated(md_files):
+    traj, _, tmp_path = md_files
+    path = tmp_path / "cut.nc"
+    traj.save(str(path))
+    truncate(path)
+    with pytest.raises(DataError, match=r"cut\.nc: cannot read"):
+        load_trajectory(path, topology=tmp_path / "top.pdb")
+
+
+# --- paths -------------------------------------------------------------------------------------------
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(DataError, match=r"nowhere\.npz: no such file"):
+        load_trajectory(tmp_path / "nowhere.npz")
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(DataError, match=r"folder\.npz: is a directory"):
+        load_trajectory(tmp_path / "folder.npz")
+    (tmp_path / "run.csv").write_text("1,2,3\n")
+    with pytest.raises(DataError, match=r"run\.csv: unknown trajectory suffix '\.csv'"):
+        load_trajectory(tmp_path / "run.csv")
+    (tmp_path / "empty.xyz").write_text("")
+    with pytest.raises(DataError, match=r"empty\.xyz: the file is empty"):
+        load_trajectory(tmp_path / "empty.xyz")
+
+
+# --- time order --------------------------------------------------------------------------------------
+
+
+def test_time_order_ratio_separates_ordered_from_shuffled():
+    R = harmonic_frames(T=400)
+    assert time_order_ratio(R) < 0.2
+    assert 0.8 < time_order_ratio(shuffled(R)) < 1.2
+    assert is_time_ordered(R) is True and is_time_ordered(shuffled(R)) is False
+
+
+def test_time_order_subsamples_large_inputs():
+    R = harmonic_frames(T=5000, N=300)  # more frame pairs and atoms than the check looks at
+    assert time_order_ratio(R) < 0.2 and time_order_ratio(shuffled(R)) > 0.8
+    assert time_order_ratio(R, rng=3) == pytest.approx(time_order_ratio(R, rng=4), rel=0.1)
+
+
+def test_time_order_unknown_cases():
+    R = harmonic_frames(T=9)
+    assert np.isnan(time_order_ratio(R)) and is_time_ordered(R) is None  # too few frames
+    assert is_time_ordered(np.zeros((50, 3, 3))) is None  # nothing moves
+
+
+def test_displacements():
+    A, B = np.zeros((2, 4, 3)), np.zeros((2, 4, 3))
+    B[0, :, 0] = 2.0  # every atom moved 2 A
+    B[1, 0] = [0.0, 3.0, 4.0]  # one atom of four moved 5 A
+    np.testing.assert_allclose(rms_displacement(A, B), [2.0, 2.5])
+    R = harmonic_frames(T=50)
+    expected = np.mean([np.sqrt(((R[t + 1] - R[t]) ** 2).sum(-1).mean()) for t in range(49)])
+    assert mean_step_displacement(R, chunk=7) == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(mean_step_displacement(R[:1]))
+
+
+def test_shuffled_file_warns(tmp_path):
+    R = harmonic_frames(T=200)
+    save_sgdml(tmp_path / "ordered.npz", R, Z)
+    save_sgdml(tmp_path / "shuffled.npz", shuffled(R), Z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_trajectory(tmp_path / "ordered.npz")
+        load_trajectory(tmp_path / "shuffled.npz", check_order=False)
+    with pytest.warns(TimeOrderWarning, match=r"shuffled\.npz: frames look shuffled"):
+        load_trajectory(tmp_path / "shuffled.npz")
+
+
+# --- MD17 / MD22 -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def offline(url, timeout=None):
+        raise urllib.error.URLError(OSError("Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+
+
+def ethanol_bytes(R):
+    buffer = io.BytesIO()
+    save_sgdml(buffer, R, ETHANOL_Z)
+    return buffer.getvalue()
+
+
+def serve(monkeypatch, payload):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(payload))
+
+
+def test_resolve_local(tmp_path, no_network):
+    own = tmp_path / "own.npz"
+    save_sgdml(own, harmonic_frames(N=9), ETHANOL_Z)
+    assert resolve_dataset(own, root=tmp_path / "data") == own
+    save_sgdml(tmp_path / "md17_ethanol.npz", harmonic_frames(N=9), ETHANOL_Z)
+    assert resolve_dataset("MD17:Ethanol", root=tmp_path) == tmp_path / "md17_ethanol.npz"
+    with pytest.raises(DataError, match=r"md17:water: no such file, and not a known dataset.*md22:Ac-Ala3-NHMe"):
+        resolve_dataset("md17:water", root=tmp_path)
+
+
+def test_resolve_offline(tmp_path, no_network):
+    with pytest.raises(DataError, match=r"md17_aspirin\.npz: cannot download, the machine looks offline.*local path"):
+        resolve_dataset("md17:aspirin", root=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+class CutConnection(io.BytesIO):
+    def read(self, *args):
+        raise TimeoutError("timed out")
+
+
+@pytest.mark.parametrize("failure, message", [
+    (urllib.error.HTTPError("url", 404, "Not Found", {}, None), "the server answered 404 Not Found"),
+    (None, r"the download failed \(timed out\)"),
+])
+def test_download_failures_leave_nothing(tmp_path, monkeypatch, failure, message):
+    def urlopen(url, timeout=None):
+        if failure is not None:
+            raise failure
+        return CutConnection()
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(DataError, match=rf"md22_DHA\.npz: {message}"):
+        resolve_dataset("md22:DHA", root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_dataset(tmp_path):
+    R = harmonic_frames(T=200, N=9)
+    save_sgdml(tmp_path / "good.npz", R, ETHANOL_Z)
+    check_dataset(tmp_path / "good.npz", "md17:ethanol")
+    with pytest.raises(DataError, match=r"good\.npz: md17:aspirin has 21 atoms but the file has 9"):
+        check_dataset(tmp_path / "good.npz", "md17:aspirin")
+    save_sgdml(tmp_path / "shuffled.npz", shuffled(R), ETHANOL_Z)
+    with pytest.raises(DataError, match=r"shuffled\.npz: the frames of md17:ethanol do not look time-ordered"):
+        check_dataset(tmp_path / "shuffled.npz", "md17:ethanol")
+
+
+def test_download_checks_before_keeping(tmp_path, monkeypatch):
+    R = harmonic_frames(T=200, N=9)
+    serve(monkeypatch, ethanol_bytes(shuffled(R)))
+    with pytest.raises(DataError, match=r"md17_ethanol\.npz: the downloaded file failed its check.*time-ordered"):
+        resolve_dataset("md17:ethanol", root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    serve(monkeypatch, ethanol_bytes(R))
+    path = resolve_dataset("md17:ethanol", root=tmp_path)
+    assert path == tmp_path / "md17_ethanol.npz" and list(tmp_path.iterdir()) == [path]
+    np.testing.assert_allclose(load_trajectory(path).R, R, atol=1e-6)
+    serve(monkeypatch, b"not a zip file")
+    with pytest.raises(DataError, match=r"failed its check.*cannot read"):
+        download_dataset("md17:ethanol", tmp_path / "again.npz")
+    assert list(tmp_path.iterdir()) == [path]
