@@ -75,6 +75,7 @@ def test_tensorboard_has_losses_per_step_errors_and_figures(tmp_path, monkeypatc
     assert {"train/loss", "train/forecast", "train/sti_primary", "val/mse_mean", "val/rmsd_mean",
             "val_mse_per_step/step_01", "val_mse_per_step/step_02"} <= scalars
     assert {"val/error_vs_horizon", "val/predicted_vs_true"} <= set(events.Tags()["images"])
+    assert "config/text_summary" in events.Tags()["tensors"]
 
 
 def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):

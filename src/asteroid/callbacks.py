@@ -8,6 +8,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 
 from asteroid.data.datamodule import collate_windows
 from asteroid.fileio import atomic_output
+from asteroid.module import run_dir
 
 CONFIG_KEY = "asteroid_model_config"
 
@@ -38,7 +39,7 @@ class PredictionWriter(BasePredictionWriter):
         windows = [{key: value[i] for key, value in batch.items()} for batch in predictions
                    for i in range(len(batch["pred"]))]
         arrays = {key: value.numpy() for key, value in collate_windows(windows).items()}
-        path = Path(trainer.log_dir or ".") / "predictions.npz"
+        path = (run_dir(trainer) or Path(".")) / "predictions.npz"
         with atomic_output(path) as handle:
             np.savez(handle, **arrays)
         print(f"predictions of {len(arrays['pred'])} windows written to {path}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from asteroid.callbacks import CONFIG_KEY, ModelConfigInCheckpoint, PredictionWriter
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import AsteroidError, ConfigError
-from asteroid.module import ForecastModule
+from asteroid.module import ForecastModule, run_dir
 
 # subcommand -> (module with `main(argv) -> int`, one-line help)
 COMMANDS = {
@@ -88,9 +89,12 @@ class AsteroidCLI(LightningCLI):
         callbacks = list(trainer_config.get("callbacks") or []) + [c for c in extra if c is not None]
         if trainer_config.get("enable_checkpointing", True) is not False and \
                 not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks.append(ModelCheckpoint(dirpath=self.checkpoint_dir(config.name), monitor="val/mse_mean",
-                                             filename="best-epoch{epoch:03d}-step{step}", save_last=True,
+            directory = self.checkpoint_dir(config.name)
+            # Two callbacks: Lightning's save_last only writes last.ckpt when the best one changes.
+            callbacks.append(ModelCheckpoint(dirpath=directory, monitor="val/mse_mean",
+                                             filename="best-epoch{epoch:03d}-step{step}",
                                              auto_insert_metric_name=False))
+            callbacks.append(ModelCheckpoint(dirpath=directory, filename="last", enable_version_counter=False))
         callbacks.append(ModelConfigInCheckpoint(self._model_config(self.subcommand)))
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter())
@@ -106,10 +110,10 @@ class AsteroidCLI(LightningCLI):
         if config.test_after_fit:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
         if self.trainer.is_global_zero:
-            if self.trainer.log_dir:
-                print(f"TensorBoard logs: {self.trainer.log_dir}   (make tensorboard)")
+            if run_dir(self.trainer):
+                print(f"TensorBoard logs: {run_dir(self.trainer)}   (make tensorboard)")
             if best:
-                print(f"best checkpoint: {best}\nlast checkpoint: {checkpoint.last_model_path}")
+                print(f"best checkpoint: {best}\nlast checkpoint: {self.checkpoint_dir(config.name) / 'last.ckpt'}")
 
 
 def _differences(stored, given, prefix="model"):
@@ -168,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, (_, help_text) in COMMANDS.items():
                 print(f"  {name:10s} {help_text}")
             print()
+        # We hand LightningCLI the command line ourselves (configs expanded), which it warns about by default;
+        # the second is Lightning's own use of a deprecated torch API, noise to our users.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         AsteroidCLI(ForecastModule, TrajectoryDataModule, subclass_mode_model=False,
                     save_config_kwargs={"overwrite": True}, args=with_base_configs(argv))
         return 0

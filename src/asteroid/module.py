@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
+from torchmetrics import MeanMetric
 
 from asteroid.errors import ConfigError
 from asteroid.figures import error_vs_horizon, trajectory_traces
@@ -35,6 +36,15 @@ def rotate(frames: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,btnj->btni", rotation, frames)
 
 
+def run_dir(trainer: pl.Trainer) -> Path | None:
+    """The run's log directory, or None without a logger.
+
+    Not `trainer.log_dir`: under DDP that is a broadcast, which hangs when only rank 0 asks.
+    """
+    log_dir = getattr(trainer.logger, "log_dir", None)
+    return Path(log_dir) if log_dir else None
+
+
 class ForecastModule(pl.LightningModule):
     """Trains and evaluates `net` (ASTEROID or a baseline) on windows from `TrajectoryDataModule`.
 
@@ -56,6 +66,8 @@ class ForecastModule(pl.LightningModule):
                                                      "sti_conjugate": 0.1}
         self.val_metrics = ForecastMetrics(net.horizon)
         self.test_metrics = torch.nn.ModuleDict({"model": ForecastMetrics(net.horizon)})
+        # RMS over atoms and steps of f(rotated window) - rotated f(window): how far from rotation-equivariant
+        self.rotation_error = MeanMetric()
         self.layout = None
         self._first_val_batch = None
 
@@ -76,14 +88,18 @@ class ForecastModule(pl.LightningModule):
 
     @property
     def run_dir(self) -> Path | None:
-        return Path(self.trainer.log_dir) if self.trainer.log_dir else None
+        return run_dir(self.trainer)
 
     @rank_zero_only
     def on_fit_start(self) -> None:
+        """Save the split definition with the run; show the run's whole config in TensorBoard's text tab."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.run_dir is not None and datamodule is not None:
             with atomic_output(self.run_dir / "splits.json", "w") as handle:
                 json.dump(datamodule.split_summary(), handle, indent=1)
+        config = self.run_dir / "config.yaml" if self.run_dir is not None else None
+        if isinstance(self.logger, TensorBoardLogger) and config is not None and config.is_file():
+            self.logger.experiment.add_text("config", "```yaml\n" + config.read_text() + "\n```")
 
     # Lightning does not restore random states, so a resumed run would shuffle, rotate and sample differently
     # from an uninterrupted one; keeping torch's state in the checkpoint makes resuming exact.
@@ -153,7 +169,13 @@ class ForecastModule(pl.LightningModule):
         self._log_figures(values)
 
     def test_step(self, batch, batch_idx):
-        self._update(self.test_metrics["model"], self(batch), batch)
+        pred = self(batch)
+        self._update(self.test_metrics["model"], pred, batch)
+        rotation = random_rotations(len(pred), pred.device, batch["history"].dtype)
+        rotated = self({**batch, "history": rotate(batch["history"], rotation)})
+        mismatch = (rotated - rotate(pred, rotation)).square().sum(-1)  # (B, P, N)
+        real = batch["mask"][:, None, :].expand_as(mismatch)
+        self.rotation_error.update(((mismatch * real).sum((1, 2)) / real.sum((1, 2))).sqrt())
         for name, order in REFERENCE_ORDERS.items():
             if name in self.test_metrics:
                 guess = extrapolate(batch["history"], self.layout.history_offsets, self.layout.target_offsets, order)
@@ -168,12 +190,17 @@ class ForecastModule(pl.LightningModule):
                 self._log_per_step("test", values)
             label = type(self.net).__name__ if name == "model" else name
             rows += [{"model": label, **row} for row in metrics_table(values, self.net.horizon)]
-        self._report_test(rows)
+        rotation_error = self.rotation_error.compute()
+        self.rotation_error.reset()
+        self.log("test/rotation_error", rotation_error)
+        self._report_test(rows, float(rotation_error))
 
     @rank_zero_only
-    def _report_test(self, rows):
+    def _report_test(self, rows, rotation_error):
         print("\n" + format_table(rows, title="test windows: error per horizon step (MSE = mean over atoms and "
                                               "x, y, z components)"))
+        print(f"rotation error: {rotation_error:.3g} A RMS (forecast of a rotated window against the rotated "
+              "forecast)")
         if self.run_dir is not None:
             write_csv(rows, self.run_dir / "test_metrics.csv")
             print(f"test table written to {self.run_dir / 'test_metrics.csv'}")

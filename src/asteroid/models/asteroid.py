@@ -89,8 +89,8 @@ class Asteroid(ForecastModel):
         if int(z.max()) > self.max_z:
             raise DataError(f"model: atomic number {int(z.max())} exceeds max_z={self.max_z}")
         frames, centroid = self.center(history, mask)  # (B, H, N, 3), (B, 1, 1, 3)
-        memory = self.encoder(z, frames, mask, self.displacement_scale[0])  # (B, H, N, C)
-        target_frames = None if target is None else target - centroid
+        memory = self.encoder(z, frames, mask, self.displacement_scale)  # (B, H, N, C)
+        target_frames = None if target is None else target.masked_fill(~mask[:, None, :, None], 0.0) - centroid
 
         losses = {}
         query_seed = None

@@ -39,26 +39,34 @@ class RadiusGraph(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention of query sequences over context sequences (no positional terms)."""
+    """Multi-head attention of query sequences over context sequences (no positional terms); heads divide dim.
+
+    keys_values() and attend() are split so that decoders can project a context once and reuse it.
+    """
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.query = nn.Linear(dim, dim)
         self.key_value = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
+    def keys_values(self, context: Tensor) -> Tensor:
+        """context (X, Sk, C) -> stacked keys and values (2, X, h, Sk, d)."""
+        X, Sk, _ = context.shape
+        return self.key_value(context).view(X, Sk, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+
+    def attend(self, query: Tensor, keys_values: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        """query (X, Sq, C), keys_values (2, X, h, Sk, d), context_mask (X, Sk) bool (True = attend) -> (X, Sq, C)."""
+        X, Sq, C = query.shape
+        q = self.query(query).view(X, Sq, self.heads, -1).transpose(1, 2)  # (X, h, Sq, d)
+        attn_mask = None if context_mask is None else context_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, keys_values[0], keys_values[1], attn_mask=attn_mask)  # (X, h, Sq, d)
+        return self.out(out.transpose(1, 2).reshape(X, Sq, C))
+
     def forward(self, query: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
         """query (X, Sq, C), context (X, Sk, C), context_mask (X, Sk) bool (True = attend) -> (X, Sq, C)."""
-        X, Sq, C = query.shape
-        Sk = context.shape[1]
-        q = self.query(query).view(X, Sq, self.heads, -1).transpose(1, 2)  # (X, h, Sq, d)
-        k, v = self.key_value(context).view(X, Sk, 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # 2 x (X, h, Sk, d)
-        attn_mask = None if context_mask is None else context_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (X, h, Sq, d)
-        return self.out(out.transpose(1, 2).reshape(X, Sq, C))
+        return self.attend(query, self.keys_values(context), context_mask)
 
 
 class LocalAttention(MessagePassing):
@@ -66,8 +74,6 @@ class LocalAttention(MessagePassing):
 
     def __init__(self, dim: int, heads: int, num_rbf: int):
         super().__init__(aggr="add", node_dim=0)
-        if dim % heads:
-            raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.distance_bias = nn.Linear(num_rbf, heads)
@@ -75,7 +81,7 @@ class LocalAttention(MessagePassing):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, graph: LocalGraph) -> Tensor:
-        """x (M, N, C), graph over the M*N nodes -> (M, N, C); atoms without neighbours get zeros."""
+        """x (M, N, C), graph over the M*N nodes -> (M, N, C); atoms without neighbours aggregate nothing."""
         M, N, C = x.shape
         q, k, v = self.qkv(x.reshape(M * N, C)).view(M * N, 3, self.heads, -1).unbind(1)  # 3 x (M*N, h, d)
         value_filter = self.distance_filter(graph.rbf).view(-1, self.heads, C // self.heads)  # (E, h, d)

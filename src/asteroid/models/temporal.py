@@ -27,17 +27,31 @@ def sequences_to_atoms(x: Tensor, batch: int) -> Tensor:
 
 
 class FrameEmbedding(nn.Module):
-    """Per-atom token of a frame: atom type embedding + linear map of centred position and velocity."""
+    """Per-atom token of a frame: atom type embedding + linear map of its kinematics.
+
+    Kinematics: centred position in units of the cutoff (O(1) for molecules), velocity (frame difference) in
+    units of the one-step displacement scale, and offset from the last history frame in units of the largest
+    step scale, so that the small motions being forecast are not buried in the O(1) positions.
+    """
 
     def __init__(self, dim: int, max_z: int, position_unit: float):
         super().__init__()
         self.position_unit = position_unit
         self.atom_type = nn.Embedding(max_z + 1, dim)
-        self.kinematics = nn.Linear(6, dim)
+        self.kinematics = nn.Linear(9, dim)
 
-    def forward(self, z: Tensor, positions: Tensor, velocities: Tensor, velocity_unit: Tensor) -> Tensor:
-        """z (B, N), positions and velocities (B, T, N, 3) Angstrom, centred -> (B, T, N, C)."""
-        kinematics = torch.cat([positions / self.position_unit, velocities / velocity_unit], dim=-1)
+    def forward(
+        self, z: Tensor, positions: Tensor, velocities: Tensor, offsets: Tensor, displacement_scale: Tensor
+    ) -> Tensor:
+        """z (B, N); positions, velocities, offsets (B, T, N, 3) Angstrom; displacement_scale (P,) -> (B, T, N, C)."""
+        kinematics = torch.cat(
+            [
+                positions / self.position_unit,
+                velocities / displacement_scale[0],
+                offsets / displacement_scale.max(),
+            ],
+            dim=-1,
+        )
         return self.atom_type(z)[:, None] + self.kinematics(kinematics)
 
 
@@ -90,10 +104,12 @@ class TemporalEncoder(nn.Module):
         self.graph = RadiusGraph(cutoff, num_rbf) if local else None
         self.layers = nn.ModuleList(EncoderLayer(dim, heads, num_rbf, local, global_) for _ in range(layers))
 
-    def forward(self, z: Tensor, frames: Tensor, mask: Tensor, velocity_unit: Tensor) -> Tensor:
-        """z (B, N), frames (B, H, N, 3) centred Angstrom, mask (B, N) -> memory (B, H, N, C)."""
+    def forward(self, z: Tensor, frames: Tensor, mask: Tensor, displacement_scale: Tensor) -> Tensor:
+        """z (B, N), frames (B, H, N, 3) centred Angstrom, mask (B, N), displacement_scale (P,)
+        -> memory (B, H, N, C)."""
         B, H, N, _ = frames.shape
-        x = self.frame_embedding(z, frames, frame_velocities(frames), velocity_unit)
+        offsets = frames - frames[:, -1:]
+        x = self.frame_embedding(z, frames, frame_velocities(frames), offsets, displacement_scale)
         x = x + self.time_embedding.weight[None, :, None, :]
         frame_mask = _frame_mask(mask, H)
         graph = None if self.graph is None else self.graph(frames.reshape(B * H, N, 3), frame_mask)
@@ -114,14 +130,25 @@ class DecoderLayer(nn.Module):
         self.spatial = SpatialBlock(dim, heads, num_rbf, local, global_)
 
     def forward(
-        self, x: Tensor, context: Tensor, memory: Tensor, frame_mask: Tensor, graph: LocalGraph | None
-    ) -> Tensor:
-        """x (B, S, N, C) new steps; context (B, Sc, N, C) the steps they may see (themselves included);
-        memory (B*N, H, C) encoder states per atom; frame_mask (B*S, N) -> (B, S, N, C)."""
+        self,
+        x: Tensor,
+        memory_kv: Tensor,
+        frame_mask: Tensor,
+        graph: LocalGraph | None,
+        past: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """x (B, S, N, C) new steps; memory_kv (2, B*N, h, H, d) keys/values of the encoder memory per atom;
+        frame_mask (B*S, N); past (2, B*N, h, Sp, d) keys/values of earlier steps or None.
+        Each new step sees the earlier steps and every new step (one new step when decoding sequentially).
+        Returns (B, S, N, C) and the keys/values of all steps seen, the cache for the next step."""
         sequences = atoms_to_sequences(x)  # (B*N, S, C)
-        sequences = self.self_norm(sequences + self.self_attention(sequences, atoms_to_sequences(context)))
-        sequences = self.cross_norm(sequences + self.cross_attention(sequences, memory))
-        return _spatial(self.spatial, sequences_to_atoms(sequences, x.shape[0]), frame_mask, graph)
+        visible = self.self_attention.keys_values(sequences)
+        if past is not None:
+            visible = torch.cat([past, visible], dim=3)
+        sequences = self.self_norm(sequences + self.self_attention.attend(sequences, visible))
+        sequences = self.cross_norm(sequences + self.cross_attention.attend(sequences, memory_kv))
+        x = _spatial(self.spatial, sequences_to_atoms(sequences, x.shape[0]), frame_mask, graph)
+        return x, visible
 
 
 class AutoregressiveDecoder(nn.Module):
@@ -171,23 +198,22 @@ class AutoregressiveDecoder(nn.Module):
         """memory (B, H, N, C); z (B, N); mask (B, N); last_frame, last_velocity (B, N, 3) centred Angstrom;
         displacement_scale (P,); query_seed (B, P, N, C) added to the step queries; target (B, P, N, 3)
         centred like last_frame -> displacement outputs (B, P, N, 3)."""
-        memory = atoms_to_sequences(memory)  # (B*N, H, C)
+        # Each layer projects the memory to keys/values once, not once per step.
+        memory_kv = [layer.cross_attention.keys_values(atoms_to_sequences(memory)) for layer in self.layers]
         if not self.autoregressive:
-            return self._decode_direct(memory, z, mask, last_frame, last_velocity, displacement_scale, query_seed)
-        B, N, _ = last_frame.shape
-        velocity_unit = displacement_scale[0]
+            return self._decode_direct(memory_kv, z, mask, last_frame, last_velocity, displacement_scale, query_seed)
         frame, velocity = last_frame, last_velocity
-        contexts = [[] for _ in self.layers]  # per layer: inputs of the steps decoded so far
+        past = [None] * len(self.layers)  # per layer: keys/values of the steps decoded so far
         outputs = []
         for k in range(self.horizon):
-            x = self.frame_embedding(z, frame[:, None], velocity[:, None], velocity_unit)
+            offset = frame - last_frame
+            x = self.frame_embedding(z, frame[:, None], velocity[:, None], offset[:, None], displacement_scale)
             x = x + self.step_embedding.weight[k]
             if query_seed is not None:
                 x = x + query_seed[:, k : k + 1]
             graph = None if self.graph is None else self.graph(frame, mask)
-            for layer, context in zip(self.layers, contexts):
-                context.append(x)
-                x = layer(x, torch.cat(context, dim=1), memory, mask, graph)
+            for i, layer in enumerate(self.layers):
+                x, past[i] = layer(x, memory_kv[i], mask, graph, past[i])
             output = self.displacement_head(x[:, 0])  # (B, N, 3)
             outputs.append(output)
             if k + 1 < self.horizon:
@@ -207,7 +233,7 @@ class AutoregressiveDecoder(nn.Module):
 
     def _decode_direct(
         self,
-        memory: Tensor,
+        memory_kv: list[Tensor],
         z: Tensor,
         mask: Tensor,
         last_frame: Tensor,
@@ -218,13 +244,14 @@ class AutoregressiveDecoder(nn.Module):
         """All P steps in one pass; every step sees the last history frame and every other step."""
         B, N, _ = last_frame.shape
         P = self.horizon
-        x = self.frame_embedding(z, last_frame[:, None], last_velocity[:, None], displacement_scale[0])
+        frame, velocity = last_frame[:, None], last_velocity[:, None]
+        x = self.frame_embedding(z, frame, velocity, torch.zeros_like(frame), displacement_scale)
         x = x + self.step_embedding.weight[None, :, None, :]  # (B, P, N, C)
         if query_seed is not None:
             x = x + query_seed
         frame_mask = _frame_mask(mask, P)
         frames = last_frame[:, None].expand(B, P, N, 3).reshape(B * P, N, 3)
         graph = None if self.graph is None else self.graph(frames, frame_mask)
-        for layer in self.layers:
-            x = layer(x, x, memory, frame_mask, graph)
+        for layer, layer_memory in zip(self.layers, memory_kv):
+            x, _ = layer(x, layer_memory, frame_mask, graph)
         return self.displacement_head(x)
