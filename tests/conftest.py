@@ -1,5 +1,8 @@
+import numpy as np
 import pytest
 import torch
+
+from helpers import harmonic_frames, md_topology
 
 # Two cores here: many threads on tiny tensors are far slower than one.
 torch.set_num_threads(1)
@@ -8,3 +11,14 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def md_files(tmp_path):
+    """The same trajectory (nm, 0.5 fs per frame) saved by mdtraj, with a one-frame .pdb topology."""
+    import mdtraj as md
+
+    R = harmonic_frames()  # Angstrom
+    traj = md.Trajectory(R / 10.0, md_topology(), time=np.arange(60) * 0.0005)  # nm, ps
+    traj[0].save_pdb(str(tmp_path / "top.pdb"))
+    return traj, R, tmp_path

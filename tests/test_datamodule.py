@@ -5,15 +5,11 @@ import torch
 from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource, collate_windows
 from asteroid.data.windows import SPLITS, count_windows
 from asteroid.errors import ConfigError, DataError
+from helpers import write_toy_trajectory
 
 
 def write_npz(path, n_frames=800, z=(6, 1, 8, 1), seed=0):
-    """A smooth, time-ordered synthetic trajectory (atoms on independent oscillators)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n_frames)[:, None, None] * 0.05
-    R = rng.normal(size=(1, len(z), 3)) * 2 + 0.1 * np.sin(t * rng.uniform(0.5, 2, size=(1, len(z), 3)))
-    np.savez(path, R=R.astype(np.float32), z=np.asarray(z), dt_fs=0.5)
-    return R.astype(np.float32)
+    return write_toy_trajectory(path, n_frames, z, seed)
 
 
 def make_module(tmp_path, sources, **kwargs):

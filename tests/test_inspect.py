@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
-from test_readers import ETHANOL_Z, harmonic_frames, md_files, save_sgdml, shuffled  # noqa: F401 (fixture)
+from helpers import ETHANOL_Z, harmonic_frames, save_sgdml, shuffled
 
 from asteroid.data.inspect import main, summarize
 from asteroid.errors import DataError

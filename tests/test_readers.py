@@ -12,35 +12,9 @@ from asteroid.data.readers import load_trajectory
 from asteroid.data.time_order import (
     TimeOrderWarning, is_time_ordered, mean_step_displacement, rms_displacement, time_order_ratio)
 from asteroid.errors import DataError
+from helpers import ETHANOL_Z, harmonic_frames, save_sgdml, shuffled
 
 Z = np.array([8, 6, 1, 1, 1])  # O C H H H
-ETHANOL_Z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
-
-
-def harmonic_frames(T=60, N=5, seed=0):
-    """Independent harmonic oscillators around a fixed structure: smooth, time-ordered frames (T, N, 3)."""
-    rng = np.random.default_rng(seed)
-    base = rng.normal(scale=1.5, size=(N, 3))
-    amplitude = rng.uniform(0.05, 0.2, size=(N, 3))
-    omega = rng.uniform(0.05, 0.2, size=(N, 3))  # radians per frame: periods of 30-120 frames
-    phase = rng.uniform(0, 2 * np.pi, size=(N, 3))
-    t = np.arange(T)[:, None, None]
-    return (base + amplitude * np.sin(omega * t + phase)).astype(np.float32)
-
-
-def shuffled(R, seed=1):
-    return R[np.random.default_rng(seed).permutation(len(R))]
-
-
-def save_sgdml(path, R, z, **extra):
-    """An npz laid out like the sGDML MD17 files (metadata keys, E of shape (T, 1))."""
-    T, N = R.shape[:2]
-    arrays = dict(R=R.astype(np.float64), z=z, E=np.arange(T, dtype=np.float64)[:, None],
-                  F=np.ones((T, N, 3)), name="test", theory="PBE+vdW-TS", md5="0" * 32, type="d")
-    arrays.update(extra)
-    np.savez(path, **arrays)
-
-
 def truncate(path, fraction=0.6):
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * fraction)])
@@ -222,27 +196,6 @@ def test_ase_truncated(tmp_path, suffix):
 
 
 # --- mdtraj ------------------------------------------------------------------------------------------
-
-
-def md_topology():
-    import mdtraj as md
-
-    topology = md.Topology()
-    residue = topology.add_residue("MOL", topology.add_chain())
-    for name, symbol in zip(["O1", "C1", "H1", "H2", "H3"], ["O", "C", "H", "H", "H"]):
-        topology.add_atom(name, md.element.get_by_symbol(symbol), residue)
-    return topology
-
-
-@pytest.fixture
-def md_files(tmp_path):
-    """The same trajectory (nm, 0.5 fs per frame) saved by mdtraj, with a one-frame .pdb topology."""
-    import mdtraj as md
-
-    R = harmonic_frames()  # Angstrom
-    traj = md.Trajectory(R / 10.0, md_topology(), time=np.arange(60) * 0.0005)  # nm, ps
-    traj[0].save_pdb(str(tmp_path / "top.pdb"))
-    return traj, R, tmp_path
 
 
 # nm -> Angstrom checks at each format's stored precision (xtc: 1e-3 nm; pdb: 1e-3 Angstrom)
