@@ -1,0 +1,242 @@
+"""Sliding-window samples of one or several trajectories, for the Lightning Trainer.
+
+Each trajectory is stored once, as a memory-mapped float32 `.npy` cache; a sample is an index view
+(trajectory, start frame) that gathers its H + P frames only when asked for.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from asteroid.data.md17 import DATASETS, resolve_dataset
+from asteroid.data.readers import load_trajectory
+from asteroid.data.windows import (PROTOCOLS, SPLITS, WindowLayout, chronological_starts, random_starts)
+from asteroid.errors import ConfigError, DataError
+from asteroid.fileio import atomic_output
+
+DEFAULT_LAYOUT = dict(history=8, horizon=8, spacing=10)
+
+
+@dataclass
+class TrajectorySource:
+    """One trajectory file, and how to make it if it is missing.
+
+    path: the trajectory (any format `asteroid.data.load_trajectory` reads), or a known dataset name such as
+        "md17:ethanol", downloaded into data/ when missing.
+    molecule: a built-in molecule (e.g. "ethanol"); when `path` is missing, GFN2-xTB MD generates it there.
+    frames: frames to generate. topology / selection / dt_fs: passed to the reader.
+    """
+
+    path: str
+    molecule: str | None = None
+    frames: int = 20000
+    topology: str | None = None
+    selection: str | None = None
+    dt_fs: float | None = None
+
+
+class WindowDataset(Dataset):
+    """Windows (trajectory, start) over memory-mapped coordinate caches; nothing is copied up front."""
+
+    def __init__(self, coordinate_files: list[Path], numbers: list[np.ndarray], index: np.ndarray,
+                 layout: WindowLayout):
+        self.coordinate_files, self.numbers, self.index, self.layout = coordinate_files, numbers, index, layout
+        self.offsets = np.asarray(layout.history_offsets + layout.target_offsets)
+        self._coordinates = None  # opened lazily so that worker processes open their own maps
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_coordinates": None}
+
+    def __getitem__(self, i: int) -> dict:
+        if self._coordinates is None:
+            self._coordinates = [np.load(f, mmap_mode="r") for f in self.coordinate_files]
+        traj, start = self.index[i]
+        frames = torch.from_numpy(np.ascontiguousarray(self._coordinates[traj][start + self.offsets]))  # (H+P, N, 3)
+        z = torch.from_numpy(self.numbers[traj])
+        H = self.layout.history
+        return {"history": frames[:H], "target": frames[H:], "z": z, "mask": torch.ones(len(z), dtype=torch.bool)}
+
+
+def collate_windows(samples: list[dict]) -> dict:
+    """Stack windows, padding molecules of different sizes to the largest (mask False, z 0 on padding)."""
+    n_max = max(len(s["z"]) for s in samples)
+    batch = {}
+    for key in samples[0]:
+        tensors = []
+        for s in samples:
+            pad = n_max - len(s["z"])
+            t = s[key]
+            if pad:
+                atom_dim = 0 if t.dim() == 1 else 1
+                shape = list(t.shape)
+                shape[atom_dim] = pad
+                t = torch.cat([t, t.new_zeros(shape)], dim=atom_dim)
+            tensors.append(t)
+        batch[key] = torch.stack(tensors)
+    return batch
+
+
+class TrajectoryDataModule(pl.LightningDataModule):
+    """Chronological (or peer-protocol) windows of one or several trajectories.
+
+    history / horizon / spacing: frames in, frames out, MD frames between them (default 8 / 8 / 10); a named
+    `protocol` other than "default" fixes them and must not be combined with them. stride: MD frames between window
+    starts. heavy_atoms: keep only non-hydrogen atoms (default: the protocol's choice).
+    """
+
+    def __init__(self, sources: list[TrajectorySource], protocol: str = "default", history: int | None = None,
+                 horizon: int | None = None, spacing: int | None = None, stride: int = 1,
+                 split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), heavy_atoms: bool | None = None,
+                 batch_size: int = 32, num_workers: int = 0, cache_dir: str = "data/cache", seed: int = 0):
+        super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+        if not sources:
+            raise ConfigError("data.sources is empty: give at least one trajectory")
+        self.protocol = PROTOCOLS[protocol]
+        given = {k: v for k, v in dict(history=history, horizon=horizon, spacing=spacing).items() if v is not None}
+        if self.protocol.layout is not None and given:
+            raise ConfigError(f"protocol {protocol!r} fixes the window layout; remove {', '.join(given)} "
+                              f"(data.{next(iter(given))}) or use protocol 'default'")
+        self.layout = self.protocol.layout or WindowLayout.regular(**{**DEFAULT_LAYOUT, **given})
+        if stride < 1:
+            raise ConfigError(f"data.stride must be >= 1, got {stride}")
+        self.sources = [TrajectorySource(**s) if isinstance(s, dict) else s for s in sources]
+        self.stride, self.split_fractions, self.seed = stride, tuple(split_fractions), seed
+        self.heavy_atoms = self.protocol.heavy_atoms if heavy_atoms is None else heavy_atoms
+        self.batch_size, self.num_workers, self.cache_dir = batch_size, num_workers, Path(cache_dir)
+        self.datasets: dict[str, WindowDataset] = {}
+        self.displacement_scale: torch.Tensor | None = None
+
+    @property
+    def history(self) -> int:
+        return self.layout.history
+
+    @property
+    def horizon(self) -> int:
+        return self.layout.horizon
+
+    # ---- files -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _file(source: TrajectorySource) -> Path:
+        """Where the source's trajectory is, fetching a known dataset that is missing (rank 0, in prepare_data)."""
+        path = Path(source.path)
+        if path.exists() or source.molecule is not None:
+            return path
+        if source.path.lower() not in DATASETS:
+            raise DataError(f"{path}: file not found (set `molecule` in the source to generate it, or name a known "
+                            f"dataset such as md17:ethanol)")
+        return resolve_dataset(source.path, root="data")
+
+    def _cache_paths(self, source: TrajectorySource) -> tuple[Path, Path]:
+        path = self._file(source)
+        stat = path.stat()
+        key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, source.topology, source.selection,
+                          source.dt_fs, self.heavy_atoms])
+        stem = f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+        return self.cache_dir / f"{stem}.npy", self.cache_dir / f"{stem}.json"
+
+    def prepare_data(self) -> None:
+        """Generate missing built-in trajectories, then cache every trajectory as float32 `.npy` (rank 0 only)."""
+        for source in self.sources:
+            path = self._file(source)
+            if not path.exists():
+                from asteroid.simulate import simulate  # imported here: tblite loads only when data must be made
+
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # resume=True continues an interrupted generation (its checkpoint) and starts afresh otherwise
+                simulate(path, molecule=source.molecule, frames=source.frames, resume=True)
+            coords_file, meta_file = self._cache_paths(source)
+            if coords_file.exists() and meta_file.exists():
+                continue
+            traj = load_trajectory(path, topology=source.topology, selection=source.selection, dt_fs=source.dt_fs)
+            if self.heavy_atoms:
+                traj = traj.select_atoms(np.flatnonzero(traj.z > 1))
+            with atomic_output(coords_file) as handle:
+                np.save(handle, np.ascontiguousarray(traj.R, dtype=np.float32))
+            with atomic_output(meta_file, "w") as handle:
+                json.dump(dict(z=traj.z.tolist(), dt_fs=traj.dt_fs, name=traj.name, source=str(path)), handle)
+
+    # ---- windows -----------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        coordinate_files, numbers, self.trajectories = [], [], []
+        index = {name: [] for name in SPLITS}
+        span = self.layout.span
+        gap = span if self.protocol.gap is None else self.protocol.gap
+        for i, source in enumerate(self.sources):
+            coords_file, meta_file = self._cache_paths(source)
+            meta = json.loads(meta_file.read_text())
+            n_frames = np.load(coords_file, mmap_mode="r").shape[0]
+            if self.protocol.split == "chronological":
+                starts = chronological_starts(n_frames, span, self.stride, self.split_fractions, gap, source.path)
+            else:
+                starts = random_starts(n_frames, span, self.protocol.counts, self.protocol.margin, self.seed + i,
+                                       source.path)
+            for name in SPLITS:
+                index[name].append(np.stack([np.full(len(starts[name]), i), starts[name]], axis=1))
+            coordinate_files.append(coords_file)
+            numbers.append(np.asarray(meta["z"], dtype=np.int64))
+            self.trajectories.append({**meta, "n_frames": n_frames, "starts": starts})
+        self.datasets = {name: WindowDataset(coordinate_files, numbers, np.concatenate(index[name]), self.layout)
+                         for name in SPLITS}
+        self.displacement_scale = self._fit_displacement_scale()
+
+    def _fit_displacement_scale(self, max_windows: int = 4096) -> torch.Tensor:
+        """(P,) RMS displacement per Cartesian component from the last history frame, on training windows only."""
+        train = self.datasets["train"]
+        picks = np.random.default_rng(self.seed).permutation(len(train))[:max_windows]
+        squares = torch.zeros(self.horizon, dtype=torch.float64)
+        for i in picks:
+            window = train[i]
+            squares += ((window["target"] - window["history"][-1]).double() ** 2).mean(dim=(1, 2))
+        return (squares / len(picks)).sqrt().float().clamp_min(1e-6)
+
+    @property
+    def lead_times_fs(self) -> np.ndarray:
+        """(P,) time of each target frame after the last history frame, femtoseconds (first trajectory's dt)."""
+        return self.layout.lead_frames() * self.trajectories[0]["dt_fs"]
+
+    def split_summary(self) -> dict:
+        """The split definition, saved with every run so that it can be reproduced and audited."""
+        return {
+            "protocol": next(k for k, v in PROTOCOLS.items() if v is self.protocol),
+            "description": self.protocol.description,
+            "history_offsets": list(self.layout.history_offsets),
+            "target_offsets": list(self.layout.target_offsets),
+            "stride": self.stride, "seed": self.seed, "heavy_atoms": self.heavy_atoms,
+            "trajectories": [
+                {"source": t["source"], "n_frames": t["n_frames"], "dt_fs": t["dt_fs"],
+                 **{name: {"windows": len(s), "first_start": int(s[0]), "last_start": int(s[-1])}
+                    for name, s in t["starts"].items()}}
+                for t in self.trajectories],
+            "displacement_scale": self.displacement_scale.tolist(),
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, collate_fn=collate_windows,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,70 @@
+"""`asteroid inspect FILE`: what a trajectory file holds and whether it can be forecast."""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from ase.data import chemical_symbols
+from ase.formula import Formula
+
+from asteroid.data.readers import load_trajectory, trajectory_format
+from asteroid.data.time_order import MIN_FRAMES, mean_step_displacement, time_order_ratio, time_order_verdict
+
+
+def summarize(path: str | Path, *, topology: str | Path | None = None, selection: str | None = None,
+              dt_fs: float | None = None) -> dict:
+    """Facts about a trajectory file, as a dict (keys as printed by `asteroid inspect`)."""
+    traj = load_trajectory(path, topology=topology, selection=selection, dt_fs=dt_fs, check_order=False)
+    formula = Formula.from_list([chemical_symbols[number] for number in traj.z]).format("hill")
+    ratio = time_order_ratio(traj.R)
+    verdict = {True: "time-ordered", False: "looks shuffled",
+               None: "too short to tell" if traj.n_frames < MIN_FRAMES else "cannot tell (frames do not move)"}
+    return {
+        "file": str(path),
+        "format": trajectory_format(path),
+        "frames": traj.n_frames,
+        "atoms": traj.n_atoms,
+        "formula": formula,
+        "element_counts": dict(Formula(formula).count()),  # Hill order, as in the formula
+        "dt_fs": traj.dt_fs,
+        "duration_ps": (traj.n_frames - 1) * traj.dt_fs / 1000.0,
+        "mean_step_angstrom": mean_step_displacement(traj.R),
+        "time_order_ratio": ratio,
+        "time_order": verdict[time_order_verdict(ratio)],
+        "energies": traj.E is not None,
+        "forces": traj.F is not None,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as aligned `label: value` lines."""
+    counts = ", ".join(f"{symbol} {n}" for symbol, n in summary["element_counts"].items())
+    rows = [
+        ("file", summary["file"]),
+        ("format", summary["format"]),
+        ("frames", summary["frames"]),
+        ("atoms", summary["atoms"]),
+        ("elements", f"{summary['formula']} ({counts})"),
+        ("dt", f"{summary['dt_fs']:g} fs"),
+        ("duration", f"{summary['duration_ps']:g} ps"),
+        ("mean step", f"{summary['mean_step_angstrom']:.4g} Angstrom (RMS per atom, consecutive frames)"),
+        ("time order", f"{summary['time_order']} (consecutive/random displacement ratio "
+                       f"{summary['time_order_ratio']:.3f})"),
+        ("energies", "yes" if summary["energies"] else "no"),
+        ("forces", "yes" if summary["forces"] else "no"),
+    ]
+    return "\n".join(f"{label + ':':<12} {value}" for label, value in rows)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `asteroid inspect`."""
+    parser = argparse.ArgumentParser(prog="asteroid inspect", description=__doc__)
+    parser.add_argument("file", help="trajectory file (.npz, .extxyz, .xyz, .traj, .dcd, .xtc, .trr, .nc, .h5, .pdb)")
+    parser.add_argument("--topology", help="topology for coordinate-only formats (.pdb, .psf, .gro, .prmtop)")
+    parser.add_argument("--selection", help="mdtraj atom selection, e.g. 'not element H'")
+    parser.add_argument("--dt-fs", type=float, help="time between frames in fs, when the file does not say")
+    args = parser.parse_args(argv)
+    summary = summarize(args.file, topology=args.topology, selection=args.selection, dt_fs=args.dt_fs)
+    print(format_summary(summary))
+    return 0

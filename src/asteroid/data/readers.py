@@ -1,0 +1,248 @@
+"""Read a trajectory file of any supported format into a Trajectory (Angstrom, femtoseconds)."""
+from __future__ import annotations
+
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from asteroid.data.time_order import THRESHOLD, TimeOrderWarning, time_order_ratio
+from asteroid.data.trajectory import Trajectory
+from asteroid.errors import DataError
+
+MD17_DT_FS = 0.5  # sGDML MD17 trajectories store every 0.5 fs step
+SGDML_KEYS = {"theory", "md5"}  # metadata only sGDML dataset files carry
+RMD17_KEYS = {"coords", "nuclear_charges"}
+FORMATS = {
+    ".npz": "npz (sGDML MD17/MD22 layout)",
+    ".extxyz": "extended XYZ (ASE)",
+    ".xyz": "XYZ (ASE)",
+    ".traj": "ASE trajectory",
+    ".dcd": "DCD (mdtraj)",
+    ".xtc": "XTC (mdtraj)",
+    ".trr": "TRR (mdtraj)",
+    ".nc": "AMBER NetCDF (mdtraj)",
+    ".h5": "MDTraj HDF5 (mdtraj)",
+    ".pdb": "multi-model PDB (mdtraj)",
+}
+MDTRAJ_SUFFIXES = {".dcd", ".xtc", ".trr", ".nc", ".h5", ".pdb"}
+SELF_TOPOLOGY_SUFFIXES = {".h5", ".pdb"}
+TIMED_SUFFIXES = {".xtc", ".trr", ".nc", ".h5"}  # mdtraj reads real frame times only from these
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _need_dt(path: Path) -> DataError:
+    return DataError(f"{path}: the file does not say the time between frames; pass dt_fs (--dt-fs), e.g. 0.5")
+
+
+def trajectory_format(path: str | Path) -> str:
+    """Human-readable name of the format `load_trajectory` reads `path` as."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(f"{path}: unknown trajectory suffix {suffix!r}; supported: {', '.join(FORMATS)}")
+    return FORMATS[suffix]
+
+
+def uniform_step_fs(times_fs: np.ndarray, path: Path) -> float:
+    """The constant spacing of frame times (fs); DataError when they do not advance evenly."""
+    steps = np.diff(times_fs)
+    dt = (times_fs[-1] - times_fs[0]) / len(steps)
+    if not dt > 0:
+        raise DataError(f"{path}: the frame times in the file do not advance; pass dt_fs (--dt-fs)")
+    # xtc stores times as float32: allow its rounding at large absolute times
+    tolerance = 1e-3 * dt + 1e-6 * np.abs(times_fs).max()
+    if np.abs(steps - dt).max() > tolerance:
+        raise DataError(
+            f"{path}: frames are not evenly spaced in time (steps from {steps.min():g} to {steps.max():g} fs); "
+            "forecasting needs a constant spacing (pass dt_fs to use the frames anyway)")
+    return float(dt)
+
+
+def element_topology(z: np.ndarray):
+    """An mdtraj Topology for bare atomic numbers: one residue, atoms named by their element symbol."""
+    import mdtraj as md
+
+    topology = md.Topology()
+    residue = topology.add_residue("MOL", topology.add_chain())
+    for number in z:
+        element = md.element.Element.getByAtomicNumber(int(number))
+        topology.add_atom(element.symbol, element, residue)
+    return topology
+
+
+def select_atoms(topology, selection: str, path: Path) -> np.ndarray:
+    """Indices of the atoms of `topology` that the mdtraj `selection` picks; DataError if none or invalid."""
+    try:
+        index = topology.select(selection)
+    except Exception as exc:  # mdtraj raises ValueError/KeyError/pyparsing errors for bad selections
+        raise DataError(f"{path}: invalid atom selection {selection!r} ({_one_line(exc)})") from exc
+    if len(index) == 0:
+        raise DataError(f"{path}: atom selection {selection!r} matches no atom")
+    return index
+
+
+def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = set(data.files)
+            arrays = {key: data[key] for key in ("R", "z", "E", "F", "dt_fs") if key in keys}
+    except Exception as exc:  # zipfile, zlib and numpy all raise their own types on a damaged file
+        raise DataError(f"{path}: cannot read the npz file ({_one_line(exc)})") from exc
+    if RMD17_KEYS <= keys:
+        raise DataError(
+            f"{path}: this is a revised MD17 (rMD17) file: its frames are random samples, not a time-ordered "
+            "trajectory, so it cannot be used for forecasting; use the original MD17 file instead "
+            "(sGDML md17_<molecule>.npz, dataset name md17:<molecule>)")
+    missing = [key for key in ("R", "z") if key not in keys]
+    if missing:
+        raise DataError(
+            f"{path}: missing key(s) {', '.join(missing)} in the npz file; found keys {sorted(keys)}, expected "
+            "R (frames, atoms, 3) Angstrom and z (atoms,), optionally E, F and dt_fs")
+    if dt_fs is None and "dt_fs" in arrays:
+        dt_fs = float(arrays["dt_fs"])
+    if dt_fs is None and SGDML_KEYS & keys:
+        dt_fs = MD17_DT_FS
+    if dt_fs is None:
+        raise _need_dt(path)
+    E = arrays.get("E")
+    return Trajectory(R=arrays["R"], z=arrays["z"], dt_fs=dt_fs, name=name, source=str(path),
+                      E=None if E is None else E.reshape(-1), F=arrays.get("F"))
+
+
+def _ase_dt_fs(frames: list, path: Path) -> float | None:
+    info = frames[0].info
+    if "dt_fs" in info:
+        return float(info["dt_fs"])
+    for key in ("time_fs", "time"):  # CP2K writes `time = ...` (fs) in its xyz comment lines
+        if len(frames) > 1 and all(key in atoms.info for atoms in frames):
+            return uniform_step_fs(np.array([float(atoms.info[key]) for atoms in frames]), path)
+    return None
+
+
+def _calc_results(frames: list, key: str) -> np.ndarray | None:
+    """Per-frame energies or forces when every frame carries them."""
+    if all(atoms.calc is not None and key in atoms.calc.results for atoms in frames):
+        return np.stack([np.asarray(atoms.calc.results[key]) for atoms in frames])
+    return None
+
+
+def _read_ase(path: Path, dt_fs: float | None, name: str) -> Trajectory:
+    import ase.io
+
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as exc:  # ASE raises ValueError, IndexError, ... on malformed or cut files
+        raise DataError(f"{path}: cannot read the file with ASE ({_one_line(exc)})") from exc
+    z = frames[0].numbers
+    for t, atoms in enumerate(frames):
+        if len(atoms) != len(z) or not np.array_equal(atoms.numbers, z):
+            raise DataError(f"{path}: the atoms change at frame {t} ({len(z)} atoms in frame 0, {len(atoms)} "
+                            f"in frame {t}); a trajectory needs the same atoms in every frame")
+    if dt_fs is None:
+        dt_fs = _ase_dt_fs(frames, path)
+    if dt_fs is None:
+        raise _need_dt(path)
+    R = np.stack([atoms.positions for atoms in frames])  # (T, N, 3) Angstrom
+    return Trajectory(R=R, z=z, dt_fs=dt_fs, name=name, source=str(path),
+                      E=_calc_results(frames, "energy"), F=_calc_results(frames, "forces"))
+
+
+def _dcd_declared_frames(path: Path) -> int:
+    """Frame count (NSET) in a CHARMM/NAMD DCD header; 0 when the header is not the standard one."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    for order in "<>":
+        if len(head) == 12:
+            marker, magic, n_frames = struct.unpack(order + "i4si", head)
+            if marker == 84 and magic == b"CORD":
+                return n_frames
+    return 0
+
+
+def _read_mdtraj(path: Path, topology: str | Path | None, selection: str | None, dt_fs: float | None,
+                 name: str) -> Trajectory:
+    import mdtraj as md
+
+    suffix = path.suffix.lower()
+    topology_file = topology if topology is not None else path if suffix in SELF_TOPOLOGY_SUFFIXES else None
+    if topology_file is None:
+        raise DataError(f"{path}: a {suffix} file holds only coordinates; pass a topology file "
+                        "(--topology, e.g. .pdb, .psf, .gro, .prmtop)")
+    try:
+        top = md.load_topology(str(topology_file))
+    except Exception as exc:
+        raise DataError(f"{topology_file}: cannot read the topology ({_one_line(exc)})") from exc
+    atom_index = None if selection is None else select_atoms(top, selection, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*netCDF4.*")  # scipy fallback: slower, not wrong
+            traj = md.load(str(path), top=top, atom_indices=atom_index)
+    except Exception as exc:  # mdtraj raises OSError, ValueError, ... on damaged or mismatched files
+        raise DataError(f"{path}: cannot read the file with mdtraj ({_one_line(exc)})") from exc
+    declared = _dcd_declared_frames(path) if suffix == ".dcd" else 0
+    if declared > traj.n_frames:  # mdtraj silently drops a cut-off last frame
+        raise DataError(f"{path}: the file is truncated: its header declares {declared} frames "
+                        f"but only {traj.n_frames} could be read")
+    z = np.array([0 if atom.element is None else atom.element.number for atom in traj.topology.atoms])
+    if (z < 1).any():
+        names = [str(atom) for atom, number in zip(traj.topology.atoms, z) if number < 1][:5]
+        raise DataError(f"{topology_file}: no chemical element for atom(s) {', '.join(names)} "
+                        "(virtual sites?); leave them out with a selection")
+    if dt_fs is None and suffix in TIMED_SUFFIXES and traj.n_frames > 1:
+        dt_fs = uniform_step_fs(np.asarray(traj.time, dtype=np.float64) * 1000.0, path)  # ps -> fs
+    if dt_fs is None:
+        raise _need_dt(path)
+    return Trajectory(R=traj.xyz * 10.0, z=z, dt_fs=dt_fs, name=name, source=str(path))  # nm -> Angstrom
+
+
+def _checked_path(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a trajectory file")
+    trajectory_format(path)  # unknown suffix -> DataError
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    return path
+
+
+def warn_if_shuffled(traj: Trajectory) -> None:
+    """Warn (TimeOrderWarning) when the frames of `traj` look shuffled rather than time-ordered."""
+    ratio = time_order_ratio(traj.R)
+    if ratio >= THRESHOLD:  # False for nan: too short to tell
+        warnings.warn(TimeOrderWarning(
+            f"{traj.source}: frames look shuffled, not time-ordered (consecutive frames are {ratio:.2f} times "
+            "as far apart as random frames); forecasting needs consecutive MD frames"), stacklevel=3)
+
+
+def load_trajectory(path: str | Path, *, topology: str | Path | None = None, selection: str | None = None,
+                    dt_fs: float | None = None, name: str | None = None, check_order: bool = True) -> Trajectory:
+    """Read a trajectory file, choosing the reader by suffix.
+
+    .npz (MD17/MD22 sGDML layout or our generator), .extxyz/.xyz/.traj (ASE), .dcd/.xtc/.trr/.nc/.h5
+    and multi-model .pdb (mdtraj, with `topology` unless the file carries its own). `selection` is an
+    mdtraj selection (e.g. "not element H"); for .npz and ASE files it is evaluated on a topology of
+    one residue whose atoms are named by their element symbol, so element, name, index and mass
+    selections work there. `dt_fs`, when given, overrides the frame spacing the file states.
+    Raises DataError naming the file and the problem; warns TimeOrderWarning on shuffled frames.
+    """
+    path = _checked_path(path)
+    name = path.stem if name is None else name
+    if path.suffix.lower() in MDTRAJ_SUFFIXES:
+        traj = _read_mdtraj(path, topology, selection, dt_fs, name)
+    else:
+        if topology is not None:
+            raise DataError(f"{path}: a topology is only used with mdtraj formats "
+                            f"({', '.join(sorted(MDTRAJ_SUFFIXES))}); this file names its atoms itself")
+        read = _read_npz if path.suffix.lower() == ".npz" else _read_ase
+        traj = read(path, dt_fs, name)
+        if selection is not None:
+            traj = traj.select_atoms(select_atoms(element_topology(traj.z), selection, path))
+    if check_order:
+        warn_if_shuffled(traj)
+    return traj

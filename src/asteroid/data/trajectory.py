@@ -1,0 +1,79 @@
+"""The one in-memory form of every trajectory, whatever file it came from."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from asteroid.errors import DataError
+
+
+@dataclass
+class Trajectory:
+    """Frames of atomic coordinates.
+
+    R: (T, N, 3) float32, Angstrom (may be a read-only np.memmap).
+    z: (N,) int64 atomic numbers.
+    dt_fs: time between consecutive frames, femtoseconds.
+    E: (T,) energies and F: (T, N, 3) forces, in the file's units, when the file has them.
+    """
+
+    R: np.ndarray
+    z: np.ndarray
+    dt_fs: float
+    name: str
+    source: str
+    E: np.ndarray | None = None
+    F: np.ndarray | None = None
+
+    def __post_init__(self):
+        def fail(problem: str):
+            raise DataError(f"{self.source}: {problem}")
+
+        R = np.asarray(self.R) if not isinstance(self.R, np.memmap) else self.R
+        if R.ndim != 3 or R.shape[-1] != 3:
+            fail(f"coordinates must have shape (frames, atoms, 3), got {tuple(R.shape)}")
+        if R.shape[0] == 0:
+            fail("the trajectory has no frames")
+        if R.shape[1] == 0:
+            fail("the trajectory has no atoms")
+        if not np.issubdtype(R.dtype, np.number):
+            fail(f"coordinates must be numbers, got dtype {R.dtype}")
+        if R.dtype != np.float32:
+            R = R.astype(np.float32)
+        bad = ~np.isfinite(R).all(axis=(1, 2))
+        if bad.any():
+            fail(f"{int(bad.sum())} frame(s) contain NaN or inf coordinates (first: frame {int(np.argmax(bad))})")
+        z = np.asarray(self.z)
+        if z.ndim != 1 or len(z) != R.shape[1]:
+            fail(f"atomic numbers z have shape {tuple(z.shape)} but the coordinates have {R.shape[1]} atoms")
+        if not np.issubdtype(z.dtype, np.integer):
+            if not np.issubdtype(z.dtype, np.number) or not np.all(np.mod(z, 1) == 0):
+                fail(f"atomic numbers z must be integers, got dtype {z.dtype}")
+        z = z.astype(np.int64)
+        if z.min() < 1 or z.max() > 118:
+            fail(f"atomic numbers must lie in 1..118, got {z.min()}..{z.max()}")
+        if not (np.isfinite(self.dt_fs) and self.dt_fs > 0):
+            fail(f"the frame spacing dt_fs must be a positive number of femtoseconds, got {self.dt_fs}")
+        for key, arr, shape in (("E", self.E, (R.shape[0],)), ("F", self.F, R.shape)):
+            if arr is not None and np.asarray(arr).reshape(-1).size != int(np.prod(shape)):
+                fail(f"{key} has shape {np.asarray(arr).shape}, which does not match {R.shape[0]} frames of {R.shape[1]} atoms")
+        self.R, self.z, self.dt_fs = R, z, float(self.dt_fs)
+
+    @property
+    def n_frames(self) -> int:
+        return self.R.shape[0]
+
+    @property
+    def n_atoms(self) -> int:
+        return self.R.shape[1]
+
+    def select_atoms(self, index: np.ndarray) -> "Trajectory":
+        """The same trajectory restricted to the atoms in `index`."""
+        if len(index) == 0:
+            raise DataError(f"{self.source}: the atom selection matches no atom")
+        return Trajectory(
+            R=np.ascontiguousarray(self.R[:, index]), z=self.z[index], dt_fs=self.dt_fs,
+            name=self.name, source=self.source,
+            E=self.E, F=None if self.F is None else np.asarray(self.F)[:, index],
+        )
