@@ -180,7 +180,9 @@ def _read_mdtraj(path: Path, topology: str | Path | None, selection: str | None,
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*netCDF4.*")  # scipy fallback: slower, not wrong
-            traj = md.load(str(path), top=top, atom_indices=atom_index)
+            # .h5 carries its own topology and mdtraj warns when given one, even top=None
+            given_topology = {} if suffix == ".h5" else {"top": top}
+            traj = md.load(str(path), atom_indices=atom_index, **given_topology)
     except Exception as exc:  # mdtraj raises OSError, ValueError, ... on damaged or mismatched files
         raise DataError(f"{path}: cannot read the file with mdtraj ({_one_line(exc)})") from exc
     declared = _dcd_declared_frames(path) if suffix == ".dcd" else 0
