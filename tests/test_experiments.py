@@ -31,3 +31,24 @@ def test_experiment_runs(config, tmp_path, monkeypatch, capsys):
     assert code == 0
     assert (tmp_path / Path(source["path"]).name).is_file()
     assert "Asteroid" in capsys.readouterr().out  # the test table was printed
+
+
+MODEL_PRESETS = sorted((EXPERIMENTS / "models").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", MODEL_PRESETS, ids=lambda p: p.stem)
+def test_model_preset_runs(preset, tmp_path, monkeypatch, capsys):
+    """Every model `asteroid compare` can run (ASTEROID, its ablations, the baselines) trains and tests."""
+    from asteroid.compare import net_class, net_overrides
+    from helpers import write_toy_trajectory
+
+    monkeypatch.chdir(tmp_path)
+    write_toy_trajectory(tmp_path / "toy.npz", n_frames=300)
+    facts = {"n_atoms": 9, "history_offsets": [0, 1, 2], "target_offsets": [3, 4]}
+    code = main(["fit", "--config", str(EXPERIMENTS / "base.yaml"), "--config", str(preset),
+                 "--trainer.fast_dev_run", "true", "--data.sources", json.dumps([{"path": str(tmp_path / "toy.npz")}]),
+                 "--data.spacing", "1", "--data.history", "3", "--data.horizon", "2",
+                 "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false",
+                 *net_overrides(net_class(preset), facts)])
+    assert code == 0
+    assert net_class(preset).__name__ in capsys.readouterr().out  # its row in the test table

@@ -21,6 +21,7 @@ from asteroid.module import ForecastModule, run_dir
 COMMANDS = {
     "simulate": ("asteroid.simulate", "generate a GFN2-xTB MD trajectory (MD17-format .npz)"),
     "inspect": ("asteroid.data.inspect", "summarise a trajectory file: frames, atoms, dt, time order"),
+    "compare": ("asteroid.compare", "train models side by side on the same windows; write the accuracy table"),
 }
 # values the data module decides and the net must agree with
 LINKED = ("history", "horizon")
@@ -40,7 +41,7 @@ class AsteroidCLI(LightningCLI):
 
     # ---- guards against silent surprises ---------------------------------------------------------------------
     def before_instantiate_classes(self):
-        config = self.config[self.subcommand]
+        config = self._section(self.config)
         # jsonargparse overwrites a link target silently: remember what the user wrote to compare afterwards.
         net_args = config.model.net.get("init_args") or {}
         self._user_linked = {k: net_args.get(k) for k in LINKED if net_args.get(k) is not None}
@@ -71,9 +72,13 @@ class AsteroidCLI(LightningCLI):
             raise ConfigError(f"{ckpt_path} was trained with other model settings ({'; '.join(conflicts)}); "
                               "Lightning would silently use the checkpoint's values: make the config match")
 
-    def _model_config(self, subcommand: str) -> dict:
-        parser = self._parser(subcommand)
-        return yaml.safe_load(parser.dump(self.config[subcommand], skip_link_targets=False))["model"]
+    def _section(self, config):
+        """The running subcommand's part of a config (all of it for a CLI built with run=False)."""
+        return config if self.subcommand is None else config[self.subcommand]
+
+    def _model_config(self, subcommand: str | None) -> dict:
+        config = self.config if subcommand is None else self.config[subcommand]
+        return yaml.safe_load(self._parser(subcommand).dump(config, skip_link_targets=False))["model"]
 
     # ---- defaults for logs and checkpoints ---------------------------------------------------------------------
     @staticmethod
@@ -81,7 +86,7 @@ class AsteroidCLI(LightningCLI):
         return Path("runs") / name / "checkpoints"
 
     def instantiate_trainer(self, **kwargs):
-        config = self.config_init[self.subcommand]
+        config = self._section(self.config_init)
         trainer_config = {**config.get("trainer", {}), **kwargs}
         if trainer_config.get("logger") in (None, True):
             trainer_config["logger"] = TensorBoardLogger("runs", name=config.name, default_hp_metric=False)
@@ -104,7 +109,7 @@ class AsteroidCLI(LightningCLI):
         return self._instantiate_trainer(trainer_config, [])
 
     def after_fit(self):
-        config = self.config_init[self.subcommand]
+        config = self._section(self.config_init)
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if config.test_after_fit:

@@ -62,6 +62,8 @@ class ForecastModule(pl.LightningModule):
             raise ConfigError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
+        # Nets without parameters (the extrapolation baselines) go through `fit` for validation and test only.
+        self.automatic_optimization = any(p.requires_grad for p in net.parameters())
         self.aux_loss_weights = aux_loss_weights or {"sti_primary": 1.0, "sti_consistency": 0.1,
                                                      "sti_conjugate": 0.1}
         self.val_metrics = ForecastMetrics(net.horizon)
@@ -233,6 +235,8 @@ class ForecastModule(pl.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):
+        if not self.automatic_optimization:
+            return None
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.lr_schedule == "constant":
             return optimizer

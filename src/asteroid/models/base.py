@@ -6,6 +6,15 @@ from torch import Tensor, nn
 from asteroid.errors import ConfigError, DataError
 
 
+def scheduled_frame(true_frame: Tensor, predicted_frame: Tensor, sampling_prob: float) -> Tensor:
+    """Scheduled sampling: per window, the model's own prediction with probability sampling_prob, else the truth."""
+    if sampling_prob <= 0.0:
+        return true_frame
+    shape = (true_frame.shape[0],) + (1,) * (true_frame.dim() - 1)
+    own = torch.rand(shape, device=true_frame.device) < sampling_prob
+    return torch.where(own, predicted_frame, true_frame)
+
+
 class ForecastModel(nn.Module):
     """Base of every forecaster: H history frames in, P future frames out.
 

@@ -5,19 +5,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
-from asteroid.models.base import ForecastModel
+from asteroid.models.base import ForecastModel, scheduled_frame
 from asteroid.models.temporal import frame_velocities
 
 POSITION_UNIT = 5.0  # Angstrom: centred coordinates of small molecules are a few units of this
-
-
-def scheduled_frame(true_frame: Tensor, predicted_frame: Tensor, sampling_prob: float) -> Tensor:
-    """Scheduled sampling: per window, the model's own prediction with probability sampling_prob, else the truth."""
-    if sampling_prob <= 0.0:
-        return true_frame
-    shape = (true_frame.shape[0],) + (1,) * (true_frame.dim() - 1)
-    own = torch.rand(shape, device=true_frame.device) < sampling_prob
-    return torch.where(own, predicted_frame, true_frame)
 
 
 class FlattenedSeriesForecaster(ForecastModel):
@@ -41,18 +32,18 @@ class FlattenedSeriesForecaster(ForecastModel):
         if n_atoms < 1:
             raise ConfigError(f"model: n_atoms={n_atoms} must be >= 1 (the padded atom count of the data)")
         self.n_atoms = n_atoms
-        self.features = 6 * n_atoms
+        self.feature_dim = 6 * n_atoms
 
     def encode(self, sequence: Tensor):
-        """sequence (B, H, features) -> decoder state."""
+        """sequence (B, H, feature_dim) -> decoder state."""
         raise NotImplementedError
 
     def step(self, state, frame_features: Tensor, k: int) -> tuple[Tensor, object]:
-        """Decoder step k: state, features of frame H+k-1 (B, features) -> (displacement (B, 3 * n_atoms), state)."""
+        """Decoder step k: state, features of frame H+k-1 (B, feature_dim) -> (output (B, 3 * n_atoms), state)."""
         raise NotImplementedError
 
     def frame_features(self, frames: Tensor, velocities: Tensor) -> Tensor:
-        """frames, velocities (..., n_atoms, 3) centred Angstrom -> (..., features)."""
+        """frames, velocities (..., n_atoms, 3) centred Angstrom -> (..., feature_dim)."""
         positions = frames / POSITION_UNIT
         steps = velocities / self.displacement_scale[0]
         return torch.cat([positions, steps], dim=-1).flatten(-2)
@@ -104,8 +95,8 @@ class LSTMForecaster(FlattenedSeriesForecaster):
 
     def __init__(self, history: int, horizon: int, n_atoms: int, hidden: int = 256, layers: int = 2):
         super().__init__(history, horizon, n_atoms)
-        self.encoder = nn.LSTM(self.features, hidden, layers, batch_first=True)
-        self.decoder = nn.LSTM(self.features, hidden, layers, batch_first=True)
+        self.encoder = nn.LSTM(self.feature_dim, hidden, layers, batch_first=True)
+        self.decoder = nn.LSTM(self.feature_dim, hidden, layers, batch_first=True)
         self.head = nn.Linear(hidden, 3 * n_atoms)
 
     def encode(self, sequence: Tensor) -> tuple[Tensor, Tensor]:
@@ -130,7 +121,7 @@ class TransformerForecaster(FlattenedSeriesForecaster):
         super().__init__(history, horizon, n_atoms)
         if hidden % heads:
             raise ConfigError(f"model: hidden={hidden} is not divisible by heads={heads}")
-        self.frame_embedding = nn.Linear(self.features, hidden)
+        self.frame_embedding = nn.Linear(self.feature_dim, hidden)
         self.time_embedding = nn.Embedding(history + horizon - 1, hidden)
         options = dict(d_model=hidden, nhead=heads, dim_feedforward=4 * hidden, dropout=0.0, batch_first=True,
                        norm_first=True)

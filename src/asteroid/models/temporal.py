@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor, nn
 
+from asteroid.models.base import scheduled_frame
 from asteroid.models.spatial import LocalGraph, MultiHeadAttention, RadiusGraph, SpatialBlock
 
 
@@ -219,17 +220,9 @@ class AutoregressiveDecoder(nn.Module):
             if k + 1 < self.horizon:
                 next_frame = last_frame + displacement_scale[k] * output.detach()
                 if target is not None:
-                    next_frame = self._teacher_frame(target[:, k], next_frame, sampling_prob)
+                    next_frame = scheduled_frame(target[:, k], next_frame, sampling_prob)
                 frame, velocity = next_frame, next_frame - frame
         return torch.stack(outputs, dim=1)
-
-    @staticmethod
-    def _teacher_frame(true_frame: Tensor, predicted_frame: Tensor, sampling_prob: float) -> Tensor:
-        """Scheduled sampling: per window, the own prediction with probability sampling_prob, else the truth."""
-        if sampling_prob <= 0.0:
-            return true_frame
-        own = torch.rand(true_frame.shape[0], 1, 1, device=true_frame.device) < sampling_prob
-        return torch.where(own, predicted_frame, true_frame)
 
     def _decode_direct(
         self,

@@ -1,0 +1,181 @@
+"""`asteroid compare`: every model on the same windows, splits, metrics and time budget, several seeds.
+
+Each (molecule, model, seed) is one `asteroid fit` of `experiments/<molecule>.yaml` with
+`experiments/models/<model>.yaml` on top, in its own process. Finished runs append their per-step test errors
+to `<out>/accuracy.csv`; a rerun skips what is there, so a long comparison can be stopped and resumed.
+`<out>/accuracy.md` is rewritten from the CSV after every run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import inspect
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from asteroid.errors import AsteroidError, ConfigError
+from asteroid.fileio import atomic_output
+
+COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd"]
+REFERENCE_LABELS = ("constant", "linear")  # rows the test table adds beside every model
+
+
+def experiment_files(experiments: Path, names: list[str], kind: str) -> dict[str, Path]:
+    files = {name: experiments / f"{name}.yaml" for name in names}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise ConfigError(f"no {kind} config {', '.join(missing)}")
+    return files
+
+
+def net_class(model_file: Path):
+    class_path = yaml.safe_load(model_file.read_text())["model"]["net"]["class_path"]
+    module, name = class_path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def data_facts(molecule_file: Path, protocol: str, extra: list[str]) -> dict:
+    """Atom count and window offsets of an experiment's data (generating it if missing), for nets that need them."""
+    from asteroid.cli import AsteroidCLI, with_base_configs
+    from asteroid.data.datamodule import TrajectoryDataModule
+    from asteroid.module import ForecastModule
+
+    cli = AsteroidCLI(ForecastModule, TrajectoryDataModule, run=False,
+                      args=with_base_configs(["--config", str(molecule_file), "--data.protocol", protocol, *extra]))
+    dm = cli.datamodule
+    dm.prepare_data()
+    dm.setup("fit")
+    return {"n_atoms": max(len(t["z"]) for t in dm.trajectories),
+            "history_offsets": list(dm.layout.history_offsets), "target_offsets": list(dm.layout.target_offsets)}
+
+
+def net_overrides(cls, facts: dict) -> list[str]:
+    """`--model.net.init_args.X value` for the data facts a net's constructor asks for (n_atoms, offsets)."""
+    wanted = inspect.signature(cls.__init__).parameters
+    return [arg for key, value in facts.items() if key in wanted
+            for arg in (f"--model.net.init_args.{key}", yaml.safe_dump(value, default_flow_style=True).strip())]
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    with atomic_output(path, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_once(molecule_file: Path, model_file: Path, seed: int, budget_minutes: float, protocol: str,
+             extra: list[str], overrides: list[str], name: str) -> Path:
+    """One fit + test in a child process; returns its test_metrics.csv."""
+    seconds = int(round(60 * budget_minutes))
+    command = [sys.executable, "-m", "asteroid.cli", "fit", "--config", str(molecule_file), "--config",
+               str(model_file), "--name", name, "--seed_everything", str(seed), "--data.seed", str(seed),
+               "--data.protocol", protocol, "--trainer.max_time",
+               f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}",
+               "--trainer.enable_progress_bar", "false", *overrides, *extra]
+    print("$ " + shlex.join(command), flush=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise AsteroidError(f"{name}: the run failed ({tail})")
+    versions = sorted(Path("runs", name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    return versions[-1] / "test_metrics.csv"
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    """Mean +- std over seeds of the MSE per horizon step and averaged; the best mean per molecule in bold."""
+    lines = ["# Accuracy: test MSE per horizon step (Angstrom^2, mean over atoms and x, y, z; mean +- std over seeds)",
+             "", f"Command: `{command}`", "",
+             f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch "
+             f"{torch.__version__}, device cpu.", ""]
+    for molecule in sorted({r["molecule"] for r in rows}):
+        of_molecule = [r for r in rows if r["molecule"] == molecule]
+        steps = sorted({int(r["step"]) for r in of_molecule})
+        models = sorted({r["model"] for r in of_molecule})
+        table = {}  # model -> (per-step (S, seeds) array)
+        for model in models:
+            per_seed = {}
+            for r in of_molecule:
+                if r["model"] == model:
+                    per_seed.setdefault(r["seed"], {})[int(r["step"])] = float(r["mse"])
+            table[model] = np.array([[values[s] for s in steps] for values in per_seed.values()])  # (seeds, S)
+        best = min(models, key=lambda m: table[m].mean())
+        lines += [f"## {molecule}", "", "| model | seeds | " + " | ".join(f"step {s}" for s in steps) + " | mean |",
+                  "|---|---|" + "---|" * (len(steps) + 1)]
+        for model in sorted(models, key=lambda m: table[m].mean()):
+            values = table[model]
+            cells = [f"{values[:, i].mean():.4g} ± {values[:, i].std():.2g}" for i in range(len(steps))]
+            mean = f"{values.mean(axis=1).mean():.4g} ± {values.mean(axis=1).std():.2g}"
+            if model == best:
+                mean = f"**{mean}**"
+            lines.append(f"| {model} | {len(values)} | " + " | ".join(cells) + f" | {mean} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="asteroid compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--molecules", nargs="+", required=True, help="experiment names (experiments/NAME.yaml)")
+    parser.add_argument("--models", nargs="+", required=True, help="model names (experiments/models/NAME.yaml)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (data split seed and training seed)")
+    parser.add_argument("--budget-minutes", type=float, default=5.0, help="training time per run")
+    parser.add_argument("--protocol", default="default", help="window/split protocol (default, gmn, egno, ...)")
+    parser.add_argument("--experiments", default="experiments", help="folder of the experiment configs")
+    parser.add_argument("--out", default="docs/results", help="folder of accuracy.csv and accuracy.md")
+    parser.add_argument("extra", nargs=argparse.REMAINDER,
+                        help="after `--`: overrides passed to every `asteroid fit` (e.g. -- --trainer.max_steps 50)")
+    args = parser.parse_args(argv)
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    experiments = Path(args.experiments)
+    molecules = experiment_files(experiments, args.molecules, "experiment")
+    models = experiment_files(experiments / "models", args.models, "model")
+    suffix = "" if args.protocol == "default" else f"_{args.protocol}"
+    csv_path, md_path = Path(args.out) / f"accuracy{suffix}.csv", Path(args.out) / f"accuracy{suffix}.md"
+    command = "asteroid compare " + shlex.join(argv)
+    rows = read_rows(csv_path)
+    done = {(r["molecule"], r["model"], r["seed"]) for r in rows}
+    failures = []
+    for molecule, molecule_file in molecules.items():
+        facts = None
+        for model, model_file in models.items():
+            for seed in range(args.seeds):
+                if (molecule, model, str(seed)) in done:
+                    print(f"{molecule} {model} seed {seed}: done, skipped")
+                    continue
+                facts = facts or data_facts(molecule_file, args.protocol, extra)
+                name = f"compare/{args.protocol}/{molecule}/{model}/seed{seed}"
+                try:
+                    table = run_once(molecule_file, model_file, seed, args.budget_minutes, args.protocol, extra,
+                                     net_overrides(net_class(model_file), facts), name)
+                except AsteroidError as error:
+                    failures.append(str(error))
+                    print(f"asteroid compare: {error}", file=sys.stderr)
+                    continue
+                new = [{"molecule": molecule, "model": model, "seed": seed, "step": r["step"], "mse": r["mse"],
+                        "mae": r["mae"], "rmsd": r["rmsd"]}
+                       for r in read_rows(table) if r["model"] not in REFERENCE_LABELS and r["step"] != "mean"]
+                rows += new
+                write_rows(rows, csv_path)
+                with atomic_output(md_path, "w") as handle:
+                    handle.write(markdown(rows, command))
+                print(f"{molecule} {model} seed {seed}: mean MSE "
+                      f"{np.mean([float(r['mse']) for r in new]):.4g} A^2 -> {csv_path}", flush=True)
+    if failures:
+        raise AsteroidError(f"{len(failures)} run(s) failed; the first: {failures[0]}")
+    return 0

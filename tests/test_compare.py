@@ -1,0 +1,51 @@
+"""`asteroid compare`: runs each model once per seed, appends rows, skips finished runs, writes the tables."""
+import csv
+from pathlib import Path
+
+import pytest
+
+from asteroid.cli import main
+from helpers import write_toy_trajectory
+
+pytestmark = pytest.mark.integration
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+TINY = ["--", "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+        "--trainer.limit_test_batches", "2", "--data.spacing", "1", "--data.history", "3", "--data.horizon", "2"]
+
+
+@pytest.fixture
+def experiments(tmp_path):
+    write_toy_trajectory(tmp_path / "toy.npz", n_frames=300)
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    (folder / "models").symlink_to(EXPERIMENTS / "models")
+    (folder / "toy.yaml").write_text(f"extends: {EXPERIMENTS / 'base.yaml'}\nname: toy\ndata:\n  sources:\n"
+                                     f"    - path: {tmp_path / 'toy.npz'}\n  cache_dir: {tmp_path / 'cache'}\n")
+    return folder
+
+
+def test_compare_appends_rows_and_skips_finished_runs(experiments, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["compare", "--molecules", "toy", "--models", "last_frame", "lstm", "--seeds", "2", "--budget-minutes",
+            "1", "--experiments", str(experiments), "--out", str(tmp_path / "results"), *TINY]
+    assert main(argv) == 0
+    with open(tmp_path / "results/accuracy.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["molecule", "model", "seed", "step", "mse", "mae", "rmsd"]
+    assert sorted({(r["model"], r["seed"]) for r in rows}) == [("last_frame", "0"), ("last_frame", "1"),
+                                                                ("lstm", "0"), ("lstm", "1")]
+    assert sorted({r["step"] for r in rows}) == ["1", "2"] and all(float(r["mse"]) > 0 for r in rows)
+    # the parameter-free baseline gives the same numbers whatever the seed of training
+    last = {(r["seed"], r["step"]): r["mse"] for r in rows if r["model"] == "last_frame"}
+    assert last[("0", "1")] == last[("1", "1")]
+    table = (tmp_path / "results/accuracy.md").read_text()
+    assert "asteroid compare --molecules toy" in table and "## toy" in table and "**" in table
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("done, skipped") == 4
+
+
+def test_compare_unknown_model(experiments, tmp_path, capsys):
+    assert main(["compare", "--molecules", "toy", "--models", "nope", "--experiments", str(experiments)]) == 2
+    assert "no model config" in capsys.readouterr().err
