@@ -35,6 +35,7 @@ class GraphInputs(NamedTuple):
 
 
 def mlp(dim: int, out: int) -> nn.Sequential:
+    """Two-layer perceptron dim -> dim -> out with SiLU."""
     return nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, out))
 
 
@@ -176,8 +177,8 @@ class EGNN(GraphForecaster):
     velocity (the N-body variant). The head turns the final messages into P displacements, each a sum of
     difference vectors and the velocity weighted by invariants, in units of that step's displacement scale.
     Simplified relative to the paper: one radius graph (the last frame's) with a smooth cosine envelope on the
-    messages and an envelope-sum normaliser, LayerNorm on the node update, and a multi-step head that the
-    paper (one-step N-body prediction) does not have.
+    messages and an envelope-sum normaliser, phi_x a single linear map of m_ij, LayerNorm on the node update,
+    and a multi-step head that the paper (one-step N-body prediction) does not have.
     """
 
     def __init__(
