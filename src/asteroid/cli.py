@@ -25,6 +25,8 @@ COMMANDS = {
 }
 # values the data module decides and the net must agree with
 LINKED = ("history", "horizon")
+
+
 class AsteroidCLI(LightningCLI):
     """LightningCLI with our defaults: runs/<name>/ for logs, checkpoints and tables, and no silent overrides."""
 
@@ -41,7 +43,7 @@ class AsteroidCLI(LightningCLI):
 
     # ---- guards against silent surprises ---------------------------------------------------------------------
     def before_instantiate_classes(self):
-        config = self._section(self.config)
+        config = self._part(self.config, self.subcommand)
         # jsonargparse overwrites a link target silently: remember what the user wrote to compare afterwards.
         net_args = config.model.net.get("init_args") or {}
         self._user_linked = {k: net_args.get(k) for k in LINKED if net_args.get(k) is not None}
@@ -72,12 +74,13 @@ class AsteroidCLI(LightningCLI):
             raise ConfigError(f"{ckpt_path} was trained with other model settings ({'; '.join(conflicts)}); "
                               "Lightning would silently use the checkpoint's values: make the config match")
 
-    def _section(self, config):
-        """The running subcommand's part of a config (all of it for a CLI built with run=False)."""
-        return config if self.subcommand is None else config[self.subcommand]
+    @staticmethod
+    def _part(config, subcommand: str | None):
+        """A subcommand's part of a config (all of it for a CLI built with run=False)."""
+        return config if subcommand is None else config[subcommand]
 
     def _model_config(self, subcommand: str | None) -> dict:
-        config = self.config if subcommand is None else self.config[subcommand]
+        config = self._part(self.config, subcommand)
         return yaml.safe_load(self._parser(subcommand).dump(config, skip_link_targets=False))["model"]
 
     # ---- defaults for logs and checkpoints ---------------------------------------------------------------------
@@ -86,7 +89,7 @@ class AsteroidCLI(LightningCLI):
         return Path("runs") / name / "checkpoints"
 
     def instantiate_trainer(self, **kwargs):
-        config = self._section(self.config_init)
+        config = self._part(self.config_init, self.subcommand)
         trainer_config = {**config.get("trainer", {}), **kwargs}
         if trainer_config.get("logger") in (None, True):
             trainer_config["logger"] = TensorBoardLogger("runs", name=config.name, default_hp_metric=False)
@@ -109,7 +112,7 @@ class AsteroidCLI(LightningCLI):
         return self._instantiate_trainer(trainer_config, [])
 
     def after_fit(self):
-        config = self._section(self.config_init)
+        config = self._part(self.config_init, self.subcommand)
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if config.test_after_fit:
@@ -126,7 +129,7 @@ def _differences(stored, given, prefix="model"):
     if isinstance(stored, dict) and isinstance(given, dict):
         for key in stored.keys() & given.keys():
             yield from _differences(stored[key], given[key], f"{prefix}.{key}")
-    elif given is not None and stored != given and not (isinstance(stored, (list, tuple)) and list(stored) == list(given or [])):
+    elif given is not None and stored != given:
         yield f"{prefix}: checkpoint {stored!r}, config {given!r}"
 
 
