@@ -150,5 +150,6 @@ def test_missing_data_file_is_one_line_and_exit_2(tmp_path):
                              json.dumps([{"path": "nowhere.npz"}])], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == \
-        "asteroid: error: nowhere.npz: file not found (set `molecule` in the source to generate it, or name a known dataset such as md17:ethanol)"
+        "asteroid: error: nowhere.npz: file not found (set `molecule` in the source to generate it, or name a " \
+        "known dataset such as md17:ethanol)"
     assert "Traceback" not in result.stderr

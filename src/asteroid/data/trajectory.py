@@ -57,7 +57,8 @@ class Trajectory:
             fail(f"the frame spacing dt_fs must be a positive number of femtoseconds, got {self.dt_fs}")
         for key, arr, shape in (("E", self.E, (R.shape[0],)), ("F", self.F, R.shape)):
             if arr is not None and np.asarray(arr).reshape(-1).size != int(np.prod(shape)):
-                fail(f"{key} has shape {np.asarray(arr).shape}, which does not match {R.shape[0]} frames of {R.shape[1]} atoms")
+                fail(f"{key} has shape {np.asarray(arr).shape}, which does not match {R.shape[0]} frames "
+                     f"of {R.shape[1]} atoms")
         self.R, self.z, self.dt_fs = R, z, float(self.dt_fs)
 
     @property

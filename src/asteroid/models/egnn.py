@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from asteroid.errors import ConfigError, DataError
 from asteroid.models.base import ForecastModel
 from asteroid.models.spatial import RadiusGraph
-from asteroid.models.temporal import frame_velocities
+from asteroid.models.temporal import atoms_to_sequences, frame_velocities, sequences_to_atoms
 
 
 class Edges(NamedTuple):
@@ -121,18 +121,6 @@ class MultiStepHead(nn.Module):
         return pairwise + self.velocity_weight(h).transpose(1, 2) * velocity
 
 
-def to_nodes(frames: Tensor) -> Tensor:
-    """(B, T, N, D) -> (B*N, T, D)."""
-    B, T, N, D = frames.shape
-    return frames.transpose(1, 2).reshape(B * N, T, D)
-
-
-def to_frames(nodes: Tensor, batch: int) -> Tensor:
-    """(B*N, T, D) -> (B, T, N, D)."""
-    BN, T, D = nodes.shape
-    return nodes.view(batch, BN // batch, T, D).transpose(1, 2)
-
-
 class GraphForecaster(ForecastModel):
     """Input side shared by the graph baselines: checks, centring, velocities, radius graph of the last frame,
     atom type + history speed embedding. Only centred coordinates, their differences and norms enter, and padded
@@ -196,10 +184,11 @@ class EGNN(GraphForecaster):
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
         inputs = self.prepare(history, z, mask)
         unit = self.displacement_scale[0]
-        x = to_nodes(inputs.frames[:, -1:])  # (V, 1, 3)
-        velocity = to_nodes(inputs.velocity[:, -1:])  # (V, 1, 3)
+        x = atoms_to_sequences(inputs.frames[:, -1:])  # (V, 1, 3)
+        velocity = atoms_to_sequences(inputs.velocity[:, -1:])  # (V, 1, 3)
         h = inputs.node[:, None]  # (V, 1, C)
         for layer in self.layers:
             h, x = layer(h, x, velocity, inputs.edges, unit)
         output = self.head(h, x, velocity / unit, inputs.edges)  # (V, P, 3)
-        return {"pred": self.displace(inputs.frames + inputs.centroid, to_frames(output, len(history))), "losses": {}}
+        pred = self.displace(inputs.frames + inputs.centroid, sequences_to_atoms(output, len(history)))
+        return {"pred": pred, "losses": {}}

@@ -5,7 +5,8 @@ import torch
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
-from asteroid.models.egnn import EGNNLayer, GraphForecaster, to_frames, to_nodes
+from asteroid.models.egnn import EGNNLayer, GraphForecaster
+from asteroid.models.temporal import atoms_to_sequences, sequences_to_atoms
 
 
 class EquivariantTimeConvolution(nn.Module):
@@ -70,8 +71,8 @@ class EGNO(GraphForecaster):
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
         inputs = self.prepare(history, z, mask)
         step_unit = self.displacement_scale[:, None]  # (P, 1)
-        last = to_nodes(inputs.frames[:, -1:])  # (V, 1, 3)
-        velocity = to_nodes(inputs.velocity[:, -1:])  # (V, 1, 3)
+        last = atoms_to_sequences(inputs.frames[:, -1:])  # (V, 1, 3)
+        velocity = atoms_to_sequences(inputs.velocity[:, -1:])  # (V, 1, 3)
         h = inputs.node[:, None] + self.time_embedding.weight[None]  # (V, P, C)
         x = last.expand(-1, self.horizon, -1)  # (V, P, 3)
         for convolution, layer, norm in zip(self.convolutions, self.layers, self.feature_norms):
@@ -79,4 +80,5 @@ class EGNO(GraphForecaster):
             h = norm(h + nn.functional.silu(h_conv))
             h, x = layer(h, x + x_conv, velocity, inputs.edges, step_unit)
         output = (x - last) / step_unit  # (V, P, 3) in displacement-scale units
-        return {"pred": self.displace(inputs.frames + inputs.centroid, to_frames(output, len(history))), "losses": {}}
+        pred = self.displace(inputs.frames + inputs.centroid, sequences_to_atoms(output, len(history)))
+        return {"pred": pred, "losses": {}}

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
-from asteroid.models.egnn import EGNNLayer, GraphForecaster, MultiStepHead, mlp, to_frames, to_nodes
+from asteroid.models.egnn import EGNNLayer, GraphForecaster, MultiStepHead, mlp
+from asteroid.models.temporal import atoms_to_sequences, sequences_to_atoms
 
 
 def equivariant_spectrum(nodes: Tensor, edge_index: Tensor, unit: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,8 +87,8 @@ class ESTAG(GraphForecaster):
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
         inputs = self.prepare(history, z, mask)
         unit = self.displacement_scale[0]
-        x = to_nodes(inputs.frames)  # (V, H, 3)
-        velocity = to_nodes(inputs.velocity)  # (V, H, 3)
+        x = atoms_to_sequences(inputs.frames)  # (V, H, 3)
+        velocity = atoms_to_sequences(inputs.velocity)  # (V, H, 3)
         amplitude, cross = equivariant_spectrum(x, inputs.edges.index, unit)
         edges = inputs.edges._replace(attr=torch.cat([inputs.edges.attr, cross], dim=-1))
         node = inputs.node + self.amplitude(amplitude)  # (V, C)
@@ -96,4 +97,5 @@ class ESTAG(GraphForecaster):
             h, x = spatial(h, x, velocity, edges, unit)
             h, x = temporal(h, x)
         output = self.head(h[:, -1:], x[:, -1:], velocity[:, -1:] / unit, edges)  # (V, P, 3)
-        return {"pred": self.displace(inputs.frames + inputs.centroid, to_frames(output, len(history))), "losses": {}}
+        pred = self.displace(inputs.frames + inputs.centroid, sequences_to_atoms(output, len(history)))
+        return {"pred": pred, "losses": {}}
