@@ -97,12 +97,19 @@ def run_once(molecule_file: Path, model_file: Path, seed: int, budget_minutes: f
     return versions[-1] / "test_metrics.csv"
 
 
+def spread(values: np.ndarray) -> str:
+    """Mean, and ± the standard deviation over seeds when there are several."""
+    return f"{values.mean():.4g}" + (f" ± {values.std():.2g}" if len(values) > 1 else "")
+
+
 def markdown(rows: list[dict], command: str) -> str:
     """Mean +- std over seeds of the MSE per horizon step and averaged; the best mean per molecule in bold."""
-    lines = ["# Accuracy: test MSE per horizon step (Angstrom^2, mean over atoms and x, y, z; mean +- std over seeds)",
+    lines = ["# Accuracy: test MSE per horizon step (Angstrom^2, mean over atoms and x, y, z; mean ± std over seeds)",
              "", f"Command: `{command}`", "",
-             f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch "
-             f"{torch.__version__}, device cpu.", ""]
+             "Each run is `asteroid fit` of `experiments/<molecule>.yaml` with `experiments/models/<model>.yaml` on "
+             "top, trained until the time budget or the config's `max_steps`, whichever comes first, then tested on "
+             "the chronological test block. Lower is better; the best mean per molecule is in bold.", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU.", ""]
     for molecule in sorted({r["molecule"] for r in rows}):
         of_molecule = [r for r in rows if r["molecule"] == molecule]
         steps = sorted({int(r["step"]) for r in of_molecule})
@@ -119,13 +126,18 @@ def markdown(rows: list[dict], command: str) -> str:
                   "|---|---|" + "---|" * (len(steps) + 1)]
         for model in sorted(models, key=lambda m: table[m].mean()):
             values = table[model]
-            cells = [f"{values[:, i].mean():.4g} ± {values[:, i].std():.2g}" for i in range(len(steps))]
-            mean = f"{values.mean(axis=1).mean():.4g} ± {values.mean(axis=1).std():.2g}"
+            cells = [spread(values[:, i]) for i in range(len(steps))]
+            mean = spread(values.mean(axis=1))
             if model == best:
                 mean = f"**{mean}**"
             lines.append(f"| {model} | {len(values)} | " + " | ".join(cells) + f" | {mean} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def write_markdown(rows: list[dict], command: str, path: Path) -> None:
+    with atomic_output(path, "w") as handle:
+        handle.write(markdown(rows, command))
 
 
 def main(argv: list[str]) -> int:
@@ -172,10 +184,11 @@ def main(argv: list[str]) -> int:
                        for r in read_rows(table) if r["model"] not in REFERENCE_LABELS and r["step"] != "mean"]
                 rows += new
                 write_rows(rows, csv_path)
-                with atomic_output(md_path, "w") as handle:
-                    handle.write(markdown(rows, command))
+                write_markdown(rows, command, md_path)
                 print(f"{molecule} {model} seed {seed}: mean MSE "
                       f"{np.mean([float(r['mse']) for r in new]):.4g} A^2 -> {csv_path}", flush=True)
+    if rows:
+        write_markdown(rows, command, md_path)
     if failures:
         raise AsteroidError(f"{len(failures)} run(s) failed; the first: {failures[0]}")
     return 0
