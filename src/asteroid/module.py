@@ -130,7 +130,8 @@ class ForecastModule(pl.LightningModule):
         if self.hparams.rotation_augmentation:
             rotation = random_rotations(len(history), history.device, history.dtype)
             history, target = rotate(history, rotation), rotate(target, rotation)
-        out = self.net(history, batch["z"], mask, target=target, sampling_prob=self.sampling_prob)
+        sampling_prob = self.sampling_prob  # asks the trainer for the step count: once per step
+        out = self.net(history, batch["z"], mask, target=target, sampling_prob=sampling_prob)
         forecast = self.forecast_loss(out["pred"], target, mask)
         unknown = set(out["losses"]) - set(self.aux_loss_weights)
         if unknown:
@@ -142,7 +143,7 @@ class ForecastModule(pl.LightningModule):
         self.log("train/forecast", forecast, batch_size=size)
         for name, value in aux.items():
             self.log(f"train/{name}", value, batch_size=size)
-        self.log("train/sampling_prob", self.sampling_prob, batch_size=size)
+        self.log("train/sampling_prob", sampling_prob, batch_size=size)
         return loss
 
     # ---- evaluation --------------------------------------------------------------------------------------------
