@@ -94,6 +94,13 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path, mon
         torch.testing.assert_close(resumed["state_dict"][key], value, msg=key)
 
 
+def test_cpu_time_budget_stops_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    budget = ["--trainer.callbacks+=asteroid.callbacks.CPUTimeBudget", "--trainer.callbacks.minutes=0"]
+    assert main(["fit", *tiny_args(tmp_path, name="budget"), *budget, "--test_after_fit", "false"]) == 0
+    assert torch.load(tmp_path / "runs/budget/checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
+
+
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["fit", *tiny_args(tmp_path, name="never"), "--ckpt_path", "last"]) == 2

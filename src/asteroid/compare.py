@@ -1,4 +1,4 @@
-"""`asteroid compare`: every model on the same windows, splits, metrics and time budget, several seeds.
+"""`asteroid compare`: every model on the same windows, splits, metrics and CPU-time budget, several seeds.
 
 Each (molecule, model, seed) is one `asteroid fit` of `experiments/<molecule>.yaml` with
 `experiments/models/<model>.yaml` on top, in its own process. Finished runs append their per-step test errors
@@ -82,14 +82,15 @@ def write_rows(rows: list[dict], path: Path) -> None:
 def run_once(molecule_file: Path, model_file: Path, seed: int, budget_minutes: float, protocol: str,
              extra: list[str], overrides: list[str], name: str) -> Path:
     """One fit + test in a child process; returns its test_metrics.csv."""
-    seconds = int(round(60 * budget_minutes))
     command = [sys.executable, "-m", "asteroid.cli", "fit", "--config", str(molecule_file), "--config",
                str(model_file), "--name", name, "--seed_everything", str(seed), "--data.seed", str(seed),
-               "--data.protocol", protocol, "--trainer.max_time",
-               f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}",
-               "--trainer.enable_progress_bar", "false", *overrides, *extra]
+               "--data.protocol", protocol, "--trainer.callbacks+=asteroid.callbacks.CPUTimeBudget",
+               f"--trainer.callbacks.minutes={budget_minutes}", "--trainer.enable_progress_bar", "false",
+               *overrides, *extra]
     print("$ " + shlex.join(command), flush=True)
-    result = subprocess.run(command, capture_output=True, text=True)
+    # One thread per run: the CPU-time budget then measures the same compute for every model, busy machine or not.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise AsteroidError(f"{name}: the run failed ({tail})")
@@ -107,7 +108,8 @@ def markdown(rows: list[dict], command: str) -> str:
     lines = ["# Accuracy: test MSE per horizon step (Angstrom^2, mean over atoms and x, y, z; mean ± std over seeds)",
              "", f"Command: `{command}`", "",
              "Each run is `asteroid fit` of `experiments/<molecule>.yaml` with `experiments/models/<model>.yaml` on "
-             "top, trained until the time budget or the config's `max_steps`, whichever comes first, then tested on "
+             "top, trained single-threaded until the CPU-time budget or the config's `max_steps`, whichever comes "
+             "first, then tested on "
              "the chronological test block. Lower is better; the best mean per molecule is in bold.", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU.", ""]
     for molecule in sorted({r["molecule"] for r in rows}):
@@ -146,7 +148,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--molecules", nargs="+", required=True, help="experiment names (experiments/NAME.yaml)")
     parser.add_argument("--models", nargs="+", required=True, help="model names (experiments/models/NAME.yaml)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (data split seed and training seed)")
-    parser.add_argument("--budget-minutes", type=float, default=5.0, help="training time per run")
+    parser.add_argument("--budget-minutes", type=float, default=5.0, help="training CPU time per run (single-threaded)")
     parser.add_argument("--protocol", default="default", help="window/split protocol (default, gmn, egno, ...)")
     parser.add_argument("--experiments", default="experiments", help="folder of the experiment configs")
     parser.add_argument("--out", default="docs/results", help="folder of accuracy.csv and accuracy.md")
@@ -162,19 +164,20 @@ def main(argv: list[str]) -> int:
     command = "asteroid compare " + shlex.join(argv)
     rows = read_rows(csv_path)
     done = {(r["molecule"], r["model"], r["seed"]) for r in rows}
-    failures = []
-    for molecule, molecule_file in molecules.items():
-        facts = None
-        for model, model_file in models.items():
-            for seed in range(args.seeds):
+    failures, facts = [], {}
+    # Seeds outermost: a comparison stopped part-way leaves whole tables of fewer seeds, not a ragged one.
+    for seed in range(args.seeds):
+        for molecule, molecule_file in molecules.items():
+            for model, model_file in models.items():
                 if (molecule, model, str(seed)) in done:
                     print(f"{molecule} {model} seed {seed}: done, skipped")
                     continue
-                facts = facts or data_facts(molecule_file, args.protocol, extra)
+                if molecule not in facts:
+                    facts[molecule] = data_facts(molecule_file, args.protocol, extra)
                 name = f"compare/{args.protocol}/{molecule}/{model}/seed{seed}"
                 try:
                     table = run_once(molecule_file, model_file, seed, args.budget_minutes, args.protocol, extra,
-                                     net_overrides(net_class(model_file), facts), name)
+                                     net_overrides(net_class(model_file), facts[molecule]), name)
                 except AsteroidError as error:
                     failures.append(str(error))
                     print(f"asteroid compare: {error}", file=sys.stderr)
