@@ -22,6 +22,9 @@ COMMANDS = {
     "simulate": ("asteroid.simulate", "generate a GFN2-xTB MD trajectory (MD17-format .npz)"),
     "inspect": ("asteroid.data.inspect", "summarise a trajectory file: frames, atoms, dt, time order"),
     "compare": ("asteroid.compare", "train models side by side on the same windows; write the accuracy table"),
+    "rollout": ("asteroid.rollout", "iterate a trained model into a long trajectory file (xyz, dcd, pdb, h5, npz)"),
+    "analyze": ("asteroid.analysis", "physical checks of a predicted trajectory against a reference one"),
+    "benchmark": ("asteroid.benchmark", "wall time per simulated picosecond: GFN2-xTB MD against the model"),
 }
 # values the data module decides and the net must agree with
 LINKED = ("history", "horizon")
@@ -68,11 +71,8 @@ class AsteroidCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        stored = torch.load(ckpt_path, weights_only=True, map_location="cpu").get(CONFIG_KEY, {})
-        conflicts = sorted(_differences(stored, self._model_config(subcommand)))
-        if conflicts:
-            raise ConfigError(f"{ckpt_path} was trained with other model settings ({'; '.join(conflicts)}); "
-                              "Lightning would silently use the checkpoint's values: make the config match")
+        check_checkpoint_config(torch.load(ckpt_path, weights_only=True, map_location="cpu"), ckpt_path,
+                                self._model_config(subcommand))
 
     @staticmethod
     def _part(config, subcommand: str | None):
@@ -122,6 +122,44 @@ class AsteroidCLI(LightningCLI):
                 print(f"TensorBoard logs: {run_dir(self.trainer)}   (make tensorboard)")
             if best:
                 print(f"best checkpoint: {best}\nlast checkpoint: {self.checkpoint_dir(config.name) / 'last.ckpt'}")
+
+
+def check_checkpoint_config(checkpoint: dict, ckpt_path, model_config: dict) -> None:
+    """Refuse a checkpoint trained with model settings other than the config's (Lightning would use them silently)."""
+    conflicts = sorted(_differences(checkpoint.get(CONFIG_KEY, {}), model_config))
+    if conflicts:
+        raise ConfigError(f"{ckpt_path} was trained with other model settings ({'; '.join(conflicts)}); "
+                          "Lightning would silently use the checkpoint's values: make the config match")
+
+
+def from_config(config_args: list[str]) -> AsteroidCLI:
+    """Model, data module and trainer of `--config ...` arguments, built but not run (for our own subcommands)."""
+    _quiet_lightning()
+    return AsteroidCLI(ForecastModule, TrajectoryDataModule, subclass_mode_model=False, run=False,
+                       args=with_base_configs(config_args))
+
+
+def load_trained(config_args: list[str], ckpt_path: str | Path) -> tuple[ForecastModule, TrajectoryDataModule]:
+    """The config's model with a checkpoint's weights (refused if trained with other settings), and its data."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise ConfigError(f"{ckpt_path}: checkpoint file not found")
+    cli = from_config(config_args)
+    try:
+        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        state = checkpoint["state_dict"]
+    except Exception as error:  # a truncated or foreign file: pickle, zip and key errors all mean the same
+        raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint ({type(error).__name__})") from None
+    check_checkpoint_config(checkpoint, ckpt_path, cli._model_config(None))
+    cli.model.load_state_dict(state)
+    return cli.model.eval(), cli.datamodule
+
+
+def _quiet_lightning() -> None:
+    # We hand LightningCLI the command line ourselves (configs expanded), which it warns about by default;
+    # the second is Lightning's own use of a deprecated torch API, noise to our users.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def _differences(stored, given, prefix="model"):
@@ -180,10 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, (_, help_text) in COMMANDS.items():
                 print(f"  {name:10s} {help_text}")
             print()
-        # We hand LightningCLI the command line ourselves (configs expanded), which it warns about by default;
-        # the second is Lightning's own use of a deprecated torch API, noise to our users.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        _quiet_lightning()
         AsteroidCLI(ForecastModule, TrajectoryDataModule, subclass_mode_model=False,
                     save_config_kwargs={"overwrite": True}, args=with_base_configs(argv))
         return 0

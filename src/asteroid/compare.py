@@ -45,13 +45,9 @@ def net_class(model_file: Path):
 
 def data_facts(molecule_file: Path, protocol: str, extra: list[str]) -> dict:
     """Atom count and window offsets of an experiment's data (generating it if missing), for nets that need them."""
-    from asteroid.cli import AsteroidCLI, with_base_configs
-    from asteroid.data.datamodule import TrajectoryDataModule
-    from asteroid.module import ForecastModule
+    from asteroid.cli import from_config
 
-    cli = AsteroidCLI(ForecastModule, TrajectoryDataModule, run=False,
-                      args=with_base_configs(["--config", str(molecule_file), "--data.protocol", protocol, *extra]))
-    dm = cli.datamodule
+    dm = from_config(["--config", str(molecule_file), "--data.protocol", protocol, *extra]).datamodule
     dm.prepare_data()
     dm.setup("fit")
     return {"n_atoms": max(len(t["z"]) for t in dm.trajectories),
