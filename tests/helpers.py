@@ -1,8 +1,18 @@
-"""Building blocks shared by the tests: tiny trajectories, topologies and a callback that simulates a crash."""
+"""Building blocks shared by the tests: tiny trajectories, topologies, a seconds-long training run, a callback
+that simulates a crash and a checkpoint writer that kills its process while saving."""
+import io
+import json
+import os
+import signal
+from pathlib import Path
+
 import numpy as np
 import pytorch_lightning as pl
+import torch
 
+from asteroid.runs import LAST, AtomicCheckpointIO
 
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 ETHANOL_Z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
 
 
@@ -48,6 +58,26 @@ def md_topology():
     return topology
 
 
+def tiny_args(tmp_path, name="tiny", **overrides):
+    """A few-second training run on a toy trajectory, with the shipped base config."""
+    npz = tmp_path / "toy.npz"
+    if not npz.exists():
+        write_toy_trajectory(npz)
+    args = {
+        "--name": name,
+        "--data.sources": json.dumps([{"path": str(npz)}]),
+        "--data.history": "3", "--data.horizon": "2", "--data.spacing": "2", "--data.batch_size": "8",
+        "--data.cache_dir": str(tmp_path / "cache"),
+        "--model.net.init_args.hidden": "16", "--model.net.init_args.encoder_layers": "1",
+        "--trainer.max_steps": "-1", "--trainer.max_epochs": "4", "--trainer.val_check_interval": "null",
+        "--trainer.check_val_every_n_epoch": "1", "--trainer.limit_train_batches": "5",
+        "--trainer.limit_val_batches": "2", "--trainer.limit_test_batches": "2",
+        "--trainer.enable_progress_bar": "false", "--trainer.enable_model_summary": "false",
+        "--trainer.log_every_n_steps": "1",
+        **overrides,
+    }
+    return ["--config", str(EXPERIMENTS / "base.yaml")] + [x for kv in args.items() for x in kv]
+
 
 class CrashAtStep(pl.Callback):
     """Raise in the middle of training, as a killed job would stop."""
@@ -58,3 +88,23 @@ class CrashAtStep(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
             raise RuntimeError(f"simulated crash at step {self.step}")
+
+
+class KillWhileSaving(AtomicCheckpointIO):
+    """The run's checkpoint writer, except that it SIGKILLs its own process halfway through writing the `nth`
+    last.ckpt: a kill while saving, at a moment a test can count on."""
+
+    def __init__(self, nth: int = 2):
+        super().__init__()
+        self.nth, self.saved = nth, 0
+
+    def write(self, checkpoint, handle):
+        if Path(handle.name).name.startswith(f".{LAST}."):
+            self.saved += 1
+            if self.saved == self.nth:
+                buffer = io.BytesIO()
+                torch.save(checkpoint, buffer)
+                handle.write(buffer.getvalue()[:buffer.tell() // 2])
+                handle.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        super().write(checkpoint, handle)

@@ -12,7 +12,7 @@ from ase.md.verlet import VelocityVerlet
 from tblite.ase import TBLite
 
 from asteroid.errors import AsteroidError, ConfigError, DataError
-from asteroid.simulate import BUILTIN_MOLECULES, checkpoint_path, main, one_openmp_thread, simulate, structure_path
+from asteroid.simulate import BUILTIN_MOLECULES, checkpoint_path, main, openmp_threads, simulate, structure_path
 
 KCAL_MOL = units.kcal / units.mol  # eV
 FORMULAS = {"aspirin": "C9H8O4", "benzene": "C6H6", "ethanol": "C2H6O", "malonaldehyde": "C3H4O2",
@@ -264,7 +264,7 @@ def test_tblite_runs_on_one_openmp_thread_inside_the_guard():
     before = gomp.omp_get_max_threads()
     gomp.omp_set_num_threads(2)
     try:
-        with one_openmp_thread():
+        with openmp_threads(1):
             assert gomp.omp_get_max_threads() == 1  # threaded sums differ run to run; chaos makes that a new trajectory
         assert gomp.omp_get_max_threads() == 2
     finally:

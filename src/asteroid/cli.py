@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 
 import torch
 import yaml
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import CheckpointIO
 
 from asteroid.callbacks import CONFIG_KEY, ModelConfigInCheckpoint, PredictionWriter
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import AsteroidError, ConfigError
 from asteroid.module import ForecastModule, run_dir
+from asteroid.runs import LAST, ROOT, AtomicCheckpointIO, RunLogger, checkpoint_version, latest_checkpoint
 
 # subcommand -> (module with `main(argv) -> int`, one-line help)
 COMMANDS = {
@@ -31,14 +35,15 @@ LINKED = ("history", "horizon")
 
 
 class AsteroidCLI(LightningCLI):
-    """LightningCLI with our defaults: runs/<name>/ for logs, checkpoints and tables, and no silent overrides."""
+    """LightningCLI with our defaults: runs/<name>/version_N/ for logs, tables and checkpoints (see asteroid.runs),
+    and no silent overrides."""
 
     def add_arguments_to_parser(self, parser):
         parser.add_argument("--extends", default=None,
                             help="in a config file: the base config it builds on (see `with_base_configs`)")
         parser.add_argument("--name", default="asteroid",
-                            help="run name: TensorBoard logs in runs/<name>/version_N, checkpoints in "
-                                 "runs/<name>/checkpoints")
+                            help="run name: each run writes logs, tables and checkpoints in its own "
+                                 "runs/<name>/version_N; --ckpt_path last resumes the newest one")
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="after `fit`, run `test` on the best checkpoint and print the table")
         for key in LINKED:
@@ -50,12 +55,6 @@ class AsteroidCLI(LightningCLI):
         # jsonargparse overwrites a link target silently: remember what the user wrote to compare afterwards.
         net_args = config.model.net.get("init_args") or {}
         self._user_linked = {k: net_args.get(k) for k in LINKED if net_args.get(k) is not None}
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path == "last" and not self.checkpoint_dir(config.name).joinpath("last.ckpt").is_file():
-            raise ConfigError(f"--ckpt_path last: no {self.checkpoint_dir(config.name) / 'last.ckpt'} to resume "
-                              f"from (is --name {config.name} the run you mean?)")
-        if ckpt_path not in (None, "last", "best") and not Path(ckpt_path).is_file():
-            raise ConfigError(f"{ckpt_path}: checkpoint file not found")
 
     def after_instantiate_classes(self):
         super().after_instantiate_classes()
@@ -66,13 +65,15 @@ class AsteroidCLI(LightningCLI):
                                   f"({key}={actual}); it is set from data.{key}: remove it from the model")
 
     def _parse_ckpt_path(self):
-        """Lightning lets a checkpoint's stored hyperparameters override the config silently: refuse instead."""
+        """`last` becomes the newest last.ckpt of the run; and where Lightning lets a checkpoint's stored
+        hyperparameters override the config silently, refuse instead."""
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not subcommand:
             return
-        check_checkpoint_config(torch.load(ckpt_path, weights_only=True, map_location="cpu"), ckpt_path,
-                                self._model_config(subcommand))
+        config = self.config[subcommand]
+        ckpt_path = config.ckpt_path = resolve_ckpt_path(config.get("ckpt_path"), config.name)
+        if ckpt_path not in (None, "best"):
+            check_checkpoint_config(read_checkpoint(ckpt_path), ckpt_path, self._model_config(subcommand))
 
     @staticmethod
     def _part(config, subcommand: str | None):
@@ -84,25 +85,30 @@ class AsteroidCLI(LightningCLI):
         return yaml.safe_load(self._parser(subcommand).dump(config, skip_link_targets=False))["model"]
 
     # ---- defaults for logs and checkpoints ---------------------------------------------------------------------
-    @staticmethod
-    def checkpoint_dir(name: str) -> Path:
-        return Path("runs") / name / "checkpoints"
-
     def instantiate_trainer(self, **kwargs):
         config = self._part(self.config_init, self.subcommand)
         trainer_config = {**config.get("trainer", {}), **kwargs}
         if trainer_config.get("logger") in (None, True):
-            trainer_config["logger"] = TensorBoardLogger("runs", name=config.name, default_hp_metric=False)
+            # a fit resumed from one of the run's checkpoints goes on in that run's directory; all else starts one
+            ckpt_path = config.get("ckpt_path") if self.subcommand == "fit" else None
+            version = checkpoint_version(config.name, ckpt_path) if ckpt_path not in (None, "best") else None
+            trainer_config["logger"] = RunLogger(config.name, version)
+        if self.subcommand in ("validate", "test", "predict"):
+            # they save no checkpoint; without checkpoint callbacks Lightning does not restore their state either
+            trainer_config["enable_checkpointing"] = False
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            trainer_config["plugins"] = plugins + [AtomicCheckpointIO()]
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         callbacks = list(trainer_config.get("callbacks") or []) + [c for c in extra if c is not None]
         if trainer_config.get("enable_checkpointing", True) is not False and \
                 not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            directory = self.checkpoint_dir(config.name)
-            # Two callbacks: Lightning's save_last only writes last.ckpt when the best one changes.
-            callbacks.append(ModelCheckpoint(dirpath=directory, monitor="val/mse_mean",
-                                             filename="best-epoch{epoch:03d}-step{step}",
-                                             auto_insert_metric_name=False))
-            callbacks.append(ModelCheckpoint(dirpath=directory, filename="last", enable_version_counter=False))
+            # In the logger's version_N/checkpoints. Two callbacks: Lightning's save_last only writes last.ckpt
+            # when the best one changes. A resumed run that saves a step again replaces its file (no "-v1" copy).
+            callbacks.append(ModelCheckpoint(monitor="val/mse_mean", filename="best-epoch{epoch:03d}-step{step}",
+                                             auto_insert_metric_name=False, enable_version_counter=False))
+            callbacks.append(ModelCheckpoint(filename=Path(LAST).stem, enable_version_counter=False))
         callbacks.append(ModelConfigInCheckpoint(self._model_config(self.subcommand)))
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter())
@@ -121,7 +127,7 @@ class AsteroidCLI(LightningCLI):
             if run_dir(self.trainer):
                 print(f"TensorBoard logs: {run_dir(self.trainer)}   (make tensorboard)")
             if best:
-                print(f"best checkpoint: {best}\nlast checkpoint: {self.checkpoint_dir(config.name) / 'last.ckpt'}")
+                print(f"best checkpoint: {best}\nlast checkpoint: {Path(checkpoint.dirpath) / LAST}")
 
 
 def check_checkpoint_config(checkpoint: dict, ckpt_path, model_config: dict) -> None:
@@ -130,6 +136,28 @@ def check_checkpoint_config(checkpoint: dict, ckpt_path, model_config: dict) -> 
     if conflicts:
         raise ConfigError(f"{ckpt_path} was trained with other model settings ({'; '.join(conflicts)}); "
                           "Lightning would silently use the checkpoint's values: make the config match")
+
+
+def resolve_ckpt_path(ckpt_path: str | None, name: str) -> str | None:
+    """`--ckpt_path` as a file: `last` is the newest last.ckpt of run `name`; a path must be a file."""
+    if ckpt_path == "last":
+        last = latest_checkpoint(name)
+        if last is None:
+            raise ConfigError(f"--ckpt_path last: no {ROOT / name}/version_*/checkpoints/{LAST} to resume from "
+                              f"(is --name {name} the run you mean?)")
+        return str(last)
+    if ckpt_path not in (None, "best") and not Path(ckpt_path).is_file():
+        problem = "is a directory, not a checkpoint file" if Path(ckpt_path).is_dir() else "checkpoint file not found"
+        raise ConfigError(f"{ckpt_path}: {problem}")
+    return ckpt_path
+
+
+def read_checkpoint(ckpt_path: str | Path) -> dict:
+    """A checkpoint's contents; ConfigError for a truncated or foreign file."""
+    try:
+        return torch.load(ckpt_path, weights_only=True, map_location="cpu")
+    except Exception as error:  # pickle, zip and unpickling errors all mean the same
+        raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint ({type(error).__name__})") from None
 
 
 def from_config(config_args: list[str]) -> AsteroidCLI:
@@ -145,13 +173,11 @@ def load_trained(config_args: list[str], ckpt_path: str | Path) -> tuple[Forecas
     if not ckpt_path.is_file():
         raise ConfigError(f"{ckpt_path}: checkpoint file not found")
     cli = from_config(config_args)
-    try:
-        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        state = checkpoint["state_dict"]
-    except Exception as error:  # a truncated or foreign file: pickle, zip and key errors all mean the same
-        raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint ({type(error).__name__})") from None
+    checkpoint = read_checkpoint(ckpt_path)
+    if "state_dict" not in checkpoint:
+        raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint (no state_dict)")
     check_checkpoint_config(checkpoint, ckpt_path, cli._model_config(None))
-    cli.model.load_state_dict(state)
+    cli.model.load_state_dict(checkpoint["state_dict"])
     return cli.model.eval(), cli.datamodule
 
 
@@ -160,6 +186,10 @@ def _quiet_lightning() -> None:
     # the second is Lightning's own use of a deprecated torch API, noise to our users.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # a run's directory is its own (see asteroid.runs): it holds checkpoints already only when the run is resumed
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    # validate / test / predict take only the weights from --ckpt_path: they have no checkpoint callbacks to restore
+    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
 
 
 def _differences(stored, given, prefix="model"):
@@ -192,6 +222,53 @@ def with_base_configs(argv: list[str]) -> list[str]:
     return expanded
 
 
+def describe_parse_error(message: str, argv: list[str]) -> str:
+    """jsonargparse's complaint in one line: the full key, what is wrong with it, and where it was set."""
+    lines = [line.strip().lstrip("- ") for line in message.splitlines() if line.strip()]
+    # a key of a class's arguments is nested: 'Parser key "model.net": ... Option 'hiddne' is not accepted'
+    keys = re.findall(r'Parser key "([^"]+)"', message) + re.findall(r"Option '([^']+)' is not accepted", message)
+    keys = keys or re.findall(r"does not accept option '([^']+)'", message)
+    if not keys:
+        return " ".join(lines)
+    given = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")]
+    if given:  # a Union: list the types it accepts
+        types = [t for t in re.findall(r"Expected a <class '(\w+)'>", message) if t != "NoneType"]
+        problem = f"expected {' or '.join(types)}, got {given[0]!r}"
+    else:
+        problem = re.sub(r"<class '(\w+)'>", r"\1", re.sub(r'Parser key "[^"]+":\s*', "", lines[-1]))
+    key = ".init_args.".join(keys)
+    where = _where_set(key.split("."), argv)
+    return f"{key}: {problem}" + (f" ({where})" if where else "")
+
+
+def _where_set(key: list[str], argv: list[str]) -> str:
+    """Which argument set `key` last: a config file that holds it, or the command line ('' if neither)."""
+    full = ".".join(key)
+    for arg in reversed(argv):
+        if arg.startswith("--config="):
+            path = Path(arg.split("=", 1)[1])
+            if path.is_file() and _holds(yaml.safe_load(path.read_text()), key):
+                return f"in {path}"
+        elif arg.startswith("--"):
+            name = arg.split("=", 1)[0][2:]
+            if full == name or full.startswith(name + ".") or name.startswith(full + "."):
+                return "on the command line"
+    return ""
+
+
+def _holds(node, key: list[str]) -> bool:
+    """Whether a loaded config has `key` (lists searched item by item; `init_args` may be left out)."""
+    if not key:
+        return True
+    if isinstance(node, list):
+        return any(_holds(item, key) for item in node)
+    if not isinstance(node, dict):
+        return False
+    if key[0] in node:
+        return _holds(node[key[0]], key[1:])
+    return key[0] == "init_args" and _holds(node, key[1:])
+
+
 def _config_chain(path: Path, seen: tuple = ()) -> list[Path]:
     if not path.is_file():
         return [path]  # jsonargparse reports the missing file (or parses an inline yaml string)
@@ -219,8 +296,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:10s} {help_text}")
             print()
         _quiet_lightning()
-        AsteroidCLI(ForecastModule, TrajectoryDataModule, subclass_mode_model=False,
-                    save_config_kwargs={"overwrite": True}, args=with_base_configs(argv))
+        expanded = with_base_configs(argv)
+        try:
+            AsteroidCLI(ForecastModule, TrajectoryDataModule, subclass_mode_model=False,
+                        save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False}, args=expanded)
+        except ArgumentError as error:  # jsonargparse: an unknown option or a value of the wrong type
+            raise ConfigError(describe_parse_error(str(error), expanded)) from None
+        except MisconfigurationException as error:  # Lightning's word for a Trainer option that cannot work
+            raise ConfigError(" ".join(str(error).split())) from None
         return 0
     except AsteroidError as error:
         print(f"asteroid: error: {error}", file=sys.stderr)

@@ -36,6 +36,17 @@ def rotate(frames: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,btnj->btni", rotation, frames)
 
 
+def random_walk_noise(history: torch.Tensor, std: float) -> torch.Tensor:
+    """(B, H, N, 3) noise that accumulates over the history frames and reaches `std` Angstrom on the last one.
+
+    Added to the history in training (targets untouched), it teaches the model to pull a perturbed history back
+    toward the truth: a rollout feeds the model its own slightly wrong predictions, and without this their errors
+    compound (the noise model of Sanchez-Gonzalez et al. 2020, learned simulators).
+    """
+    steps = torch.randn_like(history) * (std / history.shape[1] ** 0.5)
+    return steps.cumsum(dim=1)
+
+
 def run_dir(trainer: pl.Trainer) -> Path | None:
     """The run's log directory, or None without a logger.
 
@@ -51,13 +62,19 @@ class ForecastModule(pl.LightningModule):
     The forecast loss is the MSE of each horizon step in units of that step's training RMS displacement, so every
     step weighs the same. Auxiliary losses the net returns (e.g. the STI terms) are added with `aux_loss_weights`.
     Scheduled sampling: the probability that a decoder step sees its own prediction rises linearly from 0 to
-    `max_sampling_prob` over the first `sampling_ramp` fraction of training.
+    `max_sampling_prob` over the first `sampling_ramp` fraction of training. `history_noise` > 0 perturbs the
+    training histories (see `random_walk_noise`) so that long rollouts stay stable.
     """
 
     def __init__(self, net: ForecastModel, lr: float = 1e-3, weight_decay: float = 1e-2, warmup_steps: int = 100,
                  lr_schedule: str = "cosine", aux_loss_weights: dict[str, float] | None = None,
-                 max_sampling_prob: float = 0.5, sampling_ramp: float = 0.5, rotation_augmentation: bool = True):
+                 max_sampling_prob: float = 0.5, sampling_ramp: float = 0.5, rotation_augmentation: bool = True,
+                 history_noise: float = 0.0):
         super().__init__()
+        if not lr > 0:
+            raise ConfigError(f"model.lr must be a positive number, got {lr}")
+        if history_noise < 0:
+            raise ConfigError(f"model.history_noise must be >= 0 Angstrom, got {history_noise}")
         if lr_schedule not in ("cosine", "constant"):
             raise ConfigError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
         self.save_hyperparameters(ignore=["net"])
@@ -130,6 +147,8 @@ class ForecastModule(pl.LightningModule):
         if self.hparams.rotation_augmentation:
             rotation = random_rotations(len(history), history.device, history.dtype)
             history, target = rotate(history, rotation), rotate(target, rotation)
+        if self.hparams.history_noise > 0:
+            history = history + random_walk_noise(history, self.hparams.history_noise)
         sampling_prob = self.sampling_prob  # asks the trainer for the step count: once per step
         out = self.net(history, batch["z"], mask, target=target, sampling_prob=sampling_prob)
         forecast = self.forecast_loss(out["pred"], target, mask)

@@ -1,11 +1,33 @@
-"""Long forecasts: the model's predictions are fed back as its history, as many times as needed."""
+"""Long forecasts: the model's predictions are fed back as its history, as many times as needed.
+
+`asteroid rollout` rolls a trained model out from test windows (or a user's frames) and writes the predicted
+trajectory as a file that mdtraj, ASE, VMD and PyMOL open.
+"""
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import argparse
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
 
+import ase.io
+import mdtraj as md
+import numpy as np
+import torch
+from ase import Atoms
+from torch import Tensor
+from tqdm import tqdm
+
+from asteroid.cli import from_config, load_trained, resolve_ckpt_path
+from asteroid.data import load_trajectory
+from asteroid.data.readers import _need_dt as missing_dt_error
+from asteroid.data.readers import element_topology
 from asteroid.data.windows import WindowLayout
-from asteroid.errors import ConfigError
+from asteroid.errors import ConfigError, DataError
+from asteroid.fileio import atomic_output
+from asteroid.metrics import covalent_bonds
 from asteroid.models.base import ForecastModel
 
 
@@ -40,3 +62,230 @@ def rollout(net: ForecastModel, history: Tensor, z: Tensor, mask: Tensor, n_fram
         if progress is not None:
             progress(min(pred.shape[1], n_frames - produced + pred.shape[1]))
     return torch.cat(frames, dim=1)[:, :n_frames]
+
+
+# ---- `asteroid rollout` ----------------------------------------------------------------------------------------
+OUTPUT_FORMATS = {
+    ".xyz": "extended XYZ (ASE), Angstrom",
+    ".pdb": "multi-model PDB with CONECT bonds (mdtraj)",
+    ".dcd": "DCD (mdtraj), with <out>_topology.pdb",
+    ".xtc": "XTC (mdtraj), with <out>_topology.pdb",
+    ".h5": "MDTraj HDF5, topology included",
+    ".npz": "numpy: R (B, F, N, 3) Angstrom, z, history, dt_fs, spacing, start_frame, source",
+}
+NEEDS_TOPOLOGY_FILE = {".dcd", ".xtc"}  # coordinates only: VMD, PyMOL and mdtraj need a structure beside them
+
+
+@dataclass
+class InitialConditions:
+    """Where a rollout starts, and the true trajectory to judge it against."""
+
+    history: np.ndarray  # (B, H, N, 3) Angstrom, frames `spacing` MD frames apart
+    z: np.ndarray  # (N,)
+    dt_fs: float  # between consecutive history (and predicted) frames
+    start_frame: np.ndarray  # (B,) frame of `source` that is the last history frame
+    source: str
+    reference: np.ndarray  # (T, N, 3) the whole reference trajectory at its own frame spacing
+    reference_dt_fs: float
+    continuation: np.ndarray | None  # (B, F_c, N, 3) the true frames the rollout predicts, where the source has them
+
+
+def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -> InitialConditions:
+    """Histories of `batch` test windows spread evenly over the test split (the first window when batch is 1)."""
+    test = datamodule.datasets["test"]
+    if batch > len(test):
+        raise ConfigError(f"--batch {batch}: the test split has only {len(test)} windows; ask for at most that many")
+    picks = np.linspace(0, len(test) - 1, batch).round().astype(int)
+    rows = test.index[picks]  # (B, 2) trajectory, window start
+    meta = [datamodule.trajectories[t] for t in rows[:, 0]]
+    if any(m["z"] != meta[0]["z"] or m["dt_fs"] != meta[0]["dt_fs"] for m in meta):
+        raise ConfigError(f"--batch {batch}: the test windows span trajectories of different molecules or frame "
+                          "spacings; roll out one at a time (choose it with --data.sources)")
+    coordinates = [np.load(test.coordinate_files[t], mmap_mode="r") for t in rows[:, 0]]  # each (T, N, 3)
+    last = rows[:, 1] + datamodule.layout.history_offsets[-1]  # (B,)
+    following = [R[l + spacing::spacing][:n_frames] for R, l in zip(coordinates, last)]
+    kept = min(len(frames) for frames in following)  # one length for all: the trajectory's end cuts some short
+    return InitialConditions(
+        history=np.stack([test[i]["history"].numpy() for i in picks]), z=np.asarray(meta[0]["z"]),
+        dt_fs=spacing * meta[0]["dt_fs"], start_frame=last, source=meta[0]["source"], reference=coordinates[0],
+        reference_dt_fs=meta[0]["dt_fs"],
+        continuation=np.stack([frames[:kept] for frames in following]) if kept else None)
+
+
+def start_from_file(path: str, datamodule, spacing: int) -> InitialConditions:
+    """The last H frames of a user's file, `spacing` training frames apart, checked against the training data."""
+    training = datamodule.trajectories[0]
+    try:
+        trajectory = load_trajectory(path)
+    except DataError as error:  # a file that does not state its frame spacing is taken to have the training data's
+        if str(error) != str(missing_dt_error(Path(path))):
+            raise
+        trajectory = load_trajectory(path, dt_fs=training["dt_fs"])
+    if datamodule.heavy_atoms:
+        trajectory = trajectory.select_atoms(np.flatnonzero(trajectory.z > 1))
+    matching = [i for i, t in enumerate(datamodule.trajectories) if np.array_equal(t["z"], trajectory.z)]
+    if not matching:
+        raise DataError(f"{path}: its atoms (z = {trajectory.z.tolist()}) are not those the model was trained on "
+                        f"(z = {training['z']} in {training['source']}); the model forecasts only its own molecule")
+    training = datamodule.trajectories[matching[0]]
+    interval_fs = spacing * training["dt_fs"]  # time between history frames
+    step = interval_fs / trajectory.dt_fs  # frames of the file between history frames
+    if abs(step - round(step)) > 1e-6 or round(step) < 1:
+        raise DataError(f"{path}: its frames are {trajectory.dt_fs:g} fs apart, but the model takes history frames "
+                        f"{interval_fs:g} fs apart ({spacing} frames of {training['dt_fs']:g} fs), which is not a "
+                        "whole number of this file's frames")
+    step, needed = round(step), (datamodule.history - 1) * round(step) + 1
+    if trajectory.n_frames < needed:
+        raise DataError(f"{path}: {trajectory.n_frames} frame(s), but the history needs {needed} (the last "
+                        f"{datamodule.history} frames, {interval_fs:g} fs apart)")
+    return InitialConditions(
+        history=np.asarray(trajectory.R[-needed::step])[None], z=trajectory.z, dt_fs=interval_fs,
+        start_frame=np.array([trajectory.n_frames - 1]), source=str(path),
+        reference=np.load(datamodule.datasets["test"].coordinate_files[matching[0]], mmap_mode="r"),
+        reference_dt_fs=training["dt_fs"], continuation=None)
+
+
+def output_paths(out: Path, batch: int) -> list[Path]:
+    """One file per initial condition (out_000.xyz, out_001.xyz, ...) except for .npz, which holds them all."""
+    if out.suffix.lower() == ".npz" or batch == 1:
+        return [out]
+    width = max(3, len(str(batch - 1)))
+    return [out.with_name(f"{out.stem}_{i:0{width}d}{out.suffix}") for i in range(batch)]
+
+
+def molecule_topology(z: np.ndarray, positions: np.ndarray):
+    """mdtraj Topology of one residue with the covalent bonds of `positions` (N, 3) Angstrom, so that PDB files get
+    CONECT records and viewers draw the bonds the molecule started with, however the rollout moves it."""
+    topology = element_topology(z)
+    atoms = list(topology.atoms)
+    for i, j in covalent_bonds(z, positions).T.tolist():
+        topology.add_bond(atoms[i], atoms[j])
+    return topology
+
+
+def write_rollout(out: Path, predicted: np.ndarray, start: InitialConditions, spacing: int) -> list[Path]:
+    """Write predicted (B, F, N, 3) Angstrom in the format of `out`'s suffix; returns the paths written.
+
+    All files appear together when every one is complete (none of them if any write fails).
+    """
+    suffix = out.suffix.lower()
+    times_fs = start.dt_fs * np.arange(1, predicted.shape[1] + 1)  # (F,) after the last history frame
+    with ExitStack() as files:
+        def temporary(path: Path, mode: str = "wb"):
+            return files.enter_context(atomic_output(path, mode, suffix=path.suffix))
+
+        if suffix == ".npz":
+            np.savez(temporary(out), R=predicted, z=start.z, history=start.history, dt_fs=start.dt_fs,
+                     spacing=spacing, start_frame=start.start_frame, source=start.source, time_fs=times_fs)
+            return [out]
+        paths = output_paths(out, len(predicted))
+        if suffix == ".xyz":  # dt_fs in every comment line: `load_trajectory` (and so --init) reads the spacing back
+            for path, frames in zip(paths, predicted):
+                images = [Atoms(numbers=start.z, positions=frame, info={"time_fs": t, "dt_fs": start.dt_fs})
+                          for frame, t in zip(frames, times_fs)]
+                ase.io.write(temporary(path, "w"), images, format="extxyz")
+            return paths
+        topology = molecule_topology(start.z, start.history[0, -1])
+        for path, frames in zip(paths, predicted):
+            save_mdtraj(md.Trajectory(frames / 10.0, topology, time=times_fs / 1000.0), temporary(path).name)  # nm, ps
+        if suffix in NEEDS_TOPOLOGY_FILE:  # the structure the rollout starts from
+            paths.append(out.with_name(f"{out.stem}_topology.pdb"))
+            save_mdtraj(md.Trajectory(start.history[0, -1:] / 10.0, topology), temporary(paths[-1]).name)
+    return paths
+
+
+def save_mdtraj(trajectory, path: str) -> None:
+    """Save in the format of `path`'s suffix."""
+    trajectory.save(path)
+    if path.lower().endswith(".pdb"):
+        # mdtraj ends with END after the last ENDMDL, which ASE reads as one more, empty, model; viewers need neither
+        text = Path(path).read_text()
+        Path(path).write_text(text[:-len("END\n")] if text.endswith("\nEND\n") else text)
+
+
+def physical_checks(predicted: np.ndarray, start: InitialConditions, out: Path, run_name: str) -> None:
+    """`--report`: bond lengths, distributions and stability against the reference, in <out>_report/ and TensorBoard
+    (runs/<run_name>/rollout)."""
+    from asteroid.analysis import physical_report, save_report
+
+    report = physical_report(predicted, start.z, start.dt_fs, np.asarray(start.reference), start.reference_dt_fs,
+                             start.continuation)
+    save_report(report, Path(f"{out.with_suffix('')}_report"), Path("runs") / run_name / "rollout")
+
+
+def main(argv: list[str]) -> int:
+    """`asteroid rollout --config experiments/ethanol.yaml --ckpt_path CKPT --frames 10000 --out pred.xyz`."""
+    parser = argparse.ArgumentParser(
+        prog="asteroid rollout", allow_abbrev=False,
+        description="Iterate a trained model into a long trajectory: each forecast becomes part of the next "
+                    "history. Starts from test windows of the config's data (or --init FILE) and writes the "
+                    "--frames predicted frames (not the history). Other --data.X / --model.X options are passed "
+                    "to the config, as in `asteroid test`.",
+        epilog="formats: " + "; ".join(f"{suffix} {what}" for suffix, what in OUTPUT_FORMATS.items()))
+    parser.add_argument("--config", action="append", required=True, help="experiment config (may be repeated)")
+    parser.add_argument("--ckpt_path", required=True,
+                        help="trained checkpoint (.ckpt), or `last`: the newest last.ckpt of the config's run")
+    parser.add_argument("--frames", type=int, default=1000, help="predicted frames per trajectory (default 1000)")
+    parser.add_argument("--out", required=True, help=f"output file: {', '.join(OUTPUT_FORMATS)}")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="initial conditions rolled out at once: test windows spread evenly over the test split")
+    parser.add_argument("--init", help="start from the last frames of this trajectory file instead of test windows")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: a small molecule's steps are too small to share, and on "
+                             "a busy machine two threads waiting for each other ran 10x slower)")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
+    parser.add_argument("--report", action="store_true",
+                        help="physical checks against the reference trajectory, in <out>_report/ and TensorBoard")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args, overrides = parser.parse_known_args(argv)
+
+    out = Path(args.out)
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise ConfigError(f"{out}: unknown output suffix {out.suffix!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    for name, value in (("frames", args.frames), ("batch", args.batch), ("threads", args.threads)):
+        if value < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {value}")
+    if args.init is not None and args.batch != 1:
+        raise ConfigError("--init gives one initial condition; --batch applies to test windows only")
+    for config in args.config:
+        if not Path(config).is_file():
+            raise ConfigError(f"{config}: config file not found")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA device here; use --device cpu")
+    config_args = [arg for config in args.config for arg in ("--config", config)] + overrides
+
+    run_name = from_config(config_args).config.name if args.ckpt_path == "last" or args.report else None
+    model, datamodule = load_trained(config_args, resolve_ckpt_path(args.ckpt_path, run_name))
+    spacing = rollout_spacing(datamodule.layout)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    if args.init is not None:
+        start = start_from_file(args.init, datamodule, spacing)
+    else:
+        start = start_from_test_split(datamodule, args.batch, spacing, args.frames)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    history = torch.as_tensor(start.history, dtype=torch.float32, device=device)  # (B, H, N, 3)
+    B, _, N, _ = history.shape
+    z = torch.as_tensor(start.z, device=device).expand(B, N)
+    mask = torch.ones(B, N, dtype=torch.bool, device=device)
+    with tqdm(total=B * args.frames, unit="frame", desc=f"rollout {B} x {args.frames}", file=sys.stderr,
+              dynamic_ncols=True, disable=args.no_progress) as bar:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        predicted = rollout(model.net.to(device), history, z, mask, args.frames, lambda k: bar.update(B * k))
+        predicted = predicted.cpu().numpy()  # (B, F, N, 3)
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+
+    paths = write_rollout(out, predicted, start, spacing)
+    names = ", ".join(map(str, paths)) if len(paths) <= 3 else f"{paths[0]} ... {paths[-1]}"
+    print(f"{names}: {B} x {args.frames} frames of {N} atoms, {start.dt_fs:g} fs apart "
+          f"({args.frames * start.dt_fs / 1000:g} ps each), continuing frame(s) "
+          f"{', '.join(map(str, start.start_frame[:3]))}{' ...' if B > 3 else ''} of {start.source}")
+    print(f"rollout: {B * args.frames} frames in {seconds:.2f} s ({cpu_seconds:.2f} s CPU), "
+          f"{B * args.frames / seconds:.0f} frames/s ({args.device}, {args.threads} thread(s))")
+    if args.report:
+        physical_checks(predicted, start, out, run_name)
+    return 0

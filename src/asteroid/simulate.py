@@ -38,6 +38,7 @@ METHOD = "GFN2-xTB/tblite"
 EV_PER_KCAL_MOL = units.kcal / units.mol
 RELAX_FMAX = 0.05  # eV/A: takes the strain out of a hand-made structure; the thermostat does the rest
 RELAX_MAX_STEPS = 500
+TEMPERATURE_K, TIMESTEP_FS = 500.0, 0.5  # the MD17 settings
 
 
 def structure_path(name: str) -> Path:
@@ -60,7 +61,8 @@ def read_structure(path: str | Path) -> Atoms:
     """A molecule in vacuum from any ASE-readable file (the last frame if it holds several)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: structure file not found")
+        raise DataError(f"{path}: " + ("is a directory, not a structure file" if path.is_dir() else
+                                       "structure file not found"))
     try:
         atoms = ase.io.read(path)
     except Exception as exc:  # ASE's readers raise whatever their parser hits on a malformed file
@@ -98,12 +100,17 @@ class PositionOnlyTBLite(TBLite):
         super().calculate(*args, **kwargs)
 
 
-@contextlib.contextmanager
-def one_openmp_thread():
-    """Run tblite on one OpenMP thread while inside.
+def xtb_calculator() -> PositionOnlyTBLite:
+    """The generator's GFN2-xTB calculator (tblite, quiet, each SCF from the same guess)."""
+    return PositionOnlyTBLite(method="GFN2-xTB", verbosity=0)
 
-    Its threaded sums differ in the last bits from call to call, which chaos amplifies into different
-    trajectories; for molecules of MD17 size one thread is also as fast as two.
+
+@contextlib.contextmanager
+def openmp_threads(count: int = 1):
+    """Run tblite on `count` OpenMP threads while inside.
+
+    The generator uses one: threaded sums differ in the last bits from call to call, which chaos amplifies
+    into different trajectories; for molecules of MD17 size one thread is also as fast as two.
     """
     try:
         gomp = ctypes.CDLL("libgomp.so.1")  # the loaded GNU OpenMP runtime, shared with tblite (and torch)
@@ -111,7 +118,7 @@ def one_openmp_thread():
         yield
         return
     before = gomp.omp_get_max_threads()
-    gomp.omp_set_num_threads(1)
+    gomp.omp_set_num_threads(count)
     try:
         yield
     finally:
@@ -227,9 +234,10 @@ def check_options(frames, temperature_K, timestep_fs, every, thermalize_steps, f
 
 
 def simulate(out: str | Path, *, molecule: str | None = None, structure: str | Path | None = None,
-             frames: int = 20000, temperature_K: float = 500.0, timestep_fs: float = 0.5, every: int = 1,
-             thermalize_steps: int = 500, friction: float = 0.02, seed: int = 0, keep_rotation: bool = False,
-             resume: bool = False, checkpoint_every: int = 2000, progress: bool = True) -> dict:
+             frames: int = 20000, temperature_K: float = TEMPERATURE_K, timestep_fs: float = TIMESTEP_FS,
+             every: int = 1, thermalize_steps: int = 500, friction: float = 0.02, seed: int = 0,
+             keep_rotation: bool = False, resume: bool = False, checkpoint_every: int = 2000,
+             progress: bool = True) -> dict:
     """Run GFN2-xTB MD and write `out` as MD17-format .npz; returns a report (frames, atoms, ms/step, drift).
 
     Exactly one of `molecule` (a built-in MD17 name) and `structure` (any ASE-readable file). The molecule
@@ -251,13 +259,15 @@ def simulate(out: str | Path, *, molecule: str | None = None, structure: str | P
                           timestep_fs=float(timestep_fs), every=int(every), thermalize_steps=int(thermalize_steps),
                           friction=float(friction), seed=int(seed), keep_rotation=bool(keep_rotation))
     out, partial = Path(out), checkpoint_path(out)
+    if out.is_dir():  # found now, not after the whole run
+        raise ConfigError(f"{out}: is a directory; --out names the .npz file to write")
     if partial.exists() and not resume:
         raise AsteroidError(f"{partial}: a checkpoint of an unfinished run is in the way; pass --resume "
                             "(resume=True) to continue it, or delete it to start over")
     out.parent.mkdir(parents=True, exist_ok=True)
-    atoms.calc = PositionOnlyTBLite(method="GFN2-xTB", verbosity=0)
+    atoms.calc = xtb_calculator()
     try:
-        with one_openmp_thread():
+        with openmp_threads(1):
             recorded, ms_per_step = run_md(atoms, settings, frames, partial, checkpoint_every, progress)
     except CalculatorError as exc:
         raise AsteroidError(f"{source}: GFN2-xTB (tblite) failed: {exc}") from exc
@@ -334,8 +344,10 @@ def main(argv: list[str]) -> int:
     what.add_argument("--structure", help="starting structure of any other molecule (an ASE-readable file, e.g. .xyz)")
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("--frames", type=int, default=20000, help="frames to record (default 20000)")
-    parser.add_argument("--temperature", type=float, default=500.0, help="temperature in K (default 500, as MD17)")
-    parser.add_argument("--timestep", type=float, default=0.5, help="MD time step in fs (default 0.5, as MD17)")
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE_K,
+                        help=f"temperature in K (default {TEMPERATURE_K:g}, as MD17)")
+    parser.add_argument("--timestep", type=float, default=TIMESTEP_FS,
+                        help=f"MD time step in fs (default {TIMESTEP_FS:g}, as MD17)")
     parser.add_argument("--every", type=int, default=1, help="record every this many steps (default 1)")
     parser.add_argument("--thermalize-steps", type=int, default=500, help="Langevin steps before NVE (default 500)")
     parser.add_argument("--friction", type=float, default=0.02, help="Langevin friction in 1/fs (default 0.02)")

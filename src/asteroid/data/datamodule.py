@@ -5,6 +5,7 @@ Each trajectory is stored once, as a memory-mapped float32 `.npy` cache; a sampl
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from asteroid.data.md17 import DATASETS, resolve_dataset
+from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset, protein_files
 from asteroid.data.readers import load_trajectory
 from asteroid.data.windows import (PROTOCOLS, SPLITS, WindowLayout, chronological_starts, random_starts)
 from asteroid.errors import ConfigError, DataError
@@ -29,7 +31,8 @@ class TrajectorySource:
     """One trajectory file, and how to make it if it is missing.
 
     path: the trajectory (any format `asteroid.data.load_trajectory` reads), or a known dataset name such as
-        "md17:ethanol", downloaded into data/ when missing.
+        "md17:ethanol" or "mdanalysis:adk_tmd" (a protein, with its topology and frame spacing), downloaded into
+        data/ when missing.
     molecule: a built-in molecule (e.g. "ethanol"); when `path` is missing, GFN2-xTB MD generates it there.
     frames: frames to generate. topology / selection / dt_fs: passed to the reader.
     """
@@ -40,6 +43,15 @@ class TrajectorySource:
     topology: str | None = None
     selection: str | None = None
     dt_fs: float | None = None
+
+
+def _with_dataset_topology(source: TrajectorySource) -> TrajectorySource:
+    """A source naming a protein dataset, with the dataset's topology file and frame spacing where it gives none."""
+    dataset = PROTEIN_DATASETS.get(source.path.lower())
+    if dataset is None:
+        return source
+    topology = source.topology or str(protein_files(dataset.name, root="data")[1])
+    return dataclasses.replace(source, topology=topology, dt_fs=source.dt_fs or dataset.dt_fs)
 
 
 class WindowDataset(Dataset):
@@ -111,7 +123,9 @@ class TrajectoryDataModule(pl.LightningDataModule):
         self.layout = self.protocol.layout or WindowLayout.regular(**{**DEFAULT_LAYOUT, **given})
         if stride < 1:
             raise ConfigError(f"data.stride must be >= 1, got {stride}")
-        self.sources = [TrajectorySource(**s) if isinstance(s, dict) else s for s in sources]
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.sources = [_with_dataset_topology(TrajectorySource(**s) if isinstance(s, dict) else s) for s in sources]
         self.stride, self.split_fractions, self.seed = stride, tuple(split_fractions), seed
         self.heavy_atoms = self.protocol.heavy_atoms if heavy_atoms is None else heavy_atoms
         self.batch_size, self.num_workers, self.cache_dir = batch_size, num_workers, Path(cache_dir)
@@ -133,6 +147,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
         path = Path(source.path)
         if path.exists() or source.molecule is not None:
             return path
+        if source.path.lower() in PROTEIN_DATASETS:
+            return fetch_protein_dataset(source.path, root="data")[0]
         if source.path.lower() not in DATASETS:
             raise DataError(f"{path}: file not found (set `molecule` in the source to generate it, or name a known "
                             f"dataset such as md17:ethanol)")

@@ -1,8 +1,13 @@
 """Read a trajectory file of any supported format into a Trajectory (Angstrom, femtoseconds)."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import struct
+import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +34,38 @@ FORMATS = {
 MDTRAJ_SUFFIXES = {".dcd", ".xtc", ".trr", ".nc", ".h5", ".pdb"}
 SELF_TOPOLOGY_SUFFIXES = {".h5", ".pdb"}
 TIMED_SUFFIXES = {".xtc", ".trr", ".nc", ".h5"}  # mdtraj reads real frame times only from these
+XDR_SUFFIXES = {".xtc", ".trr"}  # GROMACS formats in XDR: every item a multiple of 4 bytes
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0] == "HDF5 error back trace":  # PyTables puts HDF5's C call stack in its message
+        causes = [line for line in lines if not line.startswith(('File "', "HDF5 error", "End of HDF5"))]
+        lines = causes[-2:-1] or causes  # the innermost cause; the last line only names the file again
+    return " ".join(" ".join(lines).split()) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _c_output_silenced():
+    """Mute what C code prints to stdout and stderr while inside.
+
+    mdtraj's C readers (xdrfile, dcdplugin) print their complaints about a damaged file themselves; the DataError
+    raised from the exception says it in one line.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)  # C stdio buffers stdout: empty it into /dev/null before switching back
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [devnull]:
+            os.close(fd)
 
 
 def _need_dt(path: Path) -> DataError:
@@ -86,11 +119,16 @@ def select_atoms(topology, selection: str, path: Path) -> np.ndarray:
 
 
 def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # numpy would try it as a pickle and say so
+            raise DataError(f"{path}: not an npz file (an npz is a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)
             arrays = {key: data[key] for key in ("R", "z", "E", "F", "dt_fs") if key in keys}
-    except Exception as exc:  # zipfile, zlib and numpy all raise their own types on a damaged file
+    except zipfile.BadZipFile:
+        raise DataError(f"{path}: cannot read the npz file: its zip archive is truncated or damaged") from None
+    except Exception as exc:  # zlib and numpy raise their own types on a damaged file
         raise DataError(f"{path}: cannot read the npz file ({_one_line(exc)})") from exc
     if RMD17_KEYS <= keys:
         raise DataError(
@@ -103,7 +141,7 @@ def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
             f"{path}: missing key(s) {', '.join(missing)} in the npz file; found keys {sorted(keys)}, expected "
             "R (frames, atoms, 3) Angstrom and z (atoms,), optionally E, F and dt_fs")
     if dt_fs is None and "dt_fs" in arrays:
-        dt_fs = float(arrays["dt_fs"])
+        dt_fs = _number(arrays["dt_fs"], "dt_fs", path)
     if dt_fs is None and SGDML_KEYS & keys:
         dt_fs = MD17_DT_FS
     if dt_fs is None:
@@ -113,13 +151,21 @@ def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
                       E=None if E is None else E.reshape(-1), F=arrays.get("F"))
 
 
+def _number(value, key: str, path: Path) -> float:
+    """A number the file states under `key` (e.g. dt_fs), or DataError."""
+    try:
+        return float(np.asarray(value).item())
+    except (TypeError, ValueError):  # text, or an array of several values
+        raise DataError(f"{path}: {key} must be one number, got {np.asarray(value).tolist()!r:.60}") from None
+
+
 def _ase_dt_fs(frames: list, path: Path) -> float | None:
     info = frames[0].info
     if "dt_fs" in info:
-        return float(info["dt_fs"])
+        return _number(info["dt_fs"], "dt_fs", path)
     for key in ("time_fs", "time"):  # CP2K writes `time = ...` (fs) in its xyz comment lines
         if len(frames) > 1 and all(key in atoms.info for atoms in frames):
-            return uniform_step_fs(np.array([float(atoms.info[key]) for atoms in frames]), path)
+            return uniform_step_fs(np.array([_number(atoms.info[key], key, path) for atoms in frames]), path)
     return None
 
 
@@ -137,6 +183,8 @@ def _read_ase(path: Path, dt_fs: float | None, name: str) -> Trajectory:
         frames = ase.io.read(path, index=":")
     except Exception as exc:  # ASE raises ValueError, IndexError, ... on malformed or cut files
         raise DataError(f"{path}: cannot read the file with ASE ({_one_line(exc)})") from exc
+    if not frames:
+        raise DataError(f"{path}: the trajectory has no frames")
     z = frames[0].numbers
     for t, atoms in enumerate(frames):
         if len(atoms) != len(z) or not np.array_equal(atoms.numbers, z):
@@ -163,6 +211,31 @@ def _dcd_declared_frames(path: Path) -> int:
     return 0
 
 
+def _check_layout(path: Path) -> None:
+    """DataError for damage mdtraj reads without a word or reports obscurely, where the file shows it.
+
+    XTC and TRR are XDR, a multiple of 4 bytes: mdtraj drops a cut-off last frame when fewer than 4 of its bytes
+    remain (a longer remnant makes it fail). A multi-model PDB closes every MODEL with ENDMDL; mdtraj drops a
+    MODEL left open. (A DCD header states its frame count: checked after reading.) Not detectable: XTC, TRR or
+    PDB cut exactly between two frames, which are valid shorter files. .nc and .h5 state their size, and reading
+    a cut one fails.
+    """
+    suffix = path.suffix.lower()
+    size = path.stat().st_size
+    if suffix in XDR_SUFFIXES and size % 4:
+        raise DataError(f"{path}: the file is truncated: {size} bytes is not a whole number of 4-byte XDR words, "
+                        "so its last frame is cut off")
+    if suffix == ".pdb":
+        with open(path, "rb") as fh:
+            records = [line[:6].rstrip() for line in fh]
+        if b"ATOM" not in records and b"HETATM" not in records:
+            raise DataError(f"{path}: no ATOM or HETATM records: the file holds no atoms")
+        opened, closed = records.count(b"MODEL"), records.count(b"ENDMDL")
+        if opened > closed:
+            raise DataError(f"{path}: the file is truncated: {opened} MODEL records but {closed} ENDMDL, "
+                            "so its last model is cut off")
+
+
 def _read_mdtraj(path: Path, topology: str | Path | None, selection: str | None, dt_fs: float | None,
                  name: str) -> Trajectory:
     import mdtraj as md
@@ -172,13 +245,18 @@ def _read_mdtraj(path: Path, topology: str | Path | None, selection: str | None,
     if topology_file is None:
         raise DataError(f"{path}: a {suffix} file holds only coordinates; pass a topology file "
                         "(--topology, e.g. .pdb, .psf, .gro, .prmtop)")
+    if Path(topology_file).is_dir():
+        raise DataError(f"{topology_file}: is a directory, not a topology file")
+    _check_layout(path)
     try:
-        top = md.load_topology(str(topology_file))
+        with _c_output_silenced():
+            top = md.load_topology(str(topology_file))
     except Exception as exc:
-        raise DataError(f"{topology_file}: cannot read the topology ({_one_line(exc)})") from exc
+        what = "topology" if topology is not None else "file"
+        raise DataError(f"{topology_file}: cannot read the {what} ({_one_line(exc)})") from exc
     atom_index = None if selection is None else select_atoms(top, selection, path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _c_output_silenced():
             warnings.filterwarnings("ignore", message=".*netCDF4.*")  # scipy fallback: slower, not wrong
             # .h5 carries its own topology and mdtraj warns when given one, even top=None
             given_topology = {} if suffix == ".h5" else {"top": top}

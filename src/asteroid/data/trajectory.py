@@ -37,10 +37,11 @@ class Trajectory:
             fail("the trajectory has no frames")
         if R.shape[1] == 0:
             fail("the trajectory has no atoms")
-        if not np.issubdtype(R.dtype, np.number):
-            fail(f"coordinates must be numbers, got dtype {R.dtype}")
+        if not (np.issubdtype(R.dtype, np.floating) or np.issubdtype(R.dtype, np.integer)):
+            fail(f"coordinates must be real numbers, got dtype {R.dtype}")
         if R.dtype != np.float32:
-            R = R.astype(np.float32)
+            with np.errstate(over="ignore"):  # values beyond float32's range become inf, refused just below
+                R = R.astype(np.float32)
         bad = ~np.isfinite(R).all(axis=(1, 2))
         if bad.any():
             fail(f"{int(bad.sum())} frame(s) contain NaN or inf coordinates (first: frame {int(np.argmax(bad))})")
@@ -56,6 +57,8 @@ class Trajectory:
         if not (np.isfinite(self.dt_fs) and self.dt_fs > 0):
             fail(f"the frame spacing dt_fs must be a positive number of femtoseconds, got {self.dt_fs}")
         for key, arr, shape in (("E", self.E, (R.shape[0],)), ("F", self.F, R.shape)):
+            if arr is not None and not np.issubdtype(np.asarray(arr).dtype, np.number):
+                fail(f"{key} must be numbers, got dtype {np.asarray(arr).dtype}")
             if arr is not None and np.asarray(arr).reshape(-1).size != int(np.prod(shape)):
                 fail(f"{key} has shape {np.asarray(arr).shape}, which does not match {R.shape[0]} frames "
                      f"of {R.shape[1]} atoms")

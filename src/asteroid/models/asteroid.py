@@ -21,7 +21,11 @@ class Asteroid(ForecastModel):
 
     Translation invariant (only centred positions, velocities and distances enter) and permutation
     equivariant in atoms (no atom index features). "losses" holds the UNWEIGHTED STI terms
-    "sti_primary" (only with a target), "sti_consistency" and "sti_conjugate"; empty when sti=False.
+    "sti_primary", "sti_consistency" and "sti_conjugate" when a target is given; empty without one or when
+    sti=False.
+
+    latent_tokens: None (default) makes global attention dense over all atoms, O(N^2) per frame, right for
+    molecules; a number M routes it through M learned latent tokens, O(N M), for large systems (proteins).
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class Asteroid(ForecastModel):
         sti: bool = True,
         sti_delay: int | None = None,
         max_z: int = 100,
+        latent_tokens: int | None = None,
     ):
         super().__init__(history, horizon)
         if not (local_attention or global_attention):
@@ -52,13 +57,16 @@ class Asteroid(ForecastModel):
             )
         if cutoff <= 0:
             raise ConfigError(f"model: cutoff={cutoff} Angstrom must be positive")
+        if latent_tokens is not None and latent_tokens < 1:
+            raise ConfigError(f"model: latent_tokens={latent_tokens} must be >= 1 (or null for dense attention)")
         sti_delay = horizon + 1 if sti_delay is None else sti_delay
         if sti and sti_delay < horizon + 1:
             # Shorter delay vectors leave the last future times on no anti-diagonal.
             raise ConfigError(f"model: sti_delay={sti_delay} must be >= horizon + 1 = {horizon + 1}")
         self.max_z = max_z
         self.encoder = TemporalEncoder(
-            history, hidden, heads, encoder_layers, num_rbf, cutoff, local_attention, global_attention, max_z
+            history, hidden, heads, encoder_layers, num_rbf, cutoff, local_attention, global_attention, max_z,
+            latent_tokens,
         )
         self.decoder = AutoregressiveDecoder(
             horizon,
@@ -71,6 +79,7 @@ class Asteroid(ForecastModel):
             global_attention,
             max_z,
             autoregressive,
+            latent_tokens,
         )
         self.sti_head = STIHead(hidden, sti_delay) if sti else None
         self.conjugate_head = ConjugateHead(hidden, sti_delay) if sti else None
@@ -95,15 +104,15 @@ class Asteroid(ForecastModel):
         losses = {}
         query_seed = None
         if self.sti_head is not None:
-            # STI units: displacement from the last history frame over the largest step scale.
-            sti_unit = self.displacement_scale.max()
-            history_units = (frames - frames[:, -1:]) / sti_unit  # (B, H, N, 3)
             delays = self.sti_head(memory)  # (B, H, N, L, 3)
             forecast = antidiagonal_mean(delays)[:, H : H + self.horizon]  # (B, P, N, 3)
             query_seed = self.seed_embedding(forecast)  # (B, P, N, C)
-            losses["sti_consistency"] = consistency_loss(delays, mask)
-            losses["sti_conjugate"] = conjugate_loss(self.conjugate_head(delays), history_units, mask)
-            if target_frames is not None:
+            if target_frames is not None:  # the losses are training terms: a forecast needs only the seed
+                # STI units: displacement from the last history frame over the largest step scale.
+                sti_unit = self.displacement_scale.max()
+                history_units = (frames - frames[:, -1:]) / sti_unit  # (B, H, N, 3)
+                losses["sti_consistency"] = consistency_loss(delays, mask)
+                losses["sti_conjugate"] = conjugate_loss(self.conjugate_head(delays), history_units, mask)
                 target_units = (target_frames - frames[:, -1:]) / sti_unit
                 known_units = torch.cat([history_units, target_units], dim=1)  # (B, H+P, N, 3)
                 losses["sti_primary"] = primary_loss(delays, known_units, mask)

@@ -70,9 +70,10 @@ def _frame_mask(mask: Tensor, frames: int) -> Tensor:
 class EncoderLayer(nn.Module):
     """Spatial block within each frame, then each atom attends across the history frames."""
 
-    def __init__(self, dim: int, heads: int, num_rbf: int, local: bool, global_: bool):
+    def __init__(self, dim: int, heads: int, num_rbf: int, local: bool, global_: bool,
+                 latent_tokens: int | None = None):
         super().__init__()
-        self.spatial = SpatialBlock(dim, heads, num_rbf, local, global_)
+        self.spatial = SpatialBlock(dim, heads, num_rbf, local, global_, latent_tokens)
         self.temporal = MultiHeadAttention(dim, heads)
         self.temporal_norm = nn.LayerNorm(dim)
 
@@ -98,12 +99,15 @@ class TemporalEncoder(nn.Module):
         local: bool,
         global_: bool,
         max_z: int,
+        latent_tokens: int | None = None,
     ):
         super().__init__()
         self.frame_embedding = FrameEmbedding(dim, max_z, position_unit=cutoff)
         self.time_embedding = nn.Embedding(history, dim)
         self.graph = RadiusGraph(cutoff, num_rbf) if local else None
-        self.layers = nn.ModuleList(EncoderLayer(dim, heads, num_rbf, local, global_) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, heads, num_rbf, local, global_, latent_tokens) for _ in range(layers)
+        )
 
     def forward(self, z: Tensor, frames: Tensor, mask: Tensor, displacement_scale: Tensor) -> Tensor:
         """z (B, N), frames (B, H, N, 3) centred Angstrom, mask (B, N), displacement_scale (P,)
@@ -122,13 +126,14 @@ class TemporalEncoder(nn.Module):
 class DecoderLayer(nn.Module):
     """Self-attention over decoder steps, cross-attention to the atom's memory, spatial block on the frame."""
 
-    def __init__(self, dim: int, heads: int, num_rbf: int, local: bool, global_: bool):
+    def __init__(self, dim: int, heads: int, num_rbf: int, local: bool, global_: bool,
+                 latent_tokens: int | None = None):
         super().__init__()
         self.self_attention = MultiHeadAttention(dim, heads)
         self.self_norm = nn.LayerNorm(dim)
         self.cross_attention = MultiHeadAttention(dim, heads)
         self.cross_norm = nn.LayerNorm(dim)
-        self.spatial = SpatialBlock(dim, heads, num_rbf, local, global_)
+        self.spatial = SpatialBlock(dim, heads, num_rbf, local, global_, latent_tokens)
 
     def forward(
         self,
@@ -174,6 +179,7 @@ class AutoregressiveDecoder(nn.Module):
         global_: bool,
         max_z: int,
         autoregressive: bool = True,
+        latent_tokens: int | None = None,
     ):
         super().__init__()
         self.horizon = horizon
@@ -181,7 +187,9 @@ class AutoregressiveDecoder(nn.Module):
         self.frame_embedding = FrameEmbedding(dim, max_z, position_unit=cutoff)
         self.step_embedding = nn.Embedding(horizon, dim)
         self.graph = RadiusGraph(cutoff, num_rbf) if local else None
-        self.layers = nn.ModuleList(DecoderLayer(dim, heads, num_rbf, local, global_) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(dim, heads, num_rbf, local, global_, latent_tokens) for _ in range(layers)
+        )
         self.displacement_head = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 3))
 
     def forward(

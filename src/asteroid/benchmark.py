@@ -1,0 +1,305 @@
+"""`asteroid benchmark`: time per simulated picosecond of the GFN2-xTB MD that made the data and of the model.
+
+The fair unit is a simulated picosecond: the MD needs 1000 / 0.5 = 2000 velocity-Verlet steps for it whatever
+the output spacing; the model needs one predicted frame per `spacing` data frames (200 at the shipped spacing
+of 10). In one process, for the same molecule: the MD runs the generator's own code path (`asteroid.simulate`:
+its tblite calculator, ASE's velocity Verlet, its OpenMP guard) on the CPU; the model rolls out 1 and B
+independent trajectories on the chosen device, with the same number of threads. Speed is printed beside the
+model's test MSE at that spacing (from the accuracy table), so that it is never shown without the accuracy it buys.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.build import molecule
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.verlet import VelocityVerlet
+
+from asteroid.cli import from_config, load_trained
+from asteroid.data import load_trajectory
+from asteroid.errors import ConfigError, DataError
+from asteroid.fileio import atomic_output
+from asteroid.rollout import rollout, rollout_spacing
+from asteroid.simulate import (TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path,
+                               xtb_calculator)
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+MODEL_LABEL = "asteroid"  # the model's name in the accuracy table (`asteroid compare`)
+WATER_SPACING = 3.1  # Angstrom between the oxygens of a water cluster, about liquid water's density
+
+
+def cpu_name() -> str:
+    """The processor's model name, for the record."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def seconds_per_ps(seconds: float, frames: int, frame_fs: float, trajectories: int = 1) -> float:
+    """Cost of one simulated picosecond of one trajectory: `seconds` made `frames` frames `frame_fs` apart each."""
+    return seconds / (frames * frame_fs / 1000.0) / trajectories
+
+
+def measure(clock: str, run, repeats: int) -> float:
+    """Median over `repeats` calls of run(), in seconds of the clock: the median shrugs off a disturbed call."""
+    now = CLOCKS[clock]
+    times = []
+    for _ in range(repeats):
+        start = now()
+        run()
+        times.append(now() - start)
+    return statistics.median(times)
+
+
+def md_seconds_per_ps(atoms: Atoms, steps: int, warmup: int, repeats: int, threads: int, clock: str) -> float:
+    """The generator's NVE: its calculator, velocity Verlet at its time step, from Maxwell-Boltzmann velocities.
+
+    `steps` steps after `warmup` untimed ones, `repeats` times; the median is scaled to a simulated picosecond.
+    """
+    atoms = atoms.copy()
+    atoms.calc = xtb_calculator()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=TEMPERATURE_K, rng=np.random.default_rng(0))
+    verlet = VelocityVerlet(atoms, TIMESTEP_FS * units.fs)
+
+    def run_steps(count: int) -> None:
+        for _ in range(count):
+            verlet.step()
+
+    with openmp_threads(threads):
+        run_steps(warmup)
+        seconds = measure(clock, lambda: run_steps(steps), repeats)
+    return seconds_per_ps(seconds, steps, TIMESTEP_FS)
+
+
+def thermal_speed(atoms: Atoms) -> np.ndarray:
+    """(N,) Angstrom/fs: standard deviation of each velocity component at the generator's temperature."""
+    return np.sqrt(units.kB * TEMPERATURE_K / atoms.get_masses()) * units.fs
+
+
+def ballistic_history(atoms: Atoms, trajectories: int, frames: int, frame_fs: float, seed: int = 0) -> np.ndarray:
+    """(B, H, N, 3) Angstrom: the structure moved along Maxwell-Boltzmann velocities (one draw per trajectory),
+    `frame_fs` apart and ending at the structure itself.
+
+    The model's cost depends on the atom count and the neighbours within its cutoff, not on where the atoms go,
+    so the history need only be the molecule's geometry with thermal motion of the right size.
+    """
+    rng = np.random.default_rng(seed)
+    velocities = thermal_speed(atoms)[:, None] * rng.standard_normal((trajectories, len(atoms), 3))  # (B, N, 3)
+    times = (np.arange(frames) - (frames - 1)) * frame_fs  # (H,) fs, the last frame at 0
+    return atoms.positions + times[None, :, None, None] * velocities[:, None]  # (B, H, N, 3)
+
+
+def model_seconds_per_ps(net, atoms: Atoms, trajectories: int, forecasts: int, frame_fs: float,
+                         device: torch.device, repeats: int, clock: str) -> float:
+    """Seconds per simulated picosecond of one trajectory, rolling out `trajectories` at once.
+
+    One untimed forecast warms up; then `repeats` rollouts of `forecasts` whole forecasts each are timed.
+    `frame_fs` is the time between predicted frames (spacing x data frame time).
+    """
+    history = torch.tensor(ballistic_history(atoms, trajectories, net.history, frame_fs), dtype=torch.float32,
+                           device=device)  # (B, H, N, 3)
+    z = torch.as_tensor(atoms.numbers, device=device).expand(trajectories, -1)  # (B, N)
+    mask = torch.ones_like(z, dtype=torch.bool)
+    frames = forecasts * net.horizon
+
+    def run(n_frames: int) -> None:
+        rollout(net, history, z, mask, n_frames)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    run(net.horizon)
+    return seconds_per_ps(measure(clock, lambda: run(frames), repeats), frames, frame_fs, trajectories)
+
+
+def water_cluster(molecules: int, seed: int = 0) -> Atoms:
+    """`molecules` waters, randomly oriented, on the smallest cubic grid that holds them, WATER_SPACING apart."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(molecules ** (1 / 3) - 1e-9))
+    sites = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)[:molecules]
+    cluster = Atoms()
+    for site in sites:
+        water = molecule("H2O")
+        water.rotate(rng.uniform(0, 360), rng.normal(size=3), center="COP")
+        water.translate(site * WATER_SPACING - water.get_center_of_mass())
+        cluster += water
+    return cluster
+
+
+def mean_test_mse(accuracy: Path, molecule: str) -> float | None:
+    """Mean test MSE (Angstrom^2) over seeds and horizon steps of the model for `molecule`; None when absent."""
+    if not accuracy.is_file():
+        return None
+    with accuracy.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"molecule", "model", "mse"} <= set(rows[0]):
+        raise DataError(f"{accuracy}: not an accuracy table (columns molecule, model, seed, step, mse, ...)")
+    values = [float(r["mse"]) for r in rows if r["molecule"] == molecule and r["model"] == MODEL_LABEL]
+    return float(np.mean(values)) if values else None
+
+
+def config_molecule(datamodule) -> tuple[str, Atoms, float]:
+    """Name, starting structure and data frame time (fs) of a config's first trajectory source.
+
+    A built-in molecule starts from its shipped structure, any other source from its first frame; a built-in
+    molecule whose data is yet to be generated has the generator's time step.
+    """
+    source = datamodule.sources[0]
+    if source.molecule is not None and not Path(source.path).exists():
+        return source.molecule, read_structure(structure_path(source.molecule)), source.dt_fs or TIMESTEP_FS
+    traj = load_trajectory(source.path, topology=source.topology, selection=source.selection,
+                           dt_fs=source.dt_fs, check_order=False)
+    if source.molecule is not None:
+        return source.molecule, read_structure(structure_path(source.molecule)), traj.dt_fs
+    return traj.name, Atoms(numbers=traj.z, positions=np.asarray(traj.R[0], dtype=np.float64)), traj.dt_fs
+
+
+def load_net(config: Path, ckpt_path: str | None, device: torch.device):
+    """The config's net (with the checkpoint's weights, if given) in eval mode, and its data module."""
+    if not config.is_file():
+        raise ConfigError(f"{config}: config file not found")
+    args = ["--config", str(config)]
+    if ckpt_path is None:
+        cli = from_config(args)
+        module, datamodule = cli.model, cli.datamodule
+    else:
+        module, datamodule = load_trained(args, ckpt_path)
+    return module.net.to(device).eval(), datamodule
+
+
+def benchmark_case(name: str, atoms: Atoms, net, spacing: int, data_fs: float, weights: str, args,
+                   device: torch.device, accuracy: Path) -> dict:
+    """One molecule: MD and model timed, their ratios, and the accuracy the model has at that spacing."""
+    frame_fs = spacing * data_fs
+    if weights == "untrained":
+        # An untrained net forecasts in units of its displacement scale (1 Angstrom until fitted): give it the
+        # RMS ballistic motion of the history, so that its rollout keeps the molecule's size and neighbours.
+        per_frame = frame_fs * float(np.sqrt(np.mean(thermal_speed(atoms) ** 2)))  # Angstrom
+        net.set_displacement_scale(per_frame * torch.arange(1, net.horizon + 1, dtype=torch.float32, device=device))
+    md = md_seconds_per_ps(atoms, args.md_steps, args.md_warmup, args.repeats, args.threads, args.clock)
+    single = model_seconds_per_ps(net, atoms, 1, args.forecasts, frame_fs, device, args.repeats, args.clock)
+    batched = model_seconds_per_ps(net, atoms, args.batch, args.forecasts, frame_fs, device, args.repeats,
+                                   args.clock)
+    mse = mean_test_mse(accuracy, name)
+    if mse is None:
+        print(f"note: no {MODEL_LABEL!r} rows for {name} in {accuracy}: test_mse is null (speed without accuracy)")
+    result = dict(molecule=name, n_atoms=len(atoms), spacing=spacing, device=str(device), md_seconds_per_ps=md,
+                  model_seconds_per_ps=single, model_batched_seconds_per_ps=batched, batch=args.batch,
+                  speedup=md / single, speedup_batched=md / batched, test_mse=mse, weights=weights,
+                  threads=args.threads, clock=args.clock, compiled=args.compile)
+    print(f"{name} ({len(atoms)} atoms, spacing {spacing} = {frame_fs:g} fs): MD {md:.4g} s/ps, model {single:.4g} "
+          f"s/ps (batch 1), {batched:.4g} s/ps per trajectory (batch {args.batch}); speedup {md / single:.3g}x, "
+          f"{md / batched:.3g}x batched; test MSE {format_mse(mse)} A^2", flush=True)
+    return result
+
+
+def format_mse(mse: float | None) -> str:
+    return "n/a" if mse is None else f"{mse:.3g}"
+
+
+def markdown_table(results: list[dict]) -> str:
+    """The results as a markdown table, smallest molecule first."""
+    header = ("| molecule | atoms | spacing | MD s/ps | model s/ps (batch 1) | model s/ps per trajectory (batch B) "
+              "| B | speedup | speedup (batch B) | test MSE (A^2) | weights |\n" + "|---" * 11 + "|")
+    rows = [f"| {r['molecule']} | {r['n_atoms']} | {r['spacing']} | {r['md_seconds_per_ps']:.3g} "
+            f"| {r['model_seconds_per_ps']:.3g} | {r['model_batched_seconds_per_ps']:.3g} | {r['batch']} "
+            f"| {r['speedup']:.3g} | {r['speedup_batched']:.3g} | {format_mse(r['test_mse'])} | {r['weights']} |"
+            for r in sorted(results, key=lambda r: r["n_atoms"])]
+    return "\n".join([header, *rows])
+
+
+def positive(kind):
+    """argparse type: a positive value of `kind`."""
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def main(argv: list[str]) -> int:
+    """`asteroid benchmark --config experiments/ethanol.yaml --ckpt_path CKPT --molecules aspirin benzene`."""
+    parser = argparse.ArgumentParser(
+        prog="asteroid benchmark",
+        description="Time per simulated picosecond of GFN2-xTB MD (the generator's code path, CPU) and of the "
+                    "model's rollout (batch 1 and batch B), their ratios, and the model's test MSE beside them.")
+    parser.add_argument("--config", type=Path, help="experiment config: its molecule, architecture and spacing")
+    parser.add_argument("--ckpt_path", help="trained weights for --config (default: untrained; the speed is the same)")
+    parser.add_argument("--molecules", nargs="+", default=[],
+                        help="more molecules, each with <experiments>/<name>.yaml and untrained weights")
+    parser.add_argument("--experiments", type=Path, default=Path("experiments"), help="where --molecules' configs are")
+    parser.add_argument("--structures", nargs="+", type=Path, default=[],
+                        help="other structure files (ASE-readable), with the net and spacing of --config")
+    parser.add_argument("--water", nargs="+", type=positive(int), default=[], metavar="MOLECULES",
+                        help="water clusters of these many molecules, with the net and spacing of --config")
+    parser.add_argument("--batch", type=positive(int), default=256, help="independent trajectories (default 256)")
+    parser.add_argument("--forecasts", type=positive(int), default=8,
+                        help="whole forecasts per timed rollout (default 8)")
+    parser.add_argument("--md-steps", type=positive(int), default=200, help="timed MD steps (default 200)")
+    parser.add_argument("--md-warmup", type=int, default=5, help="untimed MD steps first (default 5)")
+    parser.add_argument("--repeats", type=positive(int), default=3,
+                        help="timings of each, the median reported (default 3)")
+    parser.add_argument("--device", default="cpu", help="device of the model (default cpu; the MD runs on the CPU)")
+    parser.add_argument("--threads", type=positive(int), default=1,
+                        help="CPU threads of the MD (OpenMP) and of the model (torch), the same for both (default 1)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time (default), or the process's CPU time: fairer on a shared machine, "
+                             "the same as wall time on an idle one with one thread")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model first (minutes, not timed; same predictions up to float "
+                             "rounding)")
+    parser.add_argument("--accuracy", type=Path, default=Path("docs/results/accuracy.csv"),
+                        help="accuracy table of `asteroid compare` (default docs/results/accuracy.csv)")
+    parser.add_argument("--json", type=Path, help="write the results here: a list of one object per molecule")
+    args = parser.parse_args(argv)
+
+    if args.config is None and not args.molecules:
+        raise ConfigError("nothing to benchmark: give --config and/or --molecules")
+    if args.config is None and (args.ckpt_path or args.structures or args.water):
+        raise ConfigError("--ckpt_path, --structures and --water go with --config (whose net and spacing they use)")
+    device = torch.device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        raise ConfigError(f"--clock cpu measures CPU work; time the model on {device} with --clock wall")
+    torch.set_num_threads(args.threads)
+    print(f"model on {device}, MD on the CPU ({cpu_name()}); {args.threads} thread(s), {args.clock} "
+          f"clock; MD {args.md_steps} steps x {args.repeats}; model {args.forecasts} forecasts x {args.repeats}, "
+          f"batch 1 and {args.batch}{', compiled' if args.compile else ''}", flush=True)
+
+    results = []
+    configs = ([(args.config, args.ckpt_path)] if args.config else []) + \
+        [(args.experiments / f"{name}.yaml", None) for name in args.molecules]
+    for index, (config, ckpt_path) in enumerate(configs):
+        net, datamodule = load_net(config, ckpt_path, device)
+        if args.compile:
+            net = torch.compile(net, dynamic=True)  # compiled by the untimed warm-up forecast
+        name, atoms, data_fs = config_molecule(datamodule)
+        if datamodule.heavy_atoms:
+            raise ConfigError(f"{config}: a heavy-atom model has no MD of its own atoms to compare with")
+        spacing = rollout_spacing(datamodule.layout)
+        weights = ckpt_path or "untrained"
+        results.append(benchmark_case(name, atoms, net, spacing, data_fs, weights, args, device, args.accuracy))
+        if index == 0 and args.config:
+            others = [(path.stem, read_structure(path)) for path in args.structures] + \
+                [(f"water{n}", water_cluster(n)) for n in args.water]
+            for other, structure in others:
+                results.append(benchmark_case(other, structure, net, spacing, data_fs, weights, args, device,
+                                              args.accuracy))
+    print()
+    print(markdown_table(results))
+    if args.json:
+        with atomic_output(args.json, "w") as handle:
+            json.dump(results, handle, indent=1)
+            handle.write("\n")
+        print(f"\nresults written to {args.json}")
+    return 0

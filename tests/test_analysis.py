@@ -1,0 +1,240 @@
+"""`asteroid analyze`: geometry, Jensen-Shannon divergence, unphysical frames, the report files and the command."""
+import json
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+from ase.data import atomic_masses
+from helpers import ETHANOL_Z, save_sgdml
+
+import asteroid
+from asteroid import cli
+from asteroid.analysis import (Topology, bond_angles, dihedral_angles, energy_comparison, gfn2_energies,
+                               jensen_shannon, physical_report, radius_of_gyration, save_report, shared_histogram)
+from asteroid.data import load_trajectory
+
+ETHANOL = ase.io.read(Path(asteroid.__file__).with_name("structures") / "ethanol.xyz").positions  # (9, 3) minimum
+DT = 0.5
+
+
+def vibrating(T=4000, amplitude=0.03, seed=0, base=ETHANOL):
+    """An equilibrium-like trajectory (T, N, 3): every coordinate oscillates about the minimum with its own frequency
+    (periods of 30 to 120 frames); `amplitude` plays the temperature."""
+    rng = np.random.default_rng(seed)
+    omega = rng.uniform(0.05, 0.2, size=base.shape)
+    phase = rng.uniform(0, 2 * np.pi, size=base.shape)
+    return base + amplitude * np.sin(omega * np.arange(T)[:, None, None] + phase)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return vibrating()
+
+
+# ---- geometry ------------------------------------------------------------------------------------------------------
+def test_dihedral_angle_and_radius_of_gyration_on_constructed_geometries():
+    for theta in (60.0, -120.0, 180.0, 5.0):
+        t = np.radians(theta)
+        frame = np.array([[1.0, 0, 0], [0, 0, 0], [0, 0, 1.5], [np.cos(t), np.sin(t), 1.5]])
+        assert dihedral_angles(frame, np.array([[0, 1, 2, 3]]))[0] == pytest.approx(theta if theta != 180 else 180)
+        assert bond_angles(frame, np.array([[0, 1, 2]]))[0] == pytest.approx(90.0)
+    # carbon and oxygen 1.4 A apart: Rg^2 = m_C m_O d^2 / (m_C + m_O)^2 about the centre of mass
+    m_c, m_o = atomic_masses[6], atomic_masses[8]
+    pair = np.array([[0.3, -1.0, 2.0], [1.7, -1.0, 2.0]])
+    expected = 1.4 * np.sqrt(m_c * m_o) / (m_c + m_o)
+    assert radius_of_gyration(pair, np.array([6, 8])) == pytest.approx(expected)
+    square = np.array([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]]) + 5.0  # equal masses 1 A from the centre
+    assert radius_of_gyration(square[None], np.array([1, 1, 1, 1]))[0] == pytest.approx(1.0)
+
+
+def test_ethanol_topology():
+    topology = Topology.of(ETHANOL_Z, ETHANOL)
+    labels = topology.feature_labels()
+    assert labels["bond_length"] == ["C0-C1", "C0-H3", "C0-H4", "C0-H5", "C1-O2", "C1-H6", "C1-H7", "O2-H8"]
+    assert len(labels["angle"]) == 13 and "C0-C1-O2" in labels["angle"] and "C1-O2-H8" in labels["angle"]
+    # the methyl and the hydroxyl rotor, each once, through the heaviest neighbours
+    assert labels["dihedral"] == ["H3-C0-C1-O2", "C0-C1-O2-H8"]
+
+
+# ---- Jensen-Shannon divergence -------------------------------------------------------------------------------------
+def test_jensen_shannon_of_identical_and_disjoint_histograms():
+    assert jensen_shannon([1, 2, 3, 0], [2, 4, 6, 0]) == 0.0
+    assert jensen_shannon([1, 1, 0, 0], [0, 0, 1, 3]) == 1.0
+    half = jensen_shannon([1, 0], [1, 1])  # 0.5 KL(p||m) + 0.5 KL(q||m) with m = (3/4, 1/4)
+    assert half == pytest.approx(0.5 * np.log2(4 / 3) + 0.5 * (0.5 * np.log2(2 / 3) + 0.5 * np.log2(2)))
+    # predicted values far outside the reference fall in an overflow bin: disjoint, not squeezed into shared bins
+    _, p, q = shared_histogram(np.full(10, 50.0), np.linspace(1.0, 1.2, 100))
+    assert jensen_shannon(p, q) == 1.0 and p[-1] == 10 and q[0] == q[-1] == 0
+
+
+def test_self_comparison_is_physical_with_zero_error(reference):
+    report = physical_report(reference[None, 1:], ETHANOL_Z, DT, reference, DT, continuation=reference[None, 1:])
+    json.dumps(report, allow_nan=False)
+    for name, distribution in report["distributions"].items():
+        assert distribution["jsd_max"] == pytest.approx(0.0, abs=1e-3), name
+    assert not report["unphysical"]["any"]
+    assert all(t["first_frame"] is None for t in report["unphysical"]["trajectories"])
+    error = report["coordinate_error"]
+    assert max(error["rmsd"]) == 0.0 and max(error["kabsch_rmsd"]) < 1e-6
+    assert error["decorrelation_time_fs"] is None and error["independent_kabsch_rmsd"] > 0.03
+    bonds = report["deviation"]["bond_length"]
+    assert max(bonds["vs_continuation"]["rms"]) == 0.0
+    assert max(report["deviation"]["angle"]["vs_continuation"]["rms"]) < 1e-6
+    # against the reference mean, a trajectory from the same ensemble sits at the reference's own fluctuation
+    late = np.mean(bonds["vs_reference_mean"]["rms"][-10:])
+    assert late == pytest.approx(bonds["reference_fluctuation"], rel=0.3)
+    assert report["target"]["met"] is False and "fewer than 10000" in report["target"]["unmet"][0]
+
+
+def test_time_shifted_copy_is_close_and_a_hotter_trajectory_is_not(reference):
+    shifted = physical_report(reference[None, 2000:], ETHANOL_Z, DT, reference[:2000], DT)
+    hot = physical_report(vibrating(2000, amplitude=0.06, seed=1)[None], ETHANOL_Z, DT, reference[:2000], DT)
+    assert shifted["coordinate_error"] is None
+    for name in ("bond_length", "angle", "radius_of_gyration"):
+        assert shifted["distributions"][name]["jsd_max"] < 0.05, name
+        assert hot["distributions"][name]["jsd_mean"] > 3 * shifted["distributions"][name]["jsd_mean"], name
+    bond = hot["distributions"]["bond_length"]["items"][0]
+    assert bond["predicted_std"] > 1.5 * bond["reference_std"]
+    assert not hot["unphysical"]["any"]
+
+
+# ---- unphysical frames ---------------------------------------------------------------------------------------------
+def test_stretched_bond_flags_its_first_frame(reference):
+    k, dt = 37, 5.0
+    predicted = reference[None, 100:300].copy()
+    c0, h3 = predicted[0, k:, 0], predicted[0, k:, 3]
+    predicted[0, k:, 3] = c0 + 2 * (h3 - c0)  # C0-H3 twice as long from frame k on
+    unphysical = physical_report(predicted, ETHANOL_Z, dt, reference, DT)["unphysical"]
+    first = unphysical["trajectories"][0]
+    assert first["first_frame"] == k and first["first_time_fs"] == (k + 1) * dt
+    assert first["reason"].startswith("bond C0-H3") and first["unphysical_frames"] == 200 - k
+    assert unphysical["any"] and unphysical["fraction"] == pytest.approx((200 - k) / 200)
+
+
+def test_overlapping_atoms_and_nonfinite_frames_are_flagged(reference):
+    predicted = np.stack([reference[:50], reference[50:100]])  # (2, 50, 9, 3)
+    predicted[0, 20, 3] = predicted[0, 20, 4] + [0.2, 0.0, 0.0]  # H3 onto H4: C0-H3 stays a normal length
+    predicted[1, 10:] = np.nan
+    report = physical_report(predicted, ETHANOL_Z, DT, reference, DT)
+    first, second = report["unphysical"]["trajectories"]
+    assert (first["first_frame"], first["unphysical_frames"]) == (20, 1)
+    assert first["reason"].startswith("non-bonded H3-H4 0.200 A")
+    assert (second["first_frame"], second["reason"]) == (10, "non-finite coordinates")
+    assert report["predicted"]["nonfinite_frames"] == 40
+    json.dumps(report, allow_nan=False)  # the NaN frames leave no NaN in the report
+
+
+def test_reference_geometries_are_never_unphysical():
+    # a bond the reference itself stretches 1.7 x (a proton transfer) is allowed to the reference's extreme
+    reference = vibrating(400)
+    reference[200:210, 8] = reference[200:210, 2] + 1.7 * (reference[200:210, 8] - reference[200:210, 2])
+    report = physical_report(reference[None], ETHANOL_Z, DT, reference, DT)
+    assert not report["unphysical"]["any"]
+    limits = {item["bond"]: item for item in report["unphysical"]["bond_limits"]}
+    assert limits["O2-H8"]["upper"] > 1.6 and limits["C0-C1"]["upper"] == pytest.approx(1.5 * 1.52, rel=0.02)
+
+
+def test_decorrelation_time_is_when_the_error_reaches_independent_frames(reference):
+    k = 25
+    continuation = reference[None, 1:101]
+    predicted = continuation.copy()
+    centre = predicted[0, k:].mean(1, keepdims=True)
+    predicted[0, k:] = centre + 3 * (predicted[0, k:] - centre)  # blown up: far past two independent frames
+    error = physical_report(predicted, ETHANOL_Z, DT, reference, DT, continuation)["coordinate_error"]
+    assert error["decorrelation_time_fs"] == (k + 1) * DT
+    assert error["decorrelation_time_fs_per_trajectory"] == [(k + 1) * DT]
+
+
+# ---- files and the command -----------------------------------------------------------------------------------------
+def test_save_report_writes_json_figures_and_tensorboard(reference, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    report = physical_report(reference[None, 1:301], ETHANOL_Z, DT, reference, DT, reference[None, 1:101])
+    save_report(report, tmp_path / "out", tmp_path / "tb")
+    printed = capsys.readouterr().out
+    assert "Jensen-Shannon" in printed and "C0-H3" in printed and "target" in printed
+    stored = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert stored["unphysical"]["any"] is False and stored["coordinate_error"]["frames"] == 100
+    assert set(stored["distributions"]) == {"bond_length", "angle", "dihedral", "radius_of_gyration"}
+    assert (tmp_path / "out" / "report.json").stat().st_size < 200_000
+    names = {"coordinate_error", "deviation", "bond_length", "angle", "dihedral", "radius_of_gyration"}
+    for name in names:
+        assert (tmp_path / "out" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
+    assert set(events.Tags()["images"]) == {f"analysis/{name}" for name in names}
+
+
+@pytest.fixture
+def files(reference, tmp_path):
+    """A reference npz (0.5 fs) and a rollout-like npz of two trajectories 1 fs apart that are the true frames."""
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, R=reference[:600], z=ETHANOL_Z, dt_fs=DT)
+    starts = np.array([100, 250])
+    true = np.stack([reference[s + 2:s + 2 + 2 * 120:2] for s in starts])  # (2, 120, 9, 3): stride 2, after start
+    pred = tmp_path / "pred.npz"
+    np.savez(pred, R=true, z=ETHANOL_Z, dt_fs=1.0, start_frame=starts, source=str(ref))
+    return pred, ref
+
+
+@pytest.mark.integration
+def test_analyze_end_to_end(files, tmp_path, capsys):
+    pred, ref = files
+    out = tmp_path / "analysis"
+    assert cli.main(["analyze", str(pred), "--reference", str(ref), "--out", str(out)]) == 0
+    assert "coordinate error against the continuation (120 frames)" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["predicted"]["trajectories"] == 2 and report["predicted"]["dt_fs"] == 1.0
+    # start_frame and the 2-frame stride picked exactly the frames that were predicted
+    assert max(report["coordinate_error"]["rmsd"]) < 1e-6
+    assert (out / "bond_length.png").is_file()
+    # an explicit --start overrides the file's: other frames, a real error
+    assert cli.main(["analyze", str(pred), "--reference", str(ref), "--out", str(out), "--start", "0", "1"]) == 0
+    assert min(json.loads((out / "report.json").read_text())["coordinate_error"]["rmsd"]) > 0.01
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("atoms", "9 atoms, but the reference"),
+    ("z", "differ from those of the reference"),
+    ("frames", "the reference distributions need at least 10"),
+    ("missing", "no such file"),
+])
+def test_analyze_refuses_bad_input_in_one_line(files, tmp_path, capsys, problem, message):
+    pred, ref = files
+    bad = tmp_path / "bad.npz"
+    R = load_trajectory(ref).R
+    if problem == "atoms":
+        np.savez(bad, R=R[:, :5], z=ETHANOL_Z[:5], dt_fs=DT)
+    elif problem == "z":
+        np.savez(bad, R=R, z=ETHANOL_Z[::-1], dt_fs=DT)
+    elif problem == "frames":
+        np.savez(bad, R=R[:5], z=ETHANOL_Z, dt_fs=DT)
+    assert cli.main(["analyze", str(pred), "--reference", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asteroid: error: ") and message in err and "\n" not in err
+    assert str(bad) in err or str(pred) in err
+
+
+def test_reference_energies_only_when_they_are_gfn2(tmp_path):
+    from asteroid.simulate import METHOD
+
+    R = vibrating(20)
+    np.savez(tmp_path / "ours.npz", R=R, z=ETHANOL_Z, dt_fs=DT, E=np.arange(20.0), method=METHOD)
+    save_sgdml(tmp_path / "md17.npz", R, ETHANOL_Z)  # DFT energies: another absolute scale
+    ours, md17 = tmp_path / "ours.npz", tmp_path / "md17.npz"
+    assert np.array_equal(gfn2_energies(ours, load_trajectory(ours)), np.arange(20.0))
+    assert gfn2_energies(md17, load_trajectory(md17)) is None
+
+
+@pytest.mark.integration
+def test_gfn2_energies_of_a_water_molecule():
+    water = np.array([[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]])
+    frames = np.stack([water, water + [[0, 0, 0.02], [0, 0, 0], [0, 0, 0]]])  # (2, 3, 3)
+    z = np.array([8, 1, 1])
+    energy = energy_comparison(frames[None], z, frames, samples=2)
+    assert energy["samples"] == 2 and energy["failed"] == 0 and energy["reference_count"] == 2
+    # the same two frames on both sides: GFN2-xTB water is about -5.07 Hartree = -3183 kcal/mol
+    assert energy["predicted_mean"] == pytest.approx(energy["reference_mean"]) and energy["jsd"] == 0.0
+    assert -3250 < energy["reference_mean"] < -3100 and energy["reference_std"] > 0
+    given = energy_comparison(frames[None], z, frames, samples=2, reference_energies=np.array([-3180.0, -3190.0]))
+    assert given["reference_mean"] == -3185.0 and "file" in given["reference_source"]

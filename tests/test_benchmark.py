@@ -1,0 +1,140 @@
+"""`asteroid benchmark`: the per-picosecond arithmetic, its inputs, the accuracy lookup and a run on a tiny model."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from asteroid.benchmark import (WATER_SPACING, ballistic_history, config_molecule, main, mean_test_mse,
+                                model_seconds_per_ps, seconds_per_ps, thermal_speed, water_cluster)
+from asteroid.cli import main as cli_main
+from asteroid.data.datamodule import TrajectoryDataModule
+from asteroid.errors import ConfigError, DataError
+from asteroid.models import Asteroid
+from asteroid.simulate import TIMESTEP_FS, read_structure, structure_path
+from helpers import ETHANOL_Z, write_toy_trajectory
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+KEYS = {"molecule", "n_atoms", "spacing", "device", "md_seconds_per_ps", "model_seconds_per_ps",
+        "model_batched_seconds_per_ps", "batch", "speedup", "speedup_batched", "test_mse"}
+POSITIVE = KEYS - {"molecule", "device", "test_mse"}
+
+
+def test_seconds_per_simulated_picosecond():
+    assert seconds_per_ps(2.0, frames=200, frame_fs=5.0) == pytest.approx(2.0)  # 200 x 5 fs = 1 ps
+    assert seconds_per_ps(2.0, frames=100, frame_fs=5.0, trajectories=4) == pytest.approx(1.0)
+    assert seconds_per_ps(0.3, frames=2000, frame_fs=0.5) == pytest.approx(0.3)  # 2000 MD steps of 0.5 fs
+
+
+def test_ballistic_history_is_thermal_straight_line_motion_ending_at_the_structure():
+    atoms = molecule("CH3CH2OH")
+    history = ballistic_history(atoms, trajectories=2000, frames=4, frame_fs=5.0)
+    assert history.shape == (2000, 4, 9, 3)
+    np.testing.assert_allclose(history[:, -1], np.broadcast_to(atoms.positions, (2000, 9, 3)))
+    steps = np.diff(history, axis=1)  # (B, H-1, N, 3): one velocity per trajectory, constant in time
+    np.testing.assert_allclose(steps, np.broadcast_to(steps[:, :1], steps.shape), atol=1e-12)
+    speed = steps[:, 0].std(axis=(0, 2)) / 5.0  # (N,) Angstrom/fs over trajectories and components
+    np.testing.assert_allclose(speed, thermal_speed(atoms), rtol=0.05)
+    assert thermal_speed(atoms)[atoms.numbers == 1].min() > thermal_speed(atoms)[atoms.numbers == 6].max()
+    assert not np.allclose(history[0], history[1])  # independent trajectories
+
+
+def test_water_cluster_is_whole_molecules_on_a_grid():
+    cluster = water_cluster(10)
+    assert len(cluster) == 30 and cluster.get_chemical_formula() == "H20O10"
+    oxygens = cluster.positions[cluster.numbers == 8]
+    distances = np.linalg.norm(oxygens[:, None] - oxygens[None], axis=-1)[np.triu_indices(10, 1)]
+    assert distances.min() == pytest.approx(WATER_SPACING, abs=0.15)  # centres of mass on the grid
+    for i in range(10):
+        water = cluster.positions[3 * i: 3 * i + 3]
+        assert np.linalg.norm(water[1:] - water[0], axis=-1) == pytest.approx([0.97, 0.97], abs=0.01)
+    assert not np.allclose(water_cluster(10, seed=1).positions, cluster.positions)
+
+
+def test_test_mse_is_the_mean_over_seeds_and_steps_of_the_model(tmp_path):
+    table = tmp_path / "accuracy.csv"
+    table.write_text("molecule,model,seed,step,mse,mae,rmsd\n"
+                     "ethanol,asteroid,0,1,0.1,0,0\nethanol,asteroid,0,2,0.3,0,0\nethanol,asteroid,1,1,0.2,0,0\n"
+                     "ethanol,egnn,0,1,9.0,0,0\naspirin,asteroid,0,1,5.0,0,0\n")
+    assert mean_test_mse(table, "ethanol") == pytest.approx(0.2)
+    assert mean_test_mse(table, "uracil") is None
+    assert mean_test_mse(tmp_path / "missing.csv", "ethanol") is None
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="bad.csv: not an accuracy table"):
+        mean_test_mse(tmp_path / "bad.csv", "ethanol")
+
+
+def test_the_molecule_of_a_config_is_its_built_in_structure_or_first_frame(tmp_path):
+    toy = tmp_path / "toy.npz"
+    R = write_toy_trajectory(toy)  # dt_fs 0.5
+    np.savez(tmp_path / "slow.npz", R=R, z=ETHANOL_Z, dt_fs=2.0)
+    ethanol = read_structure(structure_path("ethanol")).positions
+
+    def molecule_of(**source):
+        return config_molecule(TrajectoryDataModule(sources=[source]))
+
+    name, atoms, dt_fs = molecule_of(path=str(toy))
+    assert name == "toy" and dt_fs == 0.5 and list(atoms.numbers) == list(ETHANOL_Z)
+    np.testing.assert_allclose(atoms.positions, R[0])
+    name, atoms, dt_fs = molecule_of(path=str(tmp_path / "not_yet.npz"), molecule="ethanol")
+    assert name == "ethanol" and dt_fs == TIMESTEP_FS and np.allclose(atoms.positions, ethanol)
+    name, atoms, dt_fs = molecule_of(path=str(tmp_path / "slow.npz"), molecule="ethanol")
+    assert name == "ethanol" and dt_fs == 2.0 and np.allclose(atoms.positions, ethanol)
+    with pytest.raises(DataError, match="missing.npz"):
+        molecule_of(path=str(tmp_path / "missing.npz"))
+
+
+def test_model_time_is_per_trajectory_and_positive():
+    net = Asteroid(3, 2, hidden=16, heads=2, encoder_layers=1).eval()
+    seconds = model_seconds_per_ps(net, molecule("CH3CH2OH"), trajectories=4, forecasts=2, frame_fs=5.0,
+                                   device=torch.device("cpu"), repeats=1, clock="cpu")
+    assert 0 < seconds < 100
+
+
+def tiny_config(tmp_path) -> Path:
+    """Base config with a tiny net and short windows; its data (ethanol) is never generated, only named."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"""extends: {EXPERIMENTS / 'base.yaml'}
+name: tiny
+data:
+  sources: [{{path: {tmp_path / 'ethanol_xtb.npz'}, molecule: ethanol}}]
+  history: 3
+  horizon: 2
+  spacing: 4
+model:
+  net:
+    init_args: {{hidden: 16, heads: 2, encoder_layers: 1}}
+""")
+    return config
+
+
+@pytest.mark.integration
+def test_benchmark_writes_positive_figures_for_every_molecule(tmp_path, capsys):
+    table = tmp_path / "accuracy.csv"
+    table.write_text("molecule,model,seed,step,mse,mae,rmsd\nethanol,asteroid,0,1,0.01,0,0\n")
+    out = tmp_path / "bench.json"
+    assert main(["--config", str(tiny_config(tmp_path)), "--water", "2", "--batch", "3", "--forecasts", "1",
+                 "--md-steps", "2", "--md-warmup", "1", "--repeats", "1", "--accuracy", str(table),
+                 "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [r["molecule"] for r in results] == ["ethanol", "water2"]
+    for result in results:
+        assert KEYS <= set(result)
+        assert all(result[key] > 0 for key in POSITIVE), result
+        assert result["weights"] == "untrained" and result["batch"] == 3 and result["spacing"] == 4
+        assert result["speedup"] == pytest.approx(result["md_seconds_per_ps"] / result["model_seconds_per_ps"])
+    assert results[0]["n_atoms"] == 9 and results[0]["test_mse"] == pytest.approx(0.01)
+    assert results[1]["n_atoms"] == 6 and results[1]["test_mse"] is None
+    printed = capsys.readouterr().out
+    assert "| ethanol | 9 | 4 |" in printed and "no 'asteroid' rows for water2" in printed
+
+
+def test_bad_invocations_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="nothing to benchmark"):
+        main([])
+    with pytest.raises(ConfigError, match="go with --config"):
+        main(["--molecules", "ethanol", "--water", "8"])
+    assert cli_main(["benchmark", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: config file not found" in capsys.readouterr().err

@@ -1,0 +1,23 @@
+"""ForecastModule pieces that are not the network: the training-history noise."""
+import pytest
+import torch
+
+from asteroid.errors import ConfigError
+from asteroid.models import LastFrame
+from asteroid.module import ForecastModule, random_walk_noise
+
+
+def test_random_walk_noise_grows_along_the_history_and_reaches_its_std_on_the_last_frame():
+    torch.manual_seed(0)
+    history = torch.zeros(4000, 8, 5, 3)
+    noise = random_walk_noise(history, 0.03)  # (B, H, N, 3)
+    assert noise.shape == history.shape
+    std = noise.std(dim=(0, 2, 3))  # (H,)
+    torch.testing.assert_close(std, 0.03 * torch.sqrt(torch.arange(1, 9) / 8.0), rtol=0.03, atol=0.0)
+    steps = noise.diff(dim=1).flatten(2)  # independent increments: uncorrelated from frame to frame
+    assert abs(torch.corrcoef(torch.stack([steps[:, 0].flatten(), steps[:, 1].flatten()]))[0, 1]) < 0.02
+
+
+def test_negative_history_noise_is_refused():
+    with pytest.raises(ConfigError, match="history_noise"):
+        ForecastModule(LastFrame(history=2, horizon=2), history_noise=-0.1)

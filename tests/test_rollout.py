@@ -1,0 +1,252 @@
+"""`rollout()` and `asteroid rollout`: long forecasts, written as files that mdtraj and ASE read back."""
+import json
+from collections import namedtuple
+
+import ase.io
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from asteroid.cli import from_config, main
+from asteroid.data import load_trajectory
+from asteroid.data.readers import element_topology
+from asteroid.metrics import covalent_bonds
+from asteroid.models import LastFrame, LinearExtrapolation
+from asteroid.rollout import rollout
+from asteroid.simulate import structure_path
+from helpers import EXPERIMENTS, harmonic_frames, tiny_args
+
+FRAMES = 7  # not a multiple of the tiny model's horizon (2): the last forecast is cut
+DT_FS = 1.0  # the tiny model's windows: frames 2 MD frames of 0.5 fs apart
+Trained = namedtuple("Trained", "root args ckpt coordinates")
+
+
+# ---- rollout() ---------------------------------------------------------------------------------------------------
+def test_linear_extrapolation_rolls_out_constant_velocity():
+    H, P, N = 3, 2, 4
+    x0, velocity = torch.randn(N, 3), torch.randn(N, 3)
+    history = (x0 + torch.arange(H)[:, None, None] * velocity)[None]  # (1, H, N, 3), one frame per time unit
+    added = []
+    frames = rollout(LinearExtrapolation(H, P), history, torch.ones(1, N, dtype=torch.long),
+                     torch.ones(1, N, dtype=torch.bool), 7, added.append)
+    expected = x0 + torch.arange(H, H + 7)[:, None, None] * velocity
+    assert frames.shape == (1, 7, N, 3) and sum(added) == 7
+    torch.testing.assert_close(frames[0], expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 5])
+def test_last_frame_rolls_out_exactly_n_frames_of_the_last_history_frame(n_frames):
+    history = torch.randn(2, 3, 4, 3)
+    frames = rollout(LastFrame(3, 2), history, torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.bool),
+                     n_frames)
+    assert frames.shape == (2, n_frames, 4, 3)
+    torch.testing.assert_close(frames, history[:, -1:].expand(-1, n_frames, -1, -1))
+
+
+# ---- asteroid rollout --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model fitted on harmonic vibrations around ethanol's structure (bonded, so files carry bonds)."""
+    root = tmp_path_factory.mktemp("rollout")
+    structure = ase.io.read(structure_path("ethanol"))
+    vibration = harmonic_frames(600, len(structure))
+    coordinates = (structure.positions + 0.5 * (vibration - vibration.mean(axis=0))).astype(np.float32)
+    np.savez(root / "toy.npz", R=coordinates, z=structure.numbers, dt_fs=0.5)  # tiny_args trains on this file
+    args = tiny_args(root, **{"--trainer.max_epochs": "1"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        assert main(["fit", *args, "--test_after_fit", "false"]) == 0
+    return Trained(root, args, next(root.glob("runs/tiny/**/last.ckpt")), coordinates)
+
+
+def roll(trained, out, *extra, args=None, ckpt=None):
+    return main(["rollout", *(trained.args if args is None else args), "--ckpt_path", str(ckpt or trained.ckpt),
+                 "--out", str(out), "--frames", str(FRAMES), "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def reference(trained):
+    """The .npz rollout of the first test window, which every other format must reproduce."""
+    out = trained.root / "reference" / "pred.npz"
+    assert roll(trained, out) == 0
+    with np.load(out) as data:
+        return {key: data[key] for key in data.files}
+
+
+def error_of(capsys, code):
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("asteroid: error: ")
+    return err[0]
+
+
+@pytest.mark.integration
+def test_npz_holds_the_predictions_their_history_and_timing(trained, reference):
+    R, history, start = reference["R"], reference["history"], int(reference["start_frame"][0])
+    assert R.shape == (1, FRAMES, 9, 3) and history.shape == (1, 3, 9, 3) and np.isfinite(R).all()
+    assert reference["dt_fs"] == DT_FS and reference["spacing"] == 2
+    np.testing.assert_array_equal(reference["z"], ase.io.read(structure_path("ethanol")).numbers)
+    # the history is the first test window's: frames 2 apart, in the last tenth of the trajectory
+    assert start >= 0.9 * len(trained.coordinates)
+    np.testing.assert_array_equal(history[0], trained.coordinates[start - 4:start + 1:2])
+    np.testing.assert_allclose(reference["time_fs"], DT_FS * np.arange(1, FRAMES + 1))
+
+
+# suffix -> coordinate tolerance in Angstrom of the format (pdb has 3 decimals; the others store float32)
+TOLERANCE = {".xyz": 1e-6, ".pdb": 1e-3, ".dcd": 1e-5, ".xtc": 6e-3, ".h5": 1e-5}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("suffix", list(TOLERANCE))
+def test_every_format_reads_back_in_mdtraj_and_ase(trained, reference, suffix, tmp_path, capsys):
+    out = tmp_path / f"pred{suffix}"
+    assert main(["rollout", *trained.args, "--ckpt_path", str(trained.ckpt), "--out", str(out),
+                 "--frames", str(FRAMES)]) == 0
+    captured = capsys.readouterr()
+    assert f"{FRAMES}/{FRAMES}" in captured.err and "frame/s" in captured.err  # the progress bar
+    assert "frames/s" in captured.out
+    expected, z = reference["R"][0], reference["z"]
+
+    topology_file = tmp_path / "pred_topology.pdb"
+    assert topology_file.is_file() == (suffix in (".dcd", ".xtc"))
+    top = {".xyz": element_topology(z), ".dcd": str(topology_file), ".xtc": str(topology_file)}.get(suffix)
+    traj = md.load(str(out), **({} if top is None else {"top": top}))
+    assert traj.n_frames == FRAMES and traj.n_atoms == 9
+    assert [atom.element.number for atom in traj.topology.atoms] == z.tolist()
+    np.testing.assert_allclose(traj.xyz * 10.0, expected, atol=TOLERANCE[suffix])
+    if suffix in (".pdb", ".h5", ".dcd", ".xtc"):  # bonds of the starting structure, as CONECT records in PDB
+        bonds = covalent_bonds(z, reference["history"][0, -1]).T.tolist()
+        bonded = md.load(str(topology_file)) if suffix in (".dcd", ".xtc") else traj
+        assert sorted(sorted((a.index, b.index)) for a, b in bonded.topology.bonds) == sorted(bonds)
+        assert len(bonds) >= 8  # ethanol's 8 covalent bonds at least
+    if suffix == ".pdb":
+        assert "CONECT" in out.read_text()
+    if suffix in (".xyz", ".pdb"):
+        images = ase.io.read(out, index=":")
+        assert len(images) == FRAMES and all(np.array_equal(atoms.numbers, z) for atoms in images)
+        np.testing.assert_allclose(np.stack([atoms.positions for atoms in images]), expected,
+                                   atol=TOLERANCE[suffix])
+    if suffix in (".xyz", ".xtc", ".h5"):  # formats that store time: the frame spacing comes back
+        topology = str(topology_file) if suffix == ".xtc" else None
+        assert load_trajectory(out, topology=topology).dt_fs == pytest.approx(DT_FS, rel=1e-4)
+
+
+@pytest.mark.integration
+def test_last_is_the_newest_last_checkpoint_of_the_configs_run(trained, reference, tmp_path, monkeypatch):
+    monkeypatch.chdir(trained.root)  # where runs/tiny is
+    assert roll(trained, tmp_path / "last.npz", ckpt="last") == 0
+    with np.load(tmp_path / "last.npz") as result:
+        np.testing.assert_array_equal(result["R"], reference["R"])
+
+
+@pytest.mark.integration
+def test_batch_rolls_out_test_windows_spread_over_the_split(trained, reference, tmp_path):
+    assert roll(trained, tmp_path / "batch.npz", "--batch", "3") == 0
+    assert roll(trained, tmp_path / "pred.xyz", "--batch", "3") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.npz", "pred_000.xyz", "pred_001.xyz",
+                                                          "pred_002.xyz"]
+    with np.load(tmp_path / "batch.npz") as batch:
+        R, starts = batch["R"], batch["start_frame"]
+    assert R.shape == (3, FRAMES, 9, 3)
+    assert starts[0] == reference["start_frame"][0] and starts[0] < starts[1] < starts[2]
+    assert abs((starts[2] - starts[1]) - (starts[1] - starts[0])) <= 1  # evenly spread, to the last test window
+    assert starts[2] >= len(trained.coordinates) - 1 - 2 * 2 - 2  # its 2 targets end within a frame of the end
+    np.testing.assert_allclose(R[0], reference["R"][0], atol=1e-5)
+    for i in range(3):
+        positions = np.stack([atoms.positions for atoms in ase.io.read(tmp_path / f"pred_{i:03d}.xyz", ":")])
+        np.testing.assert_allclose(positions, R[i], atol=1e-6)
+
+
+@pytest.mark.integration
+def test_init_file_continues_from_its_last_frames(trained, reference, tmp_path):
+    start, z = int(reference["start_frame"][0]), reference["z"]
+    frames = trained.coordinates[start - 4:start + 1]
+    # no time in the file: its frames are taken to be the training data's 0.5 fs apart
+    ase.io.write(tmp_path / "mine.extxyz", [Atoms(numbers=z, positions=r) for r in frames])
+    # a file that states its spacing may be coarser, by whole frames of the history's spacing
+    ase.io.write(tmp_path / "coarse.extxyz", [Atoms(numbers=z, positions=r, info={"dt_fs": 1.0}) for r in frames[::2]])
+    for name in ("mine.extxyz", "coarse.extxyz"):
+        out = tmp_path / f"{name}.npz"
+        assert roll(trained, out, "--init", str(tmp_path / name)) == 0
+        with np.load(out) as result:
+            np.testing.assert_allclose(result["history"], reference["history"], atol=1e-6)
+            np.testing.assert_allclose(result["R"], reference["R"], atol=1e-5)
+            assert result["dt_fs"] == DT_FS and str(result["source"]).endswith(name)
+
+
+def write_init(path, frames, z, dt_fs=None):
+    ase.io.write(path, [Atoms(numbers=z, positions=r, info={} if dt_fs is None else {"dt_fs": dt_fs})
+                        for r in frames])
+    return path
+
+
+@pytest.mark.integration
+def test_bad_init_files_are_refused_naming_the_file(trained, reference, tmp_path, capsys):
+    z, frames = reference["z"], trained.coordinates[:5]
+    other_atoms = z.copy()
+    other_atoms[2] = 7
+    cases = {
+        write_init(tmp_path / "other.extxyz", frames, other_atoms): "are not those the model was trained on",
+        write_init(tmp_path / "fewer.extxyz", frames[:, :8], z[:8]): "are not those the model was trained on",
+        write_init(tmp_path / "odd_dt.extxyz", frames, z, dt_fs=0.3): "not a whole number",
+        write_init(tmp_path / "short.extxyz", frames[:4], z): "the history needs 5",
+        tmp_path / "absent.extxyz": "no such file",
+    }
+    for path, problem in cases.items():
+        message = error_of(capsys, roll(trained, tmp_path / "out" / "pred.xyz", "--init", str(path)))
+        assert str(path) in message and problem in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.integration
+def test_bad_options_are_one_line_errors_and_leave_no_file(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    out = tmp_path / "out" / "pred.xyz"
+    cases = [
+        ((), {"--ckpt_path": str(tmp_path / "none.ckpt")}, "none.ckpt: checkpoint file not found"),
+        ((), {"--ckpt_path": "last"}, "--ckpt_path last: no runs/tiny/version_*/checkpoints/last.ckpt"),
+        (("--frames", "0"), {}, "--frames must be >= 1"),
+        (("--threads", "0"), {}, "--threads must be >= 1"),
+        (("--batch", "100000"), {}, "the test split has only"),
+        (("--batch", "2", "--init", str(tmp_path / "x.xyz")), {}, "--init gives one initial condition"),
+        ((), {"--out": str(tmp_path / "out" / "pred.mol2")}, "unknown output suffix '.mol2'"),
+    ]
+    for extra, replaced, problem in cases:
+        argv = ["rollout", *trained.args, "--ckpt_path", str(trained.ckpt), "--out", str(out), "--no-progress"]
+        for option, value in replaced.items():
+            argv[argv.index(option) + 1] = value
+        assert problem in error_of(capsys, main([*argv, *extra]))
+    missing_config = ["--config", str(tmp_path / "nowhere.yaml"), *trained.args[2:]]
+    assert "nowhere.yaml: config file not found" in error_of(capsys, roll(trained, out, args=missing_config))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.integration
+def test_a_layout_with_irregular_spacing_cannot_be_rolled_out(trained, tmp_path, capsys):
+    # the GMN preset forecasts frame +3000 from frames 0 and 1: a forecast cannot become history
+    args = ["--config", str(EXPERIMENTS / "base.yaml"), "--config", str(EXPERIMENTS / "models/last_frame.yaml"),
+            "--data.sources", json.dumps([{"path": str(trained.root / "toy.npz")}]), "--data.protocol", "gmn",
+            "--data.cache_dir", str(trained.root / "cache"),
+            *[arg for key in ("history", "horizon", "spacing") for arg in (f"--data.{key}", "null")]]  # the preset's
+    checkpoint = tmp_path / "last_frame.ckpt"
+    torch.save({"state_dict": from_config(args).model.state_dict()}, checkpoint)
+    out = tmp_path / "out" / "pred.npz"
+    code = main(["rollout", *args, "--ckpt_path", str(checkpoint), "--out", str(out), "--no-progress"])
+    assert "cannot roll out this window layout" in error_of(capsys, code)
+    assert not out.parent.exists()
+
+
+@pytest.mark.integration
+def test_report_writes_its_folder_and_tensorboard(trained, tmp_path, monkeypatch):
+    pytest.importorskip("asteroid.analysis")
+    monkeypatch.chdir(tmp_path)
+    assert roll(trained, tmp_path / "pred.xyz", "--batch", "2", "--report") == 0
+    report = json.loads((tmp_path / "pred_report" / "report.json").read_text())
+    assert report["predicted"] == {"trajectories": 2, "frames": FRAMES, "dt_fs": DT_FS, "duration_fs": FRAMES * DT_FS,
+                                   "nonfinite_frames": 0}
+    assert report["reference"]["frames"] == len(trained.coordinates) and report["reference"]["dt_fs"] == 0.5
+    assert report["coordinate_error"] is not None  # the test windows' true continuation was passed on
+    assert list((tmp_path / "pred_report").glob("*.png"))
+    assert list((tmp_path / "runs" / "tiny" / "rollout").rglob("events.out.tfevents.*"))
