@@ -139,3 +139,10 @@ def test_missing_data_file_is_one_line_and_exit_2(tmp_path):
         "asteroid: error: nowhere.npz: file not found (set `molecule` in the source to generate it, or name a " \
         "known dataset such as md17:ethanol)"
     assert "Traceback" not in result.stderr
+
+
+def test_a_horizon_of_one_step_trains_and_tests(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny_args(tmp_path, **{"--data.horizon": "1", "--trainer.max_epochs": "1"})]) == 0
+    table = (tmp_path / "runs/tiny/version_0/test_metrics.csv").read_text().splitlines()
+    assert len(table) == 1 + 3 * 2  # model, constant, linear: step 1 and mean each

@@ -177,7 +177,11 @@ def load_trained(config_args: list[str], ckpt_path: str | Path) -> tuple[Forecas
     if "state_dict" not in checkpoint:
         raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint (no state_dict)")
     check_checkpoint_config(checkpoint, ckpt_path, cli._model_config(None))
-    cli.model.load_state_dict(checkpoint["state_dict"])
+    try:
+        cli.model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:  # shapes or keys: the config describes another network
+        raise ConfigError(f"{ckpt_path}: its weights do not fit the config's model "
+                          f"({str(error).splitlines()[1].strip() if chr(10) in str(error) else error})") from None
     return cli.model.eval(), cli.datamodule
 
 

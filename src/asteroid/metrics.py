@@ -125,3 +125,9 @@ class ForecastMetrics(Metric):
         }
         means = {f"{name}_mean": per_step[name].mean() for name in ("mse", "mae", "rmsd", "bond")}
         return {**per_step, **means, "ADE": per_step["ade"].mean(), "FDE": per_step["ade"][-1]}
+
+
+def with_step_axis(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ForecastMetrics.compute() with its per-step entries as (P,) even for P = 1 (torchmetrics squeezes to 0-d)."""
+    return {name: value.reshape(-1) if name in ("mse", "mae", "rmsd", "ade", "bond") else value
+            for name, value in values.items()}

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 from asteroid.errors import ConfigError
 from asteroid.figures import error_vs_horizon, trajectory_traces
 from asteroid.fileio import atomic_output
-from asteroid.metrics import ForecastMetrics
+from asteroid.metrics import ForecastMetrics, with_step_axis
 from asteroid.models.base import ForecastModel
 from asteroid.models.extrapolation import extrapolate
 from asteroid.report import format_table, metrics_table, write_csv
@@ -183,7 +183,7 @@ class ForecastModule(pl.LightningModule):
             self._first_val_batch["pred"] = pred[0].detach().float().cpu()
 
     def on_validation_epoch_end(self):
-        values = self.val_metrics.compute()
+        values = with_step_axis(self.val_metrics.compute())
         self.val_metrics.reset()
         self._log_per_step("val", values)
         if self.trainer.sanity_checking:
@@ -206,7 +206,7 @@ class ForecastModule(pl.LightningModule):
     def on_test_epoch_end(self):
         rows = []
         for name, metric in self.test_metrics.items():
-            values = metric.compute()
+            values = with_step_axis(metric.compute())
             metric.reset()
             if name == "model":
                 self._log_per_step("test", values)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from asteroid.cli import from_config, load_trained, resolve_ckpt_path
 from asteroid.data import load_trajectory
-from asteroid.data.readers import _need_dt as missing_dt_error
+from asteroid.data.readers import missing_dt_error
 from asteroid.data.readers import element_topology
 from asteroid.data.windows import WindowLayout
 from asteroid.errors import ConfigError, DataError

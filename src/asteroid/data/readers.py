@@ -68,7 +68,7 @@ def _c_output_silenced():
             os.close(fd)
 
 
-def _need_dt(path: Path) -> DataError:
+def missing_dt_error(path: Path) -> DataError:
     return DataError(f"{path}: the file does not say the time between frames; pass dt_fs (--dt-fs), e.g. 0.5")
 
 
@@ -145,7 +145,7 @@ def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
     if dt_fs is None and SGDML_KEYS & keys:
         dt_fs = MD17_DT_FS
     if dt_fs is None:
-        raise _need_dt(path)
+        raise missing_dt_error(path)
     E = arrays.get("E")
     return Trajectory(R=arrays["R"], z=arrays["z"], dt_fs=dt_fs, name=name, source=str(path),
                       E=None if E is None else E.reshape(-1), F=arrays.get("F"))
@@ -193,7 +193,7 @@ def _read_ase(path: Path, dt_fs: float | None, name: str) -> Trajectory:
     if dt_fs is None:
         dt_fs = _ase_dt_fs(frames, path)
     if dt_fs is None:
-        raise _need_dt(path)
+        raise missing_dt_error(path)
     R = np.stack([atoms.positions for atoms in frames])  # (T, N, 3) Angstrom
     return Trajectory(R=R, z=z, dt_fs=dt_fs, name=name, source=str(path),
                       E=_calc_results(frames, "energy"), F=_calc_results(frames, "forces"))
@@ -275,7 +275,7 @@ def _read_mdtraj(path: Path, topology: str | Path | None, selection: str | None,
     if dt_fs is None and suffix in TIMED_SUFFIXES and traj.n_frames > 1:
         dt_fs = uniform_step_fs(np.asarray(traj.time, dtype=np.float64) * 1000.0, path)  # ps -> fs
     if dt_fs is None:
-        raise _need_dt(path)
+        raise missing_dt_error(path)
     return Trajectory(R=traj.xyz * 10.0, z=z, dt_fs=dt_fs, name=name, source=str(path))  # nm -> Angstrom
 
 
