@@ -169,10 +169,14 @@ def from_config(config_args: list[str]) -> AsteroidCLI:
 
 def load_trained(config_args: list[str], ckpt_path: str | Path) -> tuple[ForecastModule, TrajectoryDataModule]:
     """The config's model with a checkpoint's weights (refused if trained with other settings), and its data."""
+    return load_weights(from_config(config_args), ckpt_path)
+
+
+def load_weights(cli: AsteroidCLI, ckpt_path: str | Path) -> tuple[ForecastModule, TrajectoryDataModule]:
+    """`load_trained` for a config already built with `from_config`."""
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise ConfigError(f"{ckpt_path}: checkpoint file not found")
-    cli = from_config(config_args)
     checkpoint = read_checkpoint(ckpt_path)
     if "state_dict" not in checkpoint:
         raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint (no state_dict)")

@@ -9,5 +9,9 @@ class DataError(AsteroidError):
     """A trajectory file that is missing, unreadable or not usable for forecasting."""
 
 
+class MissingTimestepError(DataError):
+    """A trajectory file that does not state the time between its frames (the caller may supply one)."""
+
+
 class ConfigError(AsteroidError):
     """An option or combination of options that cannot work."""

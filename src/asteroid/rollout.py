@@ -20,12 +20,11 @@ from ase import Atoms
 from torch import Tensor
 from tqdm import tqdm
 
-from asteroid.cli import from_config, load_trained, resolve_ckpt_path
+from asteroid.cli import from_config, load_weights, resolve_ckpt_path
 from asteroid.data import load_trajectory
-from asteroid.data.readers import missing_dt_error
 from asteroid.data.readers import element_topology
 from asteroid.data.windows import WindowLayout
-from asteroid.errors import ConfigError, DataError
+from asteroid.errors import ConfigError, DataError, MissingTimestepError
 from asteroid.fileio import atomic_output
 from asteroid.metrics import covalent_bonds
 from asteroid.models.base import ForecastModel
@@ -58,9 +57,9 @@ def rollout(net: ForecastModel, history: Tensor, z: Tensor, mask: Tensor, n_fram
         pred = net(history, z, mask)["pred"]  # (B, P, N, 3)
         frames.append(pred)
         history = torch.cat([history, pred], dim=1)[:, -net.history:]  # (B, H, N, 3)
-        produced += pred.shape[1]
         if progress is not None:
-            progress(min(pred.shape[1], n_frames - produced + pred.shape[1]))
+            progress(min(pred.shape[1], n_frames - produced))  # the last forecast may be cut short
+        produced += pred.shape[1]
     return torch.cat(frames, dim=1)[:, :n_frames]
 
 
@@ -117,9 +116,7 @@ def start_from_file(path: str, datamodule, spacing: int) -> InitialConditions:
     training = datamodule.trajectories[0]
     try:
         trajectory = load_trajectory(path)
-    except DataError as error:  # a file that does not state its frame spacing is taken to have the training data's
-        if str(error) != str(missing_dt_error(Path(path))):
-            raise
+    except MissingTimestepError:  # a file that does not state its frame spacing is taken to have the training data's
         trajectory = load_trajectory(path, dt_fs=training["dt_fs"])
     if datamodule.heavy_atoms:
         trajectory = trajectory.select_atoms(np.flatnonzero(trajectory.z > 1))
@@ -255,8 +252,9 @@ def main(argv: list[str]) -> int:
         raise ConfigError("--device cuda: torch sees no CUDA device here; use --device cpu")
     config_args = [arg for config in args.config for arg in ("--config", config)] + overrides
 
-    run_name = from_config(config_args).config.name if args.ckpt_path == "last" or args.report else None
-    model, datamodule = load_trained(config_args, resolve_ckpt_path(args.ckpt_path, run_name))
+    cli = from_config(config_args)
+    run_name = cli.config.name
+    model, datamodule = load_weights(cli, resolve_ckpt_path(args.ckpt_path, run_name))
     spacing = rollout_spacing(datamodule.layout)
     datamodule.prepare_data()
     datamodule.setup("test")

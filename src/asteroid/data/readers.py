@@ -14,7 +14,7 @@ import numpy as np
 
 from asteroid.data.time_order import THRESHOLD, TimeOrderWarning, time_order_ratio
 from asteroid.data.trajectory import Trajectory
-from asteroid.errors import DataError
+from asteroid.errors import DataError, MissingTimestepError
 
 MD17_DT_FS = 0.5  # sGDML MD17 trajectories store every 0.5 fs step
 SGDML_KEYS = {"theory", "md5"}  # metadata only sGDML dataset files carry
@@ -68,8 +68,8 @@ def _c_output_silenced():
             os.close(fd)
 
 
-def missing_dt_error(path: Path) -> DataError:
-    return DataError(f"{path}: the file does not say the time between frames; pass dt_fs (--dt-fs), e.g. 0.5")
+def missing_dt_error(path: Path) -> MissingTimestepError:
+    return MissingTimestepError(f"{path}: the file does not say the time between frames; pass dt_fs (--dt-fs), e.g. 0.5")
 
 
 def trajectory_format(path: str | Path) -> str:
