@@ -1,5 +1,6 @@
 """`asteroid compare`: runs each model once per seed, appends rows, skips finished runs, writes the tables."""
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,34 @@ def test_compare_appends_rows_and_skips_finished_runs(experiments, tmp_path, mon
 def test_compare_unknown_model(experiments, tmp_path, capsys):
     assert main(["compare", "--molecules", "toy", "--models", "nope", "--experiments", str(experiments)]) == 2
     assert "no model config" in capsys.readouterr().err
+
+
+def test_frames_lengthens_generated_trajectories_into_their_own_files(tmp_path):
+    from asteroid.compare import lengthened_sources
+    from asteroid.data.datamodule import TrajectorySource
+
+    override = lengthened_sources([TrajectorySource("data/ethanol_xtb.npz", molecule="ethanol")], 30000,
+                                  Path("ethanol.yaml"))
+    assert override[0] == "--data.sources"
+    [source] = json.loads(override[1])
+    assert source["path"] == "data/ethanol_xtb_30000frames.npz" and source["frames"] == 30000
+    assert source["molecule"] == "ethanol"
+
+
+def test_frames_refuses_a_file_of_ones_own(experiments, tmp_path, capsys):
+    code = main(["compare", "--molecules", "toy", "--models", "last_frame", "--frames", "30000",
+                 "--experiments", str(experiments), "--out", str(tmp_path / "results")])
+    assert code == 2
+    assert "lengthens generated trajectories only" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monkeypatch):
+    # base.yaml leaves the window layout unset, so a preset can replace it from the command line
+    monkeypatch.chdir(tmp_path)
+    write_toy_trajectory(tmp_path / "toy.npz", n_frames=5000)  # ESTAG's preset draws 4,500 random window starts
+    assert main(["compare", "--molecules", "toy", "--models", "last_frame", "--seeds", "1", "--protocol", "estag",
+                 "--experiments", str(experiments), "--out", str(tmp_path / "results"), "--",
+                 "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2"]) == 0
+    rows = (tmp_path / "results/accuracy_estag.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("toy,last_frame,0,1,")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib
 import inspect
+import json
 import os
 import platform
 import shlex
@@ -35,6 +37,23 @@ def experiment_files(experiments: Path, names: list[str], kind: str) -> dict[str
     if missing:
         raise ConfigError(f"no {kind} config {', '.join(missing)}")
     return files
+
+
+def lengthened_sources(sources: list, frames: int, config: Path) -> list[str]:
+    """`--data.sources` override: each generated trajectory `frames` long, in a file of its own beside the original.
+
+    The peers' random-start protocols leave 10,000 frames out at each end, which a default 20,000-frame generated
+    trajectory cannot give; the default protocol's table keeps using the original file.
+    """
+    longer = []
+    for source in sources:
+        if source.molecule is None:
+            raise ConfigError(f"{config}: --frames lengthens generated trajectories only, and {source.path} is a "
+                              "file of its own (it is as long as it is)")
+        path = Path(source.path)
+        longer.append(dataclasses.replace(source, path=str(path.with_name(f"{path.stem}_{frames}frames{path.suffix}")),
+                                          frames=frames))
+    return ["--data.sources", json.dumps([dataclasses.asdict(s) for s in longer])]
 
 
 def net_class(model_file: Path):
@@ -146,6 +165,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (data split seed and training seed)")
     parser.add_argument("--budget-minutes", type=float, default=5.0, help="training CPU time per run (single-threaded)")
     parser.add_argument("--protocol", default="default", help="window/split protocol (default, gmn, egno, ...)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="generate each molecule's trajectory this long, in its own file (for the peers' protocols)")
     parser.add_argument("--experiments", default="experiments", help="folder of the experiment configs")
     parser.add_argument("--out", default="docs/results", help="folder of accuracy.csv and accuracy.md")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
@@ -158,6 +179,14 @@ def main(argv: list[str]) -> int:
     suffix = "" if args.protocol == "default" else f"_{args.protocol}"
     csv_path, md_path = Path(args.out) / f"accuracy{suffix}.csv", Path(args.out) / f"accuracy{suffix}.md"
     command = "asteroid compare " + shlex.join(argv)
+    if args.frames is not None:
+        from asteroid.cli import from_config
+
+        extras = {molecule: extra + lengthened_sources(from_config(["--config", str(file), *extra]).datamodule.sources,
+                                                       args.frames, file)
+                  for molecule, file in molecules.items()}
+    else:
+        extras = dict.fromkeys(molecules, extra)
     rows = read_rows(csv_path)
     done = {(r["molecule"], r["model"], r["seed"]) for r in rows}
     failures, facts = [], {}
@@ -169,10 +198,10 @@ def main(argv: list[str]) -> int:
                     print(f"{molecule} {model} seed {seed}: done, skipped")
                     continue
                 if molecule not in facts:
-                    facts[molecule] = data_facts(molecule_file, args.protocol, extra)
+                    facts[molecule] = data_facts(molecule_file, args.protocol, extras[molecule])
                 name = f"compare/{args.protocol}/{molecule}/{model}/seed{seed}"
                 try:
-                    table = run_once(molecule_file, model_file, seed, args.budget_minutes, args.protocol, extra,
+                    table = run_once(molecule_file, model_file, seed, args.budget_minutes, args.protocol, extras[molecule],
                                      net_overrides(net_class(model_file), facts[molecule]), name)
                 except AsteroidError as error:
                     failures.append(str(error))
