@@ -36,7 +36,7 @@ def test_radius_neighbors_matches_brute_force_with_padding():
     mask = torch.ones(3, 7, dtype=torch.bool)
     mask[1, 5:] = False
     mask[2, 0] = False
-    edge_index, distance = radius_neighbors(pos, mask, cutoff=1.5)
+    edge_index, distance, _ = radius_neighbors(pos, mask, cutoff=1.5)
     expected = brute_force_neighbors(pos.numpy(), mask.numpy(), 1.5)
     found = {(int(s), int(t)): float(d) for (s, t), d in zip(edge_index.T, distance)}
     assert set(found) == set(expected)
@@ -47,7 +47,7 @@ def test_radius_neighbors_matches_brute_force_with_padding():
 
 def test_radius_neighbors_distance_gradient_is_finite():
     pos = torch.rand(2, 4, 3, requires_grad=True)
-    _, distance = radius_neighbors(pos, torch.ones(2, 4, dtype=torch.bool), cutoff=10.0)
+    distance = radius_neighbors(pos, torch.ones(2, 4, dtype=torch.bool), cutoff=10.0).distance
     distance.sum().backward()
     assert torch.isfinite(pos.grad).all()
 

@@ -59,7 +59,7 @@ def test_cell_list_gives_the_dense_pairs_in_the_same_order(periodic):
 def test_periodic_neighbors_match_brute_force_images():
     pos, mask = random_frames(M=2, N=12)
     box = TRICLINIC.expand(2, 3, 3)
-    edge_index, distance = radius_neighbors(pos, mask, 4.5, box, method="dense")
+    edge_index, distance, _ = radius_neighbors(pos, mask, 4.5, box, method="dense")
     expected = brute_force_periodic(pos.double().numpy(), mask.numpy(), 4.5, box.double().numpy())
     # one edge per (pair, image): compare the multiset of distances of every ordered pair
     found = {}
@@ -92,7 +92,7 @@ def test_auto_uses_the_cell_list_for_large_frames_with_identical_result(monkeypa
 def test_periodic_distance_gradient_flows_and_box_checks():
     pos, mask = random_frames(M=1, N=10)
     pos.requires_grad_(True)
-    _, distance = radius_neighbors(pos, mask, 4.0, TRICLINIC[None], method="cell_list")
+    distance = radius_neighbors(pos, mask, 4.0, TRICLINIC[None], method="cell_list").distance
     distance.sum().backward()
     assert torch.isfinite(pos.grad).all() and pos.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="narrowest width"):
@@ -104,7 +104,7 @@ def test_periodic_distance_gradient_flows_and_box_checks():
 def test_cell_list_handles_frames_without_pairs_and_fully_padded_frames():
     pos = torch.tensor([[[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]])
     mask = torch.tensor([[True, True], [False, False]])
-    edge_index, distance = radius_neighbors(pos, mask, 2.0, method="cell_list")
+    edge_index, distance, _ = radius_neighbors(pos, mask, 2.0, method="cell_list")
     assert edge_index.shape == (2, 0) and distance.shape == (0,)
 
 
@@ -231,3 +231,21 @@ def test_windows_stream_from_the_cache_without_loading_the_trajectory(tmp_path):
     assert window["history"].shape == (4, N, 3)
     assert isinstance(dataset._coordinates[0], np.memmap)
     assert anonymous_memory_mb() - before < 40  # the whole trajectory would be 229 MiB
+
+
+@pytest.mark.parametrize("method", ["dense", "cell_list"])
+def test_periodic_neighbors_do_not_care_which_image_an_atom_sits_in(method):
+    # unwrapped trajectories leave atoms cells away from the box: moving each by whole cell vectors changes nothing
+    pos, mask = random_frames(M=2, N=30)
+    pos, box = pos.double(), TRICLINIC.double().expand(2, 3, 3)  # float64: moved positions lose no digits
+    cells = torch.randint(-3, 4, (2, 30, 3)).to(pos.dtype)
+    moved = pos + torch.einsum("mnk,mkl->mnl", cells, box)
+    before = radius_neighbors(pos, mask, 4.5, box, method=method)
+    after = radius_neighbors(moved, mask, 4.5, box, method=method)
+    assert len(before.distance) > 100
+    key = lambda n: sorted(zip(n.edge_index.T.tolist(), n.distance.round(decimals=6).tolist()))  # noqa: E731
+    assert key(before) == key(after)
+    # the image translation takes each source to its neighbour position, whichever cell it started from
+    source, target = after.edge_index
+    flat = moved.reshape(-1, 3)
+    torch.testing.assert_close((flat[source] + after.image - flat[target]).norm(dim=-1), after.distance)

@@ -31,9 +31,15 @@ def random_rotations(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return q.to(dtype)
 
 
-def rotate(frames: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """frames (B, T, N, 3) rotated by rotation (B, 3, 3) about the origin."""
-    return torch.einsum("bij,btnj->btni", rotation, frames)
+def rotate(vectors: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """vectors (B, ..., 3), e.g. frames (B, T, N, 3) or cells (B, 3, 3), rotated by rotation (B, 3, 3) about the
+    origin."""
+    return torch.einsum("bij,b...j->b...i", rotation, vectors)
+
+
+def rotate_windows(batch: dict, rotation: torch.Tensor) -> dict:
+    """The batch with its history, target and periodic cell (when it has one) rotated together."""
+    return {**batch, **{key: rotate(batch[key], rotation) for key in ("history", "target", "box") if key in batch}}
 
 
 def random_walk_noise(history: torch.Tensor, std: float) -> torch.Tensor:
@@ -143,14 +149,13 @@ class ForecastModule(pl.LightningModule):
         return (err * weights).sum() / (3 * weights.sum())
 
     def training_step(self, batch, batch_idx):
-        history, target, mask = batch["history"], batch["target"], batch["mask"]
         if self.hparams.rotation_augmentation:
-            rotation = random_rotations(len(history), history.device, history.dtype)
-            history, target = rotate(history, rotation), rotate(target, rotation)
+            batch = rotate_windows(batch, random_rotations(len(batch["history"]), self.device, batch["history"].dtype))
+        history, target, mask = batch["history"], batch["target"], batch["mask"]
         if self.hparams.history_noise > 0:
             history = history + random_walk_noise(history, self.hparams.history_noise)
         sampling_prob = self.sampling_prob  # asks the trainer for the step count: once per step
-        out = self.net(history, batch["z"], mask, target=target, sampling_prob=sampling_prob)
+        out = self.net(history, batch["z"], mask, target=target, sampling_prob=sampling_prob, box=batch.get("box"))
         forecast = self.forecast_loss(out["pred"], target, mask)
         unknown = set(out["losses"]) - set(self.aux_loss_weights)
         if unknown:
@@ -168,7 +173,7 @@ class ForecastModule(pl.LightningModule):
     # ---- evaluation --------------------------------------------------------------------------------------------
     def forward(self, batch) -> torch.Tensor:
         """(B, P, N, 3) forecast of a batch of windows, feeding the model's own predictions (inference)."""
-        return self.net(batch["history"], batch["z"], batch["mask"])["pred"]
+        return self.net(batch["history"], batch["z"], batch["mask"], box=batch.get("box"))["pred"]
 
     def _update(self, metric, pred, batch):
         metric.update(pred, batch["target"], batch["mask"], batch["z"], batch["history"][:, -1])
@@ -194,7 +199,7 @@ class ForecastModule(pl.LightningModule):
         pred = self(batch)
         self._update(self.test_metrics["model"], pred, batch)
         rotation = random_rotations(len(pred), pred.device, batch["history"].dtype)
-        rotated = self({**batch, "history": rotate(batch["history"], rotation)})
+        rotated = self(rotate_windows(batch, rotation))
         mismatch = (rotated - rotate(pred, rotation)).square().sum(-1)  # (B, P, N)
         real = batch["mask"][:, None, :].expand_as(mismatch)
         self.rotation_error.update(((mismatch * real).sum((1, 2)) / real.sum((1, 2))).sqrt())

@@ -45,16 +45,18 @@ def rollout_spacing(layout: WindowLayout) -> int:
 
 
 @torch.inference_mode()
-def rollout(net: ForecastModel, history: Tensor, z: Tensor, mask: Tensor, n_frames: int, progress=None) -> Tensor:
+def rollout(net: ForecastModel, history: Tensor, z: Tensor, mask: Tensor, n_frames: int, progress=None,
+            box: Tensor | None = None) -> Tensor:
     """`n_frames` frames after `history`, each forecast of P frames becoming part of the next history.
 
-    history (B, H, N, 3) Angstrom, z (B, N), mask (B, N) -> (B, n_frames, N, 3) Angstrom.
+    history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) periodic cell (kept throughout) or None
+    -> (B, n_frames, N, 3) Angstrom.
     `progress`, if given, is called with the number of frames each forecast adds (e.g. a tqdm bar's `update`).
     """
     frames = []
     produced = 0
     while produced < n_frames:
-        pred = net(history, z, mask)["pred"]  # (B, P, N, 3)
+        pred = net(history, z, mask, box=box)["pred"]  # (B, P, N, 3)
         frames.append(pred)
         history = torch.cat([history, pred], dim=1)[:, -net.history:]  # (B, H, N, 3)
         if progress is not None:
@@ -87,6 +89,7 @@ class InitialConditions:
     reference: np.ndarray  # (T, N, 3) the whole reference trajectory at its own frame spacing
     reference_dt_fs: float
     continuation: np.ndarray | None  # (B, F_c, N, 3) the true frames the rollout predicts, where the source has them
+    box: np.ndarray | None = None  # (B, 3, 3) periodic cell of the last history frame, None for open boundaries
 
 
 def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -> InitialConditions:
@@ -108,7 +111,8 @@ def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -
         history=np.stack([test[i]["history"].numpy() for i in picks]), z=np.asarray(meta[0]["z"]),
         dt_fs=spacing * meta[0]["dt_fs"], start_frame=last, source=meta[0]["source"], reference=coordinates[0],
         reference_dt_fs=meta[0]["dt_fs"],
-        continuation=np.stack([frames[:kept] for frames in following]) if kept else None)
+        continuation=np.stack([frames[:kept] for frames in following]) if kept else None,
+        box=np.stack([test[i]["box"].numpy() for i in picks]) if meta[0]["periodic"] else None)
 
 
 def start_from_file(path: str, datamodule, spacing: int) -> InitialConditions:
@@ -125,6 +129,10 @@ def start_from_file(path: str, datamodule, spacing: int) -> InitialConditions:
         raise DataError(f"{path}: its atoms (z = {trajectory.z.tolist()}) are not those the model was trained on "
                         f"(z = {training['z']} in {training['source']}); the model forecasts only its own molecule")
     training = datamodule.trajectories[matching[0]]
+    box = trajectory.box if trajectory.box is not None and training["periodic"] else None
+    if training["periodic"] and box is None:
+        raise DataError(f"{path}: the model was trained on a periodic system ({training['source']}) and this file "
+                        "has no periodic cell")
     interval_fs = spacing * training["dt_fs"]  # time between history frames
     step = interval_fs / trajectory.dt_fs  # frames of the file between history frames
     if abs(step - round(step)) > 1e-6 or round(step) < 1:
@@ -139,7 +147,7 @@ def start_from_file(path: str, datamodule, spacing: int) -> InitialConditions:
         history=np.asarray(trajectory.R[-needed::step])[None], z=trajectory.z, dt_fs=interval_fs,
         start_frame=np.array([trajectory.n_frames - 1]), source=str(path),
         reference=np.load(datamodule.datasets["test"].coordinate_files[matching[0]], mmap_mode="r"),
-        reference_dt_fs=training["dt_fs"], continuation=None)
+        reference_dt_fs=training["dt_fs"], continuation=None, box=None if box is None else box[-1:])
 
 
 def output_paths(out: Path, batch: int) -> list[Path]:
@@ -163,28 +171,37 @@ def molecule_topology(z: np.ndarray, positions: np.ndarray):
 def write_rollout(out: Path, predicted: np.ndarray, start: InitialConditions, spacing: int) -> list[Path]:
     """Write predicted (B, F, N, 3) Angstrom in the format of `out`'s suffix; returns the paths written.
 
-    All files appear together when every one is complete (none of them if any write fails).
+    All files appear together when every one is complete (none of them if any write fails). A periodic start's
+    cell goes into every frame, so viewers and `--init` see the box.
     """
     suffix = out.suffix.lower()
-    times_fs = start.dt_fs * np.arange(1, predicted.shape[1] + 1)  # (F,) after the last history frame
+    B, F = predicted.shape[:2]
+    times_fs = start.dt_fs * np.arange(1, F + 1)  # (F,) after the last history frame
+    cells = [None] * B if start.box is None else np.broadcast_to(start.box, (B, 3, 3))  # Angstrom
     with ExitStack() as files:
         def temporary(path: Path, mode: str = "wb"):
             return files.enter_context(atomic_output(path, mode, suffix=path.suffix))
 
         if suffix == ".npz":
+            periodic = {} if start.box is None else {"box": np.asarray(cells)}
             np.savez(temporary(out), R=predicted, z=start.z, history=start.history, dt_fs=start.dt_fs,
-                     spacing=spacing, start_frame=start.start_frame, source=start.source, time_fs=times_fs)
+                     spacing=spacing, start_frame=start.start_frame, source=start.source, time_fs=times_fs,
+                     **periodic)
             return [out]
         paths = output_paths(out, len(predicted))
         if suffix == ".xyz":  # dt_fs in every comment line: `load_trajectory` (and so --init) reads the spacing back
-            for path, frames in zip(paths, predicted):
-                images = [Atoms(numbers=start.z, positions=frame, info={"time_fs": t, "dt_fs": start.dt_fs})
+            for path, frames, cell in zip(paths, predicted, cells):
+                images = [Atoms(numbers=start.z, positions=frame, info={"time_fs": t, "dt_fs": start.dt_fs},
+                                cell=cell, pbc=cell is not None)
                           for frame, t in zip(frames, times_fs)]
                 ase.io.write(temporary(path, "w"), images, format="extxyz")
             return paths
         topology = molecule_topology(start.z, start.history[0, -1])
-        for path, frames in zip(paths, predicted):
-            save_mdtraj(md.Trajectory(frames / 10.0, topology, time=times_fs / 1000.0), temporary(path).name)  # nm, ps
+        for path, frames, cell in zip(paths, predicted, cells):
+            trajectory = md.Trajectory(frames / 10.0, topology, time=times_fs / 1000.0)  # nm, ps
+            if cell is not None:
+                trajectory.unitcell_vectors = np.broadcast_to(cell / 10.0, (F, 3, 3))
+            save_mdtraj(trajectory, temporary(path).name)
         if suffix in NEEDS_TOPOLOGY_FILE:  # the structure the rollout starts from
             paths.append(out.with_name(f"{out.stem}_topology.pdb"))
             save_mdtraj(md.Trajectory(start.history[0, -1:] / 10.0, topology), temporary(paths[-1]).name)
@@ -273,7 +290,8 @@ def main(argv: list[str]) -> int:
     with tqdm(total=B * args.frames, unit="frame", desc=f"rollout {B} x {args.frames}", file=sys.stderr,
               dynamic_ncols=True, disable=args.no_progress) as bar:
         started, cpu_started = time.perf_counter(), time.process_time()
-        predicted = rollout(model.net.to(device), history, z, mask, args.frames, lambda k: bar.update(B * k))
+        box = None if start.box is None else torch.as_tensor(start.box, device=device)
+        predicted = rollout(model.net.to(device), history, z, mask, args.frames, lambda k: bar.update(B * k), box)
         predicted = predicted.cpu().numpy()  # (B, F, N, 3)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
 

@@ -24,6 +24,7 @@ from asteroid.errors import ConfigError, DataError
 from asteroid.fileio import atomic_output
 
 DEFAULT_LAYOUT = dict(history=8, horizon=8, spacing=10)
+CACHE_VERSION = 2  # part of every cache file's name: raise it when what the cache holds changes (2: periodic cells)
 
 
 @dataclass
@@ -35,6 +36,8 @@ class TrajectorySource:
         data/ when missing.
     molecule: a built-in molecule (e.g. "ethanol"); when `path` is missing, GFN2-xTB MD generates it there.
     frames: frames to generate. topology / selection / dt_fs: passed to the reader.
+    periodic: use the file's periodic cell when it has one (neighbours then reach periodic images); false treats
+        the system as open whatever the file says.
     """
 
     path: str
@@ -43,6 +46,7 @@ class TrajectorySource:
     topology: str | None = None
     selection: str | None = None
     dt_fs: float | None = None
+    periodic: bool = True
 
 
 def _with_dataset_topology(source: TrajectorySource) -> TrajectorySource:
@@ -58,25 +62,38 @@ class WindowDataset(Dataset):
     """Windows (trajectory, start) over memory-mapped coordinate caches; nothing is copied up front."""
 
     def __init__(self, coordinate_files: list[Path], numbers: list[np.ndarray], index: np.ndarray,
-                 layout: WindowLayout):
+                 layout: WindowLayout, box_files: list[Path | None] | None = None):
         self.coordinate_files, self.numbers, self.index, self.layout = coordinate_files, numbers, index, layout
+        self.box_files = box_files or [None] * len(coordinate_files)
         self.offsets = np.asarray(layout.history_offsets + layout.target_offsets)
-        self._coordinates = None  # opened lazily so that worker processes open their own maps
+        self._coordinates = self._boxes = None  # opened lazily so that worker processes open their own maps
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getstate__(self):
-        return {**self.__dict__, "_coordinates": None}
+        return {**self.__dict__, "_coordinates": None, "_boxes": None}
 
     def __getitem__(self, i: int) -> dict:
         if self._coordinates is None:
             self._coordinates = [np.load(f, mmap_mode="r") for f in self.coordinate_files]
+            self._boxes = [None if f is None else np.load(f, mmap_mode="r") for f in self.box_files]
         traj, start = self.index[i]
         frames = torch.from_numpy(np.ascontiguousarray(self._coordinates[traj][start + self.offsets]))  # (H+P, N, 3)
         z = torch.from_numpy(self.numbers[traj])
         H = self.layout.history
-        return {"history": frames[:H], "target": frames[H:], "z": z, "mask": torch.ones(len(z), dtype=torch.bool)}
+        window = {"history": frames[:H], "target": frames[H:], "z": z, "mask": torch.ones(len(z), dtype=torch.bool)}
+        if self._boxes[traj] is not None:  # the cell of the last history frame, (3, 3)
+            window["box"] = torch.from_numpy(np.array(self._boxes[traj][start + self.offsets[H - 1]]))
+        return window
+
+
+def box_file(coords_file: Path) -> Path:
+    """Where the cache keeps a periodic trajectory's (T, 3, 3) cells, beside its coordinates."""
+    return coords_file.with_suffix(".box.npy")
+
+
+ATOM_AXIS = {"history": 1, "target": 1, "z": 0, "mask": 0}  # the axis over atoms of each per-atom window entry
 
 
 def collate_windows(samples: list[dict]) -> dict:
@@ -88,8 +105,8 @@ def collate_windows(samples: list[dict]) -> dict:
         for s in samples:
             pad = n_max - len(s["z"])
             t = s[key]
-            if pad:
-                atom_dim = 0 if t.dim() == 1 else 1
+            if pad and key in ATOM_AXIS:
+                atom_dim = ATOM_AXIS[key]
                 shape = list(t.shape)
                 shape[atom_dim] = pad
                 t = torch.cat([t, t.new_zeros(shape)], dim=atom_dim)
@@ -157,8 +174,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
     def _cache_paths(self, source: TrajectorySource) -> tuple[Path, Path]:
         path = self._file(source)
         stat = path.stat()
-        key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, source.topology, source.selection,
-                          source.dt_fs, self.heavy_atoms])
+        key = json.dumps([CACHE_VERSION, str(path.resolve()), stat.st_size, stat.st_mtime_ns, source.topology,
+                          source.selection, source.dt_fs, source.periodic, self.heavy_atoms])
         stem = f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
         return self.cache_dir / f"{stem}.npy", self.cache_dir / f"{stem}.json"
 
@@ -178,16 +195,21 @@ class TrajectoryDataModule(pl.LightningDataModule):
             traj = load_trajectory(path, topology=source.topology, selection=source.selection, dt_fs=source.dt_fs)
             if self.heavy_atoms:
                 traj = traj.select_atoms(np.flatnonzero(traj.z > 1))
+            periodic = source.periodic and traj.box is not None
+            if periodic:
+                with atomic_output(box_file(coords_file)) as handle:
+                    np.save(handle, traj.box)
             with atomic_output(coords_file) as handle:
                 np.save(handle, np.ascontiguousarray(traj.R, dtype=np.float32))
-            with atomic_output(meta_file, "w") as handle:
-                json.dump(dict(z=traj.z.tolist(), dt_fs=traj.dt_fs, name=traj.name, source=str(path)), handle)
+            with atomic_output(meta_file, "w") as handle:  # last: its presence says the cache is complete
+                json.dump(dict(z=traj.z.tolist(), dt_fs=traj.dt_fs, name=traj.name, source=str(path),
+                               periodic=periodic), handle)
 
     # ---- windows -----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        coordinate_files, numbers, self.trajectories = [], [], []
+        coordinate_files, box_files, numbers, self.trajectories = [], [], [], []
         index = {name: [] for name in SPLITS}
         span = self.layout.span
         gap = span if self.protocol.gap is None else self.protocol.gap
@@ -203,9 +225,15 @@ class TrajectoryDataModule(pl.LightningDataModule):
             for name in SPLITS:
                 index[name].append(np.stack([np.full(len(starts[name]), i), starts[name]], axis=1))
             coordinate_files.append(coords_file)
+            box_files.append(box_file(coords_file) if meta["periodic"] else None)
             numbers.append(np.asarray(meta["z"], dtype=np.int64))
             self.trajectories.append({**meta, "n_frames": n_frames, "starts": starts})
-        self.datasets = {name: WindowDataset(coordinate_files, numbers, np.concatenate(index[name]), self.layout)
+        periodic = [t["source"] for t in self.trajectories if t["periodic"]]
+        if periodic and len(periodic) < len(self.trajectories):
+            raise ConfigError(f"data.sources mixes periodic trajectories ({', '.join(periodic)}) with open ones; "
+                              "a batch needs one or the other (set periodic: false on a source to ignore its box)")
+        self.datasets = {name: WindowDataset(coordinate_files, numbers, np.concatenate(index[name]), self.layout,
+                                             box_files)
                          for name in SPLITS}
         self.displacement_scale = self._fit_displacement_scale()
 
@@ -233,7 +261,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
             "target_offsets": list(self.layout.target_offsets),
             "stride": self.stride, "seed": self.seed, "heavy_atoms": self.heavy_atoms,
             "trajectories": [
-                {"source": t["source"], "n_frames": t["n_frames"], "dt_fs": t["dt_fs"],
+                {"source": t["source"], "n_frames": t["n_frames"], "dt_fs": t["dt_fs"], "periodic": t["periodic"],
                  **{name: {"windows": len(s), "first_start": int(s[0]), "last_start": int(s[-1])}
                     for name, s in t["starts"].items()}}
                 for t in self.trajectories],

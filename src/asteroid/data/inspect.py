@@ -5,6 +5,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from ase.data import chemical_symbols
 from ase.formula import Formula
 
@@ -34,6 +35,8 @@ def summarize(path: str | Path, *, topology: str | Path | None = None, selection
         "time_order": verdict[time_order_verdict(ratio)],
         "energies": traj.E is not None,
         "forces": traj.F is not None,
+        # lengths of the first frame's cell vectors (Angstrom), None for open boundaries
+        "box_angstrom": None if traj.box is None else np.linalg.norm(traj.box[0], axis=1).round(4).tolist(),
     }
 
 
@@ -53,6 +56,9 @@ def format_summary(summary: dict) -> str:
                        f"{summary['time_order_ratio']:.3f})"),
         ("energies", "yes" if summary["energies"] else "no"),
         ("forces", "yes" if summary["forces"] else "no"),
+        ("box", "none (open boundaries)" if summary["box_angstrom"] is None else
+         "periodic, cell vectors " + " x ".join(f"{length:g}" for length in summary["box_angstrom"]) + " Angstrom "
+         "(coordinates unwrapped)"),
     ]
     return "\n".join(f"{label + ':':<12} {value}" for label, value in rows)
 

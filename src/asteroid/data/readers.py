@@ -68,6 +68,15 @@ def _c_output_silenced():
             os.close(fd)
 
 
+@contextlib.contextmanager
+def _mdtraj_quietly():
+    """mdtraj's warnings about what changes nothing here muted, and its C readers silenced."""
+    with warnings.catch_warnings(), _c_output_silenced():
+        warnings.filterwarnings("ignore", message=".*netCDF4.*")  # scipy fallback: slower, not wrong
+        warnings.filterwarnings("ignore", message="Unlikely unit cell")  # a placeholder PDB cell, which it drops
+        yield
+
+
 def missing_dt_error(path: Path) -> MissingTimestepError:
     return MissingTimestepError(f"{path}: the file does not say the time between frames; pass dt_fs (--dt-fs), e.g. 0.5")
 
@@ -125,7 +134,7 @@ def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)
-            arrays = {key: data[key] for key in ("R", "z", "E", "F", "dt_fs") if key in keys}
+            arrays = {key: data[key] for key in ("R", "z", "E", "F", "dt_fs", "box") if key in keys}
     except zipfile.BadZipFile:
         raise DataError(f"{path}: cannot read the npz file: its zip archive is truncated or damaged") from None
     except Exception as exc:  # zlib and numpy raise their own types on a damaged file
@@ -139,7 +148,7 @@ def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
     if missing:
         raise DataError(
             f"{path}: missing key(s) {', '.join(missing)} in the npz file; found keys {sorted(keys)}, expected "
-            "R (frames, atoms, 3) Angstrom and z (atoms,), optionally E, F and dt_fs")
+            "R (frames, atoms, 3) Angstrom and z (atoms,), optionally E, F, dt_fs and box")
     if dt_fs is None and "dt_fs" in arrays:
         dt_fs = _number(arrays["dt_fs"], "dt_fs", path)
     if dt_fs is None and SGDML_KEYS & keys:
@@ -148,7 +157,7 @@ def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
         raise missing_dt_error(path)
     E = arrays.get("E")
     return Trajectory(R=arrays["R"], z=arrays["z"], dt_fs=dt_fs, name=name, source=str(path),
-                      E=None if E is None else E.reshape(-1), F=arrays.get("F"))
+                      E=None if E is None else E.reshape(-1), F=arrays.get("F"), box=arrays.get("box"))
 
 
 def _number(value, key: str, path: Path) -> float:
@@ -176,6 +185,17 @@ def _calc_results(frames: list, key: str) -> np.ndarray | None:
     return None
 
 
+def _ase_box(frames: list, path: Path) -> np.ndarray | None:
+    """(T, 3, 3) cells of frames periodic in all three directions, None for open ones (ASE's pbc flags)."""
+    pbc = np.array([atoms.pbc for atoms in frames])  # (T, 3)
+    if not pbc.any():
+        return None
+    if not pbc.all():
+        raise DataError(f"{path}: periodic in only some directions (pbc {pbc[np.argmin(pbc.all(axis=1))].tolist()});"
+                        " only fully periodic cells or open boundaries are supported")
+    return np.stack([atoms.cell.array for atoms in frames])
+
+
 def _read_ase(path: Path, dt_fs: float | None, name: str) -> Trajectory:
     import ase.io
 
@@ -196,7 +216,7 @@ def _read_ase(path: Path, dt_fs: float | None, name: str) -> Trajectory:
         raise missing_dt_error(path)
     R = np.stack([atoms.positions for atoms in frames])  # (T, N, 3) Angstrom
     return Trajectory(R=R, z=z, dt_fs=dt_fs, name=name, source=str(path),
-                      E=_calc_results(frames, "energy"), F=_calc_results(frames, "forces"))
+                      E=_calc_results(frames, "energy"), F=_calc_results(frames, "forces"), box=_ase_box(frames, path))
 
 
 def _dcd_declared_frames(path: Path) -> int:
@@ -249,15 +269,14 @@ def _read_mdtraj(path: Path, topology: str | Path | None, selection: str | None,
         raise DataError(f"{topology_file}: is a directory, not a topology file")
     _check_layout(path)
     try:
-        with _c_output_silenced():
+        with _mdtraj_quietly():
             top = md.load_topology(str(topology_file))
     except Exception as exc:
         what = "topology" if topology is not None else "file"
         raise DataError(f"{topology_file}: cannot read the {what} ({_one_line(exc)})") from exc
     atom_index = None if selection is None else select_atoms(top, selection, path)
     try:
-        with warnings.catch_warnings(), _c_output_silenced():
-            warnings.filterwarnings("ignore", message=".*netCDF4.*")  # scipy fallback: slower, not wrong
+        with _mdtraj_quietly():
             # .h5 carries its own topology and mdtraj warns when given one, even top=None
             given_topology = {} if suffix == ".h5" else {"top": top}
             traj = md.load(str(path), atom_indices=atom_index, **given_topology)
@@ -276,7 +295,16 @@ def _read_mdtraj(path: Path, topology: str | Path | None, selection: str | None,
         dt_fs = uniform_step_fs(np.asarray(traj.time, dtype=np.float64) * 1000.0, path)  # ps -> fs
     if dt_fs is None:
         raise missing_dt_error(path)
-    return Trajectory(R=traj.xyz * 10.0, z=z, dt_fs=dt_fs, name=name, source=str(path))  # nm -> Angstrom
+    return Trajectory(R=traj.xyz * 10.0, z=z, dt_fs=dt_fs, name=name, source=str(path),  # nm -> Angstrom
+                      box=_mdtraj_box(traj.unitcell_vectors))
+
+
+def _mdtraj_box(vectors_nm: np.ndarray | None) -> np.ndarray | None:
+    """(T, 3, 3) cell in Angstrom, or None when the file has none (mdtraj already drops the 1 Angstrom cube that
+    PDB files carry in place of a cell; some DCD writers store zeros)."""
+    if vectors_nm is None or not np.any(vectors_nm):
+        return None
+    return np.asarray(vectors_nm, dtype=np.float64) * 10.0
 
 
 def _checked_path(path: str | Path) -> Path:
@@ -305,7 +333,8 @@ def load_trajectory(path: str | Path, *, topology: str | Path | None = None, sel
     """Read a trajectory file, choosing the reader by suffix.
 
     .npz (MD17/MD22 sGDML layout or our generator), .extxyz/.xyz/.traj (ASE), .dcd/.xtc/.trr/.nc/.h5
-    and multi-model .pdb (mdtraj, with `topology` unless the file carries its own). `selection` is an
+    and multi-model .pdb (mdtraj, with `topology` unless the file carries its own). A periodic cell in the
+    file becomes `Trajectory.box`, and the coordinates come back unwrapped (continuous in time). `selection` is an
     mdtraj selection (e.g. "not element H"); for .npz and ASE files it is evaluated on a topology of
     one residue whose atoms are named by their element symbol, so element, name, index and mass
     selections work there. `dt_fs`, when given, overrides the frame spacing the file states.
@@ -323,6 +352,7 @@ def load_trajectory(path: str | Path, *, topology: str | Path | None = None, sel
         traj = read(path, dt_fs, name)
         if selection is not None:
             traj = traj.select_atoms(select_atoms(element_topology(traj.z), selection, path))
+    traj = traj.unwrapped()
     if check_order:
         warn_if_shuffled(traj)
     return traj

@@ -1,6 +1,7 @@
 """The one in-memory form of every trajectory, whatever file it came from."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ class Trajectory:
     z: (N,) int64 atomic numbers.
     dt_fs: time between consecutive frames, femtoseconds.
     E: (T,) energies and F: (T, N, 3) forces, in the file's units, when the file has them.
+    box: (T, 3, 3) float32 periodic cell vectors as rows, Angstrom, or None for open boundaries (a (3, 3) cell
+        is taken for every frame).
     """
 
     R: np.ndarray
@@ -25,6 +28,7 @@ class Trajectory:
     source: str
     E: np.ndarray | None = None
     F: np.ndarray | None = None
+    box: np.ndarray | None = None
 
     def __post_init__(self):
         def fail(problem: str):
@@ -63,6 +67,24 @@ class Trajectory:
                 fail(f"{key} has shape {np.asarray(arr).shape}, which does not match {R.shape[0]} frames "
                      f"of {R.shape[1]} atoms")
         self.R, self.z, self.dt_fs = R, z, float(self.dt_fs)
+        if self.box is not None:
+            self.box = self._checked_box(np.asarray(self.box), fail)
+
+    def _checked_box(self, box: np.ndarray, fail) -> np.ndarray:
+        if not np.issubdtype(box.dtype, np.number):
+            fail(f"the periodic box must be numbers, got dtype {box.dtype}")
+        if box.shape == (3, 3):
+            box = np.broadcast_to(box, (self.n_frames, 3, 3))
+        if box.shape != (self.n_frames, 3, 3):
+            fail(f"the periodic box has shape {box.shape}; expected (3, 3) or ({self.n_frames}, 3, 3) cell vectors")
+        box = box.astype(np.float64)
+        finite = np.isfinite(box).all(axis=(1, 2))
+        if not finite.all():
+            fail(f"the periodic box of frame {int(np.argmin(finite))} contains NaN or inf")
+        flat = np.abs(np.linalg.det(box)) < 1e-6
+        if flat.any():
+            fail(f"the periodic box of frame {int(np.argmax(flat))} is flat (zero volume): {box[np.argmax(flat)].tolist()}")
+        return box.astype(np.float32)
 
     @property
     def n_frames(self) -> int:
@@ -79,5 +101,23 @@ class Trajectory:
         return Trajectory(
             R=np.ascontiguousarray(self.R[:, index]), z=self.z[index], dt_fs=self.dt_fs,
             name=self.name, source=self.source,
-            E=self.E, F=None if self.F is None else np.asarray(self.F)[:, index],
+            E=self.E, F=None if self.F is None else np.asarray(self.F)[:, index], box=self.box,
         )
+
+    def unwrapped(self) -> "Trajectory":
+        """The same trajectory with every atom followed across the periodic boundaries, continuous in time.
+
+        Files often wrap atoms back into the cell, so an atom leaving through one face jumps to the other: a
+        forecaster would see a jump of a whole cell. Between consecutive frames each atom is moved by the nearest
+        image of its displacement instead, which is right while atoms move less than half a cell per frame (MD
+        frames move them by a fraction of an Angstrom). Already unwrapped coordinates come back unchanged.
+        """
+        if self.box is None or self.n_frames < 2:
+            return self
+        R = np.asarray(self.R, dtype=np.float64)
+        cells = self.box[1:].astype(np.float64)  # (T-1, 3, 3) each step in the cell of the frame it reaches
+        step = np.diff(R, axis=0)  # (T-1, N, 3)
+        fractional = np.einsum("tnk,tkl->tnl", step, np.linalg.inv(cells))
+        step -= np.einsum("tnk,tkl->tnl", np.round(fractional), cells)
+        R[1:] = R[0] + np.cumsum(step, axis=0)
+        return dataclasses.replace(self, R=R.astype(np.float32))

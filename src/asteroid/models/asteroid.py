@@ -86,9 +86,10 @@ class Asteroid(ForecastModel):
         self.seed_embedding = nn.Linear(3, hidden) if sti else None
 
     def forward(
-        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0
+        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0,
+        box: Tensor | None = None,
     ) -> dict:
-        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), target (B, P, N, 3) or None
+        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), target (B, P, N, 3) or None, box (B, 3, 3) or None
         -> {"pred": (B, P, N, 3) Angstrom, "losses": unweighted STI losses}."""
         B, H, N, _ = history.shape
         if H != self.history:
@@ -98,7 +99,7 @@ class Asteroid(ForecastModel):
         if int(z.max()) > self.max_z:
             raise DataError(f"model: atomic number {int(z.max())} exceeds max_z={self.max_z}")
         frames, centroid = self.center(history, mask)  # (B, H, N, 3), (B, 1, 1, 3)
-        memory = self.encoder(z, frames, mask, self.displacement_scale)  # (B, H, N, C)
+        memory = self.encoder(z, frames, mask, self.displacement_scale, box)  # (B, H, N, C)
         target_frames = None if target is None else target.masked_fill(~mask[:, None, :, None], 0.0) - centroid
 
         losses = {}
@@ -127,6 +128,7 @@ class Asteroid(ForecastModel):
             query_seed,
             target_frames,
             sampling_prob,
+            box,
         )  # (B, P, N, 3)
         # From the centred frames, whose padded atoms are zeroed, so padding never yields NaN.
         return {"pred": self.displace(frames + centroid, output), "losses": losses}

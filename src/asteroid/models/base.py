@@ -19,14 +19,17 @@ class ForecastModel(nn.Module):
     """Base of every forecaster: H history frames in, P future frames out.
 
     Subclasses implement
-    ``forward(history, z, mask, target=None, sampling_prob=0.0) -> dict`` with
+    ``forward(history, z, mask, target=None, sampling_prob=0.0, box=None) -> dict`` with
 
     - history (B, H, N, 3) Angstrom, z (B, N) int64 atomic numbers (0 = padding),
       mask (B, N) bool (False = padding atom, which must not influence real atoms);
     - target (B, P, N, 3) Angstrom in training (teacher forcing, auxiliary losses),
       None at inference;
     - sampling_prob: probability that an autoregressive step is fed the model's own
-      previous prediction instead of the true previous frame (scheduled sampling).
+      previous prediction instead of the true previous frame (scheduled sampling);
+    - box (B, 3, 3) periodic cell vectors as rows (Angstrom) of each window's last
+      history frame, or None for open boundaries. Coordinates are unwrapped (continuous
+      in time), and the cell is taken as constant over the window and its forecast.
 
     and return ``{"pred": (B, P, N, 3) Angstrom absolute coordinates,
     "losses": {name: scalar tensor}}``; each subclass documents whether its

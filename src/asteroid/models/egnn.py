@@ -22,6 +22,7 @@ class Edges(NamedTuple):
     attr: Tensor  # (E, A) invariant attributes
     envelope: Tensor  # (E,) smooth cosine cutoff
     normaliser: Tensor  # (V, 1, 1) 1 + sum of incoming envelopes
+    image: Tensor  # (E, 3) periodic translation of the source to its image near the target (zeros without a box)
 
 
 class GraphInputs(NamedTuple):
@@ -71,7 +72,7 @@ class EdgeMessages(nn.Module):
         """
         source, target = edges.index
         # index_select, not x[index]: its backward is index_add, much faster on CPU than an accumulating index_put.
-        difference = x.index_select(0, target) - x.index_select(0, source)  # (E, T, 3)
+        difference = x.index_select(0, target) - x.index_select(0, source) - edges.image[:, None]  # (E, T, 3)
         squared = difference.square().sum(dim=-1, keepdim=True)  # (E, T, 1)
         pair = self.distance(squared / self.cutoff**2) + self.edge(edges.attr)[:, None]  # (E, T, C)
         messages = self.out(self.source(h).index_select(0, source) + self.target(h).index_select(0, target) + pair)
@@ -140,8 +141,9 @@ class GraphForecaster(ForecastModel):
         self.atom_type = nn.Embedding(max_z + 1, hidden)
         self.speed = nn.Linear(history, hidden)
 
-    def prepare(self, history: Tensor, z: Tensor, mask: Tensor) -> GraphInputs:
-        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N) -> GraphInputs (edge attributes: distance RBFs)."""
+    def prepare(self, history: Tensor, z: Tensor, mask: Tensor, box: Tensor | None = None) -> GraphInputs:
+        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) periodic cell or None
+        -> GraphInputs (edge attributes: distance RBFs; under a box, edges reach periodic images)."""
         B, H, N, _ = history.shape
         if H != self.history:
             raise ValueError(f"model expects {self.history} history frames, got {H}")
@@ -151,9 +153,9 @@ class GraphForecaster(ForecastModel):
         velocity = frame_velocities(frames)  # (B, H, N, 3)
         speeds = velocity.norm(dim=-1).transpose(1, 2) / self.displacement_scale[0]  # (B, N, H)
         node = (self.atom_type(z) + self.speed(speeds)).reshape(B * N, -1)
-        graph = self.radius_graph(frames[:, -1], mask)
+        graph = self.radius_graph(frames[:, -1], mask, box)
         incoming = frames.new_zeros(B * N).index_add_(0, graph.edge_index[1], graph.envelope)
-        edges = Edges(graph.edge_index, graph.rbf, graph.envelope, (1.0 + incoming)[:, None, None])
+        edges = Edges(graph.edge_index, graph.rbf, graph.envelope, (1.0 + incoming)[:, None, None], graph.image)
         return GraphInputs(frames, centroid, velocity, node, edges)
 
 
@@ -179,10 +181,12 @@ class EGNN(GraphForecaster):
         self.head = MultiStepHead(hidden, self.num_rbf, cutoff, horizon)
 
     def forward(
-        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0
+        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0,
+        box: Tensor | None = None,
     ) -> dict:
-        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
-        inputs = self.prepare(history, z, mask)
+        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) or None
+        -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
+        inputs = self.prepare(history, z, mask, box)
         unit = self.displacement_scale[0]
         x = atoms_to_sequences(inputs.frames[:, -1:])  # (V, 1, 3)
         velocity = atoms_to_sequences(inputs.velocity[:, -1:])  # (V, 1, 3)

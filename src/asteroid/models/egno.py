@@ -66,10 +66,12 @@ class EGNO(GraphForecaster):
         self.feature_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
 
     def forward(
-        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0
+        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0,
+        box: Tensor | None = None,
     ) -> dict:
-        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
-        inputs = self.prepare(history, z, mask)
+        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) or None
+        -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
+        inputs = self.prepare(history, z, mask, box)
         step_unit = self.displacement_scale[:, None]  # (P, 1)
         last = atoms_to_sequences(inputs.frames[:, -1:])  # (V, 1, 3)
         velocity = atoms_to_sequences(inputs.velocity[:, -1:])  # (V, 1, 3)

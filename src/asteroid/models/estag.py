@@ -82,10 +82,12 @@ class ESTAG(GraphForecaster):
         self.head = MultiStepHead(hidden, edge_dim, cutoff, horizon)
 
     def forward(
-        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0
+        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0,
+        box: Tensor | None = None,
     ) -> dict:
-        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
-        inputs = self.prepare(history, z, mask)
+        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) or None
+        -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
+        inputs = self.prepare(history, z, mask, box)
         unit = self.displacement_scale[0]
         x = atoms_to_sequences(inputs.frames)  # (V, H, 3)
         velocity = atoms_to_sequences(inputs.velocity)  # (V, H, 3)

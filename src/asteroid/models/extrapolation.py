@@ -58,8 +58,10 @@ class PolynomialExtrapolation(ForecastModel):
         self.history_offsets, self.target_offsets = history_offsets, target_offsets
 
     def forward(self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None,
-                sampling_prob: float = 0.0) -> dict:
-        """history (B, H, N, 3) Angstrom, mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
+                sampling_prob: float = 0.0, box: Tensor | None = None) -> dict:
+        """history (B, H, N, 3) Angstrom, mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}.
+
+        A periodic box changes nothing: each atom's unwrapped path is extrapolated on its own."""
         if history.shape[1] != self.history:
             raise ValueError(f"model expects {self.history} history frames, got {history.shape[1]}")
         # Padding may hold anything (even NaN); each atom is extrapolated on its own, so zeros are harmless.

@@ -6,6 +6,7 @@ without them and the distances are recomputed on the edges only.
 """
 
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,14 +24,22 @@ METHODS = ("auto", "dense", "cell_list")
 NEIGHBOUR_CELLS = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=torch.float64)  # (27, 3)
 
 
+class Neighbors(NamedTuple):
+    """Edges of a radius graph over the flattened M*N atoms of M frames."""
+
+    edge_index: Tensor  # (2, E) row 0 = source j, row 1 = target i (torch_geometric's convention), sorted by target
+    distance: Tensor  # (E,) Angstrom, from the target to the source's image
+    image: Tensor  # (E, 3) translation from the source to that image: a sum of cell vectors; zeros without a box
+
+
 def radius_neighbors(pos: Tensor, mask: Tensor, cutoff: float, box: Tensor | None = None,
-                     method: str = "auto") -> tuple[Tensor, Tensor]:
+                     method: str = "auto") -> Neighbors:
     """All ordered pairs of real atoms of the same frame closer than ``cutoff``.
 
     pos (M, N, 3), mask (M, N) bool, box (M, 3, 3) periodic cell vectors as rows (Angstrom) or None (open
-    boundaries) -> edge_index (2, E) into the flattened M*N nodes (row 0 = source j, row 1 = target i,
-    torch_geometric's convention) and distance (E,). Under a box, every periodic image of j within the cutoff of
-    i is an edge of its own (one per image, distance to that image). No self loops; padded atoms (mask False)
+    boundaries) -> Neighbors. Under a box, every periodic image of j within the cutoff of i is an edge of its own
+    (one per image, with its distance and translation); positions need not lie inside the cell, so unwrapped
+    trajectories work. No self loops; padded atoms (mask False)
     have no edges. method: "dense" (O(M N^2), fast for molecules), "cell_list" (vesin, O(M N)) or "auto"
     (cell list above CELL_LIST_MIN_ATOMS atoms).
     """
@@ -45,10 +54,10 @@ def radius_neighbors(pos: Tensor, mask: Tensor, cutoff: float, box: Tensor | Non
         find = _dense_pairs if method == "dense" else _cell_list_pairs
         frame, target, source, shift = _sorted(*find(pos.detach(), mask, cutoff, box), N)
     # Recomputed on the edges only, so gradients never meet the zero-distance diagonal.
-    vector = pos[frame, source] - pos[frame, target]  # (E, 3)
-    if box is not None:
-        vector = vector + torch.einsum("ek,ekl->el", shift.to(pos.dtype), box[frame])
-    return torch.stack([frame * N + source, frame * N + target]), vector.norm(dim=-1)
+    image = pos.new_zeros(len(frame), 3) if box is None else torch.einsum("ek,ekl->el", shift.to(pos.dtype),
+                                                                           box[frame].to(pos.dtype))
+    vector = pos[frame, source] + image - pos[frame, target]  # (E, 3)
+    return Neighbors(torch.stack([frame * N + source, frame * N + target]), vector.norm(dim=-1), image)
 
 
 def perpendicular_widths(box: Tensor) -> Tensor:

@@ -49,9 +49,11 @@ class FlattenedSeriesForecaster(ForecastModel):
         return torch.cat([positions, steps], dim=-1).flatten(-2)
 
     def forward(self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None,
-                sampling_prob: float = 0.0) -> dict:
+                sampling_prob: float = 0.0, box: Tensor | None = None) -> dict:
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), target (B, P, N, 3) or None
-        -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
+        -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}.
+
+        The box, if any, is not used: the flattened series has no notion of neighbours or of periodic images."""
         B, H, N, _ = history.shape
         if H != self.history:
             raise ValueError(f"model expects {self.history} history frames, got {H}")

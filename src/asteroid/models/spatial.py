@@ -26,6 +26,7 @@ class LocalGraph(NamedTuple):
     edge_index: Tensor  # (2, E) into the flattened M*N nodes, sorted by target node (row 1)
     rbf: Tensor  # (E, num_rbf) Gaussian expansion of the pair distance
     envelope: Tensor  # (E,) smooth cosine cutoff, 1 at distance 0 and 0 at the cutoff
+    image: Tensor  # (E, 3) periodic translation of the source atom (zeros without a box), see radius_neighbors
 
 
 class RadiusGraph(nn.Module):
@@ -41,11 +42,11 @@ class RadiusGraph(nn.Module):
         """pos (M, N, 3) Angstrom, mask (M, N), box (M, 3, 3) periodic cell vectors or None -> LocalGraph.
 
         Neighbours come from dense pair distances for molecules and from a cell list for large frames."""
-        edge_index, distance = radius_neighbors(pos, mask, self.cutoff, box)
+        edge_index, distance, image = radius_neighbors(pos, mask, self.cutoff, box)
         rbf = torch.exp(-0.5 * ((distance[:, None] - self.centers) / self.width) ** 2)  # (E, R)
         envelope = 0.5 * (torch.cos(distance * math.pi / self.cutoff) + 1.0)
         envelope = envelope * (distance < self.cutoff)
-        return LocalGraph(edge_index, rbf, envelope)
+        return LocalGraph(edge_index, rbf, envelope, image)
 
 
 class MultiHeadAttention(nn.Module):

@@ -67,6 +67,11 @@ def _frame_mask(mask: Tensor, frames: int) -> Tensor:
     return mask.repeat_interleave(frames, dim=0)
 
 
+def _frame_boxes(box: Tensor | None, frames: int) -> Tensor | None:
+    """(B, 3, 3) -> (B*frames, 3, 3) in the same order; None stays None (open boundaries)."""
+    return None if box is None else box.repeat_interleave(frames, dim=0)
+
+
 class EncoderLayer(nn.Module):
     """Spatial block within each frame, then each atom attends across the history frames."""
 
@@ -109,15 +114,17 @@ class TemporalEncoder(nn.Module):
             EncoderLayer(dim, heads, num_rbf, local, global_, latent_tokens) for _ in range(layers)
         )
 
-    def forward(self, z: Tensor, frames: Tensor, mask: Tensor, displacement_scale: Tensor) -> Tensor:
-        """z (B, N), frames (B, H, N, 3) centred Angstrom, mask (B, N), displacement_scale (P,)
-        -> memory (B, H, N, C)."""
+    def forward(self, z: Tensor, frames: Tensor, mask: Tensor, displacement_scale: Tensor,
+                box: Tensor | None = None) -> Tensor:
+        """z (B, N), frames (B, H, N, 3) centred Angstrom, mask (B, N), displacement_scale (P,), box (B, 3, 3)
+        periodic cell or None -> memory (B, H, N, C)."""
         B, H, N, _ = frames.shape
         offsets = frames - frames[:, -1:]
         x = self.frame_embedding(z, frames, frame_velocities(frames), offsets, displacement_scale)
         x = x + self.time_embedding.weight[None, :, None, :]
         frame_mask = _frame_mask(mask, H)
-        graph = None if self.graph is None else self.graph(frames.reshape(B * H, N, 3), frame_mask)
+        graph = None if self.graph is None else self.graph(frames.reshape(B * H, N, 3), frame_mask,
+                                                           _frame_boxes(box, H))
         for layer in self.layers:
             x = layer(x, frame_mask, graph)
         return x
@@ -203,14 +210,16 @@ class AutoregressiveDecoder(nn.Module):
         query_seed: Tensor | None = None,
         target: Tensor | None = None,
         sampling_prob: float = 0.0,
+        box: Tensor | None = None,
     ) -> Tensor:
         """memory (B, H, N, C); z (B, N); mask (B, N); last_frame, last_velocity (B, N, 3) centred Angstrom;
         displacement_scale (P,); query_seed (B, P, N, C) added to the step queries; target (B, P, N, 3)
-        centred like last_frame -> displacement outputs (B, P, N, 3)."""
+        centred like last_frame; box (B, 3, 3) periodic cell or None -> displacement outputs (B, P, N, 3)."""
         # Each layer projects the memory to keys/values once, not once per step.
         memory_kv = [layer.cross_attention.keys_values(atoms_to_sequences(memory)) for layer in self.layers]
         if not self.autoregressive:
-            return self._decode_direct(memory_kv, z, mask, last_frame, last_velocity, displacement_scale, query_seed)
+            return self._decode_direct(memory_kv, z, mask, last_frame, last_velocity, displacement_scale, query_seed,
+                                       box)
         frame, velocity = last_frame, last_velocity
         past = [None] * len(self.layers)  # per layer: keys/values of the steps decoded so far
         outputs = []
@@ -220,7 +229,7 @@ class AutoregressiveDecoder(nn.Module):
             x = x + self.step_embedding.weight[k]
             if query_seed is not None:
                 x = x + query_seed[:, k : k + 1]
-            graph = None if self.graph is None else self.graph(frame, mask)
+            graph = None if self.graph is None else self.graph(frame, mask, box)
             for i, layer in enumerate(self.layers):
                 x, past[i] = layer(x, memory_kv[i], mask, graph, past[i])
             output = self.displacement_head(x[:, 0])  # (B, N, 3)
@@ -241,6 +250,7 @@ class AutoregressiveDecoder(nn.Module):
         last_velocity: Tensor,
         displacement_scale: Tensor,
         query_seed: Tensor | None,
+        box: Tensor | None,
     ) -> Tensor:
         """All P steps in one pass; every step sees the last history frame and every other step."""
         B, N, _ = last_frame.shape
@@ -252,7 +262,7 @@ class AutoregressiveDecoder(nn.Module):
             x = x + query_seed
         frame_mask = _frame_mask(mask, P)
         frames = last_frame[:, None].expand(B, P, N, 3).reshape(B * P, N, 3)
-        graph = None if self.graph is None else self.graph(frames, frame_mask)
+        graph = None if self.graph is None else self.graph(frames, frame_mask, _frame_boxes(box, P))
         for layer, layer_memory in zip(self.layers, memory_kv):
             x, _ = layer(x, layer_memory, frame_mask, graph)
         return self.displacement_head(x)
