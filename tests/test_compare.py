@@ -78,6 +78,9 @@ def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monk
     write_toy_trajectory(tmp_path / "toy.npz", n_frames=5000)  # ESTAG's preset draws 4,500 random window starts
     assert main(["compare", "--molecules", "toy", "--models", "last_frame", "--seeds", "1", "--protocol", "estag",
                  "--experiments", str(experiments), "--out", str(tmp_path / "results"), "--",
-                 "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2"]) == 0
+                 "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+                 "--trainer.limit_test_batches", "2"]) == 0
     rows = (tmp_path / "results/accuracy_estag.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("toy,last_frame,0,1,")
+    table = (tmp_path / "results/accuracy_estag.md").read_text()
+    assert "Protocol `estag`: ESTAG: 10 frames spaced 10 -> frame +100" in table and "not leak-free" in table

@@ -124,7 +124,7 @@ def test_periodic_and_open_trajectories_do_not_mix(tmp_path):
     save_periodic_npz(tmp_path / "box.npz", wrapped)
     np.savez(tmp_path / "open.npz", R=true.astype(np.float32), z=np.full(N_ATOMS, 8), dt_fs=0.5)
     with pytest.raises(ConfigError, match="mixes periodic trajectories .*box.npz.* with open ones"):
-        data_module(tmp_path, [TrajectorySource(str(tmp_path / "box.npz")), TrajectorySource(str(tmp_path / "open.npz"))])
+        data_module(tmp_path, [TrajectorySource(str(tmp_path / name)) for name in ("box.npz", "open.npz")])
 
 
 # ---- models ------------------------------------------------------------------------------------------------------

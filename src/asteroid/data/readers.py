@@ -78,7 +78,8 @@ def _mdtraj_quietly():
 
 
 def missing_dt_error(path: Path) -> MissingTimestepError:
-    return MissingTimestepError(f"{path}: the file does not say the time between frames; pass dt_fs (--dt-fs), e.g. 0.5")
+    return MissingTimestepError(f"{path}: the file does not say the time between frames; "
+                                "pass dt_fs (--dt-fs), e.g. 0.5")
 
 
 def trajectory_format(path: str | Path) -> str:

@@ -83,7 +83,8 @@ class Trajectory:
             fail(f"the periodic box of frame {int(np.argmin(finite))} contains NaN or inf")
         flat = np.abs(np.linalg.det(box)) < 1e-6
         if flat.any():
-            fail(f"the periodic box of frame {int(np.argmax(flat))} is flat (zero volume): {box[np.argmax(flat)].tolist()}")
+            first = int(np.argmax(flat))
+            fail(f"the periodic box of frame {first} is flat (zero volume): {box[first].tolist()}")
         return box.astype(np.float32)
 
     @property
