@@ -1,4 +1,5 @@
 """End to end through `asteroid fit / test`: checkpoints, resuming, precision, DDP and the guards on overrides."""
+import csv
 import json
 import shutil
 import subprocess
@@ -109,13 +110,25 @@ def test_bf16_mixed_precision(tmp_path, monkeypatch):
                  "true"]) == 0
 
 
-def test_ddp_with_two_cpu_processes(tmp_path):
+def test_ddp_with_two_cpu_processes_scores_every_test_window_once(tmp_path, monkeypatch):
+    # 13 test windows (stride 4): two devices get 7 and 6, where Lightning's own sampler would repeat one
+    args = tiny_args(tmp_path, name="ddp", **{"--data.stride": "4", "--trainer.limit_test_batches": "1.0"})
     # DDP re-launches the command line for rank 1, so this runs the real console script.
-    result = subprocess.run([ASTEROID, "fit", *tiny_args(tmp_path, name="ddp"), "--trainer.strategy", "ddp",
-                             "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"],
+    result = subprocess.run([ASTEROID, "fit", *args, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                             "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Asteroid" in result.stdout and (tmp_path / "runs/ddp/version_0/checkpoints/last.ckpt").is_file()
+    assert "sync_dist" not in result.stderr
+    monkeypatch.chdir(tmp_path)
+    [best] = (tmp_path / "runs/ddp/version_0/checkpoints").glob("best-*.ckpt")
+    assert main(["test", *args, "--name", "single", "--ckpt_path", str(best)]) == 0
+    tables = [list(csv.DictReader(open(tmp_path / f"runs/{name}/version_0/test_metrics.csv")))
+              for name in ("ddp", "single")]
+    assert len(tables[0]) == len(tables[1]) > 0
+    for two_devices, one_device in zip(*tables):
+        assert two_devices["model"] == one_device["model"] and two_devices["step"] == one_device["step"]
+        assert float(two_devices["mse"]) == pytest.approx(float(one_device["mse"]), rel=1e-5)
 
 
 def test_print_config_and_unknown_keys(tmp_path, monkeypatch, capsys):

@@ -219,7 +219,7 @@ class ForecastModule(pl.LightningModule):
             rows += [{"model": label, **row} for row in metrics_table(values, self.net.horizon)]
         rotation_error = self.rotation_error.compute()
         self.rotation_error.reset()
-        self.log("test/rotation_error", rotation_error)
+        self.log("test/rotation_error", rotation_error, sync_dist=True)
         self._report_test(rows, float(rotation_error))
 
     @rank_zero_only
@@ -235,12 +235,14 @@ class ForecastModule(pl.LightningModule):
     def predict_step(self, batch, batch_idx):
         return {"pred": self(batch).float(), **batch}
 
+    # torchmetrics' compute() has already gathered every device's windows, so these values agree on all devices;
+    # sync_dist=True only tells Lightning so (averaging equal values).
     def _log_per_step(self, split, values):
         for name in ("mse_mean", "mae_mean", "rmsd_mean", "bond_mean", "ADE", "FDE"):
-            self.log(f"{split}/{name}", values[name].float(), prog_bar=name == "mse_mean")
+            self.log(f"{split}/{name}", values[name].float(), prog_bar=name == "mse_mean", sync_dist=True)
         for name in ("mse", "rmsd"):
             for k, v in enumerate(values[name]):
-                self.log(f"{split}_{name}_per_step/step_{k + 1:02d}", v.float())
+                self.log(f"{split}_{name}_per_step/step_{k + 1:02d}", v.float(), sync_dist=True)
 
     @rank_zero_only
     def _log_figures(self, values):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from asteroid.data.md17 import DATASETS, resolve_dataset
@@ -268,8 +269,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
             "displacement_scale": self.displacement_scale.tolist(),
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+    def _loader(self, split: str, shuffle: bool, sampler=None) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=collate_windows,
                           persistent_workers=self.num_workers > 0)
 
@@ -280,7 +281,12 @@ class TrajectoryDataModule(pl.LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        # On several devices every test window is scored once: Lightning's own sampler would repeat some windows so
+        # that all devices get as many batches, which weights them twice in the test table.
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = UnrepeatedDistributedSampler(self.datasets["test"], shuffle=False)
+        return self._loader("test", shuffle=False, sampler=sampler)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
