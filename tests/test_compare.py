@@ -40,8 +40,12 @@ def test_compare_appends_rows_and_skips_finished_runs(experiments, tmp_path, mon
     # the parameter-free baseline gives the same numbers whatever the seed of training
     last = {(r["seed"], r["step"]): r["mse"] for r in rows if r["model"] == "last_frame"}
     assert last[("0", "1")] == last[("1", "1")]
+    with open(tmp_path / "results/accuracy_steps.csv", newline="") as handle:
+        steps = {(r["model"], r["seed"]): int(r["steps"]) for r in csv.DictReader(handle)}
+    assert steps[("lstm", "0")] == steps[("lstm", "1")] == 4  # --trainer.max_steps 4, well within the budget
     table = (tmp_path / "results/accuracy.md").read_text()
     assert "asteroid compare --molecules toy" in table and "## toy" in table and "**" in table
+    assert "| lstm | 2 | 4 |" in table
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("done, skipped") == 4

@@ -2,8 +2,9 @@
 
 Each (molecule, model, seed) is one `asteroid fit` of `experiments/<molecule>.yaml` with
 `experiments/models/<model>.yaml` on top, in its own process. Finished runs append their per-step test errors
-to `<out>/accuracy.csv`; a rerun skips what is there, so a long comparison can be stopped and resumed.
-`<out>/accuracy.md` is rewritten from the CSV after every run.
+to `<out>/accuracy.csv`, and the optimizer steps each reached within the budget to `<out>/accuracy_steps.csv`; a
+rerun skips what is there, so a long comparison can be stopped and resumed. `<out>/accuracy.md` is rewritten from
+them after every run. A peer's protocol (`--protocol gmn`) writes `accuracy_gmn.*` instead.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from asteroid.errors import AsteroidError, ConfigError
 from asteroid.fileio import atomic_output
 
 COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd"]
+STEPS_COLUMNS = ["molecule", "model", "seed", "steps"]  # optimizer steps each run reached within the budget
 REFERENCE_LABELS = ("constant", "linear")  # rows the test table adds beside every model
 
 
@@ -88,9 +90,9 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def write_rows(rows: list[dict], path: Path) -> None:
+def write_rows(rows: list[dict], path: Path, columns: list[str] = COLUMNS) -> None:
     with atomic_output(path, "w") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -114,13 +116,28 @@ def run_once(molecule_file: Path, model_file: Path, seed: int, budget_minutes: f
     return versions[-1] / "test_metrics.csv"
 
 
+def run_name(protocol: str, molecule: str, model: str, seed) -> str:
+    return f"compare/{protocol}/{molecule}/{model}/seed{seed}"
+
+
+def trained_steps(name: str) -> int | None:
+    """Optimizer steps of run `name` (its newest last.ckpt), or None when its folder is not here."""
+    checkpoints = sorted(Path("runs", name).glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not checkpoints:
+        return None
+    return int(torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["global_step"])
+
+
 def spread(values: np.ndarray) -> str:
     """Mean, and ± the standard deviation over seeds when there are several."""
     return f"{values.mean():.4g}" + (f" ± {values.std():.2g}" if len(values) > 1 else "")
 
 
-def markdown(rows: list[dict], command: str, protocol: str = "default") -> str:
-    """Mean +- std over seeds of the MSE per horizon step and averaged; the best mean per molecule in bold."""
+def markdown(rows: list[dict], command: str, protocol: str = "default", trained: dict | None = None) -> str:
+    """Mean +- std over seeds of the MSE per horizon step and averaged; the best mean per molecule in bold.
+
+    trained: {(molecule, model, seed): optimizer steps}, shown as their mean over the seeds that have one."""
+    trained = trained or {}
     recipe = PROTOCOLS[protocol]
     if recipe.split == "chronological":
         tested = "the chronological test block"
@@ -132,7 +149,9 @@ def markdown(rows: list[dict], command: str, protocol: str = "default") -> str:
              "", f"Command: `{command}`", "", f"Protocol `{protocol}`: {recipe.description}.", "",
              "Each run is `asteroid fit` of `experiments/<molecule>.yaml` with `experiments/models/<model>.yaml` on "
              "top, trained single-threaded until the CPU-time budget or the config's `max_steps`, whichever comes "
-             f"first, then tested on {tested}. Lower is better; the best mean per molecule is in bold.", "",
+             f"first, then tested on {tested}. Lower is better; the best mean per molecule is in bold. `steps` is the "
+             "number of optimizer steps a run reached (mean over seeds): under one budget, a cheaper model takes "
+             "more; models without parameters take none.", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU.", ""]
     for molecule in sorted({r["molecule"] for r in rows}):
         of_molecule = [r for r in rows if r["molecule"] == molecule]
@@ -146,22 +165,29 @@ def markdown(rows: list[dict], command: str, protocol: str = "default") -> str:
                     per_seed.setdefault(r["seed"], {})[int(r["step"])] = float(r["mse"])
             table[model] = np.array([[values[s] for s in steps] for values in per_seed.values()])  # (seeds, S)
         best = min(models, key=lambda m: table[m].mean())
-        lines += [f"## {molecule}", "", "| model | seeds | " + " | ".join(f"step {s}" for s in steps) + " | mean |",
-                  "|---|---|" + "---|" * (len(steps) + 1)]
+        lines += [f"## {molecule}", "", "| model | seeds | steps | " + " | ".join(f"step {s}" for s in steps)
+                  + " | mean |", "|---|---|---|" + "---|" * (len(steps) + 1)]
         for model in sorted(models, key=lambda m: table[m].mean()):
             values = table[model]
             cells = [spread(values[:, i]) for i in range(len(steps))]
             mean = spread(values.mean(axis=1))
             if model == best:
                 mean = f"**{mean}**"
-            lines.append(f"| {model} | {len(values)} | " + " | ".join(cells) + f" | {mean} |")
+            reached = [n for (m, name, _), n in trained.items() if (m, name) == (molecule, model)]
+            reached = f"{np.mean(reached):.0f}" if reached else "?"
+            lines.append(f"| {model} | {len(values)} | {reached} | " + " | ".join(cells) + f" | {mean} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def write_markdown(rows: list[dict], command: str, protocol: str, path: Path) -> None:
+def write_steps(trained: dict, path: Path) -> None:
+    rows = [dict(zip(STEPS_COLUMNS, (*key, steps))) for key, steps in sorted(trained.items())]
+    write_rows(rows, path, STEPS_COLUMNS)
+
+
+def write_markdown(rows: list[dict], command: str, protocol: str, trained: dict, path: Path) -> None:
     with atomic_output(path, "w") as handle:
-        handle.write(markdown(rows, command, protocol))
+        handle.write(markdown(rows, command, protocol, trained))
 
 
 def main(argv: list[str]) -> int:
@@ -186,6 +212,7 @@ def main(argv: list[str]) -> int:
     models = experiment_files(experiments / "models", args.models, "model")
     suffix = "" if args.protocol == "default" else f"_{args.protocol}"
     csv_path, md_path = Path(args.out) / f"accuracy{suffix}.csv", Path(args.out) / f"accuracy{suffix}.md"
+    steps_path = Path(args.out) / f"accuracy{suffix}_steps.csv"
     command = "asteroid compare " + shlex.join(argv)
     if args.frames is not None:
         from asteroid.cli import from_config
@@ -197,6 +224,11 @@ def main(argv: list[str]) -> int:
         extras = dict.fromkeys(molecules, extra)
     rows = read_rows(csv_path)
     done = {(r["molecule"], r["model"], r["seed"]) for r in rows}
+    trained = {(r["molecule"], r["model"], r["seed"]): int(r["steps"]) for r in read_rows(steps_path)}
+    for molecule, model, seed in done - set(trained):  # finished before steps were recorded: from the run, if here
+        reached = trained_steps(run_name(args.protocol, molecule, model, seed))
+        if reached is not None:
+            trained[(molecule, model, seed)] = reached
     failures, facts = [], {}
     # Seeds outermost: a comparison stopped part-way leaves whole tables of fewer seeds, not a ragged one.
     for seed in range(args.seeds):
@@ -207,7 +239,7 @@ def main(argv: list[str]) -> int:
                     continue
                 if molecule not in facts:
                     facts[molecule] = data_facts(molecule_file, args.protocol, extras[molecule])
-                name = f"compare/{args.protocol}/{molecule}/{model}/seed{seed}"
+                name = run_name(args.protocol, molecule, model, seed)
                 try:
                     table = run_once(molecule_file, model_file, seed, args.budget_minutes, args.protocol,
                                      extras[molecule], net_overrides(net_class(model_file), facts[molecule]), name)
@@ -219,12 +251,17 @@ def main(argv: list[str]) -> int:
                         "mae": r["mae"], "rmsd": r["rmsd"]}
                        for r in read_rows(table) if r["model"] not in REFERENCE_LABELS and r["step"] != "mean"]
                 rows += new
+                reached = trained_steps(name)
+                if reached is not None:
+                    trained[(molecule, model, str(seed))] = reached
                 write_rows(rows, csv_path)
-                write_markdown(rows, command, args.protocol, md_path)
+                write_steps(trained, steps_path)
+                write_markdown(rows, command, args.protocol, trained, md_path)
                 print(f"{molecule} {model} seed {seed}: mean MSE "
                       f"{np.mean([float(r['mse']) for r in new]):.4g} A^2 -> {csv_path}", flush=True)
     if rows:
-        write_markdown(rows, command, args.protocol, md_path)
+        write_steps(trained, steps_path)
+        write_markdown(rows, command, args.protocol, trained, md_path)
     if failures:
         raise AsteroidError(f"{len(failures)} run(s) failed; the first: {failures[0]}")
     return 0
