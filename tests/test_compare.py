@@ -33,7 +33,7 @@ def test_compare_appends_rows_and_skips_finished_runs(experiments, tmp_path, mon
     assert main(argv) == 0
     with open(tmp_path / "results/accuracy.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["molecule", "model", "seed", "step", "mse", "mae", "rmsd"]
+    assert list(rows[0]) == ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
     assert sorted({(r["model"], r["seed"]) for r in rows}) == [("last_frame", "0"), ("last_frame", "1"),
                                                                 ("lstm", "0"), ("lstm", "1")]
     assert sorted({r["step"] for r in rows}) == ["1", "2"] and all(float(r["mse"]) > 0 for r in rows)
@@ -45,7 +45,7 @@ def test_compare_appends_rows_and_skips_finished_runs(experiments, tmp_path, mon
     assert steps[("lstm", "0")] == steps[("lstm", "1")] == 4  # --trainer.max_steps 4, well within the budget
     table = (tmp_path / "results/accuracy.md").read_text()
     assert "asteroid compare --molecules toy" in table and "## toy" in table and "**" in table
-    assert "| lstm | 2 | 4 |" in table
+    assert "| lstm | 2 | 4 |" in table and "| model | ADE | FDE |" in table
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("done, skipped") == 4
@@ -88,3 +88,22 @@ def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monk
     assert len(rows) == 2 and rows[1].startswith("toy,last_frame,0,1,")
     table = (tmp_path / "results/accuracy_estag.md").read_text()
     assert "Protocol `estag`: ESTAG: 10 frames spaced 10 -> frame +100" in table and "not leak-free" in table
+
+
+def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch):
+    import torch
+
+    from asteroid.compare import backfill
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "runs/compare/default/toy/lstm/seed0/version_0"
+    (folder / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 7}, folder / "checkpoints/last.ckpt")
+    (folder / "test_metrics.csv").write_text("model,step,mse,mae,rmsd,ade,bond\nLSTMForecaster,1,1,1,1,0.25,1\n"
+                                             "LSTMForecaster,mean,1,1,1,0.25,1\nconstant,1,2,2,2,0.5,2\n")
+    rows = [{"molecule": "toy", "model": "lstm", "seed": "0", "step": "1", "mse": "1"},  # written before ADE was
+            {"molecule": "toy", "model": "gone", "seed": "0", "step": "1", "mse": "1"}]  # its run folder is elsewhere
+    trained = {}
+    backfill(rows, trained, "default")
+    assert trained == {("toy", "lstm", "0"): 7}
+    assert rows[0]["ade"] == "0.25" and "ade" not in rows[1]

@@ -2,9 +2,10 @@
 
 Each (molecule, model, seed) is one `asteroid fit` of `experiments/<molecule>.yaml` with
 `experiments/models/<model>.yaml` on top, in its own process. Finished runs append their per-step test errors
-to `<out>/accuracy.csv`, and the optimizer steps each reached within the budget to `<out>/accuracy_steps.csv`; a
-rerun skips what is there, so a long comparison can be stopped and resumed. `<out>/accuracy.md` is rewritten from
-them after every run. A peer's protocol (`--protocol gmn`) writes `accuracy_gmn.*` instead.
+(MSE, MAE, RMSD, ADE) to `<out>/accuracy.csv`, and the optimizer steps each reached within the budget to
+`<out>/accuracy_steps.csv`; a rerun skips what is there, so a long comparison can be stopped and resumed.
+`<out>/accuracy.md` is rewritten from them after every run. A peer's protocol (`--protocol gmn`) writes
+`accuracy_gmn.*` instead.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from asteroid.data.windows import PROTOCOLS
 from asteroid.errors import AsteroidError, ConfigError
 from asteroid.fileio import atomic_output
 
-COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd"]
+COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
 STEPS_COLUMNS = ["molecule", "model", "seed", "steps"]  # optimizer steps each run reached within the budget
 REFERENCE_LABELS = ("constant", "linear")  # rows the test table adds beside every model
 
@@ -120,12 +121,35 @@ def run_name(protocol: str, molecule: str, model: str, seed) -> str:
     return f"compare/{protocol}/{molecule}/{model}/seed{seed}"
 
 
+def newest(name: str, file_name: str) -> Path | None:
+    """The newest `file_name` in run `name`'s folder, or None when the run is not here."""
+    found = sorted(Path("runs", name).glob(f"**/{file_name}"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
 def trained_steps(name: str) -> int | None:
     """Optimizer steps of run `name` (its newest last.ckpt), or None when its folder is not here."""
-    checkpoints = sorted(Path("runs", name).glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not checkpoints:
-        return None
-    return int(torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["global_step"])
+    checkpoint = newest(name, "last.ckpt")
+    return None if checkpoint is None else int(torch.load(checkpoint, map_location="cpu",
+                                                          weights_only=False)["global_step"])
+
+
+def model_rows(test_metrics: Path) -> list[dict]:
+    """The trained model's per-step rows of a run's test table (not the reference forecasts, not the mean)."""
+    return [r for r in read_rows(test_metrics) if r["model"] not in REFERENCE_LABELS and r["step"] != "mean"]
+
+
+def backfill(rows: list[dict], trained: dict, protocol: str) -> None:
+    """Complete, from the run folders that are here, what older versions did not record: steps and ADE."""
+    for key in {(r["molecule"], r["model"], r["seed"]) for r in rows}:
+        name = run_name(protocol, *key)
+        if key not in trained and (reached := trained_steps(name)) is not None:
+            trained[key] = reached
+        lacking = [r for r in rows if (r["molecule"], r["model"], r["seed"]) == key and not r.get("ade")]
+        if lacking and (test_metrics := newest(name, "test_metrics.csv")) is not None:
+            ade = {r["step"]: r["ade"] for r in model_rows(test_metrics)}
+            for r in lacking:
+                r["ade"] = ade.get(r["step"], "")
 
 
 def spread(values: np.ndarray) -> str:
@@ -176,8 +200,25 @@ def markdown(rows: list[dict], command: str, protocol: str = "default", trained:
             reached = [n for (m, name, _), n in trained.items() if (m, name) == (molecule, model)]
             reached = f"{np.mean(reached):.0f}" if reached else "?"
             lines.append(f"| {model} | {len(values)} | {reached} | " + " | ".join(cells) + f" | {mean} |")
-        lines.append("")
+        lines += [""] + displacement_table(of_molecule, steps[-1])
     return "\n".join(lines)
+
+
+def displacement_table(rows: list[dict], last_step: int) -> list[str]:
+    """ADE and FDE per model (EqMotion's metrics) from the rows that have them; no lines when none has."""
+    ade, fde = {}, {}
+    for r in rows:
+        if r.get("ade"):
+            ade.setdefault(r["model"], []).append(float(r["ade"]))
+            if int(r["step"]) == last_step:
+                fde.setdefault(r["model"], []).append(float(r["ade"]))
+    if not ade:
+        return []
+    lines = ["ADE and FDE (Angstrom): the mean distance between predicted and true atom positions, averaged over "
+             "the horizon steps and at the last step (mean over seeds).", "", "| model | ADE | FDE |", "|---|---|---|"]
+    lines += [f"| {model} | {np.mean(ade[model]):.4g} | {np.mean(fde.get(model, [np.nan])):.4g} |"
+              for model in sorted(ade, key=lambda m: np.mean(ade[m]))]
+    return lines + [""]
 
 
 def write_steps(trained: dict, path: Path) -> None:
@@ -225,10 +266,7 @@ def main(argv: list[str]) -> int:
     rows = read_rows(csv_path)
     done = {(r["molecule"], r["model"], r["seed"]) for r in rows}
     trained = {(r["molecule"], r["model"], r["seed"]): int(r["steps"]) for r in read_rows(steps_path)}
-    for molecule, model, seed in done - set(trained):  # finished before steps were recorded: from the run, if here
-        reached = trained_steps(run_name(args.protocol, molecule, model, seed))
-        if reached is not None:
-            trained[(molecule, model, seed)] = reached
+    backfill(rows, trained, args.protocol)
     failures, facts = [], {}
     # Seeds outermost: a comparison stopped part-way leaves whole tables of fewer seeds, not a ragged one.
     for seed in range(args.seeds):
@@ -247,9 +285,8 @@ def main(argv: list[str]) -> int:
                     failures.append(str(error))
                     print(f"asteroid compare: {error}", file=sys.stderr)
                     continue
-                new = [{"molecule": molecule, "model": model, "seed": seed, "step": r["step"], "mse": r["mse"],
-                        "mae": r["mae"], "rmsd": r["rmsd"]}
-                       for r in read_rows(table) if r["model"] not in REFERENCE_LABELS and r["step"] != "mean"]
+                new = [{"molecule": molecule, "model": model, "seed": seed, **{key: r[key] for key in COLUMNS[3:]}}
+                       for r in model_rows(table)]
                 rows += new
                 reached = trained_steps(name)
                 if reached is not None:
