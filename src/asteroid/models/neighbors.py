@@ -39,9 +39,8 @@ def radius_neighbors(pos: Tensor, mask: Tensor, cutoff: float, box: Tensor | Non
     pos (M, N, 3), mask (M, N) bool, box (M, 3, 3) periodic cell vectors as rows (Angstrom) or None (open
     boundaries) -> Neighbors. Under a box, every periodic image of j within the cutoff of i is an edge of its own
     (one per image, with its distance and translation); positions need not lie inside the cell, so unwrapped
-    trajectories work. No self loops; padded atoms (mask False)
-    have no edges. method: "dense" (O(M N^2), fast for molecules), "cell_list" (vesin, O(M N)) or "auto"
-    (cell list above CELL_LIST_MIN_ATOMS atoms).
+    trajectories work. No self loops; padded atoms (mask False) have no edges. method: "dense" (O(M N^2), fast for
+    molecules), "cell_list" (vesin, O(M N)) or "auto" (cell list above CELL_LIST_MIN_ATOMS atoms).
     """
     if method not in METHODS:
         raise ConfigError(f"neighbour method {method!r} is not one of {', '.join(METHODS)}")
@@ -54,8 +53,9 @@ def radius_neighbors(pos: Tensor, mask: Tensor, cutoff: float, box: Tensor | Non
         find = _dense_pairs if method == "dense" else _cell_list_pairs
         frame, target, source, shift = _sorted(*find(pos.detach(), mask, cutoff, box), N)
     # Recomputed on the edges only, so gradients never meet the zero-distance diagonal.
-    image = pos.new_zeros(len(frame), 3) if box is None else torch.einsum("ek,ekl->el", shift.to(pos.dtype),
-                                                                           box[frame].to(pos.dtype))
+    image = pos.new_zeros(len(frame), 3)
+    if box is not None:
+        image = torch.einsum("ek,ekl->el", shift.to(pos.dtype), box[frame].to(pos.dtype))
     vector = pos[frame, source] + image - pos[frame, target]  # (E, 3)
     return Neighbors(torch.stack([frame * N + source, frame * N + target]), vector.norm(dim=-1), image)
 
