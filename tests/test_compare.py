@@ -43,6 +43,7 @@ def test_compare_appends_rows_and_skips_finished_runs(experiments, tmp_path, mon
     with open(tmp_path / "results/accuracy_steps.csv", newline="") as handle:
         steps = {(r["model"], r["seed"]): int(r["steps"]) for r in csv.DictReader(handle)}
     assert steps[("lstm", "0")] == steps[("lstm", "1")] == 4  # --trainer.max_steps 4, well within the budget
+    assert steps[("last_frame", "0")] == 0  # nothing to train
     table = (tmp_path / "results/accuracy.md").read_text()
     assert "asteroid compare --molecules toy" in table and "## toy" in table and "**" in table
     assert "| lstm | 2 | 4 |" in table and "| model | ADE | FDE |" in table

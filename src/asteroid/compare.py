@@ -128,10 +128,12 @@ def newest(name: str, file_name: str) -> Path | None:
 
 
 def trained_steps(name: str) -> int | None:
-    """Optimizer steps of run `name` (its newest last.ckpt), or None when its folder is not here."""
+    """Optimizer steps of run `name` (its newest last.ckpt; 0 when it tested without saving one, as models without
+    parameters do), or None when its folder is not here."""
     checkpoint = newest(name, "last.ckpt")
-    return None if checkpoint is None else int(torch.load(checkpoint, map_location="cpu",
-                                                          weights_only=False)["global_step"])
+    if checkpoint is None:
+        return 0 if newest(name, "test_metrics.csv") is not None else None
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
 
 
 def model_rows(test_metrics: Path) -> list[dict]:
