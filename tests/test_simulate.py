@@ -215,6 +215,26 @@ def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
     assert report["n_frames"] == 2 and (tmp_path / "fresh.npz").exists()
 
 
+def test_a_second_run_to_the_same_file_stops_while_the_first_is_making_it(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ethanol.npz"
+    # another process holds the file's lock, as a running `asteroid simulate --out` does
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from asteroid.fileio import sole_writer\n"
+                               f"with sole_writer({str(out)!r}):\n print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(AsteroidError, match=r"ethanol\.npz: another process is making this file now"):
+            simulate(out, molecule="ethanol", frames=2, thermalize_steps=2, progress=False)
+        assert not out.exists() and not checkpoint_path(out).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert simulate(out, molecule="ethanol", frames=2, thermalize_steps=2, progress=False)["n_frames"] == 2
+
+
 # ---- other molecules, the command line, bad input ------------------------------------------------------------------
 def test_any_structure_file(tmp_path):
     water = tmp_path / "water.xyz"

@@ -1,10 +1,13 @@
 """Writing outputs so that a file is either complete or absent, never half-written."""
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from asteroid.errors import AsteroidError
 
 
 @contextmanager
@@ -24,6 +27,27 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def sole_writer(path: str | os.PathLike):
+    """While inside, this process is the only one making `path`: a second one stops with AsteroidError instead of
+    computing the same file beside it. The lock (flock on `.<name>.lock` beside `path`) goes with the process, even
+    when it is killed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = path.with_name(f".{path.name}.lock")
+    lock = os.open(lock_file, os.O_CREAT | os.O_RDWR, 0o666 & ~_umask())
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise AsteroidError(f"{path}: another process is making this file now; wait for it to finish") from None
+    try:
+        yield
+    finally:
+        lock_file.unlink(missing_ok=True)  # while held: whoever opened it before gets it only once this one is done
+        os.close(lock)
 
 
 def _umask() -> int:

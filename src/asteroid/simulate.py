@@ -29,7 +29,7 @@ from tblite.ase import TBLite
 from tqdm import tqdm
 
 from asteroid.errors import AsteroidError, ConfigError, DataError
-from asteroid.fileio import atomic_output
+from asteroid.fileio import atomic_output, sole_writer
 
 BUILTIN_MOLECULES: tuple[str, ...] = (
     "aspirin", "benzene", "ethanol", "malonaldehyde", "naphthalene", "salicylic", "toluene", "uracil")
@@ -261,29 +261,35 @@ def simulate(out: str | Path, *, molecule: str | None = None, structure: str | P
     out, partial = Path(out), checkpoint_path(out)
     if out.is_dir():  # found now, not after the whole run
         raise ConfigError(f"{out}: is a directory; --out names the .npz file to write")
-    if partial.exists() and not resume:
-        raise AsteroidError(f"{partial}: a checkpoint of an unfinished run is in the way; pass --resume "
-                            "(resume=True) to continue it, or delete it to start over")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atoms.calc = xtb_calculator()
-    try:
-        with openmp_threads(1):
-            recorded, ms_per_step = run_md(atoms, settings, frames, partial, checkpoint_every, progress)
-    except CalculatorError as exc:
-        raise AsteroidError(f"{source}: GFN2-xTB (tblite) failed: {exc}") from exc
+    with sole_writer(out):  # taken first: the checkpoint of a run still going is not one to resume
+        if partial.exists() and not resume:
+            raise AsteroidError(f"{partial}: a checkpoint of an unfinished run is in the way; pass --resume "
+                                "(resume=True) to continue it, or delete it to start over")
+        atoms.calc = xtb_calculator()
+        try:
+            with openmp_threads(1):
+                recorded, ms_per_step = run_md(atoms, settings, frames, partial, checkpoint_every, progress)
+        except CalculatorError as exc:
+            raise AsteroidError(f"{source}: GFN2-xTB (tblite) failed: {exc}") from exc
+        report = write_trajectory(out, partial, atoms, settings, recorded, frames, name)
+    return dict(report, ms_per_step=ms_per_step)
 
+
+def write_trajectory(out: Path, partial: Path, atoms: Atoms, settings: MDSettings, recorded: Frames, frames: int,
+                     name: str) -> dict:
+    """The finished run as MD17-format .npz (atomically), its checkpoint removed; returns the report."""
     n_atoms, dt_fs = len(atoms), settings.every * settings.timestep_fs
     arrays = {key: value[:frames] for key, value in recorded.arrays(n_atoms).items()}
     e_total = (arrays["E"] + arrays["E_kin"]) * EV_PER_KCAL_MOL * 1000.0 / n_atoms
     drift = energy_drift(e_total, dt_fs)
-    mean_temperature = 2 * arrays["E_kin"].mean() * EV_PER_KCAL_MOL / (kinetic_dof(atoms, keep_rotation) * units.kB)
+    dof = kinetic_dof(atoms, settings.keep_rotation)
+    mean_temperature = 2 * arrays["E_kin"].mean() * EV_PER_KCAL_MOL / (dof * units.kB)
     with atomic_output(out) as handle:
         np.savez(handle, **arrays, z=atoms.numbers.astype(np.int64), dt_fs=dt_fs, temperature=settings.temperature_K,
                  timestep_fs=settings.timestep_fs, seed=settings.seed, method=METHOD, name=name, **drift)
     partial.unlink(missing_ok=True)
     return dict(path=str(out), name=name, n_frames=len(arrays["R"]), n_atoms=n_atoms, dt_fs=dt_fs,
-                temperature_K=settings.temperature_K, mean_temperature_K=float(mean_temperature),
-                ms_per_step=ms_per_step, **drift)
+                temperature_K=settings.temperature_K, mean_temperature_K=float(mean_temperature), **drift)
 
 
 def run_md(atoms: Atoms, settings: MDSettings, n_frames: int, partial: Path, checkpoint_every: int,
