@@ -107,12 +107,13 @@ def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -
     last = rows[:, 1] + datamodule.layout.history_offsets[-1]  # (B,)
     following = [R[l + spacing::spacing][:n_frames] for R, l in zip(coordinates, last)]
     kept = min(len(frames) for frames in following)  # one length for all: the trajectory's end cuts some short
+    windows = [test[i] for i in picks]
     return InitialConditions(
-        history=np.stack([test[i]["history"].numpy() for i in picks]), z=np.asarray(meta[0]["z"]),
+        history=np.stack([w["history"].numpy() for w in windows]), z=np.asarray(meta[0]["z"]),
         dt_fs=spacing * meta[0]["dt_fs"], start_frame=last, source=meta[0]["source"], reference=coordinates[0],
         reference_dt_fs=meta[0]["dt_fs"],
         continuation=np.stack([frames[:kept] for frames in following]) if kept else None,
-        box=np.stack([test[i]["box"].numpy() for i in picks]) if meta[0]["periodic"] else None)
+        box=np.stack([w["box"].numpy() for w in windows]) if meta[0]["periodic"] else None)
 
 
 def start_from_file(path: str, datamodule, spacing: int) -> InitialConditions:
