@@ -110,9 +110,18 @@ def test_bf16_mixed_precision(tmp_path, monkeypatch):
                  "true"]) == 0
 
 
-def test_ddp_with_two_cpu_processes_scores_every_test_window_once(tmp_path, monkeypatch):
-    # 13 test windows (stride 4): two devices get 7 and 6, where Lightning's own sampler would repeat one
-    args = tiny_args(tmp_path, name="ddp", **{"--data.stride": "4", "--trainer.limit_test_batches": "1.0"})
+def logged_scalar(run_dir: Path, tag: str) -> float:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [last] = EventAccumulator(str(run_dir)).Reload().Scalars(tag)[-1:]
+    return last.value
+
+
+def test_ddp_with_two_cpu_processes_scores_every_window_once(tmp_path, monkeypatch):
+    # 13 validation and 13 test windows (stride 4) in batches of 3: the two devices get 7 and 6 windows, in 3 and 2
+    # batches, where Lightning's own sampler would repeat one window
+    args = tiny_args(tmp_path, name="ddp", **{"--data.stride": "4", "--data.batch_size": "3",
+                                              "--trainer.limit_val_batches": "1.0", "--trainer.limit_test_batches": "1.0"})
     # DDP re-launches the command line for rank 1, so this runs the real console script.
     result = subprocess.run([ASTEROID, "fit", *args, "--trainer.strategy", "ddp", "--trainer.devices", "2",
                              "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"],
@@ -120,6 +129,8 @@ def test_ddp_with_two_cpu_processes_scores_every_test_window_once(tmp_path, monk
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Asteroid" in result.stdout and (tmp_path / "runs/ddp/version_0/checkpoints/last.ckpt").is_file()
     assert "sync_dist" not in result.stderr
+    splits = json.loads((tmp_path / "runs/ddp/version_0/splits.json").read_text())["trajectories"][0]
+    assert splits["val"]["windows"] == splits["test"]["windows"] == 13
     monkeypatch.chdir(tmp_path)
     [best] = (tmp_path / "runs/ddp/version_0/checkpoints").glob("best-*.ckpt")
     assert main(["test", *args, "--name", "single", "--ckpt_path", str(best)]) == 0
@@ -129,6 +140,11 @@ def test_ddp_with_two_cpu_processes_scores_every_test_window_once(tmp_path, monk
     for two_devices, one_device in zip(*tables):
         assert two_devices["model"] == one_device["model"] and two_devices["step"] == one_device["step"]
         assert float(two_devices["mse"]) == pytest.approx(float(one_device["mse"]), rel=1e-5)
+    # The epoch's validation (the score that picks the best checkpoint) is the same as one device's
+    assert main(["validate", *args, "--name", "single_val", "--ckpt_path", str(best)]) == 0
+    for tag in ("val/mse_mean", "val/loss"):
+        assert logged_scalar(tmp_path / "runs/ddp/version_0", tag) == pytest.approx(
+            logged_scalar(tmp_path / "runs/single_val/version_0", tag), rel=1e-5)
 
 
 def test_print_config_and_unknown_keys(tmp_path, monkeypatch, capsys):

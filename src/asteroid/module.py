@@ -93,6 +93,7 @@ class ForecastModule(pl.LightningModule):
         self.test_metrics = torch.nn.ModuleDict({"model": ForecastMetrics(net.horizon)})
         # RMS over atoms and steps of f(rotated window) - rotated f(window): how far from rotation-equivariant
         self.rotation_error = MeanMetric()
+        self.val_loss = MeanMetric()
         self.layout = None
         self._first_val_batch = None
 
@@ -180,8 +181,9 @@ class ForecastModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         pred = self(batch)
-        self.log("val/loss", self.forecast_loss(pred, batch["target"], batch["mask"]), batch_size=len(pred),
-                 sync_dist=True)
+        # A metric object, so that devices holding different numbers of windows are weighted by their windows
+        self.val_loss.update(self.forecast_loss(pred, batch["target"], batch["mask"]), weight=len(pred))
+        self.log("val/loss", self.val_loss, batch_size=len(pred))
         self._update(self.val_metrics, pred, batch)
         if batch_idx == 0:
             self._first_val_batch = {k: batch[k][0].detach().cpu() for k in ("history", "target")}

@@ -277,16 +277,19 @@ class TrajectoryDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        # On several devices every test window is scored once: Lightning's own sampler would repeat some windows so
-        # that all devices get as many batches, which weights them twice in the test table.
+    def _evaluation_loader(self, split: str) -> DataLoader:
+        # On several devices every window is scored once: Lightning's own sampler would repeat some windows so that
+        # all devices get as many batches, which weights them twice in the validation score and the test table.
         sampler = None
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            sampler = UnrepeatedDistributedSampler(self.datasets["test"], shuffle=False)
-        return self._loader("test", shuffle=False, sampler=sampler)
+            sampler = UnrepeatedDistributedSampler(self.datasets[split], shuffle=False)
+        return self._loader(split, shuffle=False, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
