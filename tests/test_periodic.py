@@ -138,8 +138,8 @@ def periodic_batch(B=2, dtype=torch.float64):
     return history, z, torch.ones(B, N_ATOMS, dtype=torch.bool), torch.tensor(CELL, dtype=dtype).expand(B, 3, 3)
 
 
-@pytest.mark.parametrize("cls", [EGNN, ESTAG, EGNO])
-def test_equivariant_baselines_see_the_same_system_whichever_image_an_atom_is_in(cls):
+@pytest.mark.parametrize("cls", [EGNN, ESTAG, EGNO, Asteroid])
+def test_models_see_the_same_system_whichever_image_an_atom_is_in(cls):
     torch.manual_seed(0)
     model = cls(H, P, hidden=16, cutoff=5.0).double()
     history, z, mask, box = periodic_batch()
@@ -178,14 +178,19 @@ def test_rotating_windows_rotates_the_cell_with_them(cls):
         torch.testing.assert_close(before.rbf, after.rbf)
 
 
-def test_asteroid_uses_the_cell_and_a_cell_out_of_reach_changes_nothing():
+def test_asteroid_with_a_cell_sees_its_images_and_leaves_out_absolute_positions():
     torch.manual_seed(0)
     model = Asteroid(H, P, hidden=16, cutoff=5.0).double().eval()
     history, z, mask, box = periodic_batch()
     pred_open = model(history, z, mask)["pred"]
-    assert (model(history, z, mask, box=box)["pred"] - pred_open).abs().max() > 1e-6
     huge = 100.0 * torch.eye(3, dtype=torch.float64).expand(2, 3, 3)  # no image within the cutoff
-    torch.testing.assert_close(model(history, z, mask, box=huge)["pred"], pred_open, atol=1e-10, rtol=0)
+    pred_huge = model(history, z, mask, box=huge)["pred"]
+    assert (pred_huge - pred_open).abs().max() > 1e-6  # positions left out of the tokens
+    assert (model(history, z, mask, box=box)["pred"] - pred_huge).abs().max() > 1e-6  # images within reach
+    for embedding in (model.encoder.frame_embedding, model.decoder.frame_embedding):
+        embedding.kinematics.weight.detach()[:, :3] = 0.0  # the position columns: an open system now reads none
+    torch.testing.assert_close(model(history, z, mask, box=huge)["pred"], model(history, z, mask)["pred"],
+                               atol=1e-10, rtol=0)
 
 
 # ---- end to end --------------------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ class FrameEmbedding(nn.Module):
     Kinematics: centred position in units of the cutoff (O(1) for molecules), velocity (frame difference) in
     units of the one-step displacement scale, and offset from the last history frame in units of the largest
     step scale, so that the small motions being forecast are not buried in the O(1) positions.
+
+    In a periodic cell the position is left out (zero): an atom moved by a cell vector is the same system, so only
+    its motion enters the token, and space enters through the radius graph, which sees the periodic images.
     """
 
     def __init__(self, dim: int, max_z: int, position_unit: float):
@@ -42,12 +45,13 @@ class FrameEmbedding(nn.Module):
         self.kinematics = nn.Linear(9, dim)
 
     def forward(
-        self, z: Tensor, positions: Tensor, velocities: Tensor, offsets: Tensor, displacement_scale: Tensor
+        self, z: Tensor, positions: Tensor, velocities: Tensor, offsets: Tensor, displacement_scale: Tensor,
+        periodic: bool = False,
     ) -> Tensor:
         """z (B, N); positions, velocities, offsets (B, T, N, 3) Angstrom; displacement_scale (P,) -> (B, T, N, C)."""
         kinematics = torch.cat(
             [
-                positions / self.position_unit,
+                torch.zeros_like(positions) if periodic else positions / self.position_unit,
                 velocities / displacement_scale[0],
                 offsets / displacement_scale.max(),
             ],
@@ -120,7 +124,7 @@ class TemporalEncoder(nn.Module):
         periodic cell or None -> memory (B, H, N, C)."""
         B, H, N, _ = frames.shape
         offsets = frames - frames[:, -1:]
-        x = self.frame_embedding(z, frames, frame_velocities(frames), offsets, displacement_scale)
+        x = self.frame_embedding(z, frames, frame_velocities(frames), offsets, displacement_scale, box is not None)
         x = x + self.time_embedding.weight[None, :, None, :]
         frame_mask = _frame_mask(mask, H)
         graph = None if self.graph is None else self.graph(frames.reshape(B * H, N, 3), frame_mask,
@@ -225,7 +229,8 @@ class AutoregressiveDecoder(nn.Module):
         outputs = []
         for k in range(self.horizon):
             offset = frame - last_frame
-            x = self.frame_embedding(z, frame[:, None], velocity[:, None], offset[:, None], displacement_scale)
+            x = self.frame_embedding(z, frame[:, None], velocity[:, None], offset[:, None], displacement_scale,
+                                     box is not None)
             x = x + self.step_embedding.weight[k]
             if query_seed is not None:
                 x = x + query_seed[:, k : k + 1]
@@ -256,7 +261,7 @@ class AutoregressiveDecoder(nn.Module):
         B, N, _ = last_frame.shape
         P = self.horizon
         frame, velocity = last_frame[:, None], last_velocity[:, None]
-        x = self.frame_embedding(z, frame, velocity, torch.zeros_like(frame), displacement_scale)
+        x = self.frame_embedding(z, frame, velocity, torch.zeros_like(frame), displacement_scale, box is not None)
         x = x + self.step_embedding.weight[None, :, None, :]  # (B, P, N, C)
         if query_seed is not None:
             x = x + query_seed
