@@ -57,6 +57,21 @@ def test_tensorboard_has_losses_per_step_errors_and_figures(tmp_path, monkeypatc
     assert "config/text_summary" in events.Tags()["tensors"]
 
 
+@pytest.mark.parametrize("end, validated", [({"--trainer.max_steps": "6"}, [4, 6]),
+                                            ({"--trainer.max_epochs": "2"}, [4, 8, 10])], ids=["max_steps", "max_epochs"])
+def test_the_last_training_step_is_validated(tmp_path, monkeypatch, end, validated):
+    # validation every 4 steps; training ends between two checks: at step 6, or after 2 epochs of 5 batches
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, **{"--trainer.val_check_interval": "4", "--trainer.check_val_every_n_epoch": "null",
+                                  "--trainer.max_epochs": "4", "--test_after_fit": "false", **end})
+    assert main(["fit", *args]) == 0
+    events = EventAccumulator(str(tmp_path / "runs/tiny/version_0")).Reload()
+    assert [s.step + 1 for s in events.Scalars("val/mse_mean")] == validated  # logged at the step before
+    assert events.Scalars("train/loss")[-1].step + 1 == validated[-1]
+
+
 def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["fit", *tiny_args(tmp_path, name="straight"), "--test_after_fit", "false"]) == 0

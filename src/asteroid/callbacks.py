@@ -44,6 +44,21 @@ class CPUTimeBudget(Callback):
             trainer.should_stop = True
 
 
+class ValidateLastStep(Callback):
+    """Makes the last training step a validation step, wherever it falls.
+
+    Lightning validates every `val_check_interval` steps and when training is stopped early, but not when `max_steps`
+    or `max_epochs` ends training between two checks: the last steps would never be scored, and the test after `fit`
+    would take an older best checkpoint. Asking to stop at the last step makes Lightning validate there.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+        if last_step or (last_epoch and batch_idx + 1 >= trainer.num_training_batches):
+            trainer.should_stop = True
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes `asteroid predict`'s forecasts of the test windows to `<run dir>/predictions.npz`.
 

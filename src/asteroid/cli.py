@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
 
-from asteroid.callbacks import CONFIG_KEY, ModelConfigInCheckpoint, PredictionWriter
+from asteroid.callbacks import CONFIG_KEY, ModelConfigInCheckpoint, PredictionWriter, ValidateLastStep
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import AsteroidError, ConfigError
 from asteroid.module import ForecastModule, run_dir
@@ -110,6 +110,8 @@ class AsteroidCLI(LightningCLI):
                                              auto_insert_metric_name=False, enable_version_counter=False))
             callbacks.append(ModelCheckpoint(filename=Path(LAST).stem, enable_version_counter=False))
         callbacks.append(ModelConfigInCheckpoint(self._model_config(self.subcommand)))
+        if self.subcommand == "fit":
+            callbacks.append(ValidateLastStep())
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter())
         if trainer_config["logger"] is not False:
