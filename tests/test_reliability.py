@@ -654,10 +654,12 @@ def test_two_fits_at_once_then_killed_and_resumed(tmp_path, monkeypatch, report)
             run.wait()
     assert sorted(p.name for p in (tmp_path / "runs/twin").iterdir()) == ["version_0", "version_1"]
     assert all((v / "config.yaml").is_file() and list(v.glob("events.out.tfevents.*")) for v in version)
-    steps = [step_of(path) for path in last]  # both load: neither was left half-written
-    report.record("fit-two-at-once", f"each got its own directory, version_0 and version_1, with its own logs, "
-                                     f"config.yaml and checkpoints (last.ckpt at steps {steps[0]} and {steps[1]} "
-                                     "when killed)")
+    # both load: neither was left half-written. How far each got by the kill depends on timing, so the report
+    # states the bound (the first checkpoint, at the end of a 20-batch epoch), and docs/reliability.md stays put.
+    assert all(step_of(path) >= 20 for path in last)
+    report.record("fit-two-at-once", "each got its own directory, version_0 and version_1, with its own logs, "
+                                     "config.yaml and checkpoints (each last.ckpt whole, at step 20 or later, when "
+                                     "killed)")
     report.record("fit-resume-while-running", describe(refused))
     check_refused(refused, r"runs/twin/version_1: another process is still writing this run", only_line=False)
 
