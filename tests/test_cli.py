@@ -58,7 +58,8 @@ def test_tensorboard_has_losses_per_step_errors_and_figures(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("end, validated", [({"--trainer.max_steps": "6"}, [4, 6]),
-                                            ({"--trainer.max_epochs": "2"}, [4, 8, 10])], ids=["max_steps", "max_epochs"])
+                                            ({"--trainer.max_epochs": "2"}, [4, 8, 10])],
+                         ids=["max_steps", "max_epochs"])
 def test_the_last_training_step_is_validated(tmp_path, monkeypatch, end, validated):
     # validation every 4 steps; training ends between two checks: at step 6, or after 2 epochs of 5 batches
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -128,15 +129,15 @@ def test_bf16_mixed_precision(tmp_path, monkeypatch):
 def logged_scalar(run_dir: Path, tag: str) -> float:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    [last] = EventAccumulator(str(run_dir)).Reload().Scalars(tag)[-1:]
-    return last.value
+    return EventAccumulator(str(run_dir)).Reload().Scalars(tag)[-1].value
 
 
 def test_ddp_with_two_cpu_processes_scores_every_window_once(tmp_path, monkeypatch):
     # 13 validation and 13 test windows (stride 4) in batches of 3: the two devices get 7 and 6 windows, in 3 and 2
     # batches, where Lightning's own sampler would repeat one window
     args = tiny_args(tmp_path, name="ddp", **{"--data.stride": "4", "--data.batch_size": "3",
-                                              "--trainer.limit_val_batches": "1.0", "--trainer.limit_test_batches": "1.0"})
+                                              "--trainer.limit_val_batches": "1.0",
+                                              "--trainer.limit_test_batches": "1.0"})
     # DDP re-launches the command line for rank 1, so this runs the real console script.
     result = subprocess.run([ASTEROID, "fit", *args, "--trainer.strategy", "ddp", "--trainer.devices", "2",
                              "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"],

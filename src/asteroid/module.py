@@ -183,7 +183,7 @@ class ForecastModule(pl.LightningModule):
         pred = self(batch)
         # A metric object, so that devices holding different numbers of windows are weighted by their windows
         self.val_loss.update(self.forecast_loss(pred, batch["target"], batch["mask"]), weight=len(pred))
-        self.log("val/loss", self.val_loss, batch_size=len(pred))
+        self.log("val/loss", self.val_loss)
         self._update(self.val_metrics, pred, batch)
         if batch_idx == 0:
             self._first_val_batch = {k: batch[k][0].detach().cpu() for k in ("history", "target")}
