@@ -55,7 +55,7 @@ def test_shapes_and_no_auxiliary_losses(cls):
 
 
 def test_config_and_data_errors():
-    with pytest.raises(ConfigError, match="modes=4 must be between 1 and horizon // 2 \\+ 1 = 2"):
+    with pytest.raises(ConfigError, match=r"modes=4 must be between 0 \(no time convolution\) and horizon // 2 \+ 1"):
         EGNO(H, P, modes=4)
     with pytest.raises(ConfigError, match="ESTAG needs history >= 2"):
         ESTAG(1, P)
@@ -79,6 +79,17 @@ def test_e3_equivariance(cls, reflect):
     moved = model(history @ matrix.T + shift, z, mask)["pred"]
     torch.testing.assert_close(moved, pred @ matrix.T + shift, atol=1e-9, rtol=0)
     assert (pred - history[:, -1:]).abs().max() > 1e-3  # not trivially the last frame
+
+
+def test_egno_without_time_convolution_as_the_official_md17_run():
+    model = make_model(EGNO, modes=0).double()
+    assert len(model.convolutions) == 0 and len(model.layers) == SMALL["layers"]
+    history, _, z, mask = make_batch(dtype=torch.float64)
+    matrix, shift = orthogonal(reflect=False), torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64)
+    pred = model(history, z, mask)["pred"]
+    torch.testing.assert_close(model(history @ matrix.T + shift, z, mask)["pred"], pred @ matrix.T + shift,
+                               atol=1e-9, rtol=0)
+    assert (pred[:, 0] - pred[:, -1]).abs().max() > 1e-4  # the time embedding still tells the output times apart
 
 
 @pytest.mark.parametrize("cls", MODELS)

@@ -93,7 +93,7 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path, mon
 
 def test_cpu_time_budget_stops_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    budget = ["--trainer.callbacks+=asteroid.callbacks.CPUTimeBudget", "--trainer.callbacks.minutes=0"]
+    budget = ["--trainer.callbacks+=asteroid.schedule.CPUTimeBudget", "--trainer.callbacks.minutes=0"]
     assert main(["fit", *tiny_args(tmp_path, name="budget"), *budget, "--test_after_fit", "false"]) == 0
     assert torch.load(tmp_path / "runs/budget/version_0/checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
 

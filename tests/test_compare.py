@@ -34,22 +34,30 @@ def test_compare_appends_rows_and_skips_finished_runs(experiments, tmp_path, mon
     with open(tmp_path / "results/accuracy.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
-    assert sorted({(r["model"], r["seed"]) for r in rows}) == [("last_frame", "0"), ("last_frame", "1"),
-                                                                ("lstm", "0"), ("lstm", "1")]
+    # the parameter-free baseline runs once: its forecasts do not depend on the seed
+    assert sorted({(r["model"], r["seed"]) for r in rows}) == [("last_frame", "0"), ("lstm", "0"), ("lstm", "1")]
     assert sorted({r["step"] for r in rows}) == ["1", "2"] and all(float(r["mse"]) > 0 for r in rows)
-    # the parameter-free baseline gives the same numbers whatever the seed of training
-    last = {(r["seed"], r["step"]): r["mse"] for r in rows if r["model"] == "last_frame"}
-    assert last[("0", "1")] == last[("1", "1")]
     with open(tmp_path / "results/accuracy_steps.csv", newline="") as handle:
         steps = {(r["model"], r["seed"]): int(r["steps"]) for r in csv.DictReader(handle)}
     assert steps[("lstm", "0")] == steps[("lstm", "1")] == 4  # --trainer.max_steps 4, well within the budget
     assert steps[("last_frame", "0")] == 0  # nothing to train
     table = (tmp_path / "results/accuracy.md").read_text()
     assert "asteroid compare --molecules toy" in table and "## toy" in table and "**" in table
-    assert "| lstm | 2 | 4 |" in table and "| model | ADE | FDE |" in table
+    assert "| lstm | 2 | 4 |" in table and "| last_frame | 1 | 0 |" in table and "| model | ADE | FDE |" in table
+    assert "1-minute CPU-time budget" in table and "follow the fraction of that budget used" in table
     capsys.readouterr()
     assert main(argv) == 0
-    assert capsys.readouterr().out.count("done, skipped") == 4
+    assert capsys.readouterr().out.count("done, skipped") == 3
+
+
+def test_a_zero_budget_trains_every_model_to_its_max_steps(experiments, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "--molecules", "toy", "--models", "lstm", "--seeds", "1", "--budget-minutes", "0",
+                 "--experiments", str(experiments), "--out", str(tmp_path / "equal"), *TINY]) == 0
+    assert (tmp_path / "equal/accuracy_steps.csv").read_text().splitlines()[1] == "toy,lstm,0,4"
+    assert (tmp_path / "runs/compare/default-equal-steps/toy/lstm/seed0").is_dir()
+    table = (tmp_path / "equal/accuracy.md").read_text()
+    assert "to the config's `max_steps`, with no time budget (equal steps)" in table
 
 
 def test_compare_unknown_model(experiments, tmp_path, capsys):
@@ -80,7 +88,7 @@ def test_frames_refuses_a_file_of_ones_own(experiments, tmp_path, capsys):
 def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monkeypatch):
     # base.yaml leaves the window layout unset, so a preset can replace it from the command line
     monkeypatch.chdir(tmp_path)
-    write_toy_trajectory(tmp_path / "toy.npz", n_frames=5000)  # ESTAG's preset draws 4,500 random window starts
+    write_toy_trajectory(tmp_path / "toy.npz", n_frames=20401)  # ESTAG's preset leaves out 10,000 frames each end
     assert main(["compare", "--molecules", "toy", "--models", "last_frame", "--seeds", "1", "--protocol", "estag",
                  "--experiments", str(experiments), "--out", str(tmp_path / "results"), "--",
                  "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
@@ -88,7 +96,8 @@ def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monk
     rows = (tmp_path / "results/accuracy_estag.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("toy,last_frame,0,1,")
     table = (tmp_path / "results/accuracy_estag.md").read_text()
-    assert "Protocol `estag`: ESTAG: 10 frames spaced 10 -> frame +100" in table and "not leak-free" in table
+    assert "Protocol `estag`: ESTAG (GLAD-RUC/ESTAG md17/dataset.py): heavy atoms" in table
+    assert "they overlap training windows in time" in table and "our default protocol is the leak-free one" in table
 
 
 def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch):
@@ -105,6 +114,13 @@ def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch
     rows = [{"molecule": "toy", "model": "lstm", "seed": "0", "step": "1", "mse": "1"},  # written before ADE was
             {"molecule": "toy", "model": "gone", "seed": "0", "step": "1", "mse": "1"}]  # its run folder is elsewhere
     trained = {}
-    backfill(rows, trained, "default")
+    backfill(rows, trained, "default", equal_steps=False)
     assert trained == {("toy", "lstm", "0"): 7}
     assert rows[0]["ade"] == "0.25" and "ade" not in rows[1]
+
+
+def test_a_model_may_be_a_config_file_named_by_its_stem():
+    from asteroid.compare import experiment_files
+
+    files = experiment_files(EXPERIMENTS / "models", ["egnn", str(EXPERIMENTS / "official/estag.yaml")], "model")
+    assert files == {"egnn": EXPERIMENTS / "models/egnn.yaml", "estag": EXPERIMENTS / "official/estag.yaml"}

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource, collate_windows
-from asteroid.data.windows import SPLITS, count_windows
+from asteroid.data.windows import SPLITS, count_windows, peer_random_starts
 from asteroid.errors import ConfigError, DataError
 from helpers import write_toy_trajectory
 
@@ -101,3 +101,50 @@ def test_too_short_for_the_split(tmp_path):
     write_npz(tmp_path / "short.npz", n_frames=60)
     with pytest.raises(DataError, match=r"short.npz: trajectory too short"):
         make_module(tmp_path, [TrajectorySource(str(tmp_path / "short.npz"))])
+
+
+def frame_index_trajectory(path, n_frames, z=(6, 1, 8, 1)):
+    """Atom a of frame t sits at (t, a, 0): a window's coordinates say which frames and atoms it holds."""
+    R = np.zeros((n_frames, len(z), 3), dtype=np.float32)
+    R[:, :, 0] = np.arange(n_frames)[:, None]
+    R[:, :, 1] = np.arange(len(z))[None, :]
+    np.savez(path, R=R, z=np.asarray(z), dt_fs=0.5)
+
+
+def window_frames(dataset, i):
+    """(history frames, target frames, atoms kept) of window i, read back from its coordinates."""
+    window = dataset[i]
+    return (window["history"][:, 0, 0].long().tolist(), window["target"][:, 0, 0].long().tolist(),
+            window["history"][0, :, 1].long().tolist())
+
+
+@pytest.mark.parametrize("protocol", ["gmn", "egno", "estag", "eqmotion"])
+def test_peer_presets_give_the_official_loaders_windows(tmp_path, protocol):
+    """Each window's frames and atoms as the official loaders index them, on a 20,401-frame trajectory (x[:-1]
+    then x[10000:-10000] leaves 400 starts: 40 train, 20 val and 20 test are drawn)."""
+    frame_index_trajectory(tmp_path / "t.npz", 20401)
+    dm = make_module(tmp_path, [TrajectorySource(str(tmp_path / "t.npz"))], protocol=protocol, history=None,
+                     horizon=None, spacing=None, seed=7)
+    counts = {"eqmotion": [int((12750 - 400) / 20), int((2550 - 400) / 20), int((5100 - 400) / 20)]}
+    assert [len(dm.datasets[k]) for k in SPLITS] == counts.get(protocol, [40, 20, 20])
+    for split in SPLITS:
+        for i in range(len(dm.datasets[split])):
+            st = int(dm.datasets[split].index[i, 1])
+            history, target, atoms = window_frames(dm.datasets[split], i)
+            assert atoms == [0, 2]  # heavy atoms only: z > 1
+            if protocol == "estag":  # x_0 = x[[k + i * delta_frame for i in range(num_past)]], x_t = x[st + 100]
+                assert (history, target) == ([st + 10 * k for k in range(10)], [st + 100])
+            elif protocol == "egno":  # x_0 = x[st], v_0 = x[st + 1] - x[st], x_t = x[st + 3000 * i // 8]
+                assert (history, target) == ([st, st + 1], [st + 3000 * k // 8 for k in range(1, 9)])
+            elif protocol == "gmn":  # x_0, v_0 as EGNO, x_t = x[st + delta_frame]
+                assert (history, target) == ([st, st + 1], [st + 3000])
+            else:  # traj = x_period[20 j: 20 j + 400: 20], 10 frames in and 10 out
+                assert history + target == list(range(st, st + 400, 20))
+    if protocol != "eqmotion":  # the peers' fixed seed 100, not data.seed
+        np.testing.assert_array_equal(dm.datasets["test"].index[:, 1], peer_random_starts(
+            20401, dm.layout.span, (0.1, 0.05, 0.05), (500, 2000, 2000))["test"])
+
+
+def test_a_preset_refuses_a_window_stride(tmp_path):
+    with pytest.raises(ConfigError, match=r"'eqmotion' fixes the window layout; remove stride \(data.stride\)"):
+        TrajectoryDataModule(sources=[TrajectorySource("x.npz")], protocol="eqmotion", stride=5)

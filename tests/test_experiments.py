@@ -53,3 +53,26 @@ def test_model_preset_runs(preset, tmp_path, monkeypatch, capsys):
                  *net_overrides(net_class(preset), facts)])
     assert code == 0
     assert net_class(preset).__name__ in capsys.readouterr().out  # its row in the test table
+
+
+OFFICIAL_RECIPES = sorted((EXPERIMENTS / "official").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", OFFICIAL_RECIPES, ids=lambda p: p.stem)
+def test_official_recipe_runs_on_its_protocol(recipe, tmp_path, monkeypatch, capsys):
+    """experiments/official/<peer>.yaml: the peer's model with its preset, batch size, optimizer and budget."""
+    from helpers import write_toy_trajectory
+
+    monkeypatch.chdir(tmp_path)
+    write_toy_trajectory(tmp_path / "toy.npz", n_frames=20401)  # the peers leave out 10,000 frames at each end
+    code = main(["fit", "--config", str(EXPERIMENTS / "base.yaml"), "--config", str(recipe), "--name", "official",
+                 "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+                 "--data.sources", json.dumps([{"path": str(tmp_path / "toy.npz")}]),
+                 "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"])
+    assert code == 0
+    config = yaml.safe_load(next((tmp_path / "runs/official").glob("version_*/config.yaml")).read_text())
+    assert config["data"]["protocol"] == recipe.stem and config["data"]["batch_size"] == 100
+    assert config["model"]["lr_schedule"] == "constant" and not config["model"]["rotation_augmentation"]
+    assert config["model"]["net"]["class_path"].lower().endswith(recipe.stem)
+    splits = json.loads(next((tmp_path / "runs/official").glob("version_*/splits.json")).read_text())
+    assert splits["heavy_atoms"] and splits["trajectories"][0]["train"]["windows"] == 40

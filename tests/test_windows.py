@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from asteroid.data.windows import (PROTOCOLS, SPLITS, WindowLayout, chronological_starts, count_windows,
-                                   random_starts)
+                                   eqmotion_blocks, peer_random_starts)
 from asteroid.errors import ConfigError, DataError
 
 
@@ -52,29 +52,74 @@ def test_chronological_split_too_short_names_the_file():
         chronological_starts(50, 20, 1, (0.8, 0.1, 0.1), gap=20, source="short.npz")
 
 
-def test_random_starts_are_reproducible_disjoint_and_inside_margin():
-    a = random_starts(30000, 3001, (50, 200, 200), margin=10000, seed=3)
-    b = random_starts(30000, 3001, (50, 200, 200), margin=10000, seed=3)
-    assert all(np.array_equal(a[k], b[k]) for k in SPLITS)
-    assert [len(a[k]) for k in SPLITS] == [50, 200, 200]
-    allstarts = np.concatenate([a[k] for k in SPLITS])
-    assert len(set(allstarts.tolist())) == len(allstarts)
-    assert allstarts.min() >= 10000 and allstarts.max() + 3001 <= 30000 - 10000
+def official_peer_split(n_frames, max_samples):
+    """The split code of the GMN, EGNO and ESTAG MD17 loaders (md17/dataset.py), transcribed line by line."""
+    state = np.random.get_state()
+    x = np.arange(n_frames)[:-1]
+    np.random.seed(100)
+    _x = x[10000: -10000]
+    train_idx = np.random.choice(np.arange(_x.shape[0]), size=int(0.1 * _x.shape[0]), replace=False)
+    flag = np.zeros(_x.shape[0])
+    for _ in train_idx:
+        flag[_] = 1
+    rest = [_ for _ in range(_x.shape[0]) if not flag[_]]
+    val_idx = np.random.choice(rest, size=int(0.05 * _x.shape[0]), replace=False)
+    for _ in val_idx:
+        flag[_] = 1
+    rest = [_ for _ in range(_x.shape[0]) if not flag[_]]
+    test_idx = np.random.choice(rest, size=int(0.05 * _x.shape[0]), replace=False)
+    np.random.set_state(state)
+    split = (train_idx + 10000, val_idx + 10000, test_idx + 10000)
+    return {name: np.sort(st[:limit]) for name, st, limit in zip(SPLITS, split, max_samples)}
 
 
-def test_random_starts_too_short():
-    with pytest.raises(DataError, match="too short for this protocol"):
-        random_starts(21000, 3001, (500, 2000, 2000), margin=10000, seed=0, source="x.npz")
+@pytest.mark.parametrize("n_frames,limits", [(20401, (500, 2000, 2000)), (21001, (7, 3, 5)),
+                                             (40000, (500, 2000, 2000))])
+def test_peer_random_starts_are_the_official_loaders_starts(n_frames, limits):
+    ours = peer_random_starts(n_frames, 3001, (0.1, 0.05, 0.05), limits)
+    official = official_peer_split(n_frames, limits)
+    for name in SPLITS:
+        np.testing.assert_array_equal(ours[name], official[name], err_msg=name)
+    if n_frames == 40000:  # 19,999 usable starts: 1999 drawn for train, of which the first 500 are kept
+        assert [len(ours[k]) for k in SPLITS] == [500, 999, 999]
 
 
-def test_peer_presets_match_design():
+def test_peer_random_starts_ignore_the_training_seed_and_fit_their_windows():
+    starts = peer_random_starts(21001, 3001, (0.1, 0.05, 0.05), (500, 2000, 2000))
+    every = np.concatenate([starts[k] for k in SPLITS])
+    assert len(set(every.tolist())) == len(every)  # disjoint
+    assert every.min() >= 10000 and every.max() + 3000 <= 21001 - 2  # inside x[:-1]
+
+
+def test_peer_random_starts_too_short():
+    with pytest.raises(DataError, match="x.npz: trajectory too short for this protocol: 20010 frames"):
+        peer_random_starts(20010, 3001, (0.1, 0.05, 0.05), (500, 2000, 2000), source="x.npz")
+
+
+def test_eqmotion_blocks_are_the_official_preprocess_windows():
+    """By hand from md17/preprocess.py: 6401 frames -> x[:-1] has 6400 -> blocks of 4000 / 800 / 1600 frames,
+    int((4000 - 400) / 20) = 180, int(400 / 20) = 20 and int(1200 / 20) = 60 windows, 20 frames apart."""
+    starts = eqmotion_blocks(6401, PROTOCOLS["eqmotion"].layout, 20, (5, 1, 2), (5000, 2000, 2000), seed=0)
+    np.testing.assert_array_equal(starts["train"], np.arange(0, 3600, 20))
+    np.testing.assert_array_equal(starts["val"], 4000 + np.arange(0, 400, 20))
+    np.testing.assert_array_equal(starts["test"], 4800 + np.arange(0, 1200, 20))
+    capped = eqmotion_blocks(6401, PROTOCOLS["eqmotion"].layout, 20, (5, 1, 2), (100, 2000, 2000), seed=0)
+    assert len(capped["train"]) == 100 and set(capped["train"]) <= set(starts["train"])
+
+
+def test_eqmotion_blocks_too_short():
+    with pytest.raises(DataError, match="y.npz: trajectory too short for this protocol: 3201 frames give 80/0/20"):
+        eqmotion_blocks(3201, PROTOCOLS["eqmotion"].layout, 20, (5, 1, 2), (5000, 2000, 2000), 0, source="y.npz")
+
+
+def test_peer_presets_are_the_official_layouts():
     assert PROTOCOLS["gmn"].layout.target_offsets == (3000,)
-    assert PROTOCOLS["gmn"].layout.history_offsets == (0, 1)
-    assert PROTOCOLS["egno"].layout.target_offsets == tuple(375 * i for i in range(1, 9))
+    assert PROTOCOLS["gmn"].layout.history_offsets == (0, 1)  # x_t and v_t = x_t+1 - x_t
+    assert PROTOCOLS["egno"].layout.history_offsets == (0, 1)
+    assert PROTOCOLS["egno"].layout.target_offsets == tuple(3000 * i // 8 for i in range(1, 9))
     assert PROTOCOLS["estag"].layout.history_offsets == tuple(range(0, 100, 10))
     assert PROTOCOLS["estag"].layout.target_offsets == (100,)
     eq = PROTOCOLS["eqmotion"]
-    assert eq.layout.history == 10 and eq.layout.horizon == 10 and eq.layout.lead_frames()[0] == 20
-    assert eq.split == "chronological" and np.isclose(sum(eq.fractions), 1.0)
-    assert PROTOCOLS["gmn"].heavy_atoms and PROTOCOLS["egno"].heavy_atoms
-    assert PROTOCOLS["default"].split == "chronological"
+    assert eq.layout.history_offsets + eq.layout.target_offsets == tuple(range(0, 400, 20))
+    assert all(PROTOCOLS[name].heavy_atoms for name in ("gmn", "egno", "estag", "eqmotion"))
+    assert not PROTOCOLS["default"].heavy_atoms and PROTOCOLS["default"].split == "chronological"

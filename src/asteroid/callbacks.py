@@ -1,7 +1,6 @@
 """Trainer callbacks the `asteroid` command adds to every run."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +21,6 @@ class ModelConfigInCheckpoint(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint[CONFIG_KEY] = self.model_config
-
-
-class CPUTimeBudget(Callback):
-    """Stops training once this process has used `minutes` of CPU time.
-
-    `asteroid compare` gives every model the same budget with it: unlike the Trainer's wall-clock `max_time`, CPU time
-    does not shrink when other work shares the machine. Run single-threaded (`OMP_NUM_THREADS=1`) so that CPU time
-    and compute agree.
-    """
-
-    def __init__(self, minutes: float):
-        self.seconds = 60.0 * minutes
-        self.start = 0.0
-
-    def on_train_start(self, trainer, pl_module):
-        self.start = time.process_time()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if time.process_time() - self.start >= self.seconds:
-            trainer.should_stop = True
 
 
 class ValidateLastStep(Callback):

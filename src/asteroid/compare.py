@@ -5,7 +5,8 @@ Each (molecule, model, seed) is one `asteroid fit` of `experiments/<molecule>.ya
 (MSE, MAE, RMSD, ADE) to `<out>/accuracy.csv`, and the optimizer steps each reached within the budget to
 `<out>/accuracy_steps.csv`; a rerun skips what is there, so a long comparison can be stopped and resumed.
 `<out>/accuracy.md` is rewritten from them after every run. A peer's protocol (`--protocol gmn`) writes
-`accuracy_gmn.*` instead.
+`accuracy_gmn.*` instead. Models without parameters (last frame, extrapolation) run once, as seed 0: no split of
+ours depends on the seed. `--budget-minutes 0` trains every model to its config's `max_steps` (equal steps).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import yaml
 from asteroid.data.windows import PROTOCOLS
 from asteroid.errors import AsteroidError, ConfigError
 from asteroid.fileio import atomic_output
+from asteroid.models.extrapolation import PolynomialExtrapolation
 
 COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
 STEPS_COLUMNS = ["molecule", "model", "seed", "steps"]  # optimizer steps each run reached within the budget
@@ -36,7 +38,8 @@ REFERENCE_LABELS = ("constant", "linear")  # rows the test table adds beside eve
 
 
 def experiment_files(experiments: Path, names: list[str], kind: str) -> dict[str, Path]:
-    files = {name: experiments / f"{name}.yaml" for name in names}
+    """{name: config file}: NAME is experiments/NAME.yaml, and a path ending in .yaml is itself (named by its stem)."""
+    files = {Path(name).stem: Path(name) if name.endswith(".yaml") else experiments / f"{name}.yaml" for name in names}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise ConfigError(f"no {kind} config {', '.join(missing)}")
@@ -101,11 +104,11 @@ def write_rows(rows: list[dict], path: Path, columns: list[str] = COLUMNS) -> No
 def run_once(molecule_file: Path, model_file: Path, seed: int, budget_minutes: float, protocol: str,
              extra: list[str], overrides: list[str], name: str) -> Path:
     """One fit + test in a child process; returns its test_metrics.csv."""
+    budget = (["--trainer.callbacks+=asteroid.schedule.CPUTimeBudget", f"--trainer.callbacks.minutes={budget_minutes}"]
+              if budget_minutes > 0 else [])
     command = [sys.executable, "-m", "asteroid.cli", "fit", "--config", str(molecule_file), "--config",
                str(model_file), "--name", name, "--seed_everything", str(seed), "--data.seed", str(seed),
-               "--data.protocol", protocol, "--trainer.callbacks+=asteroid.callbacks.CPUTimeBudget",
-               f"--trainer.callbacks.minutes={budget_minutes}", "--trainer.enable_progress_bar", "false",
-               *overrides, *extra]
+               "--data.protocol", protocol, *budget, "--trainer.enable_progress_bar", "false", *overrides, *extra]
     print("$ " + shlex.join(command), flush=True)
     # One thread per run: the CPU-time budget then measures the same compute for every model, busy machine or not.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -117,8 +120,8 @@ def run_once(molecule_file: Path, model_file: Path, seed: int, budget_minutes: f
     return versions[-1] / "test_metrics.csv"
 
 
-def run_name(protocol: str, molecule: str, model: str, seed) -> str:
-    return f"compare/{protocol}/{molecule}/{model}/seed{seed}"
+def run_name(protocol: str, molecule: str, model: str, seed, equal_steps: bool = False, group: str = "compare") -> str:
+    return f"{group}/{protocol}{'-equal-steps' if equal_steps else ''}/{molecule}/{model}/seed{seed}"
 
 
 def newest(name: str, file_name: str) -> Path | None:
@@ -141,10 +144,10 @@ def model_rows(test_metrics: Path) -> list[dict]:
     return [r for r in read_rows(test_metrics) if r["model"] not in REFERENCE_LABELS and r["step"] != "mean"]
 
 
-def backfill(rows: list[dict], trained: dict, protocol: str) -> None:
+def backfill(rows: list[dict], trained: dict, protocol: str, equal_steps: bool, group: str = "compare") -> None:
     """Complete, from the run folders that are here, what older versions did not record: steps and ADE."""
     for key in {(r["molecule"], r["model"], r["seed"]) for r in rows}:
-        name = run_name(protocol, *key)
+        name = run_name(protocol, *key, equal_steps, group)
         if key not in trained and (reached := trained_steps(name)) is not None:
             trained[key] = reached
         lacking = [r for r in rows if (r["molecule"], r["model"], r["seed"]) == key and not r.get("ade")]
@@ -159,25 +162,29 @@ def spread(values: np.ndarray) -> str:
     return f"{values.mean():.4g}" + (f" ± {values.std():.2g}" if len(values) > 1 else "")
 
 
-def markdown(rows: list[dict], command: str, protocol: str = "default", trained: dict | None = None) -> str:
+def markdown(rows: list[dict], command: str, protocol: str = "default", trained: dict | None = None,
+             budget_minutes: float = 5.0) -> str:
     """Mean +- std over seeds of the MSE per horizon step and averaged; the best mean per molecule in bold.
 
     trained: {(molecule, model, seed): optimizer steps}, shown as their mean over the seeds that have one."""
     trained = trained or {}
     recipe = PROTOCOLS[protocol]
-    if recipe.split == "chronological":
-        tested = "the chronological test block"
-    else:  # DESIGN.md: reproduce the peers' protocols faithfully, and say that they are not leak-free
-        tested = ("test windows drawn at random from the same stretch of trajectory as the training windows, as the "
-                  "peers do: test windows overlap training windows in time, so these numbers are not leak-free and "
-                  "only compare with the peers' published ones")
+    if budget_minutes > 0:
+        training = (f"trained single-threaded until a {budget_minutes:g}-minute CPU-time budget or the config's "
+                    "`max_steps`, whichever comes first; learning-rate warm-up and decay and the scheduled-sampling "
+                    "ramp follow the fraction of that budget used, so every model ends its schedule")
+        steps_note = "under one budget, a cheaper model takes more"
+    else:
+        training = "trained single-threaded to the config's `max_steps`, with no time budget (equal steps)"
+        steps_note = "every trained model reaches its `max_steps`, so quality per step and speed can be told apart"
     lines = ["# Accuracy: test MSE per horizon step (Angstrom^2, mean over atoms and x, y, z; mean ± std over seeds)",
              "", f"Command: `{command}`", "", f"Protocol `{protocol}`: {recipe.description}.", "",
+             f"Scored: {recipe.scored}. Test windows against training windows: {recipe.overlap}.", "",
              "Each run is `asteroid fit` of `experiments/<molecule>.yaml` with `experiments/models/<model>.yaml` on "
-             "top, trained single-threaded until the CPU-time budget or the config's `max_steps`, whichever comes "
-             f"first, then tested on {tested}. Lower is better; the best mean per molecule is in bold. `steps` is the "
-             "number of optimizer steps a run reached (mean over seeds): under one budget, a cheaper model takes "
-             "more; models without parameters take none.", "",
+             f"top, {training}, then tested on the protocol's test windows with the checkpoint of best validation "
+             "loss. Lower is better; the best mean per molecule is in bold. `steps` is the number of optimizer steps a "
+             f"run reached (mean over seeds): {steps_note}; models without parameters take none and run once, as "
+             "their forecasts do not depend on the seed.", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU.", ""]
     for molecule in sorted({r["molecule"] for r in rows}):
         of_molecule = [r for r in rows if r["molecule"] == molecule]
@@ -228,24 +235,29 @@ def write_steps(trained: dict, path: Path) -> None:
     write_rows(rows, path, STEPS_COLUMNS)
 
 
-def write_markdown(rows: list[dict], command: str, protocol: str, trained: dict, path: Path) -> None:
+def write_markdown(rows: list[dict], command: str, protocol: str, trained: dict, budget_minutes: float,
+                   path: Path) -> None:
     with atomic_output(path, "w") as handle:
-        handle.write(markdown(rows, command, protocol, trained))
+        handle.write(markdown(rows, command, protocol, trained, budget_minutes))
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="asteroid compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--molecules", nargs="+", required=True, help="experiment names (experiments/NAME.yaml)")
-    parser.add_argument("--models", nargs="+", required=True, help="model names (experiments/models/NAME.yaml)")
+    parser.add_argument("--models", nargs="+", required=True,
+                        help="model names (experiments/models/NAME.yaml) or config files (e.g. experiments/official/"
+                        "estag.yaml, a model with its official training recipe)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (data split seed and training seed)")
-    parser.add_argument("--budget-minutes", type=float, default=5.0, help="training CPU time per run (single-threaded)")
+    parser.add_argument("--budget-minutes", type=float, default=5.0,
+                        help="training CPU time per run (single-threaded); 0: no budget, every model to its max_steps")
     parser.add_argument("--protocol", default="default", choices=list(PROTOCOLS), help="window/split protocol")
     parser.add_argument("--frames", type=int, default=None,
                         help="generate each molecule's trajectory this long, in a file of its own (for the peers' "
                         "protocols, which need about 27,500 frames)")
     parser.add_argument("--experiments", default="experiments", help="folder of the experiment configs")
     parser.add_argument("--out", default="docs/results", help="folder of accuracy.csv and accuracy.md")
+    parser.add_argument("--runs", default="compare", help="the runs go to runs/RUNS/<protocol>/<molecule>/<model>/")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
                         help="after `--`: overrides passed to every `asteroid fit` (e.g. -- --trainer.max_steps 50)")
     args = parser.parse_args(argv)
@@ -268,7 +280,8 @@ def main(argv: list[str]) -> int:
     rows = read_rows(csv_path)
     done = {(r["molecule"], r["model"], r["seed"]) for r in rows}
     trained = {(r["molecule"], r["model"], r["seed"]): int(r["steps"]) for r in read_rows(steps_path)}
-    backfill(rows, trained, args.protocol)
+    equal_steps = args.budget_minutes <= 0
+    backfill(rows, trained, args.protocol, equal_steps, args.runs)
     failures, facts = [], {}
     # Seeds outermost: a comparison stopped part-way leaves whole tables of fewer seeds, not a ragged one.
     for seed in range(args.seeds):
@@ -277,9 +290,11 @@ def main(argv: list[str]) -> int:
                 if (molecule, model, str(seed)) in done:
                     print(f"{molecule} {model} seed {seed}: done, skipped")
                     continue
+                if seed > 0 and issubclass(net_class(model_file), PolynomialExtrapolation):
+                    continue  # no parameters: its seed-0 run stands for every seed
                 if molecule not in facts:
                     facts[molecule] = data_facts(molecule_file, args.protocol, extras[molecule])
-                name = run_name(args.protocol, molecule, model, seed)
+                name = run_name(args.protocol, molecule, model, seed, equal_steps, args.runs)
                 try:
                     table = run_once(molecule_file, model_file, seed, args.budget_minutes, args.protocol,
                                      extras[molecule], net_overrides(net_class(model_file), facts[molecule]), name)
@@ -295,12 +310,12 @@ def main(argv: list[str]) -> int:
                     trained[(molecule, model, str(seed))] = reached
                 write_rows(rows, csv_path)
                 write_steps(trained, steps_path)
-                write_markdown(rows, command, args.protocol, trained, md_path)
+                write_markdown(rows, command, args.protocol, trained, args.budget_minutes, md_path)
                 print(f"{molecule} {model} seed {seed}: mean MSE "
                       f"{np.mean([float(r['mse']) for r in new]):.4g} A^2 -> {csv_path}", flush=True)
     if rows:
         write_steps(trained, steps_path)
-        write_markdown(rows, command, args.protocol, trained, md_path)
+        write_markdown(rows, command, args.protocol, trained, args.budget_minutes, md_path)
     if failures:
         raise AsteroidError(f"{len(failures)} run(s) failed; the first: {failures[0]}")
     return 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -18,6 +17,7 @@ from asteroid.metrics import ForecastMetrics, with_step_axis
 from asteroid.models.base import ForecastModel
 from asteroid.models.extrapolation import extrapolate
 from asteroid.report import format_table, metrics_table, write_csv
+from asteroid.schedule import training_progress, warmup_cosine
 
 # Forecasts with no parameters, scored on the same test windows as the trained model.
 REFERENCE_ORDERS = {"constant": 0, "linear": 1}
@@ -68,7 +68,10 @@ class ForecastModule(pl.LightningModule):
     The forecast loss is the MSE of each horizon step in units of that step's training RMS displacement, so every
     step weighs the same. Auxiliary losses the net returns (e.g. the STI terms) are added with `aux_loss_weights`.
     Scheduled sampling: the probability that a decoder step sees its own prediction rises linearly from 0 to
-    `max_sampling_prob` over the first `sampling_ramp` fraction of training. `history_noise` > 0 perturbs the
+    `max_sampling_prob` over the first `sampling_ramp` fraction of training. Warm-up, learning-rate decay and this
+    ramp follow the fraction of the run done (`asteroid.schedule.training_progress`): of `max_steps`, or of a CPU-time
+    budget when that ends the run first, so a budget-limited run still ends its schedule. `warmup_steps` is a share
+    of `max_steps`, the same share of a budget. `history_noise` > 0 perturbs the
     training histories (see `random_walk_noise`) so that long rollouts stay stable.
     """
 
@@ -138,9 +141,14 @@ class ForecastModule(pl.LightningModule):
 
     # ---- losses ------------------------------------------------------------------------------------------------
     @property
+    def progress(self) -> float:
+        """Fraction of the run done, in [0, 1] (steps of max_steps, or the CPU budget used if further along)."""
+        return training_progress(self.trainer)
+
+    @property
     def sampling_prob(self) -> float:
-        ramp = self.hparams.sampling_ramp * max(self.trainer.estimated_stepping_batches, 1)
-        return self.hparams.max_sampling_prob * min(1.0, self.global_step / ramp) if ramp > 0 else 0.0
+        ramp = self.hparams.sampling_ramp
+        return self.hparams.max_sampling_prob * min(1.0, self.progress / ramp) if ramp > 0 else 0.0
 
     def forecast_loss(self, pred, target, mask):
         """MSE over real atoms, each horizon step in units of its training RMS displacement."""
@@ -155,7 +163,7 @@ class ForecastModule(pl.LightningModule):
         history, target, mask = batch["history"], batch["target"], batch["mask"]
         if self.hparams.history_noise > 0:
             history = history + random_walk_noise(history, self.hparams.history_noise)
-        sampling_prob = self.sampling_prob  # asks the trainer for the step count: once per step
+        sampling_prob = self.sampling_prob  # asks the trainer and the clock: once per step
         out = self.net(history, batch["z"], mask, target=target, sampling_prob=sampling_prob, box=batch.get("box"))
         forecast = self.forecast_loss(out["pred"], target, mask)
         unknown = set(out["losses"]) - set(self.aux_loss_weights)
@@ -270,12 +278,8 @@ class ForecastModule(pl.LightningModule):
         if self.hparams.lr_schedule == "constant":
             return optimizer
         total = max(self.trainer.estimated_stepping_batches, 1)
-        warmup = min(self.hparams.warmup_steps, total // 2)
-
-        def factor(step):
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        warmup = min(self.hparams.warmup_steps / total, 0.5)
+        # The factor ignores the step count LambdaLR passes: a CPU budget may end the run before max_steps.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda _: warmup_cosine(self.progress, warmup, step_share=1 / total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

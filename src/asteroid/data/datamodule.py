@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from asteroid.data.md17 import DATASETS, resolve_dataset
 from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset, protein_files
 from asteroid.data.readers import load_trajectory
-from asteroid.data.windows import (PROTOCOLS, SPLITS, WindowLayout, chronological_starts, random_starts)
+from asteroid.data.windows import (PROTOCOLS, SPLITS, WindowLayout, chronological_starts, eqmotion_blocks,
+                                   peer_random_starts)
 from asteroid.errors import ConfigError, DataError
 from asteroid.fileio import atomic_output
 
@@ -120,12 +121,14 @@ class TrajectoryDataModule(pl.LightningDataModule):
     """Chronological (or peer-protocol) windows of one or several trajectories.
 
     history / horizon / spacing: frames in, frames out, MD frames between them (default 8 / 8 / 10); a named
-    `protocol` other than "default" fixes them and must not be combined with them. stride: MD frames between window
-    starts. heavy_atoms: keep only non-hydrogen atoms (default: the protocol's choice).
+    `protocol` other than "default" (a peer's, see `asteroid.data.windows.PROTOCOLS`) fixes them, its splits and its
+    window stride, and must not be combined with them. stride: MD frames between window starts (default 1).
+    heavy_atoms: keep only non-hydrogen atoms (default: the protocol's choice). seed: the chronological and EqMotion
+    splits' subsampling; the GMN/EGNO/ESTAG splits use the peers' own fixed seed.
     """
 
     def __init__(self, sources: list[TrajectorySource], protocol: str = "default", history: int | None = None,
-                 horizon: int | None = None, spacing: int | None = None, stride: int = 1,
+                 horizon: int | None = None, spacing: int | None = None, stride: int | None = None,
                  split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), heavy_atoms: bool | None = None,
                  batch_size: int = 32, num_workers: int = 0, cache_dir: str = "data/cache", seed: int = 0):
         super().__init__()
@@ -135,10 +138,12 @@ class TrajectoryDataModule(pl.LightningDataModule):
             raise ConfigError("data.sources is empty: give at least one trajectory")
         self.protocol = PROTOCOLS[protocol]
         given = {k: v for k, v in dict(history=history, horizon=horizon, spacing=spacing).items() if v is not None}
-        if self.protocol.layout is not None and given:
-            raise ConfigError(f"protocol {protocol!r} fixes the window layout; remove {', '.join(given)} "
-                              f"(data.{next(iter(given))}) or use protocol 'default'")
+        fixed = [*given, *(["stride"] if stride is not None else [])]
+        if self.protocol.layout is not None and fixed:
+            raise ConfigError(f"protocol {protocol!r} fixes the window layout; remove {', '.join(fixed)} "
+                              f"(data.{fixed[0]}) or use protocol 'default'")
         self.layout = self.protocol.layout or WindowLayout.regular(**{**DEFAULT_LAYOUT, **given})
+        stride = self.protocol.stride or (1 if stride is None else stride)
         if stride < 1:
             raise ConfigError(f"data.stride must be >= 1, got {stride}")
         if batch_size < 1:
@@ -218,11 +223,14 @@ class TrajectoryDataModule(pl.LightningDataModule):
             coords_file, meta_file = self._cache_paths(source)
             meta = json.loads(meta_file.read_text())
             n_frames = np.load(coords_file, mmap_mode="r").shape[0]
-            if self.protocol.split == "chronological":
+            recipe = self.protocol
+            if recipe.split == "chronological":
                 starts = chronological_starts(n_frames, span, self.stride, self.split_fractions, gap, source.path)
+            elif recipe.split == "peer_random":
+                starts = peer_random_starts(n_frames, span, recipe.fractions, recipe.max_windows, source.path)
             else:
-                starts = random_starts(n_frames, span, self.protocol.counts, self.protocol.margin, self.seed + i,
-                                       source.path)
+                starts = eqmotion_blocks(n_frames, self.layout, self.stride, recipe.fractions, recipe.max_windows,
+                                         self.seed + i, source.path)
             for name in SPLITS:
                 index[name].append(np.stack([np.full(len(starts[name]), i), starts[name]], axis=1))
             coordinate_files.append(coords_file)

@@ -3,8 +3,9 @@
 A window is `H` history frames followed by `P` target frames, given as frame offsets from the window's start.
 Our default protocol takes frames `spacing` apart and splits the trajectory into chronological blocks with a gap
 of one window between blocks, so that no frame of one split is an input or target of another. The peers' MD17
-protocols are reproduced as presets for comparison; three of them draw start frames at random from one stretch of
-trajectory, so their test windows overlap training windows in time (see DESIGN.md section 2).
+protocols are presets written from their official loaders' code (GMN, EGNO and ESTAG `md17/dataset.py`, EqMotion
+`md17/preprocess.py`) and pinned by tests against a line-by-line transcription of it; three of them draw start
+frames at random from one stretch of trajectory, so their test windows overlap training windows in time.
 """
 from __future__ import annotations
 
@@ -51,29 +52,59 @@ class WindowLayout:
 
 @dataclass(frozen=True)
 class Protocol:
-    """A named recipe: window layout, how splits are drawn, and whether only heavy atoms are used."""
+    """A named recipe: window layout, how the splits are drawn, which atoms are kept and which frames are scored.
+
+    split: "chronological" (ours), "peer_random" (the MD17 loaders of GMN, EGNO and ESTAG) or "eqmotion_blocks"
+    (EqMotion's md17/preprocess.py); see the functions of the same names below.
+    fractions: chronological and EqMotion block sizes, or the shares of the trimmed trajectory the peers draw.
+    max_windows: the peers keep at most this many windows of each split (their `max_samples`); 0 = no limit.
+    stride: frames between window starts fixed by the protocol (EqMotion's 20); None = `data.stride`.
+    """
 
     layout: WindowLayout | None  # None: built from the user's history / horizon / spacing
-    split: str  # "chronological" or "random"
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # chronological block sizes
-    counts: tuple[int, int, int] = (0, 0, 0)  # random: start frames per split
-    margin: int = 0  # random: frames excluded at both ends of the trajectory
+    split: str
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    max_windows: tuple[int, int, int] = (0, 0, 0)
+    stride: int | None = None
     gap: int | None = None  # chronological: frames between blocks; None = one window
     heavy_atoms: bool = False
     description: str = ""
+    scored: str = "every target frame (per-step MSE and their mean)"
+    overlap: str = ""  # how test windows relate to training windows in time
 
 
+PEER_OVERLAP = ("test windows are drawn at random from the same stretch of trajectory as the training windows, so "
+                "they overlap training windows in time, as in the peers' papers: not leak-free, only comparable with "
+                "the peers' published numbers (our default protocol is the leak-free one)")
+PEER_DRAW = "starts drawn as the official loader draws them (x[:-1], x[10000:-10000], np.random.seed(100), 10/5/5%)"
 PROTOCOLS = {
-    "default": Protocol(None, "chronological", description="ours: chronological 80/10/10 blocks, one-window gaps"),
-    "gmn": Protocol(WindowLayout((0, 1), (3000,)), "random", counts=(500, 2000, 2000), margin=10000,
-                    heavy_atoms=True, description="GMN: x_t, x_t+1 -> x_t+3000; random starts in x[10000:-10000]"),
-    "egno": Protocol(WindowLayout((0, 1), tuple(375 * i for i in range(1, 9))), "random", counts=(500, 2000, 2000),
-                     margin=10000, heavy_atoms=True,
-                     description="EGNO: x_t, x_t+1 -> x_t+375i, i=1..8; random starts in x[10000:-10000]"),
-    "estag": Protocol(WindowLayout(tuple(range(0, 100, 10)), (100,)), "random", counts=(500, 2000, 2000),
-                      description="ESTAG: 10 frames spaced 10 -> frame +100; random starts"),
-    "eqmotion": Protocol(WindowLayout.regular(10, 10, 20), "chronological", fractions=(5 / 8, 1 / 8, 2 / 8), gap=0,
-                         description="EqMotion: 10 frames gap 20 -> next 10; chronological 5:1:2, no gap"),
+    "default": Protocol(None, "chronological", description="ours: chronological 80/10/10 blocks, one-window gaps",
+                        overlap="no frame of a test window is in, or within one window of, any training window: "
+                        "leak-free"),
+    "gmn": Protocol(WindowLayout((0, 1), (3000,)), "peer_random", fractions=(0.1, 0.05, 0.05),
+                    max_windows=(500, 2000, 2000), heavy_atoms=True, overlap=PEER_OVERLAP,
+                    description=f"GMN (hanjq17/GMN md17/dataset.py): heavy atoms; x_t and v_t = x_t+1 - x_t -> "
+                    f"x_t+3000; {PEER_DRAW}; 500/2000/2000 windows at most", scored="the one target frame"),
+    "egno": Protocol(WindowLayout((0, 1), tuple(375 * i for i in range(1, 9))), "peer_random",
+                     fractions=(0.1, 0.05, 0.05), max_windows=(500, 2000, 2000), heavy_atoms=True,
+                     overlap=PEER_OVERLAP,
+                     description=f"EGNO (MinkaiXu/EGNO md17/dataset.py, MD17DynamicsDataset): heavy atoms; x_t and "
+                     f"v_t = x_t+1 - x_t -> x_t+375i, i = 1..8; {PEER_DRAW}; 500/2000/2000 windows at most",
+                     scored="EGNO reports the last frame (S2S: the step-8 column) and trains on the mean over its 8 "
+                     "(S2T: the mean column)"),
+    "estag": Protocol(WindowLayout(tuple(range(0, 100, 10)), (100,)), "peer_random", fractions=(0.1, 0.05, 0.05),
+                      max_windows=(500, 2000, 2000), heavy_atoms=True, overlap=PEER_OVERLAP,
+                      description=f"ESTAG (GLAD-RUC/ESTAG md17/dataset.py): heavy atoms; x_t, x_t+10, ..., x_t+90 -> "
+                      f"x_t+100 (positions only); {PEER_DRAW}; 500/2000/2000 windows at most",
+                      scored="the one target frame"),
+    "eqmotion": Protocol(WindowLayout.regular(10, 10, 20), "eqmotion_blocks", fractions=(5, 1, 2),
+                         max_windows=(5000, 2000, 2000), stride=20, heavy_atoms=True,
+                         overlap="chronological 5:1:2 blocks with no gap: splits share no frame but adjacent blocks "
+                         "touch, so the first test windows follow the last validation frames directly",
+                         description="EqMotion (MediaBrain-SJTU/EqMotion md17/preprocess.py): heavy atoms; 10 frames "
+                         "20 apart -> the next 10; x[:-1] cut into 5:1:2 blocks, a window every 20 frames, "
+                         "int((block - 400) / 20) windows per block; 5000/2000/2000 windows at most",
+                         scored="every target frame; EqMotion reports ADE (mean over its 10) and FDE (the last)"),
 }
 
 
@@ -104,13 +135,58 @@ def chronological_starts(n_frames: int, span: int, stride: int, fractions, gap: 
     return starts
 
 
-def random_starts(n_frames: int, span: int, counts, margin: int, seed: int, source: str = "trajectory"):
-    """Start frames drawn without replacement from [margin, n_frames - margin - span], as the peers do."""
-    low, high = margin, n_frames - margin - span + 1
-    if high - low < sum(counts):
-        raise DataError(
-            f"{source}: trajectory too short for this protocol: {n_frames} frames leave {max(high - low, 0)} start "
-            f"frames after excluding {margin} at each end and a window of {span}, but {sum(counts)} are drawn")
-    drawn = np.random.default_rng(seed).choice(np.arange(low, high), size=sum(counts), replace=False)
-    bounds = np.cumsum((0,) + tuple(counts))
-    return {name: np.sort(drawn[bounds[i]:bounds[i + 1]]) for i, name in enumerate(SPLITS)}
+PEER_SEED = 100  # np.random.seed(100) in the peers' loaders, whatever the training seed
+PEER_MARGIN = 10000  # frames the peers leave out at each end: x[10000:-10000]
+
+
+def peer_random_starts(n_frames: int, span: int, fractions, max_windows, source: str = "trajectory"):
+    """Start frames of each split as the MD17 loaders of GMN, EGNO and ESTAG draw them.
+
+    Their code: drop the last frame (x = x[:-1]), keep x[10000:-10000], seed NumPy's global generator with 100,
+    draw int(0.1 L) train starts, then int(0.05 L) val and test starts from those not yet taken, each with
+    np.random.choice(..., replace=False), shift by 10000, and keep the first `max_samples` of each draw. The same
+    seed for every training seed: the peers' split does not change with theirs.
+    """
+    usable = n_frames - 1 - 2 * PEER_MARGIN
+    sizes = [int(f * usable) for f in fractions] if usable > 0 else [0, 0, 0]
+    if min(sizes) < 1:
+        raise DataError(f"{source}: trajectory too short for this protocol: {n_frames} frames leave "
+                        f"{max(usable, 0)} start frames after dropping the last frame and {PEER_MARGIN} at each end, "
+                        f"too few to draw {'/'.join(f'{f:g}' for f in fractions)} of them")
+    if span > PEER_MARGIN:
+        raise ConfigError(f"a window of {span} frames does not fit in the {PEER_MARGIN} frames the peers leave out")
+    rng = np.random.RandomState(PEER_SEED)
+    taken = np.zeros(usable, dtype=bool)
+    starts = {}
+    for name, size, limit in zip(SPLITS, sizes, max_windows):
+        drawn = rng.choice(np.flatnonzero(~taken), size=size, replace=False)
+        taken[drawn] = True
+        starts[name] = np.sort(drawn[:limit] if limit else drawn) + PEER_MARGIN
+    return starts
+
+
+def eqmotion_blocks(n_frames: int, layout: WindowLayout, stride: int, proportions, max_windows, seed: int,
+                    source: str = "trajectory"):
+    """Start frames of each split as EqMotion's md17/preprocess.py cuts them.
+
+    Its code: drop the last frame, cut the rest into consecutive blocks of int(T * p / 8) frames for p = 5, 1, 2,
+    and start int((block - 400) / 20) windows in each, 20 frames apart (400 = 20 frames x 20 frames apart).
+    It then shuffles each split without a seed and keeps the first 5000 / 2000 / 2000; where a split has more,
+    we keep that many chosen with `seed`.
+    """
+    usable = n_frames - 1
+    total = sum(proportions)
+    lengths = [int(usable * p / total) for p in proportions]
+    reserved = (layout.history + layout.horizon) * (layout.target_offsets[0] - layout.history_offsets[-1])
+    counts = [max(0, int((length - reserved) / stride)) for length in lengths]
+    if min(counts) < 1:
+        raise DataError(f"{source}: trajectory too short for this protocol: {n_frames} frames give "
+                        f"{'/'.join(map(str, counts))} train/val/test windows (each block needs over {reserved} "
+                        "frames)")
+    rng = np.random.default_rng(seed)
+    starts, block_start = {}, 0
+    for name, length, count, limit in zip(SPLITS, lengths, counts, max_windows):
+        split = block_start + stride * np.arange(count)
+        starts[name] = np.sort(rng.choice(split, size=limit, replace=False)) if limit and count > limit else split
+        block_start += length
+    return starts

@@ -37,6 +37,9 @@ class EGNO(GraphForecaster):
     time embedding, then `layers` blocks of [equivariant time convolution, EGNN layer on every output time]
     turn the copies into the trajectory; the output is each time's displacement from the last frame.
 
+    modes=0 leaves the time convolutions out: the official EGNO code's MD17 run does (`main_md17_no.py` defaults
+    `--use_time_conv` to False and `configs/config_md17_no.json` does not set it), so on MD17 EGNO is EGNN layers on
+    P time-embedded copies of the last frame, and `experiments/official/egno.yaml` follows it.
     Simplified relative to the paper: one radius graph (the last frame's) for all output times; one vector
     channel (the coordinates), the velocity entering through EGNN's velocity term rather than as a second
     Fourier channel; a learned time embedding instead of the paper's sinusoidal one; the pairwise coordinate
@@ -56,14 +59,16 @@ class EGNO(GraphForecaster):
         super().__init__(history, horizon, hidden, cutoff, max_z)
         max_modes = horizon // 2 + 1
         modes = max_modes if modes is None else modes
-        if not 1 <= modes <= max_modes:
-            raise ConfigError(f"model: modes={modes} must be between 1 and horizon // 2 + 1 = {max_modes}")
+        if not 0 <= modes <= max_modes:
+            raise ConfigError(f"model: modes={modes} must be between 0 (no time convolution) and horizon // 2 + 1 = "
+                              f"{max_modes}")
         if layers < 1:
             raise ConfigError(f"model: layers={layers} must be >= 1")
         self.time_embedding = nn.Embedding(horizon, hidden)
-        self.convolutions = nn.ModuleList(EquivariantTimeConvolution(hidden, modes) for _ in range(layers))
+        convolved = layers if modes > 0 else 0
+        self.convolutions = nn.ModuleList(EquivariantTimeConvolution(hidden, modes) for _ in range(convolved))
         self.layers = nn.ModuleList(EGNNLayer(hidden, self.num_rbf, cutoff) for _ in range(layers))
-        self.feature_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
+        self.feature_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(convolved))
 
     def forward(
         self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0,
@@ -77,10 +82,12 @@ class EGNO(GraphForecaster):
         velocity = atoms_to_sequences(inputs.velocity[:, -1:])  # (V, 1, 3)
         h = inputs.node[:, None] + self.time_embedding.weight[None]  # (V, P, C)
         x = last.expand(-1, self.horizon, -1)  # (V, P, 3)
-        for convolution, layer, norm in zip(self.convolutions, self.layers, self.feature_norms):
-            h_conv, x_conv = convolution(h, x - last)
-            h = norm(h + nn.functional.silu(h_conv))
-            h, x = layer(h, x + x_conv, velocity, inputs.edges, step_unit)
+        for k, layer in enumerate(self.layers):
+            if self.convolutions:
+                h_conv, x_conv = self.convolutions[k](h, x - last)
+                h = self.feature_norms[k](h + nn.functional.silu(h_conv))
+                x = x + x_conv
+            h, x = layer(h, x, velocity, inputs.edges, step_unit)
         output = (x - last) / step_unit  # (V, P, 3) in displacement-scale units
         pred = self.displace(inputs.frames + inputs.centroid, sequences_to_atoms(output, len(history)))
         return {"pred": pred, "losses": {}}

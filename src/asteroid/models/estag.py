@@ -58,11 +58,19 @@ class ESTAG(GraphForecaster):
     attention across the H frames of each atom, with the equivariant Fourier features of the history.
 
     Node features per frame: atom type, history speeds, frame embedding and the EDFT amplitudes; edge features:
-    distance RBFs and the EDFT cross spectra. After `layers` spatial + temporal rounds, the last frame's features
-    and latent coordinates feed the P-step equivariant head shared with EGNN.
-    Simplified relative to the paper: one radius graph (the last frame's) serves every frame; the EDFT enters
-    only as invariant features (no Fourier-domain coordinate update); the attention has one head; the
-    multi-step head replaces the paper's one-step output.
+    distance RBFs and the EDFT cross spectra. After `layers` spatial + temporal rounds, the forecast is the official
+    code's readout (`ESTAG.forward` in GLAD-RUC/ESTAG models/model.py, `tempo=True`), the last frame's latent
+    coordinates plus a learned combination of every frame's latent coordinates relative to them,
+    x_k = x_H + sum_t theta_kt (x_t - x_H) with theta zero at the start and one row per horizon step, plus the P-step
+    equivariant head shared with EGNN on the last frame's messages.
+    Why both: with the head alone our model reached 1.6x the official code's test MSE on the official ethanol protocol
+    and budget (7.2e-5 against 4.56e-5 A^2), and the official readout brought it to 1.2x (docs/results/faithful);
+    with the readout alone it was 14% worse than with both on our 8-step default protocol (ethanol, seed 0,
+    3 CPU-minutes: 0.0143 against 0.0126 A^2): one latent trajectory combined linearly extrapolates poorly over
+    8 steps.
+    Simplified relative to the paper: one radius graph (the last frame's) serves every frame, where the official
+    code uses the bond graph and its second neighbours; the EDFT enters only as invariant features (no
+    Fourier-domain coordinate update); the attention has one head.
     """
 
     def __init__(
@@ -79,6 +87,7 @@ class ESTAG(GraphForecaster):
         self.amplitude = nn.Linear(frequencies, hidden)
         self.spatial = nn.ModuleList(EGNNLayer(hidden, edge_dim, cutoff) for _ in range(layers))
         self.temporal = nn.ModuleList(EquivariantTemporalAttention(hidden) for _ in range(layers))
+        self.readout = nn.Parameter(torch.zeros(horizon, history))  # theta (P, H): starts as the latent last frame
         self.head = MultiStepHead(hidden, edge_dim, cutoff, horizon)
 
     def forward(
@@ -98,6 +107,10 @@ class ESTAG(GraphForecaster):
         for spatial, temporal in zip(self.spatial, self.temporal):
             h, x = spatial(h, x, velocity, edges, unit)
             h, x = temporal(h, x)
-        output = self.head(h[:, -1:], x[:, -1:], velocity[:, -1:] / unit, edges)  # (V, P, 3)
+        last = x[:, -1:]  # (V, 1, 3) latent coordinates of the last frame
+        moved = last + torch.einsum("ph,vhc->vpc", self.readout, x - last)  # (V, P, 3)
+        start = atoms_to_sequences(inputs.frames[:, -1:])  # (V, 1, 3) the true last frame
+        output = (moved - start) / self.displacement_scale[:, None]  # (V, P, 3) in displacement-scale units
+        output = output + self.head(h[:, -1:], x[:, -1:], velocity[:, -1:] / unit, edges)
         pred = self.displace(inputs.frames + inputs.centroid, sequences_to_atoms(output, len(history)))
         return {"pred": pred, "losses": {}}
