@@ -140,6 +140,7 @@ def test_peer_presets_give_the_official_loaders_windows(tmp_path, protocol):
                 assert (history, target) == ([st, st + 1], [st + 3000])
             else:  # traj = x_period[20 j: 20 j + 400: 20], 10 frames in and 10 out
                 assert history + target == list(range(st, st + 400, 20))
+    assert dm.split_summary()["split_seed"] == (7 if protocol == "eqmotion" else 100)
     if protocol != "eqmotion":  # the peers' fixed seed 100, not data.seed
         np.testing.assert_array_equal(dm.datasets["test"].index[:, 1], peer_random_starts(
             20401, dm.layout.span, (0.1, 0.05, 0.05), (500, 2000, 2000))["test"])

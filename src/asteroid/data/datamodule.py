@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from asteroid.data.md17 import DATASETS, resolve_dataset
 from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset, protein_files
 from asteroid.data.readers import load_trajectory
-from asteroid.data.windows import (PROTOCOLS, SPLITS, WindowLayout, chronological_starts, eqmotion_blocks,
-                                   peer_random_starts)
+from asteroid.data.windows import (PEER_SEED, PROTOCOLS, SPLITS, WindowLayout, chronological_starts,
+                                   eqmotion_blocks, peer_random_starts)
 from asteroid.errors import ConfigError, DataError
 from asteroid.fileio import atomic_output
 
@@ -269,6 +269,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
             "history_offsets": list(self.layout.history_offsets),
             "target_offsets": list(self.layout.target_offsets),
             "stride": self.stride, "seed": self.seed, "heavy_atoms": self.heavy_atoms,
+            "split_seed": PEER_SEED if self.protocol.split == "peer_random" else self.seed,
             "trajectories": [
                 {"source": t["source"], "n_frames": t["n_frames"], "dt_fs": t["dt_fs"], "periodic": t["periodic"],
                  **{name: {"windows": len(s), "first_start": int(s[0]), "last_start": int(s[-1])}
