@@ -25,6 +25,21 @@ def test_the_budget_fraction_is_zero_before_training_starts():
     assert budget.fraction_used() == 0.0
 
 
+def test_a_resumed_budget_goes_on_from_what_its_checkpoint_spent():
+    now = [100.0]
+    budget = CPUTimeBudget(minutes=1.0, clock=lambda: now[0])
+    budget.on_train_start(None, None)
+    now[0] = 130.0
+    state = budget.state_dict()
+    assert state == {"spent": 30.0} and budget.fraction_used() == 0.5
+    resumed = CPUTimeBudget(minutes=1.0, clock=lambda: now[0])
+    resumed.load_state_dict(state)
+    assert resumed.fraction_used() == 0.5  # before training starts again: what the checkpoint spent
+    resumed.on_train_start(None, None)
+    now[0] = 142.0
+    assert resumed.fraction_used() == pytest.approx(0.7)
+
+
 class Recorder(pl.Callback):
     """(step, learning rate, scheduled-sampling probability) at the start of every training step."""
 
@@ -77,3 +92,22 @@ def test_without_a_budget_the_schedule_follows_max_steps(tmp_path, monkeypatch):
     # (step + 1) / warmup_steps, then a cosine over (step - warmup_steps) / (max_steps - warmup_steps)
     assert lrs == pytest.approx([peak * f for f in (0.5, 1.0)] +
                                 [peak * 0.5 * (1 + math.cos(math.pi * (s - 2) / 6)) for s in range(2, 8)])
+
+
+def test_the_budget_spent_travels_with_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, **{"--trainer.max_steps": "1000", "--trainer.max_epochs": "-1",
+                                  "--trainer.limit_train_batches": "1.0"})
+    cli = from_config(args)
+    trainer = None
+    budget = CPUTimeBudget(minutes=1.0, clock=lambda: 6.0 * trainer.global_step)  # 6 fake CPU-seconds per step
+    trainer = pl.Trainer(max_steps=4, callbacks=[budget], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    trainer.save_checkpoint(tmp_path / "four.ckpt")
+    resumed_budget = CPUTimeBudget(minutes=1.0, clock=lambda: 0.0)
+    resumed = pl.Trainer(max_steps=5, callbacks=[resumed_budget], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    cli = from_config(args)
+    resumed.fit(cli.model, datamodule=cli.datamodule, ckpt_path=tmp_path / "four.ckpt")
+    assert resumed_budget.spent_before == 24.0  # the four steps before the checkpoint

@@ -110,7 +110,8 @@ def run_once(molecule_file: Path, model_file: Path, seed: int, budget_minutes: f
                str(model_file), "--name", name, "--seed_everything", str(seed), "--data.seed", str(seed),
                "--data.protocol", protocol, *budget, "--trainer.enable_progress_bar", "false", *overrides, *extra]
     print("$ " + shlex.join(command), flush=True)
-    # One thread per run: the CPU-time budget then measures the same compute for every model, busy machine or not.
+    # One thread per run, so that CPU time measures the run's own compute. It is still the machine's: two of our
+    # machines differed 1.5-2x in steps per CPU-minute, so a table's runs belong on one machine.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -253,8 +254,9 @@ def main(argv: list[str]) -> int:
                         help="training CPU time per run (single-threaded); 0: no budget, every model to its max_steps")
     parser.add_argument("--protocol", default="default", choices=list(PROTOCOLS), help="window/split protocol")
     parser.add_argument("--frames", type=int, default=None,
-                        help="generate each molecule's trajectory this long, in a file of its own (for the peers' "
-                        "protocols, which need about 27,500 frames)")
+                        help="generate each molecule's trajectory this long, in a file of its own, for the peers' "
+                        "protocols (GMN, EGNO and ESTAG leave out 10,000 frames at each end and draw 10%% of the rest "
+                        "for training: 25,001 frames give their 500 training windows)")
     parser.add_argument("--experiments", default="experiments", help="folder of the experiment configs")
     parser.add_argument("--out", default="docs/results", help="folder of accuracy.csv and accuracy.md")
     parser.add_argument("--runs", default="compare", help="the runs go to runs/RUNS/<protocol>/<molecule>/<model>/")

@@ -27,12 +27,22 @@ class CPUTimeBudget(Callback):
         self.seconds = 60.0 * minutes
         self.clock = clock
         self.start: float | None = None  # set when training starts: set-up and data loading are not charged
+        self.spent_before = 0.0  # CPU seconds of the run before it was resumed, from its checkpoint
+
+    def used(self) -> float:
+        """CPU seconds of training so far, resumed runs included."""
+        return self.spent_before + (self.clock() - self.start if self.start is not None else 0.0)
 
     def fraction_used(self) -> float:
         """Share of the budget spent so far: 0 before training starts, 1 (or more) once it is spent."""
-        if self.start is None:
-            return 0.0
-        return (self.clock() - self.start) / self.seconds if self.seconds > 0 else 1.0
+        return self.used() / self.seconds if self.seconds > 0 else 1.0
+
+    # A resumed run goes on with the budget it had left, and its schedule from where it was.
+    def state_dict(self) -> dict:
+        return {"spent": self.used()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.spent_before = state_dict["spent"]
 
     def on_train_start(self, trainer, pl_module):
         self.start = self.clock()
