@@ -84,7 +84,7 @@ def test_peer_random_starts_are_the_official_loaders_starts(n_frames, limits):
         assert [len(ours[k]) for k in SPLITS] == [500, 999, 999]
 
 
-def test_peer_random_starts_ignore_the_training_seed_and_fit_their_windows():
+def test_peer_random_starts_are_disjoint_and_fit_their_windows():
     starts = peer_random_starts(21001, 3001, (0.1, 0.05, 0.05), (500, 2000, 2000))
     every = np.concatenate([starts[k] for k in SPLITS])
     assert len(set(every.tolist())) == len(every)  # disjoint
