@@ -4,8 +4,8 @@
 
 Systems: copies of ethanol (9 atoms) on a cubic grid SPACING Angstrom apart, each copy jittered per frame (about
 15 neighbours per atom within the 5 Angstrom cutoff at 10,000 atoms, fewer in the smaller, more surface-heavy
-grids). Model: the experiments' ASTEROID (hidden 64, 4 heads, 2 encoder and 1 decoder layers, cutoff 5 Angstrom,
-16 RBFs, STI on) with global attention through 32 latent tokens, and neighbours from the cell list above 128 atoms
+grids). Model: the experiments' ASTEROID (base.yaml's settings: cutoff 5 Angstrom, 16 RBFs, STI on) with global
+attention through 32 latent tokens, and neighbours from the cell list above 128 atoms
 ("auto"); one window (batch 1) of 8 history and 8 horizon frames. A training step is what ForecastModule does per batch: random rotation, forward with
 teacher forcing and scheduled sampling, forecast + weighted STI losses, backward, AdamW step. An inference step is
 one forecast under torch.no_grad().
@@ -15,8 +15,7 @@ seconds is the median over the timed steps, after one warm-up step, of the proce
 getrusage) during the step: with one thread that is the step's compute time, and unlike wall time it does not
 count the time other jobs on a shared machine hold the cores (wall time is printed beside it). User and system
 time are printed apart, with the slope of the user time alone: the system part is page faults, which grew faster
-than the rest (glibc maps every block above 32 MB afresh, and the kernel zeroes its pages at each step) until local
-attention came to work in chunks below that size (asteroid.models.spatial.CHUNK_EDGE_VALUES).
+than the rest (glibc maps every block above 32 MB afresh, and the kernel zeroes its pages at each step).
 peak_mb is that process's peak resident memory (getrusage ru_maxrss, MiB), so it includes the interpreter, torch
 and the model (`idle_mb`, printed per run, is the peak before the first step).
 

@@ -68,7 +68,7 @@ def tiny_args(tmp_path, name="tiny", **overrides):
         "--data.sources": json.dumps([{"path": str(npz)}]),
         "--data.history": "3", "--data.horizon": "2", "--data.spacing": "2", "--data.batch_size": "8",
         "--data.cache_dir": str(tmp_path / "cache"),
-        "--model.net.init_args.hidden": "16", "--model.net.init_args.encoder_layers": "1",
+        "--model.net.init_args.hidden": "16", "--model.net.init_args.spatial_layers": "1",
         "--trainer.max_steps": "-1", "--trainer.max_epochs": "4", "--trainer.val_check_interval": "null",
         "--trainer.check_val_every_n_epoch": "1", "--trainer.limit_train_batches": "5",
         "--trainer.limit_val_batches": "2", "--trainer.limit_test_batches": "2",

@@ -8,9 +8,9 @@ import torch
 
 from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource
 from asteroid.errors import ConfigError, DataError
-from asteroid.models.egnn import EGNN
-from asteroid.models.egno import EGNO, EquivariantTimeConvolution
-from asteroid.models.estag import ESTAG, equivariant_spectrum
+from asteroid.models.baselines.egnn import EGNN
+from asteroid.models.baselines.egno import EGNO, EquivariantTimeConvolution
+from asteroid.models.baselines.estag import ESTAG, equivariant_spectrum
 from asteroid.module import ForecastModule
 from helpers import write_toy_trajectory
 

@@ -4,8 +4,8 @@ import torch
 
 from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource
 from asteroid.errors import ConfigError
-from asteroid.models.extrapolation import LastFrame, LinearExtrapolation, QuadraticExtrapolation
-from asteroid.models.sequence import LSTMForecaster, TransformerForecaster
+from asteroid.models.baselines.extrapolation import LastFrame, LinearExtrapolation, QuadraticExtrapolation
+from asteroid.models.baselines.sequence import LSTMForecaster, TransformerForecaster
 from asteroid.module import ForecastModule
 from helpers import write_toy_trajectory
 

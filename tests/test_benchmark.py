@@ -1,4 +1,5 @@
-"""`asteroid benchmark`: the per-picosecond arithmetic, its inputs, the accuracy lookup and a run on a tiny model."""
+"""`asteroid benchmark`: the per-picosecond arithmetic, its inputs, the FLOP count, the checkpoint's test MSE and a run
+on a tiny model."""
 import json
 from pathlib import Path
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 from ase.build import molecule
 
-from asteroid.benchmark import (WATER_SPACING, ballistic_history, config_molecule, main, mean_test_mse,
-                                model_seconds_per_ps, seconds_per_ps, thermal_speed, water_cluster)
+from asteroid.benchmark import (WATER_SPACING, ballistic_history, checkpoint_test_mse, config_molecule,
+                                forecast_flops, main, model_seconds_per_ps, seconds_per_ps, thermal_speed,
+                                water_cluster)
 from asteroid.cli import main as cli_main
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError, DataError
@@ -18,7 +20,8 @@ from helpers import ETHANOL_Z, write_toy_trajectory
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 KEYS = {"molecule", "n_atoms", "spacing", "device", "md_seconds_per_ps", "model_seconds_per_ps",
-        "model_batched_seconds_per_ps", "batch", "speedup", "speedup_batched", "test_mse"}
+        "model_batched_seconds_per_ps", "batch", "speedup", "speedup_batched", "flops_per_forecast", "flops_per_ps",
+        "test_mse"}
 POSITIVE = KEYS - {"molecule", "device", "test_mse"}
 
 
@@ -53,17 +56,26 @@ def test_water_cluster_is_whole_molecules_on_a_grid():
     assert not np.allclose(water_cluster(10, seed=1).positions, cluster.positions)
 
 
-def test_test_mse_is_the_mean_over_seeds_and_steps_of_the_model(tmp_path):
-    table = tmp_path / "accuracy.csv"
-    table.write_text("molecule,model,seed,step,mse,mae,rmsd\n"
-                     "ethanol,asteroid,0,1,0.1,0,0\nethanol,asteroid,0,2,0.3,0,0\nethanol,asteroid,1,1,0.2,0,0\n"
-                     "ethanol,egnn,0,1,9.0,0,0\naspirin,asteroid,0,1,5.0,0,0\n")
-    assert mean_test_mse(table, "ethanol") == pytest.approx(0.2)
-    assert mean_test_mse(table, "uracil") is None
-    assert mean_test_mse(tmp_path / "missing.csv", "ethanol") is None
-    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(DataError, match="bad.csv: not an accuracy table"):
-        mean_test_mse(tmp_path / "bad.csv", "ethanol")
+def test_test_mse_is_the_checkpoints_own_mean_over_horizon_steps(tmp_path):
+    run = tmp_path / "runs/x/version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints/best.ckpt"
+    ckpt.write_bytes(b"")
+    assert checkpoint_test_mse(str(ckpt)) is None  # no test table yet
+    assert checkpoint_test_mse(None) is None  # untrained
+    (run / "test_metrics.csv").write_text("model,step,mse,mae\nAsteroid,1,0.1,0\nAsteroid,2,0.3,0\n"
+                                          "Asteroid,mean,0.2,0\nconstant,1,9.0,0\nlinear,1,7.0,0\n")
+    assert checkpoint_test_mse(str(ckpt)) == pytest.approx(0.2)
+    (run / "test_metrics.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="test_metrics.csv: not a test table"):
+        checkpoint_test_mse(str(ckpt))
+
+
+def test_flops_of_a_forecast_grow_with_the_molecule():
+    net = Asteroid(3, 2, hidden=16, heads=2, spatial_layers=1).eval()
+    small, large = forecast_flops(net, molecule("H2O"), torch.device("cpu")), forecast_flops(
+        net, molecule("CH3CH2OH"), torch.device("cpu"))
+    assert 0 < small < large
 
 
 def test_the_molecule_of_a_config_is_its_built_in_structure_or_first_frame(tmp_path):
@@ -87,7 +99,7 @@ def test_the_molecule_of_a_config_is_its_built_in_structure_or_first_frame(tmp_p
 
 
 def test_model_time_is_per_trajectory_and_positive():
-    net = Asteroid(3, 2, hidden=16, heads=2, encoder_layers=1).eval()
+    net = Asteroid(3, 2, hidden=16, heads=2, spatial_layers=1).eval()
     seconds = model_seconds_per_ps(net, molecule("CH3CH2OH"), trajectories=4, forecasts=2, frame_fs=5.0,
                                    device=torch.device("cpu"), repeats=1, clock="cpu")
     assert 0 < seconds < 100
@@ -105,19 +117,16 @@ data:
   spacing: 4
 model:
   net:
-    init_args: {{hidden: 16, heads: 2, encoder_layers: 1}}
+    init_args: {{hidden: 16, heads: 2, spatial_layers: 1}}
 """)
     return config
 
 
 @pytest.mark.integration
 def test_benchmark_writes_positive_figures_for_every_molecule(tmp_path, capsys):
-    table = tmp_path / "accuracy.csv"
-    table.write_text("molecule,model,seed,step,mse,mae,rmsd\nethanol,asteroid,0,1,0.01,0,0\n")
     out = tmp_path / "bench.json"
     assert main(["--config", str(tiny_config(tmp_path)), "--water", "2", "--batch", "3", "--forecasts", "1",
-                 "--md-steps", "2", "--md-warmup", "1", "--repeats", "1", "--accuracy", str(table),
-                 "--json", str(out)]) == 0
+                 "--md-steps", "2", "--md-warmup", "1", "--repeats", "1", "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     assert [r["molecule"] for r in results] == ["ethanol", "water2"]
     for result in results:
@@ -125,10 +134,13 @@ def test_benchmark_writes_positive_figures_for_every_molecule(tmp_path, capsys):
         assert all(result[key] > 0 for key in POSITIVE), result
         assert result["weights"] == "untrained" and result["batch"] == 3 and result["spacing"] == 4
         assert result["speedup"] == pytest.approx(result["md_seconds_per_ps"] / result["model_seconds_per_ps"])
-    assert results[0]["n_atoms"] == 9 and results[0]["test_mse"] == pytest.approx(0.01)
-    assert results[1]["n_atoms"] == 6 and results[1]["test_mse"] is None
+    assert results[0]["n_atoms"] == 9 and results[1]["n_atoms"] == 6
+    assert results[0]["test_mse"] is None and results[1]["test_mse"] is None  # untrained: no test of its own
+    # FLOPs per picosecond: one forecast of 2 frames 4 x 0.5 fs apart every 4 fs, 250 forecasts per picosecond
+    assert results[0]["flops_per_ps"] == pytest.approx(250 * results[0]["flops_per_forecast"])
+    assert results[1]["flops_per_forecast"] < results[0]["flops_per_forecast"]  # 6 atoms against 9
     printed = capsys.readouterr().out
-    assert "| ethanol | 9 | 4 |" in printed and "no 'asteroid' rows for water2" in printed
+    assert "| ethanol | 9 | 4 |" in printed and "MFLOP per ps" in printed
 
 
 def test_bad_invocations_are_one_line_errors(tmp_path, capsys):

@@ -1,21 +1,26 @@
-"""The full ASTEROID model: interface, ablations, invariances, padding, causality, training."""
+"""The full ASTEROID model: interface, ablations, exact E(3) and permutation equivariance, padding, causality,
+the FLOP budget, training."""
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from asteroid.errors import ConfigError, DataError
 from asteroid.models import Asteroid, ForecastModel
 
 H, P, N = 4, 3, 6
-SMALL = dict(hidden=16, heads=2, encoder_layers=1, decoder_layers=1, cutoff=3.0, num_rbf=8)
+SMALL = dict(hidden=16, temporal_hidden=8, vector_channels=8, heads=2, spatial_layers=1, cutoff=3.0, num_rbf=8)
 ABLATIONS = [
     {},
     {"sti": False},
     {"local_attention": False},
     {"global_attention": False},
-    {"autoregressive": False},
+    {"autoregressive": True},
     {"sti_delay": P + 3},
+    {"temporal_layers": 0},
+    {"latent_tokens": 2},
 ]
+DECODERS = pytest.mark.parametrize("overrides", [{}, {"autoregressive": True}], ids=["direct", "stepwise"])
 
 
 def make_model(**overrides) -> Asteroid:
@@ -49,13 +54,78 @@ def test_shapes_and_losses_for_every_ablation(overrides):
         assert trained["losses"] == inferred["losses"] == {}
 
 
+@pytest.mark.parametrize("overrides", ABLATIONS[1:], ids=lambda o: ",".join(o))
+def test_every_ablation_switch_changes_the_forecast(overrides):
+    torch.manual_seed(0)
+    full = make_model()
+    torch.manual_seed(0)
+    ablated = make_model(**overrides)
+    shared = {k: v for k, v in full.state_dict().items() if k in ablated.state_dict()
+              and ablated.state_dict()[k].shape == v.shape}
+    ablated.load_state_dict(shared, strict=False)  # same weights wherever both have them
+    history, _, z, mask = make_batch()
+    assert not torch.allclose(ablated(history, z, mask)["pred"], full(history, z, mask)["pred"], atol=1e-6)
+
+
+def random_orthogonal(reflect: bool) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+    if (torch.det(q) < 0) != reflect:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+@pytest.mark.parametrize("overrides", [{}, {"autoregressive": True}, {"latent_tokens": 2}],
+                         ids=["direct", "stepwise", "latent"])
+@pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
+def test_exact_e3_equivariance_without_augmentation(overrides, reflect):
+    """Rotating or reflecting and translating the history does the same to the forecast, to float64 rounding, and
+    leaves the STI losses unchanged: the equivariance is built in, not learned."""
+    torch.manual_seed(1)
+    model = make_model(**overrides).double()
+    history, target, z, mask = (t.double() if t.is_floating_point() else t for t in make_batch())
+    q, shift = random_orthogonal(reflect), torch.tensor([3.0, -7.5, 12.0], dtype=torch.float64)
+    out = model(history, z, mask, target)
+    moved = model(history @ q.T + shift, z, mask, target @ q.T + shift)
+    torch.testing.assert_close(moved["pred"], out["pred"] @ q.T + shift, atol=1e-10, rtol=0)
+    for name, loss in out["losses"].items():
+        torch.testing.assert_close(moved["losses"][name], loss, atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
+def test_exact_e3_equivariance_in_a_periodic_cell(reflect):
+    """In a cell, the cell turns with the atoms: the forecast turns with them and sees the same images."""
+    torch.manual_seed(2)
+    model = make_model().double()
+    history, _, z, mask = (t.double() if t.is_floating_point() else t for t in make_batch())
+    box = torch.diag(torch.tensor([6.5, 7.0, 7.5], dtype=torch.float64)).expand(3, 3, 3)
+    q = random_orthogonal(reflect)
+    pred = model(history, z, mask, box=box)["pred"]
+    turned = model(history @ q.T + 1.5, z, mask, box=box @ q.T)["pred"]
+    torch.testing.assert_close(turned, pred @ q.T + 1.5, atol=1e-10, rtol=0)
+    assert (pred - model(history, z, mask)["pred"]).abs().max() > 1e-6  # the images were seen
+
+
+def test_flops_per_forecast_within_the_budget():
+    """The shipped configuration on ethanol (9 atoms, 8 frames in and 8 out, 5 fs apart: 25 forecasts per simulated
+    picosecond) costs at most 100 MFLOP per picosecond, counted by torch's FLOP counter."""
+    model = Asteroid(8, 8).eval()
+    history = torch.randn(1, 1, 9, 3) + 0.05 * torch.randn(1, 8, 9, 3).cumsum(dim=1)
+    z = torch.tensor([[6, 6, 8, 1, 1, 1, 1, 1, 1]])
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(history, z, torch.ones(1, 9, dtype=torch.bool))
+    forecasts_per_ps = 1000.0 / (8 * 5.0)
+    assert 1e6 < counter.get_total_flops() * forecasts_per_ps <= 100e6
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="local_attention and global_attention are both off"):
         Asteroid(H, P, local_attention=False, global_attention=False)
     with pytest.raises(ConfigError, match="sti_delay=3 must be >= horizon \\+ 1 = 4"):
         Asteroid(H, P, sti_delay=3)
-    with pytest.raises(ConfigError, match="hidden=30 is not divisible by heads=4"):
+    with pytest.raises(ConfigError, match="hidden=30, temporal_hidden=16 and vector_channels=16 must all be divisible"):
         Asteroid(H, P, hidden=30)
+    with pytest.raises(ConfigError, match="spatial_layers=0 >= 1"):
+        Asteroid(H, P, spatial_layers=0)
     with pytest.raises(ConfigError, match="history and horizon must be >= 1"):
         Asteroid(0, P)
 
@@ -95,18 +165,6 @@ def test_prediction_is_last_frame_plus_scaled_output():
     torch.testing.assert_close(pred[:, 1], history[:, -1] + 0.1 * output[:, 1])
 
 
-@pytest.mark.parametrize("with_target", [False, True])
-def test_translation_invariance(with_target):
-    model = make_model()
-    history, target, z, mask = make_batch()
-    shift = torch.tensor([3.0, -7.5, 12.0])
-    out = model(history, z, mask, target if with_target else None)
-    moved = model(history + shift, z, mask, target + shift if with_target else None)
-    torch.testing.assert_close(moved["pred"], out["pred"] + shift, atol=1e-4, rtol=0)
-    for name, loss in out["losses"].items():
-        torch.testing.assert_close(moved["losses"][name], loss, atol=1e-5, rtol=1e-4)
-
-
 def test_permuting_atoms_permutes_predictions():
     model = make_model()
     history, target, z, mask = make_batch()
@@ -118,7 +176,7 @@ def test_permuting_atoms_permutes_predictions():
         torch.testing.assert_close(permuted["losses"][name], loss, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"autoregressive": False}], ids=["autoregressive", "direct"])
+@DECODERS
 def test_padded_atoms_do_not_change_real_atoms(overrides):
     model = make_model(**overrides)
     history, target, z, mask = make_batch(B=2)
@@ -148,7 +206,7 @@ def test_molecules_of_different_size_share_a_batch():
     torch.testing.assert_close(together[1:, :, :small], alone, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"autoregressive": False}], ids=["autoregressive", "direct"])
+@DECODERS
 def test_changing_a_target_step_never_changes_earlier_steps(overrides):
     model = make_model(**overrides)
     history, target, z, mask = make_batch()
@@ -159,14 +217,14 @@ def test_changing_a_target_step_never_changes_earlier_steps(overrides):
         pred_changed = model(history, z, mask, changed)["pred"]
         # Step k is fed target k-1, so steps <= k do not see target k at all.
         torch.testing.assert_close(pred_changed[:, : k + 1], pred[:, : k + 1], atol=0, rtol=0)
-        if model.decoder.autoregressive and k + 1 < P:
+        if model.autoregressive and k + 1 < P:
             assert not torch.allclose(pred_changed[:, k + 1], pred[:, k + 1])
-        if not model.decoder.autoregressive:
+        if not model.autoregressive:
             torch.testing.assert_close(pred_changed, pred, atol=0, rtol=0)
 
 
 def test_scheduled_sampling_extremes():
-    model = make_model()
+    model = make_model(autoregressive=True)
     history, target, z, mask = make_batch()
     inferred = model(history, z, mask)["pred"]
     # Probability 1: every step is fed the model's own prediction, exactly as at inference.
@@ -177,8 +235,9 @@ def test_scheduled_sampling_extremes():
     assert not torch.allclose(model(history, z, mask, target)["pred"], inferred)
 
 
-def test_every_parameter_gets_a_gradient():
-    model = make_model().train()
+@DECODERS
+def test_every_parameter_gets_a_gradient(overrides):
+    model = make_model(**overrides).train()
     history, target, z, mask = make_batch()
     out = model(history, z, mask, target, sampling_prob=0.5)
     loss = ((out["pred"] - target) ** 2).mean() + sum(out["losses"].values())

@@ -1,20 +1,16 @@
-"""Building blocks of ASTEROID: neighbour graphs, spatial attention, temporal encoder and decoder."""
+"""Building blocks of ASTEROID: neighbour graphs, scalar-vector attention, spatial blocks, encoder and decoders."""
 
 import numpy as np
 import pytest
 import torch
 
-from asteroid.models.neighbors import radius_neighbors
-from asteroid.models.spatial import GlobalAttention, LocalAttention, RadiusGraph, SpatialBlock
-from asteroid.models.temporal import (
-    AutoregressiveDecoder,
-    TemporalEncoder,
-    atoms_to_sequences,
-    frame_velocities,
-    sequences_to_atoms,
-)
+from asteroid.models.asteroid.layers import EquivariantAttention, EquivariantFeedForward
+from asteroid.models.asteroid.spatial import DenseAttention, LocalAttention, SpatialBlock
+from asteroid.models.asteroid.temporal import DirectDecoder, StepwiseDecoder, TemporalEncoder, frame_geometry
+from asteroid.models.base import atoms_to_sequences, frame_velocities, sequences_to_atoms
+from asteroid.models.neighbors import RadiusGraph, radius_neighbors
 
-C, HEADS, RBF, CUTOFF = 16, 2, 8, 2.0
+C, CV, HEADS, RBF, CUTOFF = 16, 4, 2, 8, 2.0
 
 
 def brute_force_neighbors(pos: np.ndarray, mask: np.ndarray, cutoff: float) -> dict:
@@ -67,52 +63,82 @@ def test_radius_graph_features():
 
 
 def test_local_attention_sees_only_atoms_within_cutoff():
-    attention = LocalAttention(C, HEADS, RBF)
-    radius = RadiusGraph(CUTOFF, RBF)
-    x = torch.randn(2, 5, C)
+    attention = LocalAttention(C, CV, HEADS, RBF)
     pos = torch.randn(2, 5, 3) * 0.3
     pos[:, 4] = torch.tensor([10.0, 0.0, 0.0])  # far from everything
     mask = torch.ones(2, 5, dtype=torch.bool)
-    out = attention(x, radius(pos, mask))
-    assert out.shape == (2, 5, C)
-    x_moved = x.clone()
-    x_moved[:, 4] = torch.randn(2, C)
-    out_moved = attention(x_moved, radius(pos, mask))
-    torch.testing.assert_close(out_moved[:, :4], out[:, :4])
-    # An isolated atom aggregates nothing: only the output bias is left.
-    torch.testing.assert_close(out[:, 4], attention.out.bias.expand(2, C))
+    geometry = frame_geometry(pos, mask, RadiusGraph(CUTOFF, RBF), None)
+    s, v = torch.randn(10, C), torch.randn(10, 3, CV)
+    out_s, out_v = attention(s, v, geometry.graph, geometry.relative)
+    assert out_s.shape == (10, C) and out_v.shape == (10, 3, CV)
+    moved_s, moved_v = s.clone(), v.clone()
+    moved_s[[4, 9]], moved_v[[4, 9]] = torch.randn(2, C), torch.randn(2, 3, CV)
+    near_s, near_v = attention(moved_s, moved_v, geometry.graph, geometry.relative)
+    near = [0, 1, 2, 3, 5, 6, 7, 8]
+    torch.testing.assert_close(near_s[near], out_s[near])
+    torch.testing.assert_close(near_v[near], out_v[near])
+    # An isolated atom aggregates nothing: only the output bias is left, and no vector.
+    torch.testing.assert_close(out_s[[4, 9]], attention.out.bias.expand(2, C))
+    assert (out_v[[4, 9]] == 0).all()
 
 
-def test_global_attention_ignores_padding():
-    attention = GlobalAttention(C, HEADS)
-    x = torch.randn(3, 6, C)
+def test_equivariant_attention_weights_are_invariant_and_padding_is_ignored():
+    attention = EquivariantAttention(C, CV, HEADS, positions=True)
+    s, v, positions = torch.randn(3, 6, C), torch.randn(3, 6, 3, CV), torch.randn(3, 6, 3)
     mask = torch.ones(3, 6, dtype=torch.bool)
     mask[:, 4:] = False
-    out = attention(x, mask)
-    assert out.shape == (3, 6, C)
-    x_padded = x.clone()
-    x_padded[:, 4:] = 100.0 * torch.randn(3, 2, C)
-    torch.testing.assert_close(attention(x_padded, mask)[:, :4], out[:, :4])
+    out_s, out_v = attention(s, v, mask, positions)
+    padded_s, padded_v = s.clone(), v.clone()
+    padded_s[:, 4:], padded_v[:, 4:] = 100.0, 100.0
+    moved = positions.clone()
+    moved[:, 4:] = -50.0
+    again_s, again_v = attention(padded_s, padded_v, mask, moved)
+    torch.testing.assert_close(again_s[:, :4], out_s[:, :4])
+    torch.testing.assert_close(again_v[:, :4], out_v[:, :4])
+    q, _ = torch.linalg.qr(torch.randn(3, 3))
+    turned_s, turned_v = attention(s, (q @ v), mask, positions @ q.T + 2.0)
+    torch.testing.assert_close(turned_s, out_s, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(turned_v, q @ out_v, atol=1e-5, rtol=1e-5)
+
+
+def test_feed_forward_rescales_vectors_by_invariants_only():
+    block = EquivariantFeedForward(C, CV)
+    s, v = torch.randn(5, C), torch.randn(5, 3, CV)
+    out_s, out_v = block(s, v)
+    q, _ = torch.linalg.qr(torch.randn(3, 3))
+    turned_s, turned_v = block(s, q @ v)
+    torch.testing.assert_close(turned_s, out_s, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(turned_v, q @ out_v, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_attention_ignores_padding():
+    attention = DenseAttention(C, CV, HEADS)
+    s, v, pos = torch.randn(3, 6, C), torch.randn(3, 6, 3, CV), torch.randn(3, 6, 3)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[:, 4:] = False
+    out_s, _ = attention(s, v, mask, pos)
+    s_padded = s.clone()
+    s_padded[:, 4:] = 100.0 * torch.randn(3, 2, C)
+    torch.testing.assert_close(attention(s_padded, v, mask, pos)[0][:, :4], out_s[:, :4])
 
 
 @pytest.mark.parametrize("local,global_", [(True, True), (True, False), (False, True)])
 def test_spatial_block_shapes_and_padding(local, global_):
-    block = SpatialBlock(C, HEADS, RBF, local, global_)
-    x = torch.randn(4, 6, C)
-    pos = torch.randn(4, 6, 3)
+    block = SpatialBlock(C, CV, HEADS, RBF, local, global_)
+    s, v, pos = torch.randn(4, 6, C), torch.randn(4, 6, 3, CV), torch.randn(4, 6, 3)
     mask = torch.ones(4, 6, dtype=torch.bool)
     mask[:, 5] = False
-    graph = RadiusGraph(CUTOFF, RBF)(pos, mask) if local else None
-    out = block(x, mask, graph)
-    assert out.shape == (4, 6, C)
-    x_padded = x.clone()
-    x_padded[:, 5] = torch.randn(4, C)
-    torch.testing.assert_close(block(x_padded, mask, graph)[:, :5], out[:, :5])
+    geometry = frame_geometry(pos, mask, RadiusGraph(CUTOFF, RBF) if local else None, None)
+    out_s, out_v = block(s, v, *geometry)
+    assert out_s.shape == (4, 6, C) and out_v.shape == (4, 6, 3, CV)
+    s_padded = s.clone()
+    s_padded[:, 5] = torch.randn(4, C)
+    torch.testing.assert_close(block(s_padded, v, *geometry)[0][:, :5], out_s[:, :5])
 
 
 def test_spatial_block_needs_an_attention():
     with pytest.raises(ValueError, match="local or global"):
-        SpatialBlock(C, HEADS, RBF, local=False, global_=False)
+        SpatialBlock(C, CV, HEADS, RBF, local=False, global_=False)
 
 
 def test_sequence_layout_round_trip_and_velocities():
@@ -132,13 +158,22 @@ def test_encoder_and_decoder_shapes():
     z = torch.randint(1, 9, (B, N))
     mask = torch.ones(B, N, dtype=torch.bool)
     frames = torch.randn(B, H, N, 3)
-    encoder = TemporalEncoder(H, C, HEADS, 2, RBF, CUTOFF, True, True, max_z=10)
-    memory = encoder(z, frames, mask, torch.full((P,), 0.1))
-    assert memory.shape == (B, H, N, C)
-    for autoregressive in (True, False):
-        decoder = AutoregressiveDecoder(P, C, HEADS, 2, RBF, CUTOFF, True, True, 10, autoregressive)
-        scale = torch.full((P,), 0.1)
-        out = decoder(memory, z, mask, frames[:, -1], frames[:, -1] - frames[:, -2], scale)
-        assert out.shape == (B, P, N, 3)
-        seeded = decoder(memory, z, mask, frames[:, -1], frames[:, -1] - frames[:, -2], scale, torch.randn(B, P, N, C))
-        assert not torch.allclose(seeded, out)  # the seed reaches the queries
+    radius = RadiusGraph(CUTOFF, RBF)
+    geometry = frame_geometry(frames[:, -1], mask, radius, None)
+    encoder = TemporalEncoder(H, C, 8, CV, HEADS, 1, 2, RBF, True, True, max_z=10, latent_tokens=None)
+    velocity = frame_velocities(frames)
+    memory = encoder(z, velocity, frames - frames[:, -1:], geometry)
+    assert memory.s.shape == (B * N, H, 8) and memory.v.shape == (B * N, H, 3, CV)
+    assert memory.present_s.shape == (B * N, C) and memory.present_v.shape == (B * N, 3, CV)
+    scale = torch.full((P,), 0.1)
+    seed = torch.randn(B * N, P, 3)
+    direct = DirectDecoder(P, C, 8, CV, HEADS)
+    stepwise = StepwiseDecoder(P, C, 8, CV, HEADS, RBF, True, True, 10, None)
+    outputs = {
+        "direct": (direct(memory, None), direct(memory, seed)),
+        "stepwise": tuple(stepwise(memory, z, mask, frames[:, -1], velocity[:, -1], scale, given, radius, None)
+                          for given in (None, seed)),
+    }
+    for out, seeded in outputs.values():
+        assert out.shape == (B * N, P, 3)
+        assert not torch.allclose(seeded, out)  # the STI seed reaches the displacements

@@ -2,7 +2,7 @@
 
 import torch
 
-from asteroid.models.sti import (
+from asteroid.models.asteroid.sti import (
     ConjugateHead,
     STIHead,
     antidiagonal_mean,
@@ -81,8 +81,13 @@ def test_conjugate_loss_ignores_padding():
     torch.testing.assert_close(conjugate_loss(reconstruction, frames, mask), torch.tensor(4.0 / (3 * 6 * 3)))
 
 
-def test_sti_heads_shapes():
-    memory = torch.randn(2, 4, 5, 16)
-    delays = STIHead(16, delay=6)(memory)
+def test_sti_heads_shapes_and_equivariance():
+    s, v = torch.randn(10, 4, 16), torch.randn(10, 4, 3, 8)  # B*N = 2*5 atoms, H = 4 tokens
+    delays = STIHead(16, 8, delay=6)(s, v, batch=2)
     assert delays.shape == (2, 4, 5, 6, 3)
-    assert ConjugateHead(16, delay=6)(delays).shape == (2, 4, 5, 3)
+    conjugate = ConjugateHead(16, delay=6)
+    assert conjugate(delays).shape == (2, 4, 5, 3)
+    q, _ = torch.linalg.qr(torch.randn(3, 3))
+    head = STIHead(16, 8, delay=6)
+    torch.testing.assert_close(head(s, q @ v, 2), head(s, v, 2) @ q.T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(conjugate(delays @ q.T), conjugate(delays) @ q.T, atol=1e-5, rtol=1e-5)

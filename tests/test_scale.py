@@ -9,7 +9,9 @@ import torch
 from asteroid.errors import ConfigError
 from asteroid.models import Asteroid
 from asteroid.models.neighbors import CELL_LIST_MIN_ATOMS, radius_neighbors
-from asteroid.models.spatial import GlobalAttention, LatentAttention
+from asteroid.models.asteroid.spatial import DenseAttention, LatentAttention
+from asteroid.models.asteroid.temporal import frame_geometry
+from asteroid.models.neighbors import RadiusGraph
 
 C, HEADS = 16, 2
 TRICLINIC = torch.tensor([[6.0, 0.0, 0.0], [1.0, 5.5, 0.0], [0.5, -0.7, 6.2]])
@@ -109,97 +111,56 @@ def test_cell_list_handles_frames_without_pairs_and_fully_padded_frames():
 
 
 
-def test_chunked_and_recomputed_local_attention_give_the_same_values_and_gradients(monkeypatch):
-    import asteroid.models.spatial as spatial
+def test_recomputed_local_attention_gives_the_same_values_and_gradients(monkeypatch):
+    import asteroid.models.asteroid.spatial as spatial
 
-    attention = spatial.LocalAttention(C, HEADS, 4)
+    attention = spatial.LocalAttention(C, 4, HEADS, 4)
     pos, mask = random_frames(M=2, N=30)
-    graph = spatial.RadiusGraph(2.5, 4)(pos, mask)
-    x = torch.randn(2, 30, C, requires_grad=True)
+    geometry = frame_geometry(pos, mask, RadiusGraph(2.5, 4), None)
+    s = torch.randn(60, C, requires_grad=True)
+    v = torch.randn(60, 3, 4, requires_grad=True)
     results = []
-    # one chunk, kept for backward; chunks of ~3 edges; the same recomputed in the backward pass
-    for chunk, recompute in ((1 << 30, 1 << 30), (3 * C, 1 << 30), (3 * C, 0)):
-        monkeypatch.setattr(spatial, "CHUNK_EDGE_VALUES", chunk)
+    for recompute in (1 << 30, 0):  # kept for backward; recomputed in the backward pass
         monkeypatch.setattr(spatial, "RECOMPUTE_MIN_EDGE_VALUES", recompute)
-        out = attention(x, graph)
-        grads = torch.autograd.grad(out.square().sum(), [x, attention.qkv.weight, attention.distance_filter.weight])
-        results.append((out, grads))
-    for out, grads in results[1:]:
-        torch.testing.assert_close(out, results[0][0])
-        for grad, reference in zip(grads, results[0][1]):
-            torch.testing.assert_close(grad, reference)
-
-
-def test_target_chunks_cover_every_edge_and_never_split_an_atom():
-    from asteroid.models.spatial import target_chunks
-
-    target = torch.tensor([0, 0, 0, 0, 0, 2, 2, 3, 5, 5, 5, 6])
-    chunks = target_chunks(target, chunk_edges=3)
-    assert chunks[0][:2] == (0, 5)  # atom 0's five edges stay together
-    assert [c[:2] for c in chunks] == list(zip([0] + [c[1] for c in chunks[:-1]], [c[1] for c in chunks]))
-    assert chunks[-1][1] == len(target)
-    for start, end, first, last in chunks:
-        assert (first, last) == (int(target[start]), int(target[end - 1]) + 1)
-        assert not ((target[:start] >= first) & (target[:start] < last)).any()  # earlier edges target other atoms
-    assert target_chunks(target[:0], 3) == []
+        out_s, out_v = attention(s, v, geometry.graph, geometry.relative)
+        loss = out_s.square().sum() + out_v.square().sum()
+        results.append(((out_s, out_v), torch.autograd.grad(loss, [s, v, attention.distance_filter.weight])))
+    for tensors, reference in zip(results[1], results[0]):
+        for tensor, expected in zip(tensors, reference):
+            torch.testing.assert_close(tensor, expected)
 
 
 # ---- latent-token global attention ----------------------------------------------------------------------------
-def test_latent_attention_shapes_padding_and_permutation_equivariance():
-    attention = LatentAttention(C, HEADS, tokens=4)
-    x = torch.randn(3, 7, C)
+def test_latent_attention_shapes_padding_and_equivariance():
+    attention = LatentAttention(C, 4, HEADS, tokens=4)
+    s, v = torch.randn(3, 7, C), torch.randn(3, 7, 3, 4)
     mask = torch.ones(3, 7, dtype=torch.bool)
     mask[:, 5:] = False
-    out = attention(x, mask)
-    assert out.shape == (3, 7, C)
-    x_padded = x.clone()
-    x_padded[:, 5:] = 100.0 * torch.randn(3, 2, C)
-    torch.testing.assert_close(attention(x_padded, mask)[:, :5], out[:, :5])
+    out_s, out_v = attention(s, v, mask, None)
+    assert out_s.shape == (3, 7, C) and out_v.shape == (3, 7, 3, 4)
+    s_padded, v_padded = s.clone(), v.clone()
+    s_padded[:, 5:], v_padded[:, 5:] = 100.0, 100.0
+    torch.testing.assert_close(attention(s_padded, v_padded, mask, None)[1][:, :5], out_v[:, :5])
     permutation = torch.randperm(7)
-    torch.testing.assert_close(attention(x[:, permutation], mask[:, permutation]), out[:, permutation])
-    assert not torch.allclose(out[:, 0], out[:, 1])  # atoms read different mixtures of the tokens
-
-
-@pytest.mark.parametrize("tokens", [1, 5])
-def test_latent_attention_equals_dense_attention_in_the_mean_field_limit(tokens):
-    """Keys independent of the atoms make every attention weight uniform; weights chosen as in the docstring of
-    LatentAttention then make both paths compute out(mean over real atoms of value(x)) exactly."""
-    dense, latent = GlobalAttention(C, HEADS), LatentAttention(C, HEADS, tokens)
-    dense_mha = dense.attention
-    with torch.no_grad():
-        for mha in (dense_mha, latent.write, latent.read):
-            mha.key_value.weight[:C] = 0.0  # keys = bias only: uniform weights
-        latent.write.key_value.weight[C:] = dense_mha.key_value.weight[C:]  # write value = dense value
-        latent.write.key_value.bias[C:] = dense_mha.key_value.bias[C:]
-        latent.write.out.weight.copy_(torch.eye(C))  # write output = identity
-        latent.write.out.bias.zero_()
-        latent.tokens.zero_()
-        latent.read.key_value.weight[C:] = torch.eye(C)  # read value = identity
-        latent.read.key_value.bias[C:] = 0.0
-        latent.read.out.load_state_dict(dense_mha.out.state_dict())  # read output = dense output
-    x = torch.randn(2, 9, C)
-    mask = torch.ones(2, 9, dtype=torch.bool)
-    mask[1, 6:] = False
-    expected = dense(x, mask)
-    torch.testing.assert_close(latent(x, mask), expected)
-    # and that function is the mean field: the same vector for every atom of a frame
-    values = dense_mha.key_value(x)[..., C:]
-    mean_value = (values * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    torch.testing.assert_close(expected, dense_mha.out(mean_value)[:, None].expand_as(expected))
+    torch.testing.assert_close(attention(s[:, permutation], v[:, permutation], mask[:, permutation], None)[0],
+                               out_s[:, permutation])
+    q, _ = torch.linalg.qr(torch.randn(3, 3))
+    torch.testing.assert_close(attention(s, q @ v, mask, None)[1], q @ out_v, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out_s[:, 0], out_s[:, 1])  # atoms read different mixtures of the tokens
 
 
 def test_asteroid_with_latent_tokens_forecasts_and_rejects_bad_counts():
     B, H, P, N = 2, 3, 2, 6
     model = Asteroid(H, P, hidden=16, heads=2, num_rbf=4, latent_tokens=3)
-    assert sum(isinstance(m, LatentAttention) for m in model.modules()) == 3  # two encoder and one decoder layer
-    assert not any(isinstance(m, GlobalAttention) for m in model.modules())
+    assert sum(isinstance(m, LatentAttention) for m in model.modules()) == 2  # one per spatial layer
+    assert not any(isinstance(m, DenseAttention) for m in model.modules())
     history = torch.randn(B, H, N, 3)
     z = torch.full((B, N), 6)
     mask = torch.ones(B, N, dtype=torch.bool)
     out = model(history, z, mask, target=torch.randn(B, P, N, 3))
     assert out["pred"].shape == (B, P, N, 3)
     out["pred"].sum().backward()
-    assert model.encoder.layers[0].spatial.global_attention.tokens.grad is not None
+    assert model.encoder.spatial[0].global_attention.tokens.grad is not None
     with pytest.raises(ConfigError, match="latent_tokens"):
         Asteroid(H, P, latent_tokens=0)
 

@@ -5,7 +5,9 @@ the output spacing; the model needs one predicted frame per `spacing` data frame
 of 10). In one process, for the same molecule: the MD runs the generator's own code path (`asteroid.simulate`:
 its tblite calculator, ASE's velocity Verlet, its OpenMP guard) on the CPU; the model rolls out 1 and B
 independent trajectories on the chosen device, with the same number of threads. Speed is printed beside the
-model's test MSE at that spacing (from the accuracy table), so that it is never shown without the accuracy it buys.
+checkpoint's own test MSE (its run's test_metrics.csv), so that it is never shown without the accuracy it buys, and
+beside the FLOPs of one forecast and of one simulated picosecond (torch's FLOP counter: matrix products), which do not
+depend on the machine.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms, units
+from torch.utils.flop_counter import FlopCounterMode
 from ase.build import molecule
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
@@ -33,7 +36,6 @@ from asteroid.simulate import (TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_
                                xtb_calculator)
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-MODEL_LABEL = "asteroid"  # the model's name in the accuracy table (`asteroid compare`)
 WATER_SPACING = 3.1  # Angstrom between the oxygens of a water cluster, about liquid water's density
 
 
@@ -136,15 +138,29 @@ def water_cluster(molecules: int, seed: int = 0) -> Atoms:
     return cluster
 
 
-def mean_test_mse(accuracy: Path, molecule: str) -> float | None:
-    """Mean test MSE (Angstrom^2) over seeds and horizon steps of the model for `molecule`; None when absent."""
-    if not accuracy.is_file():
+def forecast_flops(net, atoms: Atoms, device: torch.device) -> int:
+    """FLOPs of one forecast of one trajectory (torch's FLOP counter: matrix products and attention)."""
+    history = torch.tensor(ballistic_history(atoms, 1, net.history, 1.0), dtype=torch.float32, device=device)
+    z = torch.as_tensor(atoms.numbers, device=device)[None]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(history, z, torch.ones_like(z, dtype=torch.bool))
+    return counter.get_total_flops()
+
+
+def checkpoint_test_mse(ckpt_path: str | None) -> float | None:
+    """Mean test MSE (Angstrom^2, over the horizon steps) that the checkpoint's own run measured: the test_metrics.csv
+    of its run folder (runs/<name>/version_N/checkpoints/x.ckpt -> runs/<name>/version_N/); None without one."""
+    if ckpt_path is None:
         return None
-    with accuracy.open(newline="") as handle:
+    table = Path(ckpt_path).resolve().parent.parent / "test_metrics.csv"
+    if not table.is_file():
+        return None
+    with table.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    if rows and not {"molecule", "model", "mse"} <= set(rows[0]):
-        raise DataError(f"{accuracy}: not an accuracy table (columns molecule, model, seed, step, mse, ...)")
-    values = [float(r["mse"]) for r in rows if r["molecule"] == molecule and r["model"] == MODEL_LABEL]
+    if rows and not {"model", "step", "mse"} <= set(rows[0]):
+        raise DataError(f"{table}: not a test table (columns model, step, mse, ...)")
+    values = [float(r["mse"]) for r in rows if r["model"] not in ("constant", "linear", "quadratic")
+              and r["step"] != "mean"]
     return float(np.mean(values)) if values else None
 
 
@@ -178,8 +194,8 @@ def load_net(config: Path, ckpt_path: str | None, device: torch.device):
 
 
 def benchmark_case(name: str, atoms: Atoms, net, spacing: int, data_fs: float, weights: str, args,
-                   device: torch.device, accuracy: Path) -> dict:
-    """One molecule: MD and model timed, their ratios, and the accuracy the model has at that spacing."""
+                   device: torch.device, mse: float | None) -> dict:
+    """One molecule: MD and model timed, their ratios, the model's FLOPs and the test MSE of its checkpoint."""
     frame_fs = spacing * data_fs
     if weights == "untrained":
         # An untrained net forecasts in units of its displacement scale (1 Angstrom until fitted): give it the
@@ -190,16 +206,17 @@ def benchmark_case(name: str, atoms: Atoms, net, spacing: int, data_fs: float, w
     single = model_seconds_per_ps(net, atoms, 1, args.forecasts, frame_fs, device, args.repeats, args.clock)
     batched = model_seconds_per_ps(net, atoms, args.batch, args.forecasts, frame_fs, device, args.repeats,
                                    args.clock)
-    mse = mean_test_mse(accuracy, name)
-    if mse is None:
-        print(f"note: no {MODEL_LABEL!r} rows for {name} in {accuracy}: test_mse is null (speed without accuracy)")
+    flops = forecast_flops(net, atoms, device)
+    flops_per_ps = flops * 1000.0 / (net.horizon * frame_fs)
     result = dict(molecule=name, n_atoms=len(atoms), spacing=spacing, device=str(device), md_seconds_per_ps=md,
                   model_seconds_per_ps=single, model_batched_seconds_per_ps=batched, batch=args.batch,
-                  speedup=md / single, speedup_batched=md / batched, test_mse=mse, weights=weights,
-                  threads=args.threads, clock=args.clock, compiled=args.compile)
+                  speedup=md / single, speedup_batched=md / batched, flops_per_forecast=flops,
+                  flops_per_ps=flops_per_ps, test_mse=mse, weights=weights, threads=args.threads, clock=args.clock,
+                  compiled=args.compile)
     print(f"{name} ({len(atoms)} atoms, spacing {spacing} = {frame_fs:g} fs): MD {md:.4g} s/ps, model {single:.4g} "
           f"s/ps (batch 1), {batched:.4g} s/ps per trajectory (batch {args.batch}); speedup {md / single:.3g}x, "
-          f"{md / batched:.3g}x batched; test MSE {format_mse(mse)} A^2", flush=True)
+          f"{md / batched:.3g}x batched; {flops / 1e6:.3g} MFLOP per forecast, {flops_per_ps / 1e6:.3g} MFLOP per "
+          f"ps; test MSE {format_mse(mse)} Å²", flush=True)
     return result
 
 
@@ -210,10 +227,12 @@ def format_mse(mse: float | None) -> str:
 def markdown_table(results: list[dict]) -> str:
     """The results as a markdown table, smallest molecule first."""
     header = ("| molecule | atoms | spacing | MD s/ps | model s/ps (batch 1) | model s/ps per trajectory (batch B) "
-              "| B | speedup | speedup (batch B) | test MSE (A^2) | weights |\n" + "|---" * 11 + "|")
+              "| B | speedup | speedup (batch B) | MFLOP per forecast | MFLOP per ps | test MSE (Å²) | weights |\n"
+              + "|---" * 13 + "|")
     rows = [f"| {r['molecule']} | {r['n_atoms']} | {r['spacing']} | {r['md_seconds_per_ps']:.3g} "
             f"| {r['model_seconds_per_ps']:.3g} | {r['model_batched_seconds_per_ps']:.3g} | {r['batch']} "
-            f"| {r['speedup']:.3g} | {r['speedup_batched']:.3g} | {format_mse(r['test_mse'])} | {r['weights']} |"
+            f"| {r['speedup']:.3g} | {r['speedup_batched']:.3g} | {r['flops_per_forecast'] / 1e6:.3g} "
+            f"| {r['flops_per_ps'] / 1e6:.3g} | {format_mse(r['test_mse'])} | {r['weights']} |"
             for r in sorted(results, key=lambda r: r["n_atoms"])]
     return "\n".join([header, *rows])
 
@@ -233,7 +252,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="asteroid benchmark",
         description="Time per simulated picosecond of GFN2-xTB MD (the generator's code path, CPU) and of the "
-                    "model's rollout (batch 1 and batch B), their ratios, and the model's test MSE beside them.")
+                    "model's rollout (batch 1 and batch B), their ratios, and the model's FLOPs and its checkpoint's test MSE "
+                    "beside them.")
     parser.add_argument("--config", type=Path, help="experiment config: its molecule, architecture and spacing")
     parser.add_argument("--ckpt_path", help="trained weights for --config (default: untrained; the speed is the same)")
     parser.add_argument("--molecules", nargs="+", default=[],
@@ -259,8 +279,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model first (minutes, not timed; same predictions up to float "
                              "rounding)")
-    parser.add_argument("--accuracy", type=Path, default=Path("docs/results/accuracy.csv"),
-                        help="accuracy table of `asteroid compare` (default docs/results/accuracy.csv)")
     parser.add_argument("--json", type=Path, help="write the results here: a list of one object per molecule")
     args = parser.parse_args(argv)
 
@@ -288,13 +306,15 @@ def main(argv: list[str]) -> int:
             raise ConfigError(f"{config}: a heavy-atom model has no MD of its own atoms to compare with")
         spacing = rollout_spacing(datamodule.layout)
         weights = ckpt_path or "untrained"
-        results.append(benchmark_case(name, atoms, net, spacing, data_fs, weights, args, device, args.accuracy))
+        mse = checkpoint_test_mse(ckpt_path)
+        if ckpt_path is not None and mse is None:
+            print(f"note: {ckpt_path} has no test_metrics.csv in its run folder: test_mse is null")
+        results.append(benchmark_case(name, atoms, net, spacing, data_fs, weights, args, device, mse))
         if index == 0 and args.config:
             others = [(path.stem, read_structure(path)) for path in args.structures] + \
                 [(f"water{n}", water_cluster(n)) for n in args.water]
             for other, structure in others:
-                results.append(benchmark_case(other, structure, net, spacing, data_fs, weights, args, device,
-                                              args.accuracy))
+                results.append(benchmark_case(other, structure, net, spacing, data_fs, weights, args, device, None))
     print()
     print(markdown_table(results))
     if args.json:

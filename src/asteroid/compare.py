@@ -30,7 +30,7 @@ import yaml
 from asteroid.data.windows import PROTOCOLS
 from asteroid.errors import AsteroidError, ConfigError
 from asteroid.fileio import atomic_output
-from asteroid.models.extrapolation import PolynomialExtrapolation
+from asteroid.models.baselines.extrapolation import PolynomialExtrapolation
 
 COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
 STEPS_COLUMNS = ["molecule", "model", "seed", "steps"]  # optimizer steps each run reached within the budget

@@ -15,7 +15,7 @@ from asteroid.figures import error_vs_horizon, trajectory_traces
 from asteroid.fileio import atomic_output
 from asteroid.metrics import ForecastMetrics, with_step_axis
 from asteroid.models.base import ForecastModel
-from asteroid.models.extrapolation import extrapolate
+from asteroid.models.baselines.extrapolation import extrapolate
 from asteroid.report import format_table, metrics_table, write_csv
 from asteroid.schedule import training_progress, warmup_cosine
 

@@ -2,12 +2,12 @@
 
 from asteroid.models.asteroid import Asteroid
 from asteroid.models.base import ForecastModel
-from asteroid.models.egnn import EGNN
-from asteroid.models.egno import EGNO
-from asteroid.models.estag import ESTAG
-from asteroid.models.extrapolation import LastFrame, LinearExtrapolation, QuadraticExtrapolation
+from asteroid.models.baselines.egnn import EGNN
+from asteroid.models.baselines.egno import EGNO
+from asteroid.models.baselines.estag import ESTAG
+from asteroid.models.baselines.extrapolation import LastFrame, LinearExtrapolation, QuadraticExtrapolation
+from asteroid.models.baselines.sequence import LSTMForecaster, TransformerForecaster
 from asteroid.models.neighbors import radius_neighbors
-from asteroid.models.sequence import LSTMForecaster, TransformerForecaster
 
 __all__ = ["Asteroid", "EGNN", "EGNO", "ESTAG", "ForecastModel", "LSTMForecaster", "LastFrame", "LinearExtrapolation",
            "QuadraticExtrapolation", "TransformerForecaster", "radius_neighbors"]

@@ -6,6 +6,26 @@ from torch import Tensor, nn
 from asteroid.errors import ConfigError, DataError
 
 
+def frame_velocities(frames: Tensor) -> Tensor:
+    """Backward frame differences (B, T, N, 3); the first frame reuses the second's (zeros if T == 1)."""
+    if frames.shape[1] == 1:
+        return torch.zeros_like(frames)
+    step = frames[:, 1:] - frames[:, :-1]
+    return torch.cat([step[:, :1], step], dim=1)
+
+
+def atoms_to_sequences(x: Tensor) -> Tensor:
+    """(B, T, N, ...) -> (B*N, T, ...): one time sequence per atom."""
+    B, T, N = x.shape[:3]
+    return x.transpose(1, 2).reshape(B * N, T, *x.shape[3:])
+
+
+def sequences_to_atoms(x: Tensor, batch: int) -> Tensor:
+    """(B*N, T, ...) -> (B, T, N, ...), inverse of atoms_to_sequences."""
+    BN, T = x.shape[:2]
+    return x.view(batch, BN // batch, T, *x.shape[2:]).transpose(1, 2)
+
+
 def scheduled_frame(true_frame: Tensor, predicted_frame: Tensor, sampling_prob: float) -> Tensor:
     """Scheduled sampling: per window, the model's own prediction with probability sampling_prob, else the truth."""
     if sampling_prob <= 0.0:
@@ -45,6 +65,16 @@ class ForecastModel(nn.Module):
         # RMS displacement of each horizon step from the last history frame (Angstrom),
         # fitted on the training split; a buffer so that checkpoints carry it.
         self.register_buffer("displacement_scale", torch.ones(horizon))
+
+    def check_inputs(self, history: Tensor, z: Tensor, target: Tensor | None = None, max_z: int | None = None) -> None:
+        """The checks every forward starts with: history length, target shape, atomic numbers within max_z."""
+        B, H, N, _ = history.shape
+        if H != self.history:
+            raise ValueError(f"model expects {self.history} history frames, got {H}")
+        if target is not None and target.shape != (B, self.horizon, N, 3):
+            raise ValueError(f"target must have shape {(B, self.horizon, N, 3)}, got {tuple(target.shape)}")
+        if max_z is not None and int(z.max()) > max_z:
+            raise DataError(f"model: atomic number {int(z.max())} exceeds max_z={max_z}")
 
     def set_displacement_scale(self, scale: Tensor) -> None:
         """Store the per-horizon-step RMS displacement (P,) in Angstrom fitted on the training split."""

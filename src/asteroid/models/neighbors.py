@@ -6,11 +6,12 @@ without them and the distances are recomputed on the edges only.
 """
 
 import itertools
+import math
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
 
@@ -131,3 +132,32 @@ def _cell_list_pairs(pos: Tensor, mask: Tensor, cutoff: float, box: Tensor | Non
         found.append((torch.full_like(target, m), target, source, torch.from_numpy(shift.astype(np.float64))))
     frame, target, source, shift = (torch.cat(parts) for parts in zip(*found))
     return frame, target, source, shift.to(pos.device)
+
+
+class LocalGraph(NamedTuple):
+    """Radius graph of a batch of frames with its distance features."""
+
+    edge_index: Tensor  # (2, E) into the flattened M*N nodes, sorted by target node (row 1)
+    rbf: Tensor  # (E, num_rbf) Gaussian expansion of the pair distance
+    envelope: Tensor  # (E,) smooth cosine cutoff, 1 at distance 0 and 0 at the cutoff
+    image: Tensor  # (E, 3) periodic translation of the source atom (zeros without a box), see radius_neighbors
+
+
+class RadiusGraph(nn.Module):
+    """Builds the LocalGraph of frames: neighbours within ``cutoff``, distances in Gaussian RBFs."""
+
+    def __init__(self, cutoff: float, num_rbf: int):
+        super().__init__()
+        self.cutoff = cutoff
+        self.register_buffer("centers", torch.linspace(0.0, cutoff, num_rbf), persistent=False)
+        self.width = cutoff / max(num_rbf - 1, 1)
+
+    def forward(self, pos: Tensor, mask: Tensor, box: Tensor | None = None) -> LocalGraph:
+        """pos (M, N, 3) Angstrom, mask (M, N), box (M, 3, 3) periodic cell vectors or None -> LocalGraph.
+
+        Neighbours come from dense pair distances for molecules and from a cell list for large frames."""
+        edge_index, distance, image = radius_neighbors(pos, mask, self.cutoff, box)
+        rbf = torch.exp(-0.5 * ((distance[:, None] - self.centers) / self.width) ** 2)  # (E, R)
+        envelope = 0.5 * (torch.cos(distance * math.pi / self.cutoff) + 1.0)
+        envelope = envelope * (distance < self.cutoff)
+        return LocalGraph(edge_index, rbf, envelope, image)

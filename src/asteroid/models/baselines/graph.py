@@ -1,4 +1,4 @@
-"""EGNN baseline (Satorras et al. 2021) with a multi-step head, and the E(3)-equivariant pieces ESTAG and EGNO reuse.
+"""The E(3)-equivariant pieces the graph baselines (EGNN, ESTAG, EGNO) share, after EGNN (Satorras et al. 2021).
 
 Node tensors are laid out (V, T, ...) with V = B*N flattened atoms and T a time axis (1 for EGNN, the H history
 frames for ESTAG, the P output times for EGNO): every time slice is a signal on the same radius graph.
@@ -9,10 +9,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from asteroid.errors import ConfigError, DataError
-from asteroid.models.base import ForecastModel
-from asteroid.models.spatial import RadiusGraph
-from asteroid.models.temporal import atoms_to_sequences, frame_velocities, sequences_to_atoms
+from asteroid.errors import ConfigError
+from asteroid.models.base import ForecastModel, frame_velocities
+from asteroid.models.neighbors import RadiusGraph
 
 
 class Edges(NamedTuple):
@@ -145,10 +144,7 @@ class GraphForecaster(ForecastModel):
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) periodic cell or None
         -> GraphInputs (edge attributes: distance RBFs; under a box, edges reach periodic images)."""
         B, H, N, _ = history.shape
-        if H != self.history:
-            raise ValueError(f"model expects {self.history} history frames, got {H}")
-        if int(z.max()) > self.max_z:
-            raise DataError(f"model: atomic number {int(z.max())} exceeds max_z={self.max_z}")
+        self.check_inputs(history, z, max_z=self.max_z)
         frames, centroid = self.center(history, mask)
         velocity = frame_velocities(frames)  # (B, H, N, 3)
         speeds = velocity.norm(dim=-1).transpose(1, 2) / self.displacement_scale[0]  # (B, N, H)
@@ -157,42 +153,3 @@ class GraphForecaster(ForecastModel):
         incoming = frames.new_zeros(B * N).index_add_(0, graph.edge_index[1], graph.envelope)
         edges = Edges(graph.edge_index, graph.rbf, graph.envelope, (1.0 + incoming)[:, None, None], graph.image)
         return GraphInputs(frames, centroid, velocity, node, edges)
-
-
-class EGNN(GraphForecaster):
-    """EGNN (Satorras et al. 2021) on the last history frame with a P-step equivariant head.
-
-    Nodes: atom type + speeds |v| of the H history frames; edges: radius graph of the last frame with the squared
-    distance and distance RBFs; every layer moves latent coordinates by pairwise differences and the last
-    velocity (the N-body variant). The head turns the final messages into P displacements, each a sum of
-    difference vectors and the velocity weighted by invariants, in units of that step's displacement scale.
-    Simplified relative to the paper: one radius graph (the last frame's) with a smooth cosine envelope on the
-    messages and an envelope-sum normaliser, phi_x a single linear map of m_ij, LayerNorm on the node update,
-    and a multi-step head that the paper (one-step N-body prediction) does not have.
-    """
-
-    def __init__(
-        self, history: int, horizon: int, hidden: int = 64, layers: int = 4, cutoff: float = 5.0, max_z: int = 100
-    ):
-        super().__init__(history, horizon, hidden, cutoff, max_z)
-        if layers < 1:
-            raise ConfigError(f"model: layers={layers} must be >= 1")
-        self.layers = nn.ModuleList(EGNNLayer(hidden, self.num_rbf, cutoff) for _ in range(layers))
-        self.head = MultiStepHead(hidden, self.num_rbf, cutoff, horizon)
-
-    def forward(
-        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0,
-        box: Tensor | None = None,
-    ) -> dict:
-        """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) or None
-        -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
-        inputs = self.prepare(history, z, mask, box)
-        unit = self.displacement_scale[0]
-        x = atoms_to_sequences(inputs.frames[:, -1:])  # (V, 1, 3)
-        velocity = atoms_to_sequences(inputs.velocity[:, -1:])  # (V, 1, 3)
-        h = inputs.node[:, None]  # (V, 1, C)
-        for layer in self.layers:
-            h, x = layer(h, x, velocity, inputs.edges, unit)
-        output = self.head(h, x, velocity / unit, inputs.edges)  # (V, P, 3)
-        pred = self.displace(inputs.frames + inputs.centroid, sequences_to_atoms(output, len(history)))
-        return {"pred": pred, "losses": {}}

@@ -11,6 +11,9 @@ Coordinates here are in "STI units": displacement from the last history frame di
 import torch
 from torch import Tensor, nn
 
+from asteroid.models.asteroid.layers import vector_linear
+from asteroid.models.base import sequences_to_atoms
+
 
 def hankel_time_index(history: int, delay: int, device: torch.device | None = None) -> Tensor:
     """(H, L) LongTensor: absolute time t + j held by delay entry (t, j)."""
@@ -79,25 +82,33 @@ def conjugate_loss(reconstruction: Tensor, frames: Tensor, mask: Tensor) -> Tens
 
 
 class STIHead(nn.Module):
-    """Phi: encoder state of a history frame -> delay vector of each atom's coordinates, in STI units."""
+    """Phi: a history token (s, v) -> the delay vector of the atom's displacement, L vectors in STI units.
 
-    def __init__(self, dim: int, delay: int):
+    Entry j is a fixed channel mix of the token's vectors, rescaled by an invariant gate of its scalars: equivariant,
+    and cheap enough to run at every forecast (its anti-diagonal means seed the decoder)."""
+
+    def __init__(self, dim: int, vector_dim: int, delay: int):
         super().__init__()
         self.delay = delay
-        self.net = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 3 * delay))
+        self.vectors = vector_linear(vector_dim, delay)
+        self.gate = nn.Linear(dim, delay)
 
-    def forward(self, memory: Tensor) -> Tensor:
-        """memory (B, H, N, C) -> delays (B, H, N, L, 3)."""
-        return self.net(memory).unflatten(-1, (self.delay, 3))
+    def forward(self, s: Tensor, v: Tensor, batch: int) -> Tensor:
+        """s (B*N, H, C), v (B*N, H, 3, Cv) -> delays (B, H, N, L, 3)."""
+        delays = (self.vectors(v) * (1.0 + self.gate(s))[:, :, None]).transpose(-1, -2)  # (B*N, H, L, 3)
+        return sequences_to_atoms(delays, batch)
 
 
 class ConjugateHead(nn.Module):
-    """Psi: delay vector of an atom -> its coordinates at the origin frame, in STI units."""
+    """Psi: a delay vector (L vectors) -> the atom's displacement at its origin frame, in STI units: a weighted sum
+    of the L vectors whose weights are a function of their dot products (the L x L Gram matrix, invariant)."""
 
     def __init__(self, dim: int, delay: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(3 * delay, dim), nn.SiLU(), nn.Linear(dim, 3))
+        self.net = nn.Sequential(nn.Linear(delay * delay, dim), nn.SiLU(), nn.Linear(dim, delay))
 
     def forward(self, delays: Tensor) -> Tensor:
         """delays (B, H, N, L, 3) -> frames (B, H, N, 3)."""
-        return self.net(delays.flatten(-2))
+        gram = delays @ delays.transpose(-1, -2)  # (B, H, N, L, L)
+        weights = self.net(gram.flatten(-2))  # (B, H, N, L)
+        return (weights[..., None] * delays).sum(dim=-2)

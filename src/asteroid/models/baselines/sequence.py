@@ -1,12 +1,11 @@
-"""Sequence-model baselines: each frame flattened to one 3N vector, no spatial structure (DESIGN.md section 4)."""
+"""Sequence-model baselines: each frame flattened to one 3N vector, no spatial structure (docs/design.md, section 4)."""
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
-from asteroid.models.base import ForecastModel, scheduled_frame
-from asteroid.models.temporal import frame_velocities
+from asteroid.models.base import ForecastModel, frame_velocities, scheduled_frame
 
 POSITION_UNIT = 5.0  # Angstrom: centred coordinates of small molecules are a few units of this
 
@@ -55,10 +54,7 @@ class FlattenedSeriesForecaster(ForecastModel):
 
         The box, if any, is not used: the flattened series has no notion of neighbours or of periodic images."""
         B, H, N, _ = history.shape
-        if H != self.history:
-            raise ValueError(f"model expects {self.history} history frames, got {H}")
-        if target is not None and target.shape != (B, self.horizon, N, 3):
-            raise ValueError(f"target must have shape {(B, self.horizon, N, 3)}, got {tuple(target.shape)}")
+        self.check_inputs(history, z, target)
         if N > self.n_atoms:
             raise ConfigError(f"model: the batch has {N} atoms but {type(self).__name__} was built for "
                               f"n_atoms={self.n_atoms}; set model.net.init_args.n_atoms to the largest molecule")

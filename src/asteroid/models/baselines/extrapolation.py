@@ -62,8 +62,7 @@ class PolynomialExtrapolation(ForecastModel):
         """history (B, H, N, 3) Angstrom, mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}.
 
         A periodic box changes nothing: each atom's unwrapped path is extrapolated on its own."""
-        if history.shape[1] != self.history:
-            raise ValueError(f"model expects {self.history} history frames, got {history.shape[1]}")
+        self.check_inputs(history, z, target)
         # Padding may hold anything (even NaN); each atom is extrapolated on its own, so zeros are harmless.
         history = history.masked_fill(~mask[:, None, :, None], 0.0)
         return {"pred": extrapolate(history, self.history_offsets, self.target_offsets, self.order), "losses": {}}
