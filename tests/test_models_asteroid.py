@@ -93,7 +93,8 @@ def test_exact_e3_equivariance_without_augmentation(overrides, reflect):
 
 @pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
 def test_exact_e3_equivariance_in_a_periodic_cell(reflect):
-    """In a cell, the cell turns with the atoms: the forecast turns with them and sees the same images."""
+    """In a cell, the cell turns with the atoms: the forecast turns with them and sees the same images; permuting
+    the atoms permutes the forecast."""
     torch.manual_seed(2)
     model = make_model().double()
     history, _, z, mask = (t.double() if t.is_floating_point() else t for t in make_batch())
@@ -102,6 +103,9 @@ def test_exact_e3_equivariance_in_a_periodic_cell(reflect):
     pred = model(history, z, mask, box=box)["pred"]
     turned = model(history @ q.T + 1.5, z, mask, box=box @ q.T)["pred"]
     torch.testing.assert_close(turned, pred @ q.T + 1.5, atol=1e-10, rtol=0)
+    perm = torch.randperm(N)
+    permuted = model(history[:, :, perm], z[:, perm], mask[:, perm], box=box)["pred"]
+    torch.testing.assert_close(permuted, pred[:, :, perm], atol=1e-10, rtol=0)
     assert (pred - model(history, z, mask)["pred"]).abs().max() > 1e-6  # the images were seen
 
 

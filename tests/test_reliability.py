@@ -382,6 +382,11 @@ BAD_CONFIGS = [
          r"model\.lr must be a positive number, got -1\.0"),
     Case("config-max-epochs-negative", "--trainer.max_epochs -5 (Lightning's own check)", nothing,
          FIT + ("--trainer.max_epochs", "-5"), r"`max_epochs` must be a non-negative integer or -1"),
+    Case("fit-diverges", "--model.lr 1e6: the weights blow up within a few steps", nothing,
+         FIT + ("--model.lr", "1e6"), r"training diverged (at|by) step \d+: the (validation )?loss is (nan|inf)"),
+    Case("fit-coordinates-1e30", "coordinates near 1e30 Angstrom (600 frames, enough for the windows)",
+         npz(R=harmonic_frames(600) * 1e30), FIT + ("--data.sources", '[{"path": "{bad}"}]'),
+         r"training diverged (at|by) step \d+: the (validation )?loss is (nan|inf)"),
     Case("config-not-yaml", "a config file that is not valid YAML", text("bad.yaml", "data: [unclosed\n"),
          FIT + ("--config", "{bad}"), r"bad\.yaml: not valid YAML"),
     Case("config-extends-loop", "a config that extends itself", text("bad.yaml", "extends: bad.yaml\n"),
@@ -413,6 +418,8 @@ FAULTS = {
                           "`--ckpt_path last`",
     "fit-kill-while-saving": "SIGKILL halfway through writing last.ckpt (a test-only checkpoint writer), "
                              "then `--ckpt_path last`",
+    "fit-sigterm": "SIGTERM (a pre-empted SLURM job) and SIGINT (Ctrl+C) to `asteroid fit` mid-epoch, then "
+                   "`--ckpt_path last`",
     "simulate-kill": "SIGKILL of `asteroid simulate` after its checkpoints began, then `--resume`; "
                      "compared with an uninterrupted run",
 }
@@ -635,6 +642,29 @@ def wait_for(condition: Callable[[], bool], processes: list[subprocess.Popen], t
 
 def step_of(checkpoint: Path) -> int:
     return torch.load(checkpoint, weights_only=True, map_location="cpu")["global_step"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signalled_fit_saves_where_it_stands_exits_non_zero_and_resumes(tmp_path, monkeypatch, report, signum):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, name="stopped") + ["--trainer.max_epochs", "1000", "--trainer.limit_train_batches",
+                                                 "20", "--test_after_fit", "false"]
+    run = launch(tmp_path, "-m", "asteroid.cli", "fit", *args)
+    last = tmp_path / "runs/stopped/version_0/checkpoints/last.ckpt"
+    wait_for(last.is_file, [run])
+    first = step_of(last)
+    time.sleep(1.0)  # into the next epoch
+    run.send_signal(signum)
+    status = run.wait(timeout=120)
+    assert status == (128 + signal.SIGTERM if signum == signal.SIGTERM else 1)  # never 0, as if it had finished
+    stopped_at = step_of(last)
+    assert stopped_at > first  # saved where it stood, not at the last epoch's end
+    assert asteroid(["fit", *args, "--ckpt_path", "last", "--trainer.max_epochs", str(stopped_at // 20 + 2)]) == 0
+    assert step_of(last) == (stopped_at // 20 + 2) * 20
+    if signum == signal.SIGTERM:
+        report.record("fit-sigterm", f"SIGTERM at step {stopped_at}: last.ckpt saved there, exit status {status}; "
+                                     "SIGINT the same with exit status 1; `--ckpt_path last` went on to the end")
 
 
 @pytest.mark.integration

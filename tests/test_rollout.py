@@ -12,6 +12,7 @@ from ase import Atoms
 from asteroid.cli import from_config, main
 from asteroid.data import load_trajectory
 from asteroid.data.readers import element_topology
+from asteroid.errors import DivergedError
 from asteroid.metrics import covalent_bonds
 from asteroid.models import LastFrame, LinearExtrapolation
 from asteroid.rollout import rollout
@@ -43,6 +44,16 @@ def test_last_frame_rolls_out_exactly_n_frames_of_the_last_history_frame(n_frame
                      n_frames)
     assert frames.shape == (2, n_frames, 4, 3)
     torch.testing.assert_close(frames, history[:, -1:].expand(-1, n_frames, -1, -1))
+
+
+def test_a_forecast_holding_nan_stops_the_rollout_naming_its_frames():
+    history = torch.randn(2, 3, 4, 3)
+    history[1, -1, 2] = float("nan")  # a real atom: its held frame is NaN from the first forecast on
+    with pytest.raises(DivergedError, match="the forecast of frames 1-2 holds NaN or infinity"):
+        rollout(LastFrame(3, 2), history, torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.bool), 6)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    mask[1, 2] = False  # the same NaN in a padded atom is nobody's forecast
+    assert rollout(LastFrame(3, 2), history, torch.ones(2, 4, dtype=torch.long), mask, 6).shape == (2, 6, 4, 3)
 
 
 # ---- asteroid rollout --------------------------------------------------------------------------------------------
@@ -225,6 +236,18 @@ def test_bad_options_are_one_line_errors_and_leave_no_file(trained, tmp_path, ca
 
 
 @pytest.mark.integration
+@pytest.mark.integration
+def test_a_checkpoint_with_nan_weights_is_refused_and_nothing_written(trained, tmp_path, capsys):
+    checkpoint = torch.load(trained.ckpt, weights_only=False)
+    name = next(key for key, value in checkpoint["state_dict"].items() if value.is_floating_point())
+    checkpoint["state_dict"][name] = torch.full_like(checkpoint["state_dict"][name], float("nan"))
+    broken = tmp_path / "diverged.ckpt"
+    torch.save(checkpoint, broken)
+    message = error_of(capsys, roll(trained, tmp_path / "pred.xyz", ckpt=broken))
+    assert "diverged.ckpt: 1 weight tensor(s) hold NaN or infinity" in message and name in message
+    assert not (tmp_path / "pred.xyz").exists()
+
+
 def test_a_layout_with_irregular_spacing_cannot_be_rolled_out(trained, tmp_path, capsys):
     # the GMN preset forecasts frame +3000 from frames 0 and 1: a forecast cannot become history
     args = ["--config", str(EXPERIMENTS / "base.yaml"), "--config", str(EXPERIMENTS / "models/last_frame.yaml"),

@@ -1,10 +1,12 @@
 """Trainer callbacks the `asteroid` command adds to every run."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
-from pytorch_lightning.callbacks import BasePredictionWriter, Callback
+from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from asteroid.data.datamodule import collate_windows
 from asteroid.fileio import atomic_output
@@ -21,6 +23,25 @@ class ModelConfigInCheckpoint(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint[CONFIG_KEY] = self.model_config
+
+
+class CheckpointOnInterrupt(Callback):
+    """SIGTERM (a pre-empted SLURM job) or Ctrl+C during `fit`: saves last.ckpt as the run stands, so that
+    `--ckpt_path last` goes on from there. The command then exits non-zero (see cli.main), never as if finished."""
+
+    def on_exception(self, trainer, pl_module, exception):
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or not trainer.training:
+            return
+        last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor is None),
+                    None)
+        if last is None or last.dirpath is None:
+            return
+        path = Path(last.dirpath) / f"{last.filename}{last.FILE_EXTENSION}"
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            signal = "SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT"
+            print(f"asteroid: {signal} at step {trainer.global_step}: saved {path}; resume with --ckpt_path last",
+                  file=sys.stderr)
 
 
 class ValidateLastStep(Callback):

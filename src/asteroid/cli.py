@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import signal
 import sys
 import warnings
 from argparse import ArgumentError
@@ -14,10 +15,12 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from asteroid.callbacks import CONFIG_KEY, ModelConfigInCheckpoint, PredictionWriter, ValidateLastStep
+from asteroid.callbacks import (CONFIG_KEY, CheckpointOnInterrupt, ModelConfigInCheckpoint, PredictionWriter,
+                                ValidateLastStep)
 from asteroid.data.datamodule import TrajectoryDataModule
-from asteroid.errors import AsteroidError, ConfigError
+from asteroid.errors import AsteroidError, ConfigError, DivergedError
 from asteroid.module import ForecastModule, run_dir
 from asteroid.runs import LAST, ROOT, AtomicCheckpointIO, RunLogger, checkpoint_version, latest_checkpoint
 
@@ -111,7 +114,7 @@ class AsteroidCLI(LightningCLI):
             callbacks.append(ModelCheckpoint(filename=Path(LAST).stem, enable_version_counter=False))
         callbacks.append(ModelConfigInCheckpoint(self._model_config(self.subcommand)))
         if self.subcommand == "fit":
-            callbacks.append(ValidateLastStep())
+            callbacks += [ValidateLastStep(), CheckpointOnInterrupt()]
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter())
         if trainer_config["logger"] is not False:
@@ -183,6 +186,11 @@ def load_weights(cli: AsteroidCLI, ckpt_path: str | Path) -> tuple[ForecastModul
     if "state_dict" not in checkpoint:
         raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint (no state_dict)")
     check_checkpoint_config(checkpoint, ckpt_path, cli._model_config(None))
+    broken = [name for name, value in checkpoint["state_dict"].items()
+              if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise DivergedError(f"{ckpt_path}: {len(broken)} weight tensor(s) hold NaN or infinity (the first: "
+                            f"{broken[0]}): the run diverged; train again with a lower model.lr")
     try:
         cli.model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:  # shapes or keys: the config describes another network
@@ -314,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(describe_parse_error(str(error), expanded)) from None
         except MisconfigurationException as error:  # Lightning's word for a Trainer option that cannot work
             raise ConfigError(" ".join(str(error).split())) from None
+        except SIGTERMException:  # Lightning ends a SIGTERM'd run with SystemExit(None), which would exit 0
+            return 128 + signal.SIGTERM
         return 0
     except AsteroidError as error:
         print(f"asteroid: error: {error}", file=sys.stderr)

@@ -15,3 +15,7 @@ class MissingTimestepError(DataError):
 
 class ConfigError(AsteroidError):
     """An option or combination of options that cannot work."""
+
+
+class DivergedError(AsteroidError):
+    """Training, weights or forecasts that have become non-finite (NaN or infinite)."""

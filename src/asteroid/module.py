@@ -10,7 +10,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
-from asteroid.errors import ConfigError
+from asteroid.errors import ConfigError, DivergedError
 from asteroid.figures import error_vs_horizon, trajectory_traces
 from asteroid.fileio import atomic_output
 from asteroid.metrics import ForecastMetrics, with_step_axis
@@ -171,6 +171,9 @@ class ForecastModule(pl.LightningModule):
             raise ConfigError(f"the net returns losses {sorted(unknown)} with no weight in model.aux_loss_weights")
         aux = {name: self.aux_loss_weights[name] * value for name, value in out["losses"].items()}
         loss = forecast + sum(aux.values())
+        if not torch.isfinite(loss):  # stop here: a NaN run must never reach a checkpoint, let alone `best`
+            raise DivergedError(f"training diverged at step {self.global_step}: the loss is {loss.item()} (forecast "
+                                f"{forecast.item()}); lower model.lr (now {self.hparams.lr}) or check the data")
         size = len(history)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/forecast", forecast, batch_size=size)
@@ -198,6 +201,10 @@ class ForecastModule(pl.LightningModule):
             self._first_val_batch["pred"] = pred[0].detach().float().cpu()
 
     def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking and not torch.isfinite(self.val_loss.compute()):
+            # raised before the checkpoint callbacks run, so these weights are saved as neither last nor best
+            raise DivergedError(f"training diverged by step {self.global_step}: the validation loss is "
+                                f"{self.val_loss.compute().item()}; lower model.lr (now {self.hparams.lr})")
         values = with_step_axis(self.val_metrics.compute())
         self.val_metrics.reset()
         self._log_per_step("val", values)

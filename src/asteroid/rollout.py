@@ -24,7 +24,7 @@ from asteroid.cli import from_config, load_weights, resolve_ckpt_path
 from asteroid.data import load_trajectory
 from asteroid.data.readers import element_topology
 from asteroid.data.windows import WindowLayout
-from asteroid.errors import ConfigError, DataError, MissingTimestepError
+from asteroid.errors import ConfigError, DataError, DivergedError, MissingTimestepError
 from asteroid.fileio import atomic_output
 from asteroid.metrics import covalent_bonds
 from asteroid.models.base import ForecastModel
@@ -57,6 +57,9 @@ def rollout(net: ForecastModel, history: Tensor, z: Tensor, mask: Tensor, n_fram
     produced = 0
     while produced < n_frames:
         pred = net(history, z, mask, box=box)["pred"]  # (B, P, N, 3)
+        if not torch.isfinite(pred[mask[:, None, :, None].expand_as(pred)]).all():
+            raise DivergedError(f"the forecast of frames {produced + 1}-{produced + pred.shape[1]} holds NaN or "
+                                "infinity; nothing was written")
         frames.append(pred)
         history = torch.cat([history, pred], dim=1)[:, -net.history:]  # (B, H, N, 3)
         if progress is not None:
