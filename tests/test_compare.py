@@ -60,6 +60,21 @@ def test_a_zero_budget_trains_every_model_to_its_max_steps(experiments, tmp_path
     assert "to the config's `max_steps`, with no time budget (equal steps)" in table
 
 
+def test_a_second_comparison_into_the_same_table_is_refused(experiments, tmp_path, monkeypatch, capsys):
+    from asteroid.fileio import sole_writer
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["compare", "--molecules", "toy", "--models", "last_frame", "--seeds", "1", "--budget-minutes", "1",
+            "--experiments", str(experiments), "--out", str(tmp_path / "results"), *TINY]
+    with sole_writer(tmp_path / "results/accuracy.csv"):  # as a first comparison holds it while it runs
+        assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "results/accuracy.csv: another process is making this file now" in error[0]
+    assert not (tmp_path / "results/accuracy.csv").exists()
+    assert main([*argv[:-len(TINY)], "--out", str(tmp_path / "other"), *TINY]) == 0  # another table: no conflict
+    assert main(argv) == 0  # and once the first has finished
+
+
 def test_compare_unknown_model(experiments, tmp_path, capsys):
     assert main(["compare", "--molecules", "toy", "--models", "nope", "--experiments", str(experiments)]) == 2
     assert "no model config" in capsys.readouterr().err

@@ -29,7 +29,7 @@ import yaml
 
 from asteroid.data.windows import PROTOCOLS
 from asteroid.errors import AsteroidError, ConfigError
-from asteroid.fileio import atomic_output
+from asteroid.fileio import atomic_output, sole_writer
 from asteroid.models.baselines.extrapolation import PolynomialExtrapolation
 
 COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
@@ -279,6 +279,13 @@ def main(argv: list[str]) -> int:
                   for molecule, file in molecules.items()}
     else:
         extras = dict.fromkeys(molecules, extra)
+    with sole_writer(csv_path):  # a second comparison into the same table would rewrite it from a stale copy
+        return compare(args, molecules, models, extras, command, csv_path, md_path, steps_path)
+
+
+def compare(args, molecules: dict, models: dict, extras: dict, command: str, csv_path: Path, md_path: Path,
+            steps_path: Path) -> int:
+    """The runs of `main`, each appended to the table as it finishes; those already in it are skipped."""
     rows = read_rows(csv_path)
     done = {(r["molecule"], r["model"], r["seed"]) for r in rows}
     trained = {(r["molecule"], r["model"], r["seed"]): int(r["steps"]) for r in read_rows(steps_path)}
