@@ -387,6 +387,27 @@ BAD_CONFIGS = [
     Case("fit-coordinates-1e30", "coordinates near 1e30 Angstrom (600 frames, enough for the windows)",
          npz(R=harmonic_frames(600) * 1e30), FIT + ("--data.sources", '[{"path": "{bad}"}]'),
          r"training diverged (at|by) step \d+: the (validation )?loss is (nan|inf)"),
+    Case("config-abbreviated", "--trainer.max_step 300 (a prefix of max_steps)", nothing,
+         FIT + ("--trainer.max_step", "300"), r"unrecognized arguments: --trainer\.max_step 300"),
+    Case("config-weight-decay-negative", "--model.weight_decay -0.1", nothing, FIT + ("--model.weight_decay", "-0.1"),
+         r"model\.weight_decay must be >= 0, got -0\.1"),
+    Case("config-sampling-prob-5", "--model.max_sampling_prob 5", nothing, FIT + ("--model.max_sampling_prob", "5"),
+         r"model\.max_sampling_prob is a probability, in \[0, 1\]; got 5"),
+    Case("config-aux-weight-negative", "a negative STI loss weight", nothing,
+         FIT + ("--model.aux_loss_weights", '{"sti_primary": -1, "sti_consistency": 0.1, "sti_conjugate": 0.1}'),
+         r"model\.aux_loss_weights\.sti_primary must be >= 0, got -1"),
+    Case("config-num-workers-negative", "--data.num_workers -1", nothing, FIT + ("--data.num_workers", "-1"),
+         r"data\.num_workers must be >= 0, got -1"),
+    Case("config-hidden-zero", "--model.net.init_args.hidden 0", nothing,
+         FIT + ("--model.net.init_args.hidden", "0"), r"model: hidden=0, .* must all be >= 1"),
+    Case("compare-seeds-negative", "compare --seeds -2", nothing, ("compare", "--molecules", "ethanol", "--models", "egnn", "--seeds", "-2"),
+         r"argument --seeds: must be positive, got -2"),
+    Case("compare-budget-negative", "compare --budget-minutes -1 (0 means equal steps)", nothing,
+         ("compare", "--molecules", "ethanol", "--models", "egnn", "--budget-minutes", "-1"), r"argument --budget-minutes: must be >= 0"),
+    Case("compare-abbreviated", "compare --budget 3 (a prefix of --budget-minutes)", nothing,
+         ("compare", "--molecules", "ethanol", "--models", "egnn", "--budget", "3"), r"unrecognized arguments: --budget"),
+    Case("benchmark-device-tpu", "benchmark --device tpu", nothing,
+         ("benchmark", "--molecules", "ethanol", "--device", "tpu"), r"--device tpu: not a torch device"),
     Case("config-not-yaml", "a config file that is not valid YAML", text("bad.yaml", "data: [unclosed\n"),
          FIT + ("--config", "{bad}"), r"bad\.yaml: not valid YAML"),
     Case("config-extends-loop", "a config that extends itself", text("bad.yaml", "extends: bad.yaml\n"),
@@ -657,9 +678,10 @@ def test_a_signalled_fit_saves_where_it_stands_exits_non_zero_and_resumes(tmp_pa
     time.sleep(1.0)  # into the next epoch
     run.send_signal(signum)
     status = run.wait(timeout=120)
-    assert status == (128 + signal.SIGTERM if signum == signal.SIGTERM else 1)  # never 0, as if it had finished
+    log = "".join(path.read_text() for path in tmp_path.glob("process-*.log"))
+    assert status == (128 + signal.SIGTERM if signum == signal.SIGTERM else 1), log  # never 0, as if it had finished
     stopped_at = step_of(last)
-    assert stopped_at > first  # saved where it stood, not at the last epoch's end
+    assert stopped_at >= first and f"at step {stopped_at}: saved" in log, log  # saved where it stood
     assert asteroid(["fit", *args, "--ckpt_path", "last", "--trainer.max_epochs", str(stopped_at // 20 + 2)]) == 0
     assert step_of(last) == (stopped_at // 20 + 2) * 20
     if signum == signal.SIGTERM:

@@ -11,7 +11,6 @@ depend on the machine.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import platform
@@ -27,6 +26,7 @@ from ase.build import molecule
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 
+from asteroid.arguments import CommandParser, positive
 from asteroid.cli import from_config, load_trained
 from asteroid.data import load_trajectory
 from asteroid.errors import ConfigError, DataError
@@ -237,19 +237,9 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join([header, *rows])
 
 
-def positive(kind):
-    """argparse type: a positive value of `kind`."""
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-    return parse
-
-
 def main(argv: list[str]) -> int:
     """`asteroid benchmark --config experiments/ethanol.yaml --ckpt_path CKPT --molecules aspirin benzene`."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="asteroid benchmark",
         description="Time per simulated picosecond of GFN2-xTB MD (the generator's code path, CPU) and of the "
                     "model's rollout (batch 1 and batch B), their ratios, and the model's FLOPs and its checkpoint's test MSE "
@@ -286,7 +276,12 @@ def main(argv: list[str]) -> int:
         raise ConfigError("nothing to benchmark: give --config and/or --molecules")
     if args.config is None and (args.ckpt_path or args.structures or args.water):
         raise ConfigError("--ckpt_path, --structures and --water go with --config (whose net and spacing they use)")
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ConfigError(f"--device {args.device}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: no CUDA device on this machine")
     if args.clock == "cpu" and device.type != "cpu":
         raise ConfigError(f"--clock cpu measures CPU work; time the model on {device} with --clock wall")
     torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ class CheckpointOnInterrupt(Callback):
     `--ckpt_path last` goes on from there. The command then exits non-zero (see cli.main), never as if finished."""
 
     def on_exception(self, trainer, pl_module, exception):
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or not trainer.training:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.state.fn != "fit":
             return
         last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor is None),
                     None)

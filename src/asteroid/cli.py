@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         expanded = with_base_configs(argv)
         try:
             AsteroidCLI(ForecastModule, TrajectoryDataModule, subclass_mode_model=False,
-                        save_config_kwargs={"overwrite": True}, parser_kwargs={"exit_on_error": False}, args=expanded)
+                        save_config_kwargs={"overwrite": True},
+                        parser_kwargs={"exit_on_error": False, "allow_abbrev": False}, args=expanded)
         except ArgumentError as error:  # jsonargparse: an unknown option or a value of the wrong type
             raise ConfigError(describe_parse_error(str(error), expanded)) from None
         except MisconfigurationException as error:  # Lightning's word for a Trainer option that cannot work

@@ -29,6 +29,7 @@ import yaml
 
 from asteroid.data.windows import PROTOCOLS
 from asteroid.errors import AsteroidError, ConfigError
+from asteroid.arguments import CommandParser, non_negative, positive
 from asteroid.fileio import atomic_output, sole_writer
 from asteroid.models.baselines.extrapolation import PolynomialExtrapolation
 
@@ -243,14 +244,14 @@ def write_markdown(rows: list[dict], command: str, protocol: str, trained: dict,
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="asteroid compare", description=__doc__,
+    parser = CommandParser(prog="asteroid compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--molecules", nargs="+", required=True, help="experiment names (experiments/NAME.yaml)")
     parser.add_argument("--models", nargs="+", required=True,
                         help="model names (experiments/models/NAME.yaml) or config files (e.g. experiments/official/"
                         "estag.yaml, a model with its official training recipe)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (data split seed and training seed)")
-    parser.add_argument("--budget-minutes", type=float, default=5.0,
+    parser.add_argument("--seeds", type=positive(int), default=3, help="seeds 0..N-1 (data split seed and training seed)")
+    parser.add_argument("--budget-minutes", type=non_negative(float), default=5.0,
                         help="training CPU time per run (single-threaded); 0: no budget, every model to its max_steps")
     parser.add_argument("--protocol", default="default", choices=list(PROTOCOLS), help="window/split protocol")
     parser.add_argument("--frames", type=int, default=None,

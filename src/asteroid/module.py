@@ -82,6 +82,18 @@ class ForecastModule(pl.LightningModule):
         super().__init__()
         if not lr > 0:
             raise ConfigError(f"model.lr must be a positive number, got {lr}")
+        if weight_decay < 0:
+            raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
+        if warmup_steps < 0:
+            raise ConfigError(f"model.warmup_steps must be >= 0, got {warmup_steps}")
+        if not 0 <= max_sampling_prob <= 1:
+            raise ConfigError(f"model.max_sampling_prob is a probability, in [0, 1]; got {max_sampling_prob}")
+        if sampling_ramp < 0:
+            raise ConfigError(f"model.sampling_ramp must be >= 0 (a fraction of the run), got {sampling_ramp}")
+        negative = {k: v for k, v in (aux_loss_weights or {}).items() if v < 0}
+        if negative:
+            raise ConfigError(f"model.aux_loss_weights.{next(iter(negative))} must be >= 0, got "
+                              f"{next(iter(negative.values()))}")
         if history_noise < 0:
             raise ConfigError(f"model.history_noise must be >= 0 Angstrom, got {history_noise}")
         if lr_schedule not in ("cosine", "constant"):

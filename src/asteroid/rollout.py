@@ -5,7 +5,6 @@ trajectory as a file that mdtraj, ASE, VMD and PyMOL open.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from contextlib import ExitStack
@@ -20,6 +19,7 @@ from ase import Atoms
 from torch import Tensor
 from tqdm import tqdm
 
+from asteroid.arguments import CommandParser
 from asteroid.cli import from_config, load_weights, resolve_ckpt_path
 from asteroid.data import load_trajectory
 from asteroid.data.readers import element_topology
@@ -233,8 +233,8 @@ def physical_checks(predicted: np.ndarray, start: InitialConditions, out: Path, 
 
 def main(argv: list[str]) -> int:
     """`asteroid rollout --config experiments/ethanol.yaml --ckpt_path CKPT --frames 10000 --out pred.xyz`."""
-    parser = argparse.ArgumentParser(
-        prog="asteroid rollout", allow_abbrev=False,
+    parser = CommandParser(
+        prog="asteroid rollout",
         description="Iterate a trained model into a long trajectory: each forecast becomes part of the next "
                     "history. Starts from test windows of the config's data (or --init FILE) and writes the "
                     "--frames predicted frames (not the history). Other --data.X / --model.X options are passed "

@@ -7,7 +7,6 @@ one would have.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import dataclasses
@@ -28,6 +27,7 @@ from ase.optimize import BFGS
 from tblite.ase import TBLite
 from tqdm import tqdm
 
+from asteroid.arguments import CommandParser
 from asteroid.errors import AsteroidError, ConfigError, DataError
 from asteroid.fileio import atomic_output, sole_writer
 
@@ -341,7 +341,7 @@ def run_md(atoms: Atoms, settings: MDSettings, n_frames: int, partial: Path, che
 
 def main(argv: list[str]) -> int:
     """`asteroid simulate --molecule ethanol --frames 20000 --out data/ethanol_xtb.npz`."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="asteroid simulate",
         description="GFN2-xTB molecular dynamics (tblite + ASE) in the MD17 protocol, written as MD17-format .npz: "
                     "R (frames, atoms, 3) Angstrom, z, E kcal/mol, F kcal/mol/Angstrom (all float64), dt_fs.")

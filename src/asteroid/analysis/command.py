@@ -1,13 +1,13 @@
 """`asteroid analyze`: read a predicted and a reference trajectory, find the continuation, write the report."""
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from asteroid.arguments import CommandParser
 from asteroid.analysis.checks import physical_report
 from asteroid.analysis.energy import energy_comparison, gfn2_energies
 from asteroid.analysis.report import save_report
@@ -81,8 +81,8 @@ def continuation_from(reference, start_frame: np.ndarray, predicted: Predicted, 
 
 def main(argv: list[str]) -> int:
     """`asteroid analyze pred.npz --reference data/ethanol_xtb.npz --out runs/analysis/ethanol`."""
-    parser = argparse.ArgumentParser(
-        prog="asteroid analyze", allow_abbrev=False,
+    parser = CommandParser(
+        prog="asteroid analyze",
         description="Is a predicted trajectory physical? Bond lengths, angles, dihedrals and radius of gyration "
                     "against a reference trajectory (Jensen-Shannon divergence), the first unphysical frame, the "
                     "coordinate error against the true continuation, optionally GFN2-xTB energies. Prints a table, "

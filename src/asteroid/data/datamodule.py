@@ -148,6 +148,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.stride must be >= 1, got {stride}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.sources = [_with_dataset_topology(TrajectorySource(**s) if isinstance(s, dict) else s) for s in sources]
         self.stride, self.split_fractions, self.seed = stride, tuple(split_fractions), seed
         self.heavy_atoms = self.protocol.heavy_atoms if heavy_atoms is None else heavy_atoms

@@ -1,7 +1,6 @@
 """`asteroid inspect FILE`: what a trajectory file holds and whether it can be forecast."""
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 from ase.data import chemical_symbols
 from ase.formula import Formula
 
+from asteroid.arguments import CommandParser
 from asteroid.data.readers import load_trajectory, trajectory_format
 from asteroid.data.time_order import MIN_FRAMES, mean_step_displacement, time_order_ratio, time_order_verdict
 
@@ -65,7 +65,7 @@ def format_summary(summary: dict) -> str:
 
 def main(argv: list[str]) -> int:
     """Entry point of `asteroid inspect`."""
-    parser = argparse.ArgumentParser(prog="asteroid inspect", description=__doc__)
+    parser = CommandParser(prog="asteroid inspect", description=__doc__)
     parser.add_argument("file", help="trajectory file (.npz, .extxyz, .xyz, .traj, .dcd, .xtc, .trr, .nc, .h5, .pdb)")
     parser.add_argument("--topology", help="topology for coordinate-only formats (.pdb, .psf, .gro, .prmtop)")
     parser.add_argument("--selection", help="mdtraj atom selection, e.g. 'not element H'")

@@ -57,6 +57,9 @@ class Asteroid(ForecastModel):
         super().__init__(history, horizon)
         if not (local_attention or global_attention):
             raise ConfigError("model: local_attention and global_attention are both off; enable at least one")
+        if min(hidden, temporal_hidden, vector_channels, heads, num_rbf) < 1:
+            raise ConfigError(f"model: hidden={hidden}, temporal_hidden={temporal_hidden}, vector_channels="
+                              f"{vector_channels}, heads={heads} and num_rbf={num_rbf} must all be >= 1")
         if hidden % heads or temporal_hidden % heads or vector_channels % heads:
             raise ConfigError(f"model: hidden={hidden}, temporal_hidden={temporal_hidden} and vector_channels="
                               f"{vector_channels} must all be divisible by heads={heads}")

@@ -1,0 +1,35 @@
+"""The subcommands' argument parsing: one parser class and the value types they share, so that a bad option is
+refused at parse time, in one line, with the allowed range."""
+import argparse
+
+from asteroid.errors import ConfigError
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse without abbreviations (`--budget` is not taken for `--budget-minutes`), whose errors are ConfigErrors:
+    the command prints them as one line and exits 2, like every other error."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
+def _bounded(kind, allowed, wording: str):
+    def parse(text: str):
+        value = kind(text)
+        if not allowed(value):
+            raise argparse.ArgumentTypeError(f"must be {wording}, got {text}")
+        return value
+    return parse
+
+
+def positive(kind):
+    """argparse type: a value of `kind` above 0."""
+    return _bounded(kind, lambda value: value > 0, "positive")
+
+
+def non_negative(kind):
+    """argparse type: a value of `kind` of at least 0."""
+    return _bounded(kind, lambda value: value >= 0, ">= 0")
