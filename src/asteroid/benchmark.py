@@ -30,7 +30,7 @@ from asteroid.arguments import CommandParser, positive
 from asteroid.cli import from_config, load_trained
 from asteroid.data import load_trajectory
 from asteroid.errors import ConfigError, DataError
-from asteroid.fileio import atomic_output
+from asteroid.fileio import atomic_output, writable_output
 from asteroid.rollout import rollout, rollout_spacing
 from asteroid.simulate import (TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path,
                                xtb_calculator)
@@ -272,6 +272,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="write the results here: a list of one object per molecule")
     args = parser.parse_args(argv)
 
+    if args.json:
+        writable_output(args.json)  # before the minutes of timing, not after
     if args.config is None and not args.molecules:
         raise ConfigError("nothing to benchmark: give --config and/or --molecules")
     if args.config is None and (args.ckpt_path or args.structures or args.water):

@@ -30,7 +30,7 @@ import yaml
 from asteroid.data.windows import PROTOCOLS
 from asteroid.errors import AsteroidError, ConfigError
 from asteroid.arguments import CommandParser, non_negative, positive
-from asteroid.fileio import atomic_output, sole_writer
+from asteroid.fileio import atomic_output, sole_writer, writable_output
 from asteroid.models.baselines.extrapolation import PolynomialExtrapolation
 
 COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
@@ -265,6 +265,7 @@ def main(argv: list[str]) -> int:
                         help="after `--`: overrides passed to every `asteroid fit` (e.g. -- --trainer.max_steps 50)")
     args = parser.parse_args(argv)
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    writable_output(args.out, "folder")
     experiments = Path(args.experiments)
     molecules = experiment_files(experiments, args.molecules, "experiment")
     models = experiment_files(experiments / "models", args.models, "model")

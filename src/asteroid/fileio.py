@@ -1,13 +1,31 @@
 """Writing outputs so that a file is either complete or absent, never half-written."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from asteroid.errors import AsteroidError
+from asteroid.errors import AsteroidError, ConfigError
+
+
+def writable_output(path: str | os.PathLike, kind: str = "file") -> Path:
+    """Refuse, before any work, an output that cannot be written: `path` is a directory (or, for kind "folder", a
+    file), or its folder cannot be created or written to. Returns the path."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give a file name")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: is a file; give a folder")
+    folder = path if kind == "folder" else path.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"{path}: cannot be created, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path}: cannot be written, {existing} is not writable")
+    return path
 
 
 @contextmanager
@@ -24,6 +42,11 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp
         with open(tmp, mode, **({} if "b" in mode else {"newline": ""})) as handle:
             yield handle
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            raise AsteroidError(f"{path}: the disk is full; nothing was written (free space and run again)") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -25,7 +25,7 @@ from asteroid.data import load_trajectory
 from asteroid.data.readers import element_topology
 from asteroid.data.windows import WindowLayout
 from asteroid.errors import ConfigError, DataError, DivergedError, MissingTimestepError
-from asteroid.fileio import atomic_output
+from asteroid.fileio import atomic_output, writable_output
 from asteroid.metrics import covalent_bonds
 from asteroid.models.base import ForecastModel
 
@@ -258,7 +258,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args, overrides = parser.parse_known_args(argv)
 
-    out = Path(args.out)
+    out = writable_output(args.out)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise ConfigError(f"{out}: unknown output suffix {out.suffix!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     for name, value in (("frames", args.frames), ("batch", args.batch), ("threads", args.threads)):

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from asteroid.arguments import CommandParser
 from asteroid.errors import AsteroidError, ConfigError, DataError
-from asteroid.fileio import atomic_output, sole_writer
+from asteroid.fileio import atomic_output, sole_writer, writable_output
 
 BUILTIN_MOLECULES: tuple[str, ...] = (
     "aspirin", "benzene", "ethanol", "malonaldehyde", "naphthalene", "salicylic", "toluene", "uracil")
@@ -258,9 +258,7 @@ def simulate(out: str | Path, *, molecule: str | None = None, structure: str | P
     settings = MDSettings(name=name, structure=digest, temperature_K=float(temperature_K),
                           timestep_fs=float(timestep_fs), every=int(every), thermalize_steps=int(thermalize_steps),
                           friction=float(friction), seed=int(seed), keep_rotation=bool(keep_rotation))
-    out, partial = Path(out), checkpoint_path(out)
-    if out.is_dir():  # found now, not after the whole run
-        raise ConfigError(f"{out}: is a directory; --out names the .npz file to write")
+    out, partial = writable_output(out), checkpoint_path(out)  # found now, not after the whole run
     with sole_writer(out):  # taken first: the checkpoint of a run still going is not one to resume
         if partial.exists() and not resume:
             raise AsteroidError(f"{partial}: a checkpoint of an unfinished run is in the way; pass --resume "

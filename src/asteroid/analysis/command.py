@@ -13,6 +13,7 @@ from asteroid.analysis.energy import energy_comparison, gfn2_energies
 from asteroid.analysis.report import save_report
 from asteroid.data import load_trajectory
 from asteroid.errors import ConfigError, DataError
+from asteroid.fileio import writable_output
 
 MIN_REFERENCE_FRAMES = 10
 
@@ -126,7 +127,7 @@ def main(argv: list[str]) -> int:
     if args.energies:
         report["energy"] = energy_comparison(predicted.R, predicted.z, reference.R, args.energies,
                                              gfn2_energies(reference_path, reference))
-    out = Path(args.out) if args.out else Path("runs") / "analysis" / predicted_path.stem
+    out = writable_output(Path(args.out) if args.out else Path("runs") / "analysis" / predicted_path.stem, "folder")
     save_report(report, out, None if args.tensorboard is None else Path(args.tensorboard))
     print(f"\nreport: {out / 'report.json'}, figures: {out}/*.png")
     return 0

@@ -1,0 +1,39 @@
+"""Writing outputs: complete or absent, refused before the work when they cannot be written, a full disk said so."""
+import errno
+
+import pytest
+
+from asteroid.errors import AsteroidError, ConfigError
+from asteroid.fileio import atomic_output, writable_output
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_output(path, "w") as handle:
+            handle.write("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_a_full_disk_is_said_as_such_and_nothing_is_left(tmp_path):
+    path = tmp_path / "pred.npz"
+    with pytest.raises(AsteroidError, match="pred.npz: the disk is full; nothing was written"):
+        with atomic_output(path) as handle:
+            handle.write(b"x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_that_cannot_be_written_are_refused_naming_the_file(tmp_path):
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "blocker").write_text("x")
+    with pytest.raises(ConfigError, match="folder.json: is a directory; give a file name"):
+        writable_output(tmp_path / "folder.json")
+    with pytest.raises(ConfigError, match="blocker/out.json: cannot be created, .*blocker is a file"):
+        writable_output(tmp_path / "blocker" / "out.json")
+    with pytest.raises(ConfigError, match="blocker: is a file; give a folder"):
+        writable_output(tmp_path / "blocker", "folder")
+    assert writable_output(tmp_path / "new" / "deeper" / "out.json") == tmp_path / "new" / "deeper" / "out.json"
+    assert not (tmp_path / "new").exists()  # checked, not created
