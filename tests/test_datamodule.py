@@ -38,6 +38,30 @@ def test_windows_are_views_of_the_trajectory(tmp_path):
     assert isinstance(cache, np.memmap) and cache.dtype == np.float32
 
 
+@pytest.mark.parametrize("spoil", ["cut", "zeroed", "missing"])
+def test_a_spoiled_cache_is_rebuilt_with_one_line_saying_so(tmp_path, capsys, spoil):
+    R = write_npz(tmp_path / "a.npz")
+    source = TrajectorySource(str(tmp_path / "a.npz"))
+    dm = make_module(tmp_path, [source])
+    cache = dm.datasets["train"].coordinate_files[0]
+    capsys.readouterr()
+    size = cache.stat().st_size
+    if spoil == "cut":
+        cache.write_bytes(cache.read_bytes()[: size * 6 // 10])
+    elif spoil == "zeroed":  # same size, same header: only the checksum tells
+        header = len(cache.read_bytes()) - R.size * 4
+        cache.write_bytes(cache.read_bytes()[:header] + bytes(size - header))
+    else:
+        cache.unlink()
+    again = make_module(tmp_path, [source])
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(str(cache)) and "rebuilding it from" in said[0]
+    np.testing.assert_array_equal(np.load(cache), R.astype(np.float32))
+    assert again.datasets["val"][3]["history"].abs().sum() > 0
+    make_module(tmp_path, [source])
+    assert capsys.readouterr().out == ""  # a whole cache is used as it is
+
+
 def test_displacement_scale_uses_the_training_block_only(tmp_path):
     R = write_npz(tmp_path / "a.npz")
     dm = make_module(tmp_path, [TrajectorySource(str(tmp_path / "a.npz"))])

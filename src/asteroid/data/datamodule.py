@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,36 @@ def collate_windows(samples: list[dict]) -> dict:
     return batch
 
 
+def cache_fingerprint(coords_file: Path) -> dict:
+    """Size and CRC-32 of a coordinate cache (and of its cells, if periodic): what its metadata records."""
+    fingerprint = {}
+    for key, path in (("coordinates", coords_file), ("cells", box_file(coords_file))):
+        if path.exists():
+            crc = 0
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    crc = zlib.crc32(chunk, crc)
+            fingerprint[key] = {"bytes": path.stat().st_size, "crc32": crc}
+    return fingerprint
+
+
+def cache_problem(coords_file: Path, meta: dict) -> str | None:
+    """Why a coordinate cache cannot be trusted (missing, cut, changed since it was made), or None if it can."""
+    if not coords_file.exists():
+        return "missing"
+    if "coordinates" not in meta:
+        return "made by an older version without a checksum"
+    found = cache_fingerprint(coords_file)
+    for key, recorded in ((k, meta[k]) for k in ("coordinates", "cells") if k in meta):
+        if key not in found:
+            return f"its {key} file is missing"
+        if found[key]["bytes"] != recorded["bytes"]:
+            return f"its {key} file has {found[key]['bytes']} bytes where {recorded['bytes']} were written (cut?)"
+        if found[key]["crc32"] != recorded["crc32"]:
+            return f"its {key} file does not match the checksum written with it (changed or corrupted)"
+    return None
+
+
 class TrajectoryDataModule(pl.LightningDataModule):
     """Chronological (or peer-protocol) windows of one or several trajectories.
 
@@ -198,8 +229,11 @@ class TrajectoryDataModule(pl.LightningDataModule):
                 # resume=True continues an interrupted generation (its checkpoint) and starts afresh otherwise
                 simulate(path, molecule=source.molecule, frames=source.frames, resume=True)
             coords_file, meta_file = self._cache_paths(source)
-            if coords_file.exists() and meta_file.exists():
-                continue
+            if meta_file.exists():
+                problem = cache_problem(coords_file, json.loads(meta_file.read_text()))
+                if problem is None:
+                    continue
+                print(f"{coords_file}: {problem}; rebuilding it from {path}")
             traj = load_trajectory(path, topology=source.topology, selection=source.selection, dt_fs=source.dt_fs)
             if self.heavy_atoms:
                 traj = traj.select_atoms(np.flatnonzero(traj.z > 1))
@@ -211,7 +245,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
                 np.save(handle, np.ascontiguousarray(traj.R, dtype=np.float32))
             with atomic_output(meta_file, "w") as handle:  # last: its presence says the cache is complete
                 json.dump(dict(z=traj.z.tolist(), dt_fs=traj.dt_fs, name=traj.name, source=str(path),
-                               periodic=periodic), handle)
+                               periodic=periodic, **cache_fingerprint(coords_file)), handle)
 
     # ---- windows -----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
