@@ -287,16 +287,38 @@ def _holds(node, key: list[str]) -> bool:
     return key[0] == "init_args" and _holds(node, key[1:])
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML whose mappings refuse a key given twice (plain YAML keeps the last one silently: a whole `model:`
+    block could vanish without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _config_chain(path: Path, seen: tuple = ()) -> list[Path]:
     if not path.is_file():
         return [path]  # jsonargparse reports the missing file (or parses an inline yaml string)
     if path.resolve() in seen:
         raise ConfigError(f"{path}: `extends` loops back to itself")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
+        content = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    base = content.get("extends") if isinstance(content, dict) else None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if content is None:
+        raise ConfigError(f"{path}: the config file is empty")
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: a config file holds keys and values (`trainer:`, `model:`, `data:`), not "
+                          f"{type(content).__name__} {content!r:.40}")
+    base = content.get("extends")
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{path}: `extends` names one config file, got {base!r}")
     if base is None:
         return [path]
     return _config_chain(path.parent / base, seen + (path.resolve(),)) + [path]
