@@ -237,6 +237,21 @@ def test_bad_options_are_one_line_errors_and_leave_no_file(trained, tmp_path, ca
 
 @pytest.mark.integration
 @pytest.mark.integration
+def test_a_checkpoint_meets_only_the_windows_and_atoms_it_was_trained_on(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(trained.root)
+    message = error_of(capsys, roll(trained, tmp_path / "pred.xyz", "--data.spacing", "3"))
+    assert "trained on windows of frames [0, 2, 4] -> [6, 8], but the data settings give [0, 3, 6] -> [9, 12]" \
+        in message and not (tmp_path / "pred.xyz").exists()
+    tested = main(["test", *trained.args, "--ckpt_path", str(trained.ckpt), "--data.spacing", "3"])
+    assert "trained on windows of frames" in error_of(capsys, tested)
+    other = tmp_path / "other.npz"
+    np.savez(other, R=harmonic_frames(600, 5), z=np.array([8, 6, 1, 1, 1]), dt_fs=0.5)
+    sources = json.dumps([{"path": str(other)}])
+    message = error_of(capsys, roll(trained, tmp_path / "pred.xyz", "--data.sources", sources))
+    assert "other.npz: its atoms (CH3O) are not those of any trajectory" in message and "C2H6O" in message
+
+
+@pytest.mark.integration
 def test_a_checkpoint_with_nan_weights_is_refused_and_nothing_written(trained, tmp_path, capsys):
     checkpoint = torch.load(trained.ckpt, weights_only=False)
     name = next(key for key, value in checkpoint["state_dict"].items() if value.is_floating_point())

@@ -21,7 +21,7 @@ from asteroid.callbacks import (CONFIG_KEY, CheckpointOnInterrupt, ModelConfigIn
                                 ValidateLastStep)
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import AsteroidError, ConfigError, DivergedError
-from asteroid.module import ForecastModule, run_dir
+from asteroid.module import DATA_KEY, ForecastModule, run_dir
 from asteroid.runs import LAST, ROOT, AtomicCheckpointIO, RunLogger, checkpoint_version, latest_checkpoint
 
 # subcommand -> (module with `main(argv) -> int`, one-line help)
@@ -186,6 +186,7 @@ def load_weights(cli: AsteroidCLI, ckpt_path: str | Path) -> tuple[ForecastModul
     if "state_dict" not in checkpoint:
         raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint (no state_dict)")
     check_checkpoint_config(checkpoint, ckpt_path, cli._model_config(None))
+    cli.datamodule.check_signature(checkpoint.get(DATA_KEY), str(ckpt_path))  # the layout; atoms once set up
     broken = [name for name, value in checkpoint["state_dict"].items()
               if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
     if broken:

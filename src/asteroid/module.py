@@ -62,6 +62,9 @@ def run_dir(trainer: pl.Trainer) -> Path | None:
     return Path(log_dir) if log_dir else None
 
 
+DATA_KEY = "asteroid_data"  # a checkpoint's record of the windows and atoms it was trained on
+
+
 class ForecastModule(pl.LightningModule):
     """Trains and evaluates `net` (ASTEROID or a baseline) on windows from `TrajectoryDataModule`.
 
@@ -146,8 +149,14 @@ class ForecastModule(pl.LightningModule):
     # from an uninterrupted one; keeping torch's state in the checkpoint makes resuming exact.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["torch_rng_state"] = torch.get_rng_state()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            checkpoint[DATA_KEY] = datamodule.signature()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            datamodule.check_signature(checkpoint.get(DATA_KEY), str(self.trainer.ckpt_path or "the checkpoint"))
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from asteroid.arguments import CommandParser
-from asteroid.cli import from_config, load_weights, resolve_ckpt_path
+from asteroid.cli import from_config, load_weights, read_checkpoint, resolve_ckpt_path
 from asteroid.data import load_trajectory
 from asteroid.data.readers import element_topology
 from asteroid.data.windows import WindowLayout
@@ -28,6 +28,7 @@ from asteroid.errors import ConfigError, DataError, DivergedError, MissingTimest
 from asteroid.fileio import atomic_output, writable_output
 from asteroid.metrics import covalent_bonds
 from asteroid.models.base import ForecastModel
+from asteroid.module import DATA_KEY
 
 
 def rollout_spacing(layout: WindowLayout) -> int:
@@ -275,10 +276,12 @@ def main(argv: list[str]) -> int:
 
     cli = from_config(config_args)
     run_name = cli.config.name
-    model, datamodule = load_weights(cli, resolve_ckpt_path(args.ckpt_path, run_name))
+    ckpt_path = resolve_ckpt_path(args.ckpt_path, run_name)
+    model, datamodule = load_weights(cli, ckpt_path)
     spacing = rollout_spacing(datamodule.layout)
     datamodule.prepare_data()
     datamodule.setup("test")
+    datamodule.check_signature(read_checkpoint(ckpt_path).get(DATA_KEY), str(ckpt_path))  # now with the atoms
     if args.init is not None:
         start = start_from_file(args.init, datamodule, spacing)
     else:

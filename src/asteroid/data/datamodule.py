@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+from ase.data import chemical_symbols
+from ase.formula import Formula
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
@@ -118,6 +120,11 @@ def collate_windows(samples: list[dict]) -> dict:
     return batch
 
 
+def formula(z) -> str:
+    """Hill formula of atomic numbers, e.g. C2H6O."""
+    return Formula.from_list([chemical_symbols[int(number)] for number in z]).format("hill")
+
+
 def cache_fingerprint(coords_file: Path) -> dict:
     """Size and CRC-32 of a coordinate cache (and of its cells, if periodic): what its metadata records."""
     fingerprint = {}
@@ -186,6 +193,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
         self.heavy_atoms = self.protocol.heavy_atoms if heavy_atoms is None else heavy_atoms
         self.batch_size, self.num_workers, self.cache_dir = batch_size, num_workers, Path(cache_dir)
         self.datasets: dict[str, WindowDataset] = {}
+        self.trajectories: list[dict] = []
         self.displacement_scale: torch.Tensor | None = None
 
     @property
@@ -296,6 +304,38 @@ class TrajectoryDataModule(pl.LightningDataModule):
     def lead_times_fs(self) -> np.ndarray:
         """(P,) time of each target frame after the last history frame, femtoseconds (first trajectory's dt)."""
         return self.layout.lead_frames() * self.trajectories[0]["dt_fs"]
+
+    def signature(self) -> dict:
+        """What a model trained on this data depends on: the window layout and the atoms of each trajectory.
+        Saved in every checkpoint (ForecastModule) and checked when the checkpoint meets data again."""
+        signature = {"history_offsets": list(self.layout.history_offsets),
+                     "target_offsets": list(self.layout.target_offsets), "heavy_atoms": bool(self.heavy_atoms)}
+        if self.trajectories:  # known once set up
+            signature["atoms"] = [list(t["z"]) for t in self.trajectories]
+        return signature
+
+    def check_signature(self, recorded: dict | None, checkpoint: str) -> None:
+        """Refuse data other than what `checkpoint` was trained on (recorded: its signature(); None for checkpoints
+        older than the record, which cannot be checked)."""
+        if not recorded:
+            return
+        mine = self.signature()
+        trained = (recorded["history_offsets"], recorded["target_offsets"])
+        given = (mine["history_offsets"], mine["target_offsets"])
+        if trained != given:
+            raise ConfigError(f"{checkpoint}: trained on windows of frames {trained[0]} -> {trained[1]}, but the data "
+                              f"settings give {given[0]} -> {given[1]}; use the data.spacing, data.history, "
+                              "data.horizon and data.protocol it was trained with")
+        if recorded["heavy_atoms"] != mine["heavy_atoms"]:
+            kept = "heavy atoms only" if recorded["heavy_atoms"] else "every atom"
+            raise ConfigError(f"{checkpoint}: trained on {kept}, but the data settings keep "
+                              f"{'heavy atoms only' if mine['heavy_atoms'] else 'every atom'}")
+        if "atoms" in recorded and "atoms" in mine:
+            known = {tuple(z) for z in recorded["atoms"]}
+            foreign = [t for t in self.trajectories if tuple(t["z"]) not in known]  # set up: "atoms" in mine
+            if foreign:
+                raise DataError(f"{foreign[0]['source']}: its atoms ({formula(foreign[0]['z'])}) are not those of any "
+                                f"trajectory {checkpoint} was trained on ({', '.join(formula(z) for z in known)})")
 
     def split_summary(self) -> dict:
         """The split definition, saved with every run so that it can be reproduced and audited."""
