@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from asteroid.arguments import CommandParser
 from asteroid.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def parse_only(monkeypatch):
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = original(self, args, namespace)
-        if type(self) is argparse.ArgumentParser:  # ours, not jsonargparse's subclass used by LightningCLI
+        if isinstance(self, CommandParser):  # ours, not jsonargparse's subclass used by LightningCLI
             raise Parsed(extras)
         return namespace, extras
 
