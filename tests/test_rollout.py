@@ -223,7 +223,7 @@ def test_bad_options_are_one_line_errors_and_leave_no_file(trained, tmp_path, ca
         (("--batch", "100000"), {}, "the test split has only"),
         (("--batch", "2", "--init", str(tmp_path / "x.xyz")), {}, "--init gives one initial condition"),
         ((), {"--out": str(tmp_path / "out" / "pred.mol2")}, "unknown output suffix '.mol2'"),
-        (("--data.horizon", "1"), {}, "its weights do not fit the config's model (size mismatch"),
+        (("--data.horizon", "1"), {}, "trained on windows of frames [0, 2, 4] -> [6, 8], but the data settings give"),
     ]
     for extra, replaced, problem in cases:
         argv = ["rollout", *trained.args, "--ckpt_path", str(trained.ckpt), "--out", str(out), "--no-progress"]
