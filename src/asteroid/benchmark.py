@@ -31,6 +31,7 @@ from asteroid.cli import from_config, load_trained
 from asteroid.data import load_trajectory
 from asteroid.errors import ConfigError, DataError
 from asteroid.fileio import atomic_output, writable_output
+from asteroid.module import REFERENCE_ORDERS
 from asteroid.rollout import rollout, rollout_spacing
 from asteroid.simulate import (TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path,
                                xtb_calculator)
@@ -159,8 +160,7 @@ def checkpoint_test_mse(ckpt_path: str | None) -> float | None:
         rows = list(csv.DictReader(handle))
     if rows and not {"model", "step", "mse"} <= set(rows[0]):
         raise DataError(f"{table}: not a test table (columns model, step, mse, ...)")
-    values = [float(r["mse"]) for r in rows if r["model"] not in ("constant", "linear", "quadratic")
-              and r["step"] != "mean"]
+    values = [float(r["mse"]) for r in rows if r["model"] not in REFERENCE_ORDERS and r["step"] != "mean"]
     return float(np.mean(values)) if values else None
 
 

@@ -222,10 +222,11 @@ class ForecastModule(pl.LightningModule):
             self._first_val_batch["pred"] = pred[0].detach().float().cpu()
 
     def on_validation_epoch_end(self):
-        if not self.trainer.sanity_checking and not torch.isfinite(self.val_loss.compute()):
+        val_loss = None if self.trainer.sanity_checking else self.val_loss.compute()
+        if val_loss is not None and not torch.isfinite(val_loss):
             # raised before the checkpoint callbacks run, so these weights are saved as neither last nor best
             raise DivergedError(f"training diverged by step {self.global_step}: the validation loss is "
-                                f"{self.val_loss.compute().item()}; lower model.lr (now {self.hparams.lr})")
+                                f"{val_loss.item()}; lower model.lr (now {self.hparams.lr})")
         values = with_step_axis(self.val_metrics.compute())
         self.val_metrics.reset()
         self._log_per_step("val", values)
