@@ -84,7 +84,27 @@ def test_self_comparison_is_physical_with_zero_error(reference):
     # against the reference mean, a trajectory from the same ensemble sits at the reference's own fluctuation
     late = np.mean(bonds["vs_reference_mean"]["rms"][-10:])
     assert late == pytest.approx(bonds["reference_fluctuation"], rel=0.3)
-    assert report["target"]["met"] is False and "fewer than 10000" in report["target"]["unmet"][0]
+    motion = report["motion"]
+    assert motion["mean_step"]["predicted"] == pytest.approx(motion["mean_step"]["reference"], rel=1e-3)
+    assert motion["kinetic_temperature"]["predicted"] == pytest.approx(motion["kinetic_temperature"]["reference"],
+                                                                       rel=1e-3)
+    assert motion["spectrum"]["overlap"] > 0.95
+    assert report["target"]["met"] is True, report["target"]["unmet"]
+
+
+def test_a_frozen_and_a_cartesian_noise_trajectory_fail_the_target(reference):
+    """Neither holding the geometry still nor shaking it at random passes: the motion checks catch what the
+    distributions alone might not."""
+    frozen = np.repeat(reference[None, :1], 2000, axis=1) + 1e-4 * np.random.default_rng(0).normal(size=(1, 2000, 9, 3))
+    noisy = reference[None, :2000] + 0.03 * np.random.default_rng(1).normal(size=(1, 2000, 9, 3))
+    for name, trajectory in (("frozen", frozen), ("noisy", noisy)):
+        report = physical_report(trajectory, ETHANOL_Z, DT, reference, DT)
+        assert report["target"]["met"] is False, name
+        motion = report["motion"]
+        ratio = motion["kinetic_temperature"]["predicted"] / motion["kinetic_temperature"]["reference"]
+        assert (ratio < 0.1) if name == "frozen" else (ratio > 2), (name, ratio)
+        assert motion["spectrum"]["overlap"] < 0.8, name
+        assert any("kinetic temperature" in reason for reason in report["target"]["unmet"]), name
 
 
 def test_time_shifted_copy_is_close_and_a_hotter_trajectory_is_not(reference):
@@ -158,7 +178,7 @@ def test_save_report_writes_json_figures_and_tensorboard(reference, tmp_path, ca
     assert stored["unphysical"]["any"] is False and stored["coordinate_error"]["frames"] == 100
     assert set(stored["distributions"]) == {"bond_length", "angle", "dihedral", "radius_of_gyration"}
     assert (tmp_path / "out" / "report.json").stat().st_size < 200_000
-    names = {"coordinate_error", "deviation", "bond_length", "angle", "dihedral", "radius_of_gyration"}
+    names = {"coordinate_error", "deviation", "bond_length", "angle", "dihedral", "radius_of_gyration", "spectrum"}
     for name in names:
         assert (tmp_path / "out" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()

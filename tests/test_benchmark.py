@@ -21,7 +21,7 @@ from helpers import ETHANOL_Z, write_toy_trajectory
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 KEYS = {"molecule", "n_atoms", "spacing", "device", "md_seconds_per_ps", "model_seconds_per_ps",
         "model_batched_seconds_per_ps", "batch", "speedup", "speedup_batched", "flops_per_forecast", "flops_per_ps",
-        "test_mse"}
+        "test_mse", "frames_per_second", "ps_per_second", "batched_frames_per_second", "batched_ps_per_second"}
 POSITIVE = KEYS - {"molecule", "device", "test_mse"}
 
 
@@ -134,6 +134,9 @@ def test_benchmark_writes_positive_figures_for_every_molecule(tmp_path, capsys):
         assert all(result[key] > 0 for key in POSITIVE), result
         assert result["weights"] == "untrained" and result["batch"] == 3 and result["spacing"] == 4
         assert result["speedup"] == pytest.approx(result["md_seconds_per_ps"] / result["model_seconds_per_ps"])
+        # frames 4 x 0.5 fs apart: 500 frames per simulated picosecond
+        assert result["frames_per_second"] == pytest.approx(500 * result["ps_per_second"])
+        assert result["batched_ps_per_second"] == pytest.approx(1 / result["model_batched_seconds_per_ps"])
     assert results[0]["n_atoms"] == 9 and results[1]["n_atoms"] == 6
     assert results[0]["test_mse"] is None and results[1]["test_mse"] is None  # untrained: no test of its own
     # FLOPs per picosecond: one forecast of 2 frames 4 x 0.5 fs apart every 4 fs, 250 forecasts per picosecond

@@ -32,7 +32,7 @@ from asteroid.data import load_trajectory
 from asteroid.errors import ConfigError, DataError
 from asteroid.fileio import atomic_output, writable_output
 from asteroid.module import REFERENCE_ORDERS
-from asteroid.rollout import rollout, rollout_spacing
+from asteroid.rollout import THERMOSTAT_COUPLING, rollout, rollout_spacing
 from asteroid.simulate import (TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path,
                                xtb_calculator)
 
@@ -107,7 +107,8 @@ def model_seconds_per_ps(net, atoms: Atoms, trajectories: int, forecasts: int, f
                          device: torch.device, repeats: int, clock: str) -> float:
     """Seconds per simulated picosecond of one trajectory, rolling out `trajectories` at once.
 
-    One untimed forecast warms up; then `repeats` rollouts of `forecasts` whole forecasts each are timed.
+    One untimed forecast warms up; then `repeats` rollouts of `forecasts` whole forecasts each are timed, with the
+    settings `asteroid rollout` uses by default.
     `frame_fs` is the time between predicted frames (spacing x data frame time).
     """
     history = torch.tensor(ballistic_history(atoms, trajectories, net.history, frame_fs), dtype=torch.float32,
@@ -116,8 +117,12 @@ def model_seconds_per_ps(net, atoms: Atoms, trajectories: int, forecasts: int, f
     mask = torch.ones_like(z, dtype=torch.bool)
     frames = forecasts * net.horizon
 
+    # what `asteroid rollout` does by default: draws, projected, rigid motion stripped, the thermostat on
+    trained_noise = net.noise is not None and net.noise.step_energy > 0
+    coupling = THERMOSTAT_COUPLING if trained_noise else None
+
     def run(n_frames: int) -> None:
-        rollout(net, history, z, mask, n_frames)
+        rollout(net, history, z, mask, n_frames, thermostat_coupling=coupling)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
@@ -212,11 +217,16 @@ def benchmark_case(name: str, atoms: Atoms, net, spacing: int, data_fs: float, w
                   model_seconds_per_ps=single, model_batched_seconds_per_ps=batched, batch=args.batch,
                   speedup=md / single, speedup_batched=md / batched, flops_per_forecast=flops,
                   flops_per_ps=flops_per_ps, test_mse=mse, weights=weights, threads=args.threads, clock=args.clock,
-                  compiled=args.compile)
+                  compiled=args.compile,
+                  # the rollout's own rates: frames and simulated picoseconds per second, of all trajectories at once
+                  frames_per_second=1000.0 / (frame_fs * single), ps_per_second=1.0 / single,
+                  batched_frames_per_second=1000.0 / (frame_fs * batched), batched_ps_per_second=1.0 / batched)
     print(f"{name} ({len(atoms)} atoms, spacing {spacing} = {frame_fs:g} fs): MD {md:.4g} s/ps, model {single:.4g} "
           f"s/ps (batch 1), {batched:.4g} s/ps per trajectory (batch {args.batch}); speedup {md / single:.3g}x, "
           f"{md / batched:.3g}x batched; {flops / 1e6:.3g} MFLOP per forecast, {flops_per_ps / 1e6:.3g} MFLOP per "
-          f"ps; test MSE {format_mse(mse)} Å²", flush=True)
+          f"ps; test MSE {format_mse(mse)} Å²; rollout {result['frames_per_second']:.4g} frames/s = "
+          f"{result['ps_per_second']:.3g} ps/s (batch 1), {result['batched_frames_per_second']:.4g} frames/s = "
+          f"{result['batched_ps_per_second']:.3g} ps/s (batch {args.batch}, all trajectories)", flush=True)
     return result
 
 
@@ -227,11 +237,13 @@ def format_mse(mse: float | None) -> str:
 def markdown_table(results: list[dict]) -> str:
     """The results as a markdown table, smallest molecule first."""
     header = ("| molecule | atoms | spacing | MD s/ps | model s/ps (batch 1) | model s/ps per trajectory (batch B) "
-              "| B | speedup | speedup (batch B) | MFLOP per forecast | MFLOP per ps | test MSE (Å²) | weights |\n"
-              + "|---" * 13 + "|")
+              "| B | speedup | speedup (batch B) | rollout frames/s (batch 1 / B) | MFLOP per forecast | MFLOP per ps "
+              "| test MSE (Å²) | weights |\n" + "|---" * 14 + "|")
     rows = [f"| {r['molecule']} | {r['n_atoms']} | {r['spacing']} | {r['md_seconds_per_ps']:.3g} "
             f"| {r['model_seconds_per_ps']:.3g} | {r['model_batched_seconds_per_ps']:.3g} | {r['batch']} "
-            f"| {r['speedup']:.3g} | {r['speedup_batched']:.3g} | {r['flops_per_forecast'] / 1e6:.3g} "
+            f"| {r['speedup']:.3g} | {r['speedup_batched']:.3g} "
+            f"| {r.get('frames_per_second', float('nan')):.4g} / {r.get('batched_frames_per_second', float('nan')):.4g} "
+            f"| {r['flops_per_forecast'] / 1e6:.3g} "
             f"| {r['flops_per_ps'] / 1e6:.3g} | {format_mse(r['test_mse'])} | {r['weights']} |"
             for r in sorted(results, key=lambda r: r["n_atoms"])]
     return "\n".join([header, *rows])

@@ -131,3 +131,37 @@ def with_step_axis(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ForecastMetrics.compute() with its per-step entries as (P,) even for P = 1 (torchmetrics squeezes to 0-d)."""
     return {name: value.reshape(-1) if name in ("mse", "mae", "rmsd", "ade", "bond") else value
             for name, value in values.items()}
+
+
+class SpreadSkill(Metric):
+    """Calibration of an ensemble of sampled forecasts, per horizon step.
+
+    update(draws (K, B, P, N, 3), target (B, P, N, 3), mask (B, N)). compute() gives, per step (P,): "spread", the
+    RMS over windows, real atoms and components of the draws' unbiased standard deviation; "rmse", the RMS error of
+    the draws' mean; "ratio" = sqrt((K + 1) / K) spread / rmse, which is 1 for draws as spread as the truth is from
+    them (below 1: overconfident, above: underconfident). Angstrom.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, horizon: int):
+        super().__init__()
+        self.add_state("variance", torch.zeros(horizon, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("squared_error", torch.zeros(horizon, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("draws", torch.zeros((), dtype=torch.float64), dist_reduce_fx="max")
+
+    def update(self, draws: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
+        real = mask[:, None, :, None].to(torch.float64)  # (B, 1, N, 1)
+        draws = draws.double()
+        self.variance += (draws.var(dim=0) * real).sum((0, 2, 3))
+        self.squared_error += ((draws.mean(dim=0) - target.double()).square() * real).sum((0, 2, 3))
+        self.count += 3 * real.sum()
+        self.draws = torch.maximum(self.draws, torch.tensor(float(len(draws)), dtype=torch.float64,
+                                                            device=self.draws.device))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        spread = (self.variance / self.count).sqrt()
+        rmse = (self.squared_error / self.count).sqrt()
+        return {"spread": spread, "rmse": rmse, "ratio": ((self.draws + 1) / self.draws).sqrt() * spread / rmse}

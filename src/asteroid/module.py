@@ -10,11 +10,13 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
-from asteroid.errors import ConfigError, DivergedError
+from asteroid.errors import ConfigError, DataError, DivergedError
 from asteroid.figures import error_vs_horizon, trajectory_traces
 from asteroid.fileio import atomic_output
-from asteroid.metrics import ForecastMetrics, with_step_axis
+from asteroid.metrics import ForecastMetrics, SpreadSkill, with_step_axis
 from asteroid.models.base import ForecastModel
+from asteroid.models.bonded import BondedGeometry
+from asteroid.models.noise import GaussMarkovNoise, windows_step_energy
 from asteroid.models.baselines.extrapolation import extrapolate
 from asteroid.report import format_table, metrics_table, write_csv
 from asteroid.schedule import training_progress, warmup_cosine
@@ -76,12 +78,20 @@ class ForecastModule(pl.LightningModule):
     budget when that ends the run first, so a budget-limited run still ends its schedule. `warmup_steps` is a share
     of `max_steps`, the same share of a budget. `history_noise` > 0 perturbs the
     training histories (see `random_walk_noise`) so that long rollouts stay stable.
+
+    For long rollouts (docs/design.md, "Rollouts"): `bond_constraints` projects every forecast, in training too,
+    onto bond lengths a head predicts (its likelihood added as "bond_nll", weight 1) and the 1-3 distance ranges of
+    the training frames (`models.bonded`); `stochastic` learns a distribution
+    around the forecast (`models.noise`, its likelihood added to the loss as "noise_nll" with weight 1, the mean
+    untouched by it) that rollouts sample from, and the test table then reports the spread of `test_samples` draws
+    against the error of their mean (spread-skill, 1 = calibrated).
     """
 
     def __init__(self, net: ForecastModel, lr: float = 1e-3, weight_decay: float = 1e-2, warmup_steps: int = 100,
                  lr_schedule: str = "cosine", aux_loss_weights: dict[str, float] | None = None,
                  max_sampling_prob: float = 0.5, sampling_ramp: float = 0.5, rotation_augmentation: bool = True,
-                 history_noise: float = 0.0):
+                 history_noise: float = 0.0, bond_constraints: bool = False, stochastic: bool = False,
+                 test_samples: int = 8):
         super().__init__()
         if not lr > 0:
             raise ConfigError(f"model.lr must be a positive number, got {lr}")
@@ -99,10 +109,16 @@ class ForecastModule(pl.LightningModule):
                               f"{next(iter(negative.values()))}")
         if history_noise < 0:
             raise ConfigError(f"model.history_noise must be >= 0 Angstrom, got {history_noise}")
+        if test_samples < 2:
+            raise ConfigError(f"model.test_samples must be >= 2 (a spread needs two draws), got {test_samples}")
         if lr_schedule not in ("cosine", "constant"):
             raise ConfigError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
+        if bond_constraints:
+            net.bonded = BondedGeometry(net.history, net.horizon)
+        if stochastic:
+            net.noise = GaussMarkovNoise(net.history, net.horizon)
         # Nets without parameters (the extrapolation baselines) go through `fit` for validation and test only.
         self.automatic_optimization = any(p.requires_grad for p in net.parameters())
         self.aux_loss_weights = aux_loss_weights or {"sti_primary": 1.0, "sti_consistency": 0.1,
@@ -111,6 +127,7 @@ class ForecastModule(pl.LightningModule):
         self.test_metrics = torch.nn.ModuleDict({"model": ForecastMetrics(net.horizon)})
         # RMS over atoms and steps of f(rotated window) - rotated f(window): how far from rotation-equivariant
         self.rotation_error = MeanMetric()
+        self.spread_skill = SpreadSkill(net.horizon)
         self.val_loss = MeanMetric()
         self.layout = None
         self._first_val_batch = None
@@ -126,6 +143,16 @@ class ForecastModule(pl.LightningModule):
         self.layout = datamodule.layout
         # A checkpoint loaded after setup restores its own scale, so this only matters for a fresh net.
         self.net.set_displacement_scale(datamodule.displacement_scale.to(self.device))
+        if self.net.noise is not None:
+            energy = windows_step_energy(datamodule.datasets["train"], seed=datamodule.seed)
+            if not energy < torch.finfo(torch.float32).max:
+                raise DataError(f"training windows: the mean square frame-to-frame step is {energy:.3g} amu A^2, "
+                                "beyond float32; are the coordinates in Angstrom?")
+            self.net.noise.step_energy.fill_(energy)
+        if self.net.bonded is not None:  # refitted from the same training frames, or replaced by a checkpoint's
+            z, frames = datamodule.training_frames()
+            self.net.bonded.fit(z, frames)
+            self.net.bonded.to(self.device)
         for name, order in REFERENCE_ORDERS.items():
             if order < self.net.history and name not in self.test_metrics:
                 self.test_metrics[name] = ForecastMetrics(self.net.horizon).to(self.device)
@@ -186,11 +213,16 @@ class ForecastModule(pl.LightningModule):
             history = history + random_walk_noise(history, self.hparams.history_noise)
         sampling_prob = self.sampling_prob  # asks the trainer and the clock: once per step
         out = self.net(history, batch["z"], mask, target=target, sampling_prob=sampling_prob, box=batch.get("box"))
-        forecast = self.forecast_loss(out["pred"], target, mask)
+        pred = self.net.constrain(out["pred"], batch["z"], history)
+        forecast = self.forecast_loss(pred, target, mask)
         unknown = set(out["losses"]) - set(self.aux_loss_weights)
         if unknown:
             raise ConfigError(f"the net returns losses {sorted(unknown)} with no weight in model.aux_loss_weights")
         aux = {name: self.aux_loss_weights[name] * value for name, value in out["losses"].items()}
+        if self.net.bonded is not None and self.net.bonded.fitted:
+            aux["bond_nll"] = self.net.bonded.length_nll(history, target)
+        if self.net.noise is not None:
+            aux["noise_nll"] = self.net.noise.nll(history, batch["z"], mask, pred, target, self.net.displacement_scale)
         loss = forecast + sum(aux.values())
         if not torch.isfinite(loss):  # stop here: a NaN run must never reach a checkpoint, let alone `best`
             raise DivergedError(f"training diverged at step {self.global_step}: the loss is {loss.item()} (forecast "
@@ -205,8 +237,8 @@ class ForecastModule(pl.LightningModule):
 
     # ---- evaluation --------------------------------------------------------------------------------------------
     def forward(self, batch) -> torch.Tensor:
-        """(B, P, N, 3) forecast of a batch of windows, feeding the model's own predictions (inference)."""
-        return self.net(batch["history"], batch["z"], batch["mask"], box=batch.get("box"))["pred"]
+        """(B, P, N, 3) forecast mean of a batch of windows, feeding the model's own predictions (inference)."""
+        return self.net.generate(batch["history"], batch["z"], batch["mask"], box=batch.get("box"))
 
     def _update(self, metric, pred, batch):
         metric.update(pred, batch["target"], batch["mask"], batch["z"], batch["history"][:, -1])
@@ -242,6 +274,10 @@ class ForecastModule(pl.LightningModule):
         mismatch = (rotated - rotate(pred, rotation)).square().sum(-1)  # (B, P, N)
         real = batch["mask"][:, None, :].expand_as(mismatch)
         self.rotation_error.update(((mismatch * real).sum((1, 2)) / real.sum((1, 2))).sqrt())
+        if self.net.noise is not None:
+            draws = torch.stack([self.net.generate(batch["history"], batch["z"], batch["mask"], box=batch.get("box"),
+                                                   sample=True) for _ in range(self.hparams.test_samples)])
+            self.spread_skill.update(draws, batch["target"], batch["mask"])
         for name, order in REFERENCE_ORDERS.items():
             if name in self.test_metrics:
                 guess = extrapolate(batch["history"], self.layout.history_offsets, self.layout.target_offsets, order)
@@ -259,17 +295,30 @@ class ForecastModule(pl.LightningModule):
         rotation_error = self.rotation_error.compute()
         self.rotation_error.reset()
         self.log("test/rotation_error", rotation_error, sync_dist=True)
-        self._report_test(rows, float(rotation_error))
+        calibration = None
+        if self.net.noise is not None:
+            calibration = {key: value.reshape(-1) for key, value in self.spread_skill.compute().items()}  # (P,)
+            self.spread_skill.reset()
+            for k, ratio in enumerate(calibration["ratio"]):
+                self.log(f"test_spread_skill_per_step/step_{k + 1:02d}", ratio.float(), sync_dist=True)
+        self._report_test(rows, float(rotation_error), calibration)
 
     @rank_zero_only
-    def _report_test(self, rows, rotation_error):
+    def _report_test(self, rows, rotation_error, calibration=None):
         print("\n" + format_table(rows, title="test windows: error per horizon step (MSE = mean over atoms and "
                                               "x, y, z components)"))
         print(f"rotation error: {rotation_error:.3g} A RMS (forecast of a rotated window against the rotated "
               "forecast)")
+        if calibration is not None:
+            print(f"sampled forecasts ({self.hparams.test_samples} draws per window), spread-skill ratio per step "
+                  "(1 = spread matches the error of the draws' mean): "
+                  + " ".join(f"{value:.2f}" for value in calibration["ratio"].tolist()))
         if self.run_dir is not None:
             write_csv(rows, self.run_dir / "test_metrics.csv")
             print(f"test table written to {self.run_dir / 'test_metrics.csv'}")
+            if calibration is not None:
+                write_csv([{"step": k + 1, **{key: float(value[k]) for key, value in calibration.items()}}
+                           for k in range(self.net.horizon)], self.run_dir / "spread_skill.csv")
 
     def predict_step(self, batch, batch_idx):
         return {"pred": self(batch).float(), **batch}

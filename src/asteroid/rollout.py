@@ -5,6 +5,7 @@ trajectory as a file that mdtraj, ASE, VMD and PyMOL open.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from contextlib import ExitStack
@@ -16,10 +17,11 @@ import mdtraj as md
 import numpy as np
 import torch
 from ase import Atoms
+from ase.data import atomic_masses
 from torch import Tensor
 from tqdm import tqdm
 
-from asteroid.arguments import CommandParser
+from asteroid.arguments import CommandParser, non_negative
 from asteroid.cli import from_config, load_weights, read_checkpoint, resolve_ckpt_path
 from asteroid.data import load_trajectory
 from asteroid.data.readers import element_topology
@@ -28,6 +30,7 @@ from asteroid.errors import ConfigError, DataError, DivergedError, MissingTimest
 from asteroid.fileio import atomic_output, writable_output
 from asteroid.metrics import covalent_bonds
 from asteroid.models.base import ForecastModel
+from asteroid.models.noise import thermostat
 from asteroid.module import DATA_KEY
 
 
@@ -45,22 +48,62 @@ def rollout_spacing(layout: WindowLayout) -> int:
     return spacing
 
 
+def remove_rigid_motion(previous: Tensor, frames: Tensor, mass: Tensor) -> Tensor:
+    """frames (B, P, N, 3) following previous (B, N, 3), each frame-to-frame step stripped of its centre-of-mass
+    translation and of its rigid rotation about the centre of mass (the angular momentum of the step), as our MD
+    generator strips its initial velocities; mass (B, N), 0 for padding (whose frames are returned as they were)."""
+    real = (mass > 0)[..., None]  # (B, N, 1)
+    weights = (mass / mass.sum(-1, keepdim=True))[..., None]  # (B, N, 1)
+    previous, original = previous.masked_fill(~real, 0.0), frames
+    frames = frames.masked_fill(~real[:, None], 0.0)  # padding may hold anything, NaN included
+    steps = frames.diff(dim=1, prepend=previous[:, None])  # (B, P, N, 3)
+    out, position = [], previous
+    for p in range(frames.shape[1]):
+        step = steps[:, p] - (weights * steps[:, p]).sum(-2, keepdim=True)  # (B, N, 3)
+        arm = position - (weights * position).sum(-2, keepdim=True)  # (B, N, 3) from the centre of mass
+        momentum = (weights * torch.linalg.cross(arm, step)).sum(-2)  # (B, 3)
+        inertia = (weights[..., None] * ((arm * arm).sum(-1)[..., None, None] * torch.eye(3, device=arm.device)
+                                         - arm[..., :, None] * arm[..., None, :])).sum(-3)  # (B, 3, 3)
+        spin = (torch.linalg.pinv(inertia) @ momentum[..., None])[..., 0]  # (B, 3); pinv: linear molecules
+        position = position + step - torch.linalg.cross(spin[:, None].expand_as(arm), arm)
+        out.append(position)
+    return torch.where(real[:, None], torch.stack(out, dim=1), original)
+
+
 @torch.inference_mode()
 def rollout(net: ForecastModel, history: Tensor, z: Tensor, mask: Tensor, n_frames: int, progress=None,
-            box: Tensor | None = None) -> Tensor:
+            box: Tensor | None = None, sample: bool = True, keep_rigid_motion: bool = False,
+            thermostat_coupling: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """`n_frames` frames after `history`, each forecast of P frames becoming part of the next history.
 
     history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) periodic cell (kept throughout) or None
     -> (B, n_frames, N, 3) Angstrom.
-    `progress`, if given, is called with the number of frames each forecast adds (e.g. a tqdm bar's `update`).
+    sample: draw each forecast from the model's learned distribution (models trained with model.stochastic; the
+    mean for others). keep_rigid_motion False: strip every forecast's net translation and rotation (open boundaries
+    only: in a periodic cell they are kept). thermostat_coupling: rescale each forecast's steps toward the training
+    temperature within about this many forecasts (`models.noise.thermostat`; stochastic models only), then project
+    onto the bonded geometry again; None: off. `progress`, if given, is called with the number of frames each
+    forecast adds (e.g. a tqdm bar's `update`).
     """
+    mass = torch.as_tensor(atomic_masses, dtype=history.dtype, device=history.device)[z] * mask  # (B, N)
+    strip = not keep_rigid_motion and box is None
+    if thermostat_coupling is not None and (net.noise is None or not net.noise.step_energy > 0):
+        raise ConfigError("the thermostat needs the training temperature, which only models trained with "
+                          "model.stochastic store")
     frames = []
     produced = 0
     while produced < n_frames:
-        pred = net(history, z, mask, box=box)["pred"]  # (B, P, N, 3)
+        pred = net.generate(history, z, mask, box=box, sample=sample, generator=generator)  # (B, P, N, 3)
         if not torch.isfinite(pred[mask[:, None, :, None].expand_as(pred)]).all():
             raise DivergedError(f"the forecast of frames {produced + 1}-{produced + pred.shape[1]} holds NaN or "
                                 "infinity; nothing was written")
+        if strip:
+            pred = remove_rigid_motion(history[:, -1], pred, mass)
+        if thermostat_coupling is not None:
+            rescaled = thermostat(history[:, -1], pred, mass, net.noise.step_energy, thermostat_coupling)
+            # back onto the bond lengths the forecast has (rescaling the steps stretches them a little)
+            bonded = net.bonded
+            pred = rescaled if bonded is None else bonded(rescaled, bonded.distances(pred)[..., :bonded.n_bonds])
         frames.append(pred)
         history = torch.cat([history, pred], dim=1)[:, -net.history:]  # (B, H, N, 3)
         if progress is not None:
@@ -78,7 +121,11 @@ OUTPUT_FORMATS = {
     ".h5": "MDTraj HDF5, topology included",
     ".npz": "numpy: R (B, F, N, 3) Angstrom, z, history, dt_fs, spacing, start_frame, source",
 }
-NEEDS_TOPOLOGY_FILE = {".dcd", ".xtc"}  # coordinates only: VMD, PyMOL and mdtraj need a structure beside them
+NEEDS_TOPOLOGY_FILE = {".dcd", ".xtc"}
+# Forecasts over which a sampled rollout relaxes to the training temperature (32 frames, 160 fs at the shipped
+# spacing): without it, ethanol's sampled rollouts ran 13% cold (with 0.01 A history noise in training) or 36% hot
+# (without), over 8 x 2000 frames; with it, 7% cold (docs/results/rollout.md).
+THERMOSTAT_COUPLING = 4.0  # coordinates only: VMD, PyMOL and mdtraj need a structure beside them
 
 
 @dataclass
@@ -222,13 +269,24 @@ def save_mdtraj(trajectory, path: str) -> None:
         Path(path).write_text(text[:-len("END\n")] if text.endswith("\nEND\n") else text)
 
 
-def physical_checks(predicted: np.ndarray, start: InitialConditions, out: Path, run_name: str) -> None:
+def repeat_starts(start: InitialConditions, samples: int) -> InitialConditions:
+    """Each initial condition `samples` times in a row, for an ensemble of stochastic rollouts."""
+    def repeat(array):
+        return None if array is None else np.repeat(array, samples, axis=0)
+
+    return dataclasses.replace(start, history=repeat(start.history), start_frame=repeat(start.start_frame),
+                               continuation=repeat(start.continuation), box=repeat(start.box))
+
+
+def physical_checks(predicted: np.ndarray, start: InitialConditions, out: Path, run_name: str,
+                    options: dict) -> None:
     """`--report`: bond lengths, distributions and stability against the reference, in <out>_report/ and TensorBoard
     (runs/<run_name>/rollout)."""
     from asteroid.analysis import physical_report, save_report
 
     report = physical_report(predicted, start.z, start.dt_fs, np.asarray(start.reference), start.reference_dt_fs,
                              start.continuation)
+    report["rollout_options"] = options
     save_report(report, Path(f"{out.with_suffix('')}_report"), Path("runs") / run_name / "rollout")
 
 
@@ -254,6 +312,18 @@ def main(argv: list[str]) -> int:
                         help="torch CPU threads (default 1: a small molecule's steps are too small to share, and on "
                              "a busy machine two threads waiting for each other ran 10x slower)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="stochastic trajectories per initial condition (models trained with model.stochastic; "
+                             "their spread is the model's uncertainty)")
+    parser.add_argument("--mean", action="store_true",
+                        help="roll out the forecast mean, not draws from the learned distribution around it")
+    parser.add_argument("--keep-rigid-motion", action="store_true",
+                        help="keep each forecast's net translation and rotation (stripped by default, as the MD "
+                             "generator strips them; always kept in a periodic cell)")
+    parser.add_argument("--thermostat", type=non_negative(float), default=None, metavar="FORECASTS",
+                        help="rescale sampled motion toward the training temperature with this coupling time, in "
+                             f"forecasts (1: every forecast at once; 0: off; default {THERMOSTAT_COUPLING:g} for "
+                             "stochastic models, off for others)")
     parser.add_argument("--report", action="store_true",
                         help="physical checks against the reference trajectory, in <out>_report/ and TensorBoard")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -262,7 +332,8 @@ def main(argv: list[str]) -> int:
     out = writable_output(args.out)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise ConfigError(f"{out}: unknown output suffix {out.suffix!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    for name, value in (("frames", args.frames), ("batch", args.batch), ("threads", args.threads)):
+    for name, value in (("frames", args.frames), ("batch", args.batch), ("threads", args.threads),
+                        ("samples", args.samples)):
         if value < 1:
             raise ConfigError(f"--{name} must be >= 1, got {value}")
     if args.init is not None and args.batch != 1:
@@ -286,6 +357,13 @@ def main(argv: list[str]) -> int:
         start = start_from_file(args.init, datamodule, spacing)
     else:
         start = start_from_test_split(datamodule, args.batch, spacing, args.frames)
+    sample = not args.mean and model.net.noise is not None
+    if args.samples > 1:
+        if not sample:
+            raise ConfigError(f"--samples {args.samples}: {ckpt_path} was trained without model.stochastic (or "
+                              "--mean is set), so every sample would be the same trajectory")
+        start = repeat_starts(start, args.samples)
+    coupling = args.thermostat if args.thermostat is not None else THERMOSTAT_COUPLING if sample else 0.0
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -298,7 +376,9 @@ def main(argv: list[str]) -> int:
               dynamic_ncols=True, disable=args.no_progress) as bar:
         started, cpu_started = time.perf_counter(), time.process_time()
         box = None if start.box is None else torch.as_tensor(start.box, device=device)
-        predicted = rollout(model.net.to(device), history, z, mask, args.frames, lambda k: bar.update(B * k), box)
+        predicted = rollout(model.net.to(device), history, z, mask, args.frames, lambda k: bar.update(B * k), box,
+                            sample=sample, keep_rigid_motion=args.keep_rigid_motion,
+                            thermostat_coupling=coupling or None)
         predicted = predicted.cpu().numpy()  # (B, F, N, 3)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
 
@@ -309,6 +389,11 @@ def main(argv: list[str]) -> int:
           f"{', '.join(map(str, start.start_frame[:3]))}{' ...' if B > 3 else ''} of {start.source}")
     print(f"rollout: {B * args.frames} frames in {seconds:.2f} s ({cpu_seconds:.2f} s CPU), "
           f"{B * args.frames / seconds:.0f} frames/s ({args.device}, {args.threads} thread(s))")
+    options = {"sampled": sample, "samples_per_start": args.samples,
+               "bond_constraints": model.net.bonded is not None and model.net.bonded.fitted,
+               "rigid_motion_stripped": not args.keep_rigid_motion and start.box is None,
+               "thermostat_coupling_forecasts": coupling or None}
+    print("rollout options: " + ", ".join(f"{key} {value}" for key, value in options.items()))
     if args.report:
-        physical_checks(predicted, start, out, run_name)
+        physical_checks(predicted, start, out, run_name, options)
     return 0

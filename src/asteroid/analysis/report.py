@@ -81,10 +81,27 @@ def format_report(report: dict) -> str:
                       f"{num(energy['predicted_std'], '.2f')} ({energy['samples']} frames, {energy['failed']} failed); "
                       f"reference {energy['reference_mean']:.2f} +- {energy['reference_std']:.2f} "
                       f"({energy['reference_source']}); JSD {num(energy['jsd'], '.3f')}"]
+    motion = report.get("motion")
+    if motion is not None:
+        rows = [{"quantity": label, "predicted": num(motion[key]["predicted"]), "reference": num(motion[key]["reference"]),
+                 "ratio": num(motion[key]["predicted"] / motion[key]["reference"], ".3f")}
+                for key, label in (("mean_step", "mean step per frame (A)"),
+                                   ("kinetic_temperature", "kinetic temperature, finite differences (K)"))]
+        lines += ["", format_table(rows, "motion at the predicted frame spacing"),
+                  f"vibrational spectrum overlap with the reference: {motion['spectrum']['overlap']:.3f}"]
+        times = motion["dihedral_correlation_time_fs"]
+        if times["labels"]:
+            lines.append("dihedral autocorrelation time (fs), predicted / reference: " + ", ".join(
+                f"{label} {num(p, '.0f')} / {num(r, '.0f')}"
+                for label, p, r in zip(times["labels"], times["predicted"], times["reference"])))
+    options = report.get("rollout_options")
+    if options:
+        lines += ["", "rollout options: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in options.items())]
     target = report["target"]
     verdict = "MET" if target["met"] else "NOT MET: " + "; ".join(target["unmet"])
-    lines += ["", f"target ({target['frames']} frames with no unphysical frame, every bond-length JSD <= "
-                  f"{target['bond_jsd_max']}): {verdict}"]
+    ceilings = ", ".join(f"{NAMES[name]} {value:.3g}" for name, value in target["jsd_ceilings"].items())
+    lines += ["", f"target (no unphysical frame; largest JSD within {ceilings}; mean step and temperature within "
+                  f"{target['motion_tolerance']:.0%}; spectrum overlap >= {target['spectrum_overlap_min']}): {verdict}"]
     return "\n".join(lines)
 
 
@@ -145,6 +162,17 @@ def report_figures(report: dict) -> dict[str, Figure]:
     for name, distribution in report["distributions"].items():
         if distribution["jsd_mean"] is not None:
             figures[name] = _histogram_grid(distribution, UNITS[name])
+    motion = report.get("motion")
+    if motion is not None:
+        figure = Figure(figsize=(7, 3.5), layout="constrained")
+        ax = figure.add_subplot()
+        spectrum = motion["spectrum"]
+        for key, style in (("reference", dict(color="k")), ("predicted", dict(color="C1", linestyle="--"))):
+            ax.plot(spectrum["wavenumber"], spectrum[key], label=key, **style)
+        ax.set(xlabel="wavenumber (cm$^{-1}$)", ylabel="share of the power",
+               title=f"vibrational density of states, overlap {spectrum['overlap']:.3f}")
+        ax.legend(fontsize="small")
+        figures["spectrum"] = figure
     energy = report.get("energy")
     if energy and energy.get("jsd") is not None:
         figure = Figure(figsize=(5, 3.5), layout="constrained")

@@ -300,6 +300,22 @@ class TrajectoryDataModule(pl.LightningDataModule):
             squares += ((window["target"] - window["history"][-1]).double() ** 2).mean(dim=(1, 2))
         return (squares / len(picks)).sqrt().float().clamp_min(1e-6)
 
+    def training_frames(self, max_frames: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+        """z (N,) and up to max_frames frames (T, N, 3) Angstrom spread evenly over the frames the training windows
+        cover: what may be learned from the data, never a validation or test frame. One molecule only."""
+        molecules = {tuple(t["z"]) for t in self.trajectories}
+        if len(molecules) != 1:
+            raise ConfigError(f"the training data holds {len(molecules)} molecules "
+                              f"({', '.join(formula(z) for z in molecules)}); this needs one")
+        train = self.datasets["train"]
+        per_trajectory = max(1, max_frames // len(self.trajectories))
+        frames = []
+        for coords_file, t in zip(train.coordinate_files, self.trajectories):
+            covered = np.unique((t["starts"]["train"][:, None] + train.offsets[None]).ravel())
+            picks = covered[np.linspace(0, len(covered) - 1, min(per_trajectory, len(covered))).round().astype(int)]
+            frames.append(np.load(coords_file, mmap_mode="r")[picks])
+        return np.asarray(self.trajectories[0]["z"]), np.concatenate(frames)
+
     @property
     def lead_times_fs(self) -> np.ndarray:
         """(P,) time of each target frame after the last history frame, femtoseconds (first trajectory's dt)."""

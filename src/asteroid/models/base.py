@@ -1,9 +1,17 @@
 """The contract every forecaster (ASTEROID and the baselines) follows."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from asteroid.models.bonded import BondedGeometry
+    from asteroid.models.noise import GaussMarkovNoise
 
 
 def frame_velocities(frames: Tensor) -> Tensor:
@@ -65,6 +73,10 @@ class ForecastModel(nn.Module):
         # RMS displacement of each horizon step from the last history frame (Angstrom),
         # fitted on the training split; a buffer so that checkpoints carry it.
         self.register_buffer("displacement_scale", torch.ones(horizon))
+        # Optional parts the training module attaches (`model.stochastic`, `model.bond_constraints`): a learned
+        # distribution around the forecast and the projection onto the training data's bond and angle ranges.
+        self.noise: GaussMarkovNoise | None = None
+        self.bonded: BondedGeometry | None = None
 
     def check_inputs(self, history: Tensor, z: Tensor, target: Tensor | None = None, max_z: int | None = None) -> None:
         """The checks every forward starts with: history length, target shape, atomic numbers within max_z."""
@@ -109,3 +121,22 @@ class ForecastModel(nn.Module):
         history (B, H, N, 3), output (B, P, N, 3) -> last history frame + displacement_scale[k] * output[:, k].
         """
         return history[:, -1:] + self.displacement_scale[None, :, None, None] * output
+
+    def constrain(self, frames: Tensor, z: Tensor, history: Tensor, sample: bool = False,
+                  generator: torch.Generator | None = None) -> Tensor:
+        """frames (B, P, N, 3) projected onto the bond lengths predicted from history (B, H, N, 3), drawn when
+        sample=True, and the angle ranges, when the model has a bonded geometry (else unchanged)."""
+        if self.bonded is None or not self.bonded.fitted:
+            return frames
+        self.bonded.check(z)
+        return self.bonded(frames, self.bonded.lengths(history, sample, generator))
+
+    def generate(self, history: Tensor, z: Tensor, mask: Tensor, box: Tensor | None = None, sample: bool = False,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """The next P frames (B, P, N, 3) after history (B, H, N, 3): the forecast mean, or with sample=True a draw
+        from the learned distribution around it (the mean for a model without one); projected onto the bonded
+        geometry when the model has one."""
+        pred = self(history, z, mask, box=box)["pred"]
+        if sample and self.noise is not None:
+            pred = self.noise.sample(history, z, pred, self.displacement_scale, generator)
+        return self.constrain(pred, z, history, sample and self.noise is not None, generator)

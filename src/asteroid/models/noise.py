@@ -1,0 +1,98 @@
+"""A learned distribution around a forecast, so that sampled rollouts keep the data's fluctuations.
+
+A forecast trained on MSE is the conditional mean: it averages away the part of the motion the history does not
+determine, and a rollout fed its own means damps out (hydrogen steps of 0.03 A/frame against the data's 0.12, issue
+15). Sampling the rest back restores the amplitude: if the mean is the conditional mean, mean-square step of sample =
+mean-square step of mean + variance of the residual, which is the data's.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from ase.data import atomic_masses
+from torch import Tensor, nn
+
+from asteroid.models.base import frame_velocities
+
+
+class GaussMarkovNoise(nn.Module):
+    """The forecast residual as a random walk over the horizon: x_p = mean_p + sum_{q <= p} s_q eps_q, eps ~ N(0, I).
+
+    The residual starts from zero at the (known) last history frame and its increments are independent, isotropic
+    Gaussians whose scale s_q (per atom and horizon step) an MLP predicts from invariants of the history (atom type,
+    speeds and distance travelled over the history, in units of the first horizon step's RMS displacement). Isotropic
+    scales of invariants make the distribution E(3)-equivariant with the mean. Trained by the exact likelihood of
+    the residual under this model (`nll`, the mean detached: the forecast's own loss is unchanged).
+    """
+
+    def __init__(self, history: int, horizon: int, hidden: int = 32, max_z: int = 100):
+        super().__init__()
+        self.horizon = horizon
+        self.embed = nn.Embedding(max_z + 1, hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden + history + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                 nn.SiLU(), nn.Linear(hidden, horizon))
+        # Mass-weighted mean square step between consecutive frames of the training data, amu A^2 per atom: the
+        # training temperature in the rollout's own units, which `thermostat` steers sampled rollouts toward.
+        self.register_buffer("step_energy", torch.zeros(()))
+
+    def log_scale(self, history: Tensor, z: Tensor, scale: Tensor) -> Tensor:
+        """history (B, H, N, 3), z (B, N), scale (P,) training RMS displacement per horizon step
+        -> (B, P, N) log of each increment's standard deviation, Angstrom."""
+        unit = scale[0]
+        speed = frame_velocities(history).norm(dim=-1) / unit  # (B, H, N)
+        travel = (history[:, -1] - history[:, 0]).norm(dim=-1, keepdim=True) / unit  # (B, N, 1)
+        features = torch.cat([self.embed(z), speed.transpose(1, 2), travel], dim=-1)  # (B, N, C + H + 1)
+        # centred on the RMS increment of the horizon, so that an untrained head starts at the data's scale
+        prior = torch.log(scale.diff(prepend=scale.new_zeros(1)).abs().clamp_min(1e-3 * unit))  # (P,)
+        return (self.mlp(features) + prior).transpose(1, 2)  # (B, P, N)
+
+    def nll(self, history: Tensor, z: Tensor, mask: Tensor, mean: Tensor, target: Tensor, scale: Tensor) -> Tensor:
+        """Mean negative log-likelihood per real atom and component of target (B, P, N, 3) given the forecast mean
+        (B, P, N, 3), in units where the first horizon step's RMS displacement is 1 (so it is comparable across
+        molecules and spacings)."""
+        residual = (target - mean.detach()) / scale[0]  # (B, P, N, 3)
+        increment = residual.diff(dim=1, prepend=torch.zeros_like(residual[:, :1]))
+        log_s = self.log_scale(history, z, scale) - torch.log(scale[0])  # (B, P, N), same units
+        per_atom = 0.5 * increment.square().sum(-1) * torch.exp(-2 * log_s) + 3 * log_s  # (B, P, N)
+        weights = mask[:, None, :].expand_as(per_atom).to(per_atom.dtype)
+        return (per_atom * weights).sum() / (3 * weights.sum()) + 0.5 * math.log(2 * math.pi)
+
+    def sample(self, history: Tensor, z: Tensor, mean: Tensor, scale: Tensor,
+               generator: torch.Generator | None = None) -> Tensor:
+        """One draw (B, P, N, 3) around the forecast mean (B, P, N, 3)."""
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        steps = eps * torch.exp(self.log_scale(history, z, scale))[..., None]  # (B, P, N, 3)
+        return mean + steps.cumsum(dim=1)
+
+
+def step_energy(frames: Tensor, mass: Tensor) -> Tensor:
+    """(B,) mass-weighted mean square step per atom between consecutive frames of frames (B, T, N, 3), mass (B, N)
+    amu (0 for padding): twice the finite-difference kinetic energy per atom, in amu A^2 per frame spacing^2."""
+    steps = frames.diff(dim=1).square().sum(-1)  # (B, T - 1, N)
+    return (mass[:, None] * steps).sum(-1).mean(-1) / (mass > 0).sum(-1)
+
+
+def thermostat(previous: Tensor, frames: Tensor, mass: Tensor, target: Tensor, coupling: float) -> Tensor:
+    """Berendsen velocity rescaling of a forecast: the steps of frames (B, P, N, 3) after previous (B, N, 3) scaled
+    by sqrt(1 + (target / E - 1) / coupling), E their `step_energy`, so a rollout relaxes to the training temperature
+    within about `coupling` forecasts (1: at once). mass (B, N) amu."""
+    path = torch.cat([previous[:, None], frames], dim=1)  # (B, P + 1, N, 3)
+    energy = step_energy(path, mass).clamp_min(1e-12)  # (B,)
+    factor = (1 + (target / energy - 1) / coupling).clamp_min(0).sqrt()  # (B,)
+    return previous[:, None] + factor[:, None, None, None] * (frames - previous[:, None])
+
+
+def windows_step_energy(dataset, max_windows: int = 1024, seed: int = 0) -> float:
+    """`step_energy` averaged over the frames (history then targets) of up to max_windows windows of `dataset`
+    (training windows: {"history" (H, N, 3), "target" (P, N, 3), "z" (N,)}, frames evenly spaced, as rollouts
+    need), amu A^2."""
+    picks = np.random.default_rng(seed).permutation(len(dataset))[:max_windows]
+    total = 0.0
+    for i in picks:
+        window = dataset[i]
+        mass = torch.as_tensor(atomic_masses[window["z"].numpy()], dtype=torch.float64)
+        frames = torch.cat([window["history"], window["target"]])[None].double()  # (1, H + P, N, 3)
+        total += float(step_energy(frames, mass[None]))
+    return total / len(picks)
