@@ -6,12 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from asteroid.cli import main, with_base_configs
-from helpers import EXPERIMENTS, tiny_args
+from helpers import EXPERIMENTS, harmonic_frames, tiny_args
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +192,21 @@ def test_a_horizon_of_one_step_trains_and_tests(tmp_path, monkeypatch):
     assert main(["fit", *tiny_args(tmp_path, **{"--data.horizon": "1", "--trainer.max_epochs": "1"})]) == 0
     table = (tmp_path / "runs/tiny/version_0/test_metrics.csv").read_text().splitlines()
     assert len(table) == 1 + 3 * 2  # model, constant, linear: step 1 and mean each
+
+
+@pytest.mark.parametrize("atoms", [1, 2])
+def test_a_one_or_two_atom_system_trains_tests_and_draws_its_figures(atoms, tmp_path, monkeypatch, capsys):
+    """A bond needs two atoms: one atom is refused with bond constraints on (the default) and trains without."""
+    R = harmonic_frames(600, atoms)
+    if atoms == 2:  # an O-H pair 0.96 A apart, vibrating
+        R[:, 1] = R[:, 0] + [0.96, 0.0, 0.0] + 0.02 * np.sin(0.3 * np.arange(600))[:, None]
+    np.savez(tmp_path / "toy.npz", R=R, z=np.array([8, 1][:atoms]), dt_fs=0.5)
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, **{"--trainer.max_epochs": "1"})
+    if atoms == 1:
+        assert main(["fit", *args]) == 2
+        assert "has no covalent bond to keep" in capsys.readouterr().err
+        args += ["--model.bond_constraints", "false"]
+    assert main(["fit", *args]) == 0
+    assert "test windows: error per horizon step" in capsys.readouterr().out
+    assert list(tmp_path.glob("runs/tiny/**/events.out.tfevents.*"))

@@ -12,8 +12,10 @@ import pytest
 
 from asteroid.data.md17 import check_dataset, download_dataset, resolve_dataset
 from asteroid.data.readers import load_trajectory
+from asteroid.data.inspect import summarize
 from asteroid.data.time_order import (
-    TimeOrderWarning, is_time_ordered, mean_step_displacement, rms_displacement, time_order_ratio)
+    THRESHOLD, TimeOrderWarning, is_time_ordered, largest_jump, mean_step_displacement, rms_displacement,
+    time_order_ratio)
 from asteroid.errors import DataError
 from helpers import ETHANOL_Z, harmonic_frames, save_sgdml, shuffled
 
@@ -222,6 +224,20 @@ def test_time_order_ratio_separates_ordered_from_shuffled():
     assert time_order_ratio(R) < 0.2
     assert 0.8 < time_order_ratio(shuffled(R)) < 1.2
     assert is_time_ordered(R) is True and is_time_ordered(shuffled(R)) is False
+
+
+def test_a_jumping_atom_is_found_and_warned_about(tmp_path):
+    R = harmonic_frames(T=400)
+    assert largest_jump(R) is None
+    jumped = R.copy()
+    jumped[200:, 3] += [50.0, 0.0, 0.0]  # atom 3 leaps 50 A and stays: still "ordered" by the displacement ratio
+    assert time_order_ratio(jumped) < THRESHOLD
+    jump = largest_jump(jumped)
+    assert (jump["frame"], jump["atom"]) == (199, 3) and jump["distance"] == pytest.approx(50.0, abs=0.5)
+    np.savez(tmp_path / "jump.npz", R=jumped, z=ETHANOL_Z[:5], dt_fs=0.5)
+    with pytest.warns(TimeOrderWarning, match=r"jump\.npz: atom 3 jumps 50(\.\d+)? A between frames 199 and 200"):
+        load_trajectory(tmp_path / "jump.npz")
+    assert summarize(tmp_path / "jump.npz")["time_order"].startswith("discontinuous: atom 3 moves")
 
 
 def test_time_order_subsamples_large_inputs():

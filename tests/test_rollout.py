@@ -189,6 +189,29 @@ def test_init_file_continues_from_its_last_frames(trained, reference, tmp_path):
             assert result["dt_fs"] == DT_FS and str(result["source"]).endswith(name)
 
 
+@pytest.mark.integration
+def test_init_rolls_out_from_the_checkpoint_alone_with_the_data_files_removed(trained, reference, tmp_path):
+    """Nothing at rollout time may come from the training data or the test split: the bonded geometry, the noise
+    model and the training temperature travel in the checkpoint."""
+    start, z = int(reference["start_frame"][0]), reference["z"]
+    init = write_init(tmp_path / "mine.extxyz", trained.coordinates[start - 60:start + 1], z)
+    assert roll(trained, tmp_path / "with_data.npz", "--init", str(init)) == 0
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    data = [trained.root / "toy.npz", trained.root / "cache"]
+    for path in data:
+        path.rename(hidden / path.name)
+    try:
+        assert roll(trained, tmp_path / "without.npz", "--init", str(init), "--report") == 0
+    finally:
+        for path in data:
+            (hidden / path.name).rename(path)
+    with np.load(tmp_path / "with_data.npz") as a, np.load(tmp_path / "without.npz") as b:
+        np.testing.assert_array_equal(a["R"], b["R"])
+    report = json.loads((tmp_path / "without_report" / "report.json").read_text())
+    assert report["reference"]["frames"] == 61 and report["rollout_options"]["sampled"] is True
+
+
 def write_init(path, frames, z, dt_fs=None):
     ase.io.write(path, [Atoms(numbers=z, positions=r, info={} if dt_fs is None else {"dt_fs": dt_fs})
                         for r in frames])

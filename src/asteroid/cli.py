@@ -91,6 +91,10 @@ class AsteroidCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         config = self._part(self.config_init, self.subcommand)
         trainer_config = {**config.get("trainer", {}), **kwargs}
+        interval = trainer_config.get("val_check_interval")
+        if interval is not None and not interval > 0:  # Lightning takes 0 and fails at the first validation
+            raise ConfigError(f"trainer.val_check_interval must be > 0 (training steps, or a fraction of an epoch), "
+                              f"got {interval}")
         if trainer_config.get("logger") in (None, True):
             # a fit resumed from one of the run's checkpoints goes on in that run's directory; all else starts one
             ckpt_path = config.get("ckpt_path") if self.subcommand == "fit" else None

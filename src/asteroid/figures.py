@@ -44,16 +44,17 @@ def error_vs_horizon(per_step: dict, dt_fs_per_step: float | None = None, title:
     return figure
 
 
-def trajectory_traces(pred, target, history, atoms=(0, 1, 2), title: str = "",
+def trajectory_traces(pred, target, history, atoms=None, title: str = "",
                       dt_fs_per_step: float | None = None) -> Figure:
-    """x, y, z panels of a few atoms' coordinates against time: history (H, N, 3) and true frames target (P, N, 3)
-    solid, pred (P, N, 3) dashed from the last history frame on, one colour per atom. Time 0 is the last history
-    frame; in steps, or in fs with dt_fs_per_step."""
+    """x, y, z panels of a few atoms' coordinates (default: the first three, or all of a smaller molecule) against
+    time: history (H, N, 3) and true frames target (P, N, 3) solid, pred (P, N, 3) dashed from the last history
+    frame on, one colour per atom. Time 0 is the last history frame; in steps, or in fs with dt_fs_per_step."""
     pred, target, history = _numpy(pred), _numpy(target), _numpy(history)
     if pred.shape != target.shape or pred.shape[1:] != history.shape[1:]:
         raise ValueError(f"pred {pred.shape} and target {target.shape} must match, and share (N, 3) with history "
                          f"{history.shape}")
     n_atoms = pred.shape[1]
+    atoms = tuple(range(min(3, n_atoms))) if atoms is None else atoms
     if any(not 0 <= atom < n_atoms for atom in atoms):
         raise ValueError(f"atoms {tuple(atoms)} out of range for {n_atoms} atoms")
     unit = 1.0 if dt_fs_per_step is None else dt_fs_per_step

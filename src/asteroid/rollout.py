@@ -167,39 +167,39 @@ def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -
         box=np.stack([w["box"].numpy() for w in windows]) if meta[0]["periodic"] else None)
 
 
-def start_from_file(path: str, datamodule, spacing: int) -> InitialConditions:
-    """The last H frames of a user's file, `spacing` training frames apart, checked against the training data."""
-    training = datamodule.trajectories[0]
+def start_from_file(path: str, trained: dict, history: int, spacing: int) -> InitialConditions:
+    """The last `history` frames of a user's file, `spacing` training frames apart, checked against what the
+    checkpoint was trained on (`trained`: its data signature, `TrajectoryDataModule.signature`). Needs no training
+    data: the report then judges the rollout against the file's own frames."""
+    kinds = list(zip(trained["atoms"], trained["dt_fs"], trained["periodic"]))
     try:
         trajectory = load_trajectory(path)
     except MissingTimestepError:  # a file that does not state its frame spacing is taken to have the training data's
-        trajectory = load_trajectory(path, dt_fs=training["dt_fs"])
-    if datamodule.heavy_atoms:
+        trajectory = load_trajectory(path, dt_fs=kinds[0][1])
+    if trained["heavy_atoms"]:
         trajectory = trajectory.select_atoms(np.flatnonzero(trajectory.z > 1))
-    matching = [i for i, t in enumerate(datamodule.trajectories) if np.array_equal(t["z"], trajectory.z)]
+    matching = [kind for kind in kinds if np.array_equal(kind[0], trajectory.z)]
     if not matching:
         raise DataError(f"{path}: its atoms (z = {trajectory.z.tolist()}) are not those the model was trained on "
-                        f"(z = {training['z']} in {training['source']}); the model forecasts only its own molecule")
-    training = datamodule.trajectories[matching[0]]
-    box = trajectory.box if trajectory.box is not None and training["periodic"] else None
-    if training["periodic"] and box is None:
-        raise DataError(f"{path}: the model was trained on a periodic system ({training['source']}) and this file "
-                        "has no periodic cell")
-    interval_fs = spacing * training["dt_fs"]  # time between history frames
+                        f"(z = {kinds[0][0]}); the model forecasts only its own molecule")
+    _, dt_fs, periodic = matching[0]
+    box = trajectory.box if trajectory.box is not None and periodic else None
+    if periodic and box is None:
+        raise DataError(f"{path}: the model was trained on a periodic system and this file has no periodic cell")
+    interval_fs = spacing * dt_fs  # time between history frames
     step = interval_fs / trajectory.dt_fs  # frames of the file between history frames
     if abs(step - round(step)) > 1e-6 or round(step) < 1:
         raise DataError(f"{path}: its frames are {trajectory.dt_fs:g} fs apart, but the model takes history frames "
-                        f"{interval_fs:g} fs apart ({spacing} frames of {training['dt_fs']:g} fs), which is not a "
-                        "whole number of this file's frames")
-    step, needed = round(step), (datamodule.history - 1) * round(step) + 1
+                        f"{interval_fs:g} fs apart ({spacing} frames of {dt_fs:g} fs), which is not a whole number "
+                        "of this file's frames")
+    step, needed = round(step), (history - 1) * round(step) + 1
     if trajectory.n_frames < needed:
         raise DataError(f"{path}: {trajectory.n_frames} frame(s), but the history needs {needed} (the last "
-                        f"{datamodule.history} frames, {interval_fs:g} fs apart)")
+                        f"{history} frames, {interval_fs:g} fs apart)")
     return InitialConditions(
         history=np.asarray(trajectory.R[-needed::step])[None], z=trajectory.z, dt_fs=interval_fs,
-        start_frame=np.array([trajectory.n_frames - 1]), source=str(path),
-        reference=np.load(datamodule.datasets["test"].coordinate_files[matching[0]], mmap_mode="r"),
-        reference_dt_fs=training["dt_fs"], continuation=None, box=None if box is None else box[-1:])
+        start_frame=np.array([trajectory.n_frames - 1]), source=str(path), reference=np.asarray(trajectory.R),
+        reference_dt_fs=trajectory.dt_fs, continuation=None, box=None if box is None else box[-1:])
 
 
 def output_paths(out: Path, batch: int) -> list[Path]:
@@ -306,7 +306,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help=f"output file: {', '.join(OUTPUT_FORMATS)}")
     parser.add_argument("--batch", type=int, default=1,
                         help="initial conditions rolled out at once: test windows spread evenly over the test split")
-    parser.add_argument("--init", help="start from the last frames of this trajectory file instead of test windows")
+    parser.add_argument("--init", help="start from the last frames of this trajectory file instead of test windows "
+                                       "(needs only the checkpoint: the training data may be absent; --report then "
+                                       "judges the rollout against this file's frames)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: a small molecule's steps are too small to share, and on "
@@ -350,13 +352,17 @@ def main(argv: list[str]) -> int:
     ckpt_path = resolve_ckpt_path(args.ckpt_path, run_name)
     model, datamodule = load_weights(cli, ckpt_path)
     spacing = rollout_spacing(datamodule.layout)
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    datamodule.check_signature(read_checkpoint(ckpt_path).get(DATA_KEY), str(ckpt_path))  # now with the atoms
-    if args.init is not None:
-        start = start_from_file(args.init, datamodule, spacing)
+    trained = read_checkpoint(ckpt_path).get(DATA_KEY) or {}
+    if args.init is not None and "dt_fs" in trained:  # the checkpoint knows its atoms and spacing: no data needed
+        start = start_from_file(args.init, trained, datamodule.history, spacing)
     else:
-        start = start_from_test_split(datamodule, args.batch, spacing, args.frames)
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        datamodule.check_signature(trained, str(ckpt_path))  # now with the atoms
+        if args.init is not None:  # a checkpoint from before the signature held the spacing
+            start = start_from_file(args.init, datamodule.signature(), datamodule.history, spacing)
+        else:
+            start = start_from_test_split(datamodule, args.batch, spacing, args.frames)
     sample = not args.mean and model.net.noise is not None
     if args.samples > 1:
         if not sample:

@@ -326,8 +326,10 @@ class TrajectoryDataModule(pl.LightningDataModule):
         Saved in every checkpoint (ForecastModule) and checked when the checkpoint meets data again."""
         signature = {"history_offsets": list(self.layout.history_offsets),
                      "target_offsets": list(self.layout.target_offsets), "heavy_atoms": bool(self.heavy_atoms)}
-        if self.trajectories:  # known once set up
+        if self.trajectories:  # known once set up; enough to roll out from a user's frames without the data
             signature["atoms"] = [list(t["z"]) for t in self.trajectories]
+            signature["dt_fs"] = [t["dt_fs"] for t in self.trajectories]
+            signature["periodic"] = [bool(t["periodic"]) for t in self.trajectories]
         return signature
 
     def check_signature(self, recorded: dict | None, checkpoint: str) -> None:

@@ -10,7 +10,8 @@ from ase.formula import Formula
 
 from asteroid.arguments import CommandParser
 from asteroid.data.readers import load_trajectory, trajectory_format
-from asteroid.data.time_order import MIN_FRAMES, mean_step_displacement, time_order_ratio, time_order_verdict
+from asteroid.data.time_order import (MIN_FRAMES, largest_jump, mean_step_displacement, time_order_ratio,
+                                      time_order_verdict)
 
 
 def summarize(path: str | Path, *, topology: str | Path | None = None, selection: str | None = None,
@@ -19,6 +20,7 @@ def summarize(path: str | Path, *, topology: str | Path | None = None, selection
     traj = load_trajectory(path, topology=topology, selection=selection, dt_fs=dt_fs, check_order=False)
     formula = Formula.from_list([chemical_symbols[number] for number in traj.z]).format("hill")
     ratio = time_order_ratio(traj.R)
+    jump = largest_jump(traj.R)
     verdict = {True: "time-ordered", False: "looks shuffled",
                None: "too short to tell" if traj.n_frames < MIN_FRAMES else "cannot tell (frames do not move)"}
     return {
@@ -32,7 +34,9 @@ def summarize(path: str | Path, *, topology: str | Path | None = None, selection
         "duration_ps": (traj.n_frames - 1) * traj.dt_fs / 1000.0,
         "mean_step_angstrom": mean_step_displacement(traj.R),
         "time_order_ratio": ratio,
-        "time_order": verdict[time_order_verdict(ratio)],
+        "time_order": verdict[time_order_verdict(ratio)] if jump is None else (
+            f"discontinuous: atom {jump['atom']} moves {jump['distance']:.3g} A between frames {jump['frame']} and "
+            f"{jump['frame'] + 1} (the fastest atom's typical step: {jump['typical']:.3g} A)"),
         "energies": traj.E is not None,
         "forces": traj.F is not None,
         # lengths of the first frame's cell vectors (Angstrom), None for open boundaries

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asteroid.data.time_order import THRESHOLD, TimeOrderWarning, time_order_ratio
+from asteroid.data.time_order import THRESHOLD, TimeOrderWarning, largest_jump, time_order_ratio
 from asteroid.data.trajectory import Trajectory
 from asteroid.errors import DataError, MissingTimestepError
 
@@ -321,12 +321,19 @@ def _checked_path(path: str | Path) -> Path:
 
 
 def warn_if_shuffled(traj: Trajectory) -> None:
-    """Warn (TimeOrderWarning) when the frames of `traj` look shuffled rather than time-ordered."""
+    """Warn (TimeOrderWarning) when the frames of `traj` look shuffled rather than time-ordered, or jump."""
     ratio = time_order_ratio(traj.R)
     if ratio >= THRESHOLD:  # False for nan: too short to tell
         warnings.warn(TimeOrderWarning(
             f"{traj.source}: frames look shuffled, not time-ordered (consecutive frames are {ratio:.2f} times "
             "as far apart as random frames); forecasting needs consecutive MD frames"), stacklevel=3)
+        return
+    jump = largest_jump(traj.R)
+    if jump is not None:
+        warnings.warn(TimeOrderWarning(
+            f"{traj.source}: atom {jump['atom']} jumps {jump['distance']:.3g} A between frames {jump['frame']} and "
+            f"{jump['frame'] + 1} (the fastest atom's typical step is {jump['typical']:.3g} A): the frames are not "
+            "one continuous trajectory there"), stacklevel=3)
 
 
 def load_trajectory(path: str | Path, *, topology: str | Path | None = None, selection: str | None = None,

@@ -9,6 +9,11 @@ import numpy as np
 from asteroid.errors import DataError
 
 
+# Coordinates are kept as float32; beyond 8192 Angstrom its spacing exceeds 1e-3 Angstrom, a sizeable share of a
+# 5 fs step (0.1 A), so a trajectory offset that far is refused rather than silently rounded.
+FLOAT32_REACH = 8192.0
+
+
 @dataclass
 class Trajectory:
     """Frames of atomic coordinates.
@@ -49,6 +54,10 @@ class Trajectory:
         bad = ~np.isfinite(R).all(axis=(1, 2))
         if bad.any():
             fail(f"{int(bad.sum())} frame(s) contain NaN or inf coordinates (first: frame {int(np.argmax(bad))})")
+        reach = float(np.abs(R).max())
+        if reach >= FLOAT32_REACH:
+            fail(f"coordinates reach {reach:.3g} Angstrom, where float32 (in which they are kept) rounds to "
+                 f"{np.spacing(np.float32(reach)):.2g} Angstrom; centre the trajectory (subtract its mean position)")
         z = np.asarray(self.z)
         if z.ndim != 1 or len(z) != R.shape[1]:
             fail(f"atomic numbers z have shape {tuple(z.shape)} but the coordinates have {R.shape[1]} atoms")
