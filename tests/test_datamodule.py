@@ -128,9 +128,10 @@ def test_too_short_for_the_split(tmp_path):
 
 
 def frame_index_trajectory(path, n_frames, z=(6, 1, 8, 1)):
-    """Atom a of frame t sits at (t, a, 0): a window's coordinates say which frames and atoms it holds."""
+    """Atom a of frame t sits at (t / 8, a, 0): a window's coordinates say which frames and atoms it holds (eighths
+    are exact in float32 and keep 40,000 frames within the coordinate range a trajectory may span)."""
     R = np.zeros((n_frames, len(z), 3), dtype=np.float32)
-    R[:, :, 0] = np.arange(n_frames)[:, None]
+    R[:, :, 0] = np.arange(n_frames)[:, None] / 8
     R[:, :, 1] = np.arange(len(z))[None, :]
     np.savez(path, R=R, z=np.asarray(z), dt_fs=0.5)
 
@@ -138,8 +139,10 @@ def frame_index_trajectory(path, n_frames, z=(6, 1, 8, 1)):
 def window_frames(dataset, i):
     """(history frames, target frames, atoms kept) of window i, read back from its coordinates."""
     window = dataset[i]
-    return (window["history"][:, 0, 0].long().tolist(), window["target"][:, 0, 0].long().tolist(),
-            window["history"][0, :, 1].long().tolist())
+    def frames(coordinates):
+        return (8 * coordinates[:, 0, 0]).round().long().tolist()
+
+    return frames(window["history"]), frames(window["target"]), window["history"][0, :, 1].long().tolist()
 
 
 @pytest.mark.parametrize("protocol", ["gmn", "egno", "estag", "eqmotion"])

@@ -66,6 +66,27 @@ def test_projection_leaves_valid_frames_alone_and_is_equivariant(geometry):
                                atol=1e-4, rtol=0)
 
 
+def test_length_draws_follow_the_learned_autoregression(geometry):
+    """A stiff bond keeps its phase over the horizon (rho near 1), a fast one may swing back (rho near -1)."""
+    history = torch.as_tensor(vibrating(40, seed=4)[::10][-3:], dtype=torch.float32)[None]  # (1, 3, 9, 3)
+    bias = geometry.length_head[-1].bias
+    saved = bias.detach().clone()
+    try:
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                bias[2 * geometry.horizon:] = 5.0 * sign  # rho = tanh(+-5)
+                bias[geometry.horizon:2 * geometry.horizon] = -3.0  # small steps: no draw reaches the range limits
+                mean, _, rho = geometry.predict_lengths(history)
+                draws = torch.stack([geometry.lengths(history, sample=True) for _ in range(400)]) - mean  # (400, 1, 2, E)
+            assert torch.allclose(rho, torch.full_like(rho, sign), atol=0.01)  # the weights add a little to the bias
+            first, second = draws[:, 0, 0], draws[:, 0, 1]  # (400, E) residuals at steps 1 and 2
+            correlation = ((first * second).mean(0) / (first.std(0) * second.std(0))).mean()
+            assert correlation * sign > 0.5, (sign, correlation)
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+
+
 def test_projection_gradients_are_finite(geometry):
     frames = (torch.as_tensor(vibrating(4), dtype=torch.float32)[None] + 0.2 * torch.randn(1, 4, 9, 3)).requires_grad_()
     geometry(frames).square().sum().backward()
