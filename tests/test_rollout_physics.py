@@ -26,8 +26,8 @@ def geometry():
 
 
 def test_pairs_are_the_bonds_then_the_one_three_pairs():
-    pairs = bonded_pairs(Z, torch.as_tensor(ETHANOL))
-    assert len(pairs) == 8 + 13  # ethanol: 8 bonds, 13 angles each with one 1-3 pair, none shared
+    pairs, bonds = bonded_pairs(Z, torch.as_tensor(ETHANOL))
+    assert bonds == 8 and len(pairs) == 8 + 13  # ethanol: 8 bonds, 13 angles each with one 1-3 pair, none shared
     assert (pairs[:, 0] < pairs[:, 1]).all() and len({tuple(p) for p in pairs.tolist()}) == len(pairs)
 
 
