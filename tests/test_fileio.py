@@ -37,3 +37,12 @@ def test_outputs_that_cannot_be_written_are_refused_naming_the_file(tmp_path):
         writable_output(tmp_path / "blocker", "folder")
     assert writable_output(tmp_path / "new" / "deeper" / "out.json") == tmp_path / "new" / "deeper" / "out.json"
     assert not (tmp_path / "new").exists()  # checked, not created
+
+
+def test_a_writer_that_hides_the_full_disk_in_its_own_error_is_still_said_as_such(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError of its own: atomic_output asks the disk."""
+    monkeypatch.setattr("asteroid.fileio._nearly_full", lambda folder: True)
+    with pytest.raises(AsteroidError, match="model.ckpt: the disk is full; nothing was written"):
+        with atomic_output(tmp_path / "model.ckpt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,9 @@
 """Trainer callbacks the `asteroid` command adds to every run."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +28,39 @@ class ModelConfigInCheckpoint(Callback):
 
 
 class CheckpointOnInterrupt(Callback):
-    """SIGTERM (a pre-empted SLURM job) or Ctrl+C during `fit`: saves last.ckpt as the run stands, so that
-    `--ckpt_path last` goes on from there. The command then exits non-zero (see cli.main), never as if finished."""
+    """SIGTERM (a pre-empted SLURM job) or Ctrl+C during `fit`: the run stops at the end of the training step it is
+    in, saves last.ckpt there, and `--ckpt_path last` goes on from there exactly as if never stopped. The command
+    then exits with 128 + the signal's number (see cli.main), never as if finished. A second Ctrl+C stops at once.
+
+    Ctrl+C is turned into Lightning's SIGTERM flag: a KeyboardInterrupt lands anywhere, between a step's random
+    draws and its update too, and a checkpoint saved there would not resume to the uninterrupted result.
+    """
+
+    def __init__(self):
+        self.signum, self._previous_handler = signal.SIGTERM, None
+
+    def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, lambda *_: self._on_ctrl_c(trainer))
+
+    def _on_ctrl_c(self, trainer):
+        if self.signum == signal.SIGINT:  # the second time
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.signum = signal.SIGINT
+        trainer._signal_connector.received_sigterm = True  # Lightning checks it after each step (and on all ranks)
+        print("\nasteroid: Ctrl+C: stopping after this step to save a checkpoint (Ctrl+C again stops at once)",
+              file=sys.stderr)
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
 
     def on_exception(self, trainer, pl_module, exception):
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.state.fn != "fit":
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return
+        exception.signum = self.signum  # the exit status (cli.main)
         last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor is None),
                     None)
         if last is None or last.dirpath is None:
@@ -39,9 +68,8 @@ class CheckpointOnInterrupt(Callback):
         path = Path(last.dirpath) / f"{last.filename}{last.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            signal = "SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT"
-            print(f"asteroid: {signal} at step {trainer.global_step}: saved {path}; resume with --ckpt_path last",
-                  file=sys.stderr)
+            print(f"asteroid: {signal.Signals(self.signum).name} at step {trainer.global_step}: saved {path}; "
+                  "resume with --ckpt_path last", file=sys.stderr)
 
 
 class ValidateLastStep(Callback):

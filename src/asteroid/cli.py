@@ -213,6 +213,9 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     # validate / test / predict take only the weights from --ckpt_path: they have no checkpoint callbacks to restore
     warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
+    # our training order resumes in mid-epoch through the checkpoint (data.datamodule.EpochShuffle), not through
+    # the loader's state_dict that Lightning looks for
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def _differences(stored, given, prefix="model"):
@@ -350,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(describe_parse_error(str(error), expanded)) from None
         except MisconfigurationException as error:  # Lightning's word for a Trainer option that cannot work
             raise ConfigError(" ".join(str(error).split())) from None
-        except SIGTERMException:  # Lightning ends a SIGTERM'd run with SystemExit(None), which would exit 0
-            return 128 + signal.SIGTERM
+        except SIGTERMException as stop:  # SIGTERM or Ctrl+C (callbacks.CheckpointOnInterrupt); it would exit 0
+            return 128 + getattr(stop, "signum", signal.SIGTERM)
         return 0
     except AsteroidError as error:
         print(f"asteroid: error: {error}", file=sys.stderr)

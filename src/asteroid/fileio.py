@@ -42,14 +42,25 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp
         with open(tmp, mode, **({} if "b" in mode else {"newline": ""})) as handle:
             yield handle
         os.replace(tmp, path)
-    except OSError as error:
+    except Exception as error:
+        # torch.save and other C++ writers report a full disk as a RuntimeError of their own: ask the disk
+        full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _nearly_full(path.parent)
         Path(tmp).unlink(missing_ok=True)
-        if error.errno == errno.ENOSPC:
+        if full:
             raise AsteroidError(f"{path}: the disk is full; nothing was written (free space and run again)") from None
         raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB left for us on `folder`'s filesystem (a write that just failed filled it)."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 2**20
 
 
 @contextmanager

@@ -65,6 +65,7 @@ def run_dir(trainer: pl.Trainer) -> Path | None:
 
 
 DATA_KEY = "asteroid_data"  # a checkpoint's record of the windows and atoms it was trained on
+TRAIN_POSITION_KEY = "asteroid_train_position"  # epoch and batches trained in it when the checkpoint was saved
 
 
 class ForecastModule(pl.LightningModule):
@@ -127,6 +128,7 @@ class ForecastModule(pl.LightningModule):
         self.test_metrics = torch.nn.ModuleDict({"model": ForecastMetrics(net.horizon)})
         # RMS over atoms and steps of f(rotated window) - rotated f(window): how far from rotation-equivariant
         self.rotation_error = MeanMetric()
+        self._training_rng_state = self._rng_state_to_restore = None  # see on_validation_start
         self.spread_skill = SpreadSkill(net.horizon)
         self.val_loss = MeanMetric()
         self.layout = None
@@ -172,10 +174,29 @@ class ForecastModule(pl.LightningModule):
         if isinstance(self.logger, TensorBoardLogger) and config is not None and config.is_file():
             self.logger.experiment.add_text("config", "```yaml\n" + config.read_text() + "\n```")
 
-    # Lightning does not restore random states, so a resumed run would shuffle, rotate and sample differently
-    # from an uninterrupted one; keeping torch's state in the checkpoint makes resuming exact.
+    # ---- exact resumption ------------------------------------------------------------------------------------
+    # Lightning does not restore random states, so a resumed run would rotate and sample differently from an
+    # uninterrupted one; keeping torch's state and the place in the epoch's order (see EpochShuffle) in the
+    # checkpoint makes resuming exact, in mid-epoch too. Validation (the sanity check too, and one rerun after a
+    # run stopped inside it) is kept off training's random stream.
+    def on_validation_start(self) -> None:
+        self._training_rng_state = torch.get_rng_state()
+
+    def on_validation_end(self) -> None:
+        torch.set_rng_state(self._training_rng_state)
+        self._training_rng_state = None
+
+    def on_train_start(self) -> None:
+        if self._rng_state_to_restore is not None:
+            torch.set_rng_state(self._rng_state_to_restore)
+            self._rng_state_to_restore = None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
+        checkpoint["torch_rng_state"] = (torch.get_rng_state() if self._training_rng_state is None
+                                         else self._training_rng_state)
+        fit_loop = self.trainer.fit_loop  # the epoch begun last: current_epoch already counts it once it has ended
+        checkpoint[TRAIN_POSITION_KEY] = {"epoch": fit_loop.epoch_progress.current.started - 1,
+                                          "batches": fit_loop.epoch_loop.batch_progress.current.processed}
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             checkpoint[DATA_KEY] = datamodule.signature()
@@ -184,8 +205,10 @@ class ForecastModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             datamodule.check_signature(checkpoint.get(DATA_KEY), str(self.trainer.ckpt_path or "the checkpoint"))
-        if "torch_rng_state" in checkpoint:
-            torch.set_rng_state(checkpoint["torch_rng_state"])
+        # set when training starts: the sanity-check validation that Lightning runs first draws random numbers too
+        self._rng_state_to_restore = checkpoint.get("torch_rng_state")
+        if datamodule is not None and TRAIN_POSITION_KEY in checkpoint:
+            datamodule.resume_at(**checkpoint[TRAIN_POSITION_KEY])
 
     # ---- losses ------------------------------------------------------------------------------------------------
     @property

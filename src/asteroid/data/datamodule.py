@@ -18,7 +18,7 @@ from ase.data import chemical_symbols
 from ase.formula import Formula
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from asteroid.data.md17 import DATASETS, resolve_dataset
 from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset, protein_files
@@ -155,6 +155,37 @@ def cache_problem(coords_file: Path, meta: dict) -> str | None:
     return None
 
 
+class EpochShuffle(Sampler[int]):
+    """A fresh order of the training windows each epoch, drawn from (seed, epoch) alone.
+
+    torch's own shuffling draws each epoch's order from the global random state at the epoch's start, which a run
+    resumed mid-epoch no longer has: it would train on another order. Here the order is a function of the epoch
+    (Lightning calls `set_epoch`), and `resume_at` skips the windows of that epoch already trained on, so a
+    resumed run trains on the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+        self._skip = (None, 0)  # (epoch, windows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, windows: int) -> None:
+        self._skip = (epoch, windows)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        skip_epoch, skip = self._skip
+        if skip_epoch == self.epoch:
+            order, self._skip = order[skip:], (None, 0)
+        return iter(order.tolist())
+
+
 class TrajectoryDataModule(pl.LightningDataModule):
     """Chronological (or peer-protocol) windows of one or several trajectories.
 
@@ -193,6 +224,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
         self.heavy_atoms = self.protocol.heavy_atoms if heavy_atoms is None else heavy_atoms
         self.batch_size, self.num_workers, self.cache_dir = batch_size, num_workers, Path(cache_dir)
         self.datasets: dict[str, WindowDataset] = {}
+        self._train_sampler: EpochShuffle | None = None
+        self._resume_position = (None, 0)
         self.trajectories: list[dict] = []
         self.displacement_scale: torch.Tensor | None = None
 
@@ -246,14 +279,19 @@ class TrajectoryDataModule(pl.LightningDataModule):
             if self.heavy_atoms:
                 traj = traj.select_atoms(np.flatnonzero(traj.z > 1))
             periodic = source.periodic and traj.box is not None
-            if periodic:
-                with atomic_output(box_file(coords_file)) as handle:
-                    np.save(handle, traj.box)
-            with atomic_output(coords_file) as handle:
-                np.save(handle, np.ascontiguousarray(traj.R, dtype=np.float32))
-            with atomic_output(meta_file, "w") as handle:  # last: its presence says the cache is complete
-                json.dump(dict(z=traj.z.tolist(), dt_fs=traj.dt_fs, name=traj.name, source=str(path),
-                               periodic=periodic, **cache_fingerprint(coords_file)), handle)
+            try:
+                if periodic:
+                    with atomic_output(box_file(coords_file)) as handle:
+                        np.save(handle, traj.box)
+                with atomic_output(coords_file) as handle:
+                    np.save(handle, np.ascontiguousarray(traj.R, dtype=np.float32))
+                with atomic_output(meta_file, "w") as handle:  # last: its presence says the cache is complete
+                    json.dump(dict(z=traj.z.tolist(), dt_fs=traj.dt_fs, name=traj.name, source=str(path),
+                                   periodic=periodic, **cache_fingerprint(coords_file)), handle)
+            except BaseException:  # a full disk, say: leave no cache without its record, which would fill it still
+                for part in (coords_file, box_file(coords_file), meta_file):
+                    part.unlink(missing_ok=True)
+                raise
 
     # ---- windows -----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -373,12 +411,26 @@ class TrajectoryDataModule(pl.LightningDataModule):
         }
 
     def _loader(self, split: str, shuffle: bool, sampler=None) -> DataLoader:
+        # Its own generator: each iterator draws a seed for its workers, which from the global random state would
+        # put a draw between training steps that a resumed run does not repeat (see EpochShuffle).
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=collate_windows,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(torch.initial_seed()))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return self._loader("train", shuffle=True)  # Lightning's DistributedSampler: an order per epoch and rank
+        if self._train_sampler is None:
+            self._train_sampler = EpochShuffle(len(self.datasets["train"]), torch.initial_seed())
+            self._train_sampler.resume_at(*self._resume_position)
+        return self._loader("train", shuffle=False, sampler=self._train_sampler)
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Go on in mid-epoch after `batches` training batches of `epoch` (a resumed run; see EpochShuffle)."""
+        self._resume_position = (epoch, batches * self.batch_size)
+        if self._train_sampler is not None:
+            self._train_sampler.resume_at(*self._resume_position)
 
     def _evaluation_loader(self, split: str) -> DataLoader:
         # On several devices every window is scored once: Lightning's own sampler would repeat some windows so that
