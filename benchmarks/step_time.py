@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from asteroid.cli import from_config
+from asteroid.lightning_cli import from_config
 
 EXPERIMENTS = Path("experiments")
 

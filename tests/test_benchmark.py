@@ -149,7 +149,7 @@ def test_benchmark_writes_positive_figures_for_every_molecule(tmp_path, capsys):
 def test_bad_invocations_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="nothing to benchmark"):
         main([])
-    with pytest.raises(ConfigError, match="go with --config"):
+    with pytest.raises(ConfigError, match="go with --ckpt_path or --config"):
         main(["--molecules", "ethanol", "--water", "8"])
     assert cli_main(["benchmark", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml: config file not found" in capsys.readouterr().err

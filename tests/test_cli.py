@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from asteroid.cli import main, with_base_configs
+from asteroid.cli import main
+from asteroid.config import with_base_configs
 from helpers import EXPERIMENTS, harmonic_frames, tiny_args
 
 pytestmark = pytest.mark.integration

@@ -9,13 +9,14 @@ import pytest
 import torch
 from ase import Atoms
 
-from asteroid.cli import from_config, main
+from asteroid.cli import main
+from asteroid.lightning_cli import from_config
 from asteroid.data import load_trajectory
 from asteroid.data.readers import element_topology
 from asteroid.errors import DivergedError
 from asteroid.metrics import covalent_bonds
 from asteroid.models import LastFrame, LinearExtrapolation
-from asteroid.rollout import rollout
+from asteroid.models.rollout import rollout
 from asteroid.simulate import structure_path
 from helpers import EXPERIMENTS, harmonic_frames, tiny_args
 

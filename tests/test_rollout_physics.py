@@ -11,7 +11,7 @@ from asteroid.models import LastFrame
 from asteroid.models.bonded import BondedGeometry, bonded_pairs
 from asteroid.models.noise import GaussMarkovNoise, step_energy, thermostat
 from asteroid.module import random_rotations, rotate
-from asteroid.rollout import remove_rigid_motion, rollout
+from asteroid.models.rollout import remove_rigid_motion, rollout
 from test_analysis import ETHANOL, vibrating
 
 Z = torch.as_tensor(ETHANOL_Z)

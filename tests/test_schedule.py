@@ -4,7 +4,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 
-from asteroid.cli import from_config
+from asteroid.lightning_cli import from_config
 from asteroid.schedule import CPUTimeBudget, warmup_cosine
 from helpers import tiny_args
 

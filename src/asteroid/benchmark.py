@@ -27,12 +27,14 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 
 from asteroid.arguments import CommandParser, positive
-from asteroid.cli import from_config, load_trained
 from asteroid.data import load_trajectory
 from asteroid.errors import ConfigError, DataError
 from asteroid.fileio import atomic_output, writable_output
+from asteroid.lightning_cli import from_checkpoint_or_config, from_config, load_weights
 from asteroid.module import REFERENCE_ORDERS
-from asteroid.rollout import THERMOSTAT_COUPLING, rollout, rollout_spacing
+from asteroid.data.windows import rollout_spacing
+from asteroid.models.rollout import rollout
+from asteroid.rollout import THERMOSTAT_COUPLING
 from asteroid.simulate import (TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path,
                                xtb_calculator)
 
@@ -185,17 +187,19 @@ def config_molecule(datamodule) -> tuple[str, Atoms, float]:
     return traj.name, Atoms(numbers=traj.z, positions=np.asarray(traj.R[0], dtype=np.float64)), traj.dt_fs
 
 
-def load_net(config: Path, ckpt_path: str | None, device: torch.device):
-    """The config's net (with the checkpoint's weights, if given) in eval mode, and its data module."""
-    if not config.is_file():
+def load_net(config: Path | None, ckpt_path: str | None, device: torch.device, name: str | None = None):
+    """The net of a config and/or a checkpoint (with its weights; `last`: the config's newest last.ckpt) in eval
+    mode, its data module, and the checkpoint file used (None: untrained)."""
+    if config is not None and not config.is_file():
         raise ConfigError(f"{config}: config file not found")
-    args = ["--config", str(config)]
+    args = ([] if config is None else ["--config", str(config)]) + ([] if name is None else ["--name", name])
     if ckpt_path is None:
         cli = from_config(args)
         module, datamodule = cli.model, cli.datamodule
     else:
-        module, datamodule = load_trained(args, ckpt_path)
-    return module.net.to(device).eval(), datamodule
+        cli, ckpt_path = from_checkpoint_or_config(args, ckpt_path)
+        module, datamodule = load_weights(cli, ckpt_path)
+    return module.net.to(device).eval(), datamodule, ckpt_path
 
 
 def benchmark_case(name: str, atoms: Atoms, net, spacing: int, data_fs: float, weights: str, args,
@@ -256,8 +260,11 @@ def main(argv: list[str]) -> int:
         description="Time per simulated picosecond of GFN2-xTB MD (the generator's code path, CPU) and of the "
                     "model's rollout (batch 1 and batch B), their ratios, and the model's FLOPs and its checkpoint's test MSE "
                     "beside them.")
-    parser.add_argument("--config", type=Path, help="experiment config: its molecule, architecture and spacing")
-    parser.add_argument("--ckpt_path", help="trained weights for --config (default: untrained; the speed is the same)")
+    parser.add_argument("--config", type=Path, help="experiment config: its molecule, architecture and spacing "
+                                                    "(default with --ckpt_path: the config stored in the checkpoint)")
+    parser.add_argument("--ckpt_path", help="trained checkpoint, or `last`: the newest last.ckpt of the config's run "
+                                            "(default: the config's net untrained; the speed is the same)")
+    parser.add_argument("--name", help="without --config: the run whose newest last.ckpt `--ckpt_path last` is")
     parser.add_argument("--molecules", nargs="+", default=[],
                         help="more molecules, each with <experiments>/<name>.yaml and untrained weights")
     parser.add_argument("--experiments", type=Path, default=Path("experiments"), help="where --molecules' configs are")
@@ -286,10 +293,10 @@ def main(argv: list[str]) -> int:
 
     if args.json:
         writable_output(args.json)  # before the minutes of timing, not after
-    if args.config is None and not args.molecules:
-        raise ConfigError("nothing to benchmark: give --config and/or --molecules")
-    if args.config is None and (args.ckpt_path or args.structures or args.water):
-        raise ConfigError("--ckpt_path, --structures and --water go with --config (whose net and spacing they use)")
+    if args.config is None and args.ckpt_path is None and not args.molecules:
+        raise ConfigError("nothing to benchmark: give --ckpt_path, --config and/or --molecules")
+    if args.config is None and args.ckpt_path is None and (args.structures or args.water):
+        raise ConfigError("--structures and --water go with --ckpt_path or --config (whose net and spacing they use)")
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -304,10 +311,11 @@ def main(argv: list[str]) -> int:
           f"batch 1 and {args.batch}{', compiled' if args.compile else ''}", flush=True)
 
     results = []
-    configs = ([(args.config, args.ckpt_path)] if args.config else []) + \
+    own = args.config is not None or args.ckpt_path is not None
+    configs = ([(args.config, args.ckpt_path)] if own else []) + \
         [(args.experiments / f"{name}.yaml", None) for name in args.molecules]
     for index, (config, ckpt_path) in enumerate(configs):
-        net, datamodule = load_net(config, ckpt_path, device)
+        net, datamodule, ckpt_path = load_net(config, ckpt_path, device, args.name if index == 0 else None)
         if args.compile:
             net = torch.compile(net, dynamic=True)  # compiled by the untimed warm-up forecast
         name, atoms, data_fs = config_molecule(datamodule)
@@ -319,7 +327,7 @@ def main(argv: list[str]) -> int:
         if ckpt_path is not None and mse is None:
             print(f"note: {ckpt_path} has no test_metrics.csv in its run folder: test_mse is null")
         results.append(benchmark_case(name, atoms, net, spacing, data_fs, weights, args, device, mse))
-        if index == 0 and args.config:
+        if index == 0 and own:
             others = [(path.stem, read_structure(path)) for path in args.structures] + \
                 [(f"water{n}", water_cluster(n)) for n in args.water]
             for other, structure in others:

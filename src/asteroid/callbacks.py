@@ -10,21 +10,21 @@ import numpy as np
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from asteroid.checkpoints import CONFIG_KEY, RUN_CONFIG_KEY
 from asteroid.data.datamodule import collate_windows
 from asteroid.fileio import atomic_output
 from asteroid.module import run_dir
 
-CONFIG_KEY = "asteroid_model_config"
+class ConfigInCheckpoint(Callback):
+    """Stores the run's config in every checkpoint: its model section, so that a later `--ckpt_path` can be checked
+    against a config, and all of it, so that the checkpoint alone rebuilds the model and its data."""
 
-
-class ModelConfigInCheckpoint(Callback):
-    """Stores the model section of the run's config in every checkpoint, so a later `--ckpt_path` can be checked."""
-
-    def __init__(self, model_config: dict):
-        self.model_config = model_config
+    def __init__(self, model_config: dict, run_config: str):
+        self.model_config, self.run_config = model_config, run_config
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint[CONFIG_KEY] = self.model_config
+        checkpoint[RUN_CONFIG_KEY] = self.run_config
 
 
 class CheckpointOnInterrupt(Callback):

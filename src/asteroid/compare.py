@@ -72,7 +72,7 @@ def net_class(model_file: Path):
 
 def data_facts(molecule_file: Path, protocol: str, extra: list[str]) -> dict:
     """Atom count and window offsets of an experiment's data (generating it if missing), for nets that need them."""
-    from asteroid.cli import from_config
+    from asteroid.lightning_cli import from_config
 
     dm = from_config(["--config", str(molecule_file), "--data.protocol", protocol, *extra]).datamodule
     dm.prepare_data()
@@ -274,7 +274,7 @@ def main(argv: list[str]) -> int:
     steps_path = Path(args.out) / f"accuracy{suffix}_steps.csv"
     command = "asteroid compare " + shlex.join(argv)
     if args.frames is not None:
-        from asteroid.cli import from_config
+        from asteroid.lightning_cli import from_config
 
         extras = {molecule: extra + lengthened_sources(from_config(["--config", str(file), *extra]).datamodule.sources,
                                                        args.frames, file)

@@ -190,3 +190,17 @@ def eqmotion_blocks(n_frames: int, layout: WindowLayout, stride: int, proportion
         starts[name] = np.sort(rng.choice(split, size=limit, replace=False)) if limit and count > limit else split
         block_start += length
     return starts
+
+
+def rollout_spacing(layout: WindowLayout) -> int:
+    """Frames between consecutive predicted frames; refuses layouts whose forecasts cannot become history.
+
+    A rollout needs history and targets on one regular grid: frames 0, s, ..., (H-1)s in, Hs, ..., (H+P-1)s out.
+    """
+    offsets = layout.history_offsets + layout.target_offsets
+    spacing = offsets[1] - offsets[0] if len(offsets) > 1 else 1
+    if offsets[0] != 0 or any(b - a != spacing for a, b in zip(offsets, offsets[1:])):
+        raise ConfigError(f"cannot roll out this window layout (history offsets {layout.history_offsets}, target "
+                          f"offsets {layout.target_offsets}): history and targets must be evenly spaced, as in "
+                          "the default protocol")
+    return spacing

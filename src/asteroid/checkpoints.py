@@ -1,0 +1,60 @@
+"""Checkpoint files: finding one (`last`), reading it, and refusing one trained with other settings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from asteroid.errors import ConfigError
+from asteroid.runs import LAST, ROOT, latest_checkpoint
+
+CONFIG_KEY = "asteroid_model_config"  # the model section of the run's config (see lightning_cli.ConfigInCheckpoint)
+RUN_CONFIG_KEY = "asteroid_run_config"  # the whole resolved config, as YAML: the checkpoint alone rebuilds the run
+
+
+def check_checkpoint_config(checkpoint: dict, ckpt_path, model_config: dict) -> None:
+    """Refuse a checkpoint trained with model settings other than the config's (Lightning would use them silently)."""
+    conflicts = sorted(_differences(checkpoint.get(CONFIG_KEY, {}), model_config))
+    if conflicts:
+        raise ConfigError(f"{ckpt_path} was trained with other model settings ({'; '.join(conflicts)}); "
+                          "Lightning would silently use the checkpoint's values: make the config match")
+
+
+def resolve_ckpt_path(ckpt_path: str | None, name: str) -> str | None:
+    """`--ckpt_path` as a file: `last` is the newest last.ckpt of run `name`; a path must be a file."""
+    if ckpt_path == "last":
+        last = latest_checkpoint(name)
+        if last is None:
+            raise ConfigError(f"--ckpt_path last: no {ROOT / name}/version_*/checkpoints/{LAST} to resume from "
+                              f"(is --name {name} the run you mean?)")
+        return str(last)
+    if ckpt_path not in (None, "best") and not Path(ckpt_path).is_file():
+        problem = "is a directory, not a checkpoint file" if Path(ckpt_path).is_dir() else "checkpoint file not found"
+        raise ConfigError(f"{ckpt_path}: {problem}")
+    return ckpt_path
+
+
+def read_checkpoint(ckpt_path: str | Path) -> dict:
+    """A checkpoint's contents; ConfigError for a truncated or foreign file."""
+    try:
+        return torch.load(ckpt_path, weights_only=True, map_location="cpu")
+    except Exception as error:  # pickle, zip and unpickling errors all mean the same
+        raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint ({type(error).__name__})") from None
+
+
+def _differences(stored, given, prefix="model"):
+    """'key: checkpoint X, config Y' for every leaf set in both that differs (None = not set, e.g. link targets)."""
+    if isinstance(stored, dict) and isinstance(given, dict):
+        for key in stored.keys() & given.keys():
+            yield from _differences(stored[key], given[key], f"{prefix}.{key}")
+    elif given is not None and stored != given:
+        yield f"{prefix}: checkpoint {stored!r}, config {given!r}"
+
+
+def stored_config(ckpt_path: str | Path) -> str:
+    """The whole config a checkpoint was trained with, as YAML text (`--config` takes it as it takes a file)."""
+    text = read_checkpoint(ckpt_path).get(RUN_CONFIG_KEY)
+    if text is None:
+        raise ConfigError(f"{ckpt_path}: made before checkpoints stored their config; give the run's config with "
+                          "--config (runs/<name>/version_N/config.yaml)")
+    return text

@@ -1,0 +1,177 @@
+"""LightningCLI with our defaults, and building a model and its data from configs or from a checkpoint alone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.plugins.io import CheckpointIO
+
+from asteroid.callbacks import CheckpointOnInterrupt, ConfigInCheckpoint, PredictionWriter, ValidateLastStep
+from asteroid.checkpoints import check_checkpoint_config, read_checkpoint, resolve_ckpt_path, stored_config
+from asteroid.config import option_value, quiet_lightning, with_base_configs
+from asteroid.data.datamodule import TrajectoryDataModule
+from asteroid.errors import ConfigError, DivergedError
+from asteroid.module import DATA_KEY, ForecastModule, run_dir
+from asteroid.runs import LAST, AtomicCheckpointIO, RunLogger, checkpoint_version
+
+# values the data module decides and the net must agree with
+LINKED = ("history", "horizon")
+
+
+class AsteroidCLI(LightningCLI):
+    """LightningCLI with our defaults: runs/<name>/version_N/ for logs, tables and checkpoints (see asteroid.runs),
+    and no silent overrides."""
+
+    def add_arguments_to_parser(self, parser):
+        parser.add_argument("--extends", default=None,
+                            help="in a config file: the base config it builds on (see `with_base_configs`)")
+        parser.add_argument("--name", default="asteroid",
+                            help="run name: each run writes logs, tables and checkpoints in its own "
+                                 "runs/<name>/version_N; --ckpt_path last resumes the newest one")
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="after `fit`, run `test` on the best checkpoint and print the table")
+        for key in LINKED:
+            parser.link_arguments(f"data.{key}", f"model.net.init_args.{key}", apply_on="instantiate")
+
+    # ---- guards against silent surprises ---------------------------------------------------------------------
+    def before_instantiate_classes(self):
+        config = self._part(self.config, self.subcommand)
+        # jsonargparse overwrites a link target silently: remember what the user wrote to compare afterwards.
+        net_args = config.model.net.get("init_args") or {}
+        self._user_linked = {k: net_args.get(k) for k in LINKED if net_args.get(k) is not None}
+
+    def after_instantiate_classes(self):
+        super().after_instantiate_classes()
+        for key, given in self._user_linked.items():
+            actual = getattr(self.datamodule, key)
+            if given != actual:
+                raise ConfigError(f"model.net.init_args.{key}={given} conflicts with the data windows "
+                                  f"({key}={actual}); it is set from data.{key}: remove it from the model")
+
+    def _parse_ckpt_path(self):
+        """`last` becomes the newest last.ckpt of the run; and where Lightning lets a checkpoint's stored
+        hyperparameters override the config silently, refuse instead."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        ckpt_path = config.ckpt_path = resolve_ckpt_path(config.get("ckpt_path"), config.name)
+        if ckpt_path not in (None, "best"):
+            check_checkpoint_config(read_checkpoint(ckpt_path), ckpt_path, self._model_config(subcommand))
+
+    @staticmethod
+    def _part(config, subcommand: str | None):
+        """A subcommand's part of a config (all of it for a CLI built with run=False)."""
+        return config if subcommand is None else config[subcommand]
+
+    def _model_config(self, subcommand: str | None) -> dict:
+        config = self._part(self.config, subcommand)
+        return yaml.safe_load(self._parser(subcommand).dump(config, skip_link_targets=False))["model"]
+
+    def _run_config(self, subcommand: str | None) -> str:
+        """The resolved config as YAML, less what only this invocation meant (its checkpoint, its base files)."""
+        config = yaml.safe_load(self._parser(subcommand).dump(self._part(self.config, subcommand)))
+        for key in ("ckpt_path", "extends", "config"):
+            config.pop(key, None)
+        return yaml.safe_dump(config, sort_keys=False)
+
+    # ---- defaults for logs and checkpoints ---------------------------------------------------------------------
+    def instantiate_trainer(self, **kwargs):
+        config = self._part(self.config_init, self.subcommand)
+        trainer_config = {**config.get("trainer", {}), **kwargs}
+        interval = trainer_config.get("val_check_interval")
+        if interval is not None and not interval > 0:  # Lightning takes 0 and fails at the first validation
+            raise ConfigError(f"trainer.val_check_interval must be > 0 (training steps, or a fraction of an epoch), "
+                              f"got {interval}")
+        if trainer_config.get("logger") in (None, True):
+            # a fit resumed from one of the run's checkpoints goes on in that run's directory; all else starts one
+            ckpt_path = config.get("ckpt_path") if self.subcommand == "fit" else None
+            version = checkpoint_version(config.name, ckpt_path) if ckpt_path not in (None, "best") else None
+            trainer_config["logger"] = RunLogger(config.name, version)
+        if self.subcommand in ("validate", "test", "predict"):
+            # they save no checkpoint; without checkpoint callbacks Lightning does not restore their state either
+            trainer_config["enable_checkpointing"] = False
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            trainer_config["plugins"] = plugins + [AtomicCheckpointIO()]
+        extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        callbacks = list(trainer_config.get("callbacks") or []) + [c for c in extra if c is not None]
+        if trainer_config.get("enable_checkpointing", True) is not False and \
+                not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            # In the logger's version_N/checkpoints. Two callbacks: Lightning's save_last only writes last.ckpt
+            # when the best one changes. A resumed run that saves a step again replaces its file (no "-v1" copy).
+            callbacks.append(ModelCheckpoint(monitor="val/mse_mean", filename="best-epoch{epoch:03d}-step{step}",
+                                             auto_insert_metric_name=False, enable_version_counter=False))
+            callbacks.append(ModelCheckpoint(filename=Path(LAST).stem, enable_version_counter=False))
+        callbacks.append(ConfigInCheckpoint(self._model_config(self.subcommand), self._run_config(self.subcommand)))
+        if self.subcommand == "fit":
+            callbacks += [ValidateLastStep(), CheckpointOnInterrupt()]
+        if self.subcommand == "predict":
+            callbacks.append(PredictionWriter())
+        if trainer_config["logger"] is not False:
+            callbacks.append(LearningRateMonitor("step"))
+        trainer_config["callbacks"] = callbacks
+        return self._instantiate_trainer(trainer_config, [])
+
+    def after_fit(self):
+        config = self._part(self.config_init, self.subcommand)
+        checkpoint = self.trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if config.test_after_fit:
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        if self.trainer.is_global_zero:
+            if run_dir(self.trainer):
+                print(f"TensorBoard logs: {run_dir(self.trainer)}   (make tensorboard)")
+            if best:
+                print(f"best checkpoint: {best}\nlast checkpoint: {Path(checkpoint.dirpath) / LAST}")
+
+
+def from_config(config_args: list[str]) -> AsteroidCLI:
+    """Model, data module and trainer of `--config ...` arguments, built but not run (for our own subcommands)."""
+    quiet_lightning()
+    return AsteroidCLI(ForecastModule, TrajectoryDataModule, subclass_mode_model=False, run=False,
+                       args=with_base_configs(config_args))
+
+
+def from_checkpoint_or_config(args: list[str], ckpt_path: str) -> tuple[AsteroidCLI, str]:
+    """`from_config(args)` and the checkpoint file `ckpt_path` stands for; where `args` name no --config, the config
+    is the one stored in the checkpoint (`last`: the newest last.ckpt of `--name`), with `args` as overrides."""
+    if any(arg == "--config" or arg.startswith("--config=") for arg in args):
+        cli = from_config(args)
+        return cli, resolve_ckpt_path(ckpt_path, cli.config.name)
+    ckpt_path = resolve_ckpt_path(ckpt_path, option_value(args, "--name", default="asteroid"))
+    return from_config(["--config", stored_config(ckpt_path), *args]), ckpt_path
+
+
+def load_trained(ckpt_path: str | Path, config_args: list[str] = ()) -> tuple[ForecastModule, TrajectoryDataModule]:
+    """A checkpoint's model with its weights, and its data: built from the config stored in the checkpoint, or from
+    `config_args` (`--config ...` and overrides; refused if the checkpoint was trained with other settings)."""
+    cli, ckpt_path = from_checkpoint_or_config(list(config_args), str(ckpt_path))
+    return load_weights(cli, ckpt_path)
+
+
+def load_weights(cli: AsteroidCLI, ckpt_path: str | Path) -> tuple[ForecastModule, TrajectoryDataModule]:
+    """`load_trained` for a config already built with `from_config`."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise ConfigError(f"{ckpt_path}: checkpoint file not found")
+    checkpoint = read_checkpoint(ckpt_path)
+    if "state_dict" not in checkpoint:
+        raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint (no state_dict)")
+    check_checkpoint_config(checkpoint, ckpt_path, cli._model_config(None))
+    cli.datamodule.check_signature(checkpoint.get(DATA_KEY), str(ckpt_path))  # the layout; atoms once set up
+    broken = [name for name, value in checkpoint["state_dict"].items()
+              if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise DivergedError(f"{ckpt_path}: {len(broken)} weight tensor(s) hold NaN or infinity (the first: "
+                            f"{broken[0]}): the run diverged; train again with a lower model.lr")
+    try:
+        cli.model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:  # shapes or keys: the config describes another network
+        raise ConfigError(f"{ckpt_path}: its weights do not fit the config's model "
+                          f"({str(error).splitlines()[1].strip() if chr(10) in str(error) else error})") from None
+    return cli.model.eval(), cli.datamodule
