@@ -1,10 +1,14 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from helpers import harmonic_frames, md_topology
 
-# Two cores here: many threads on tiny tensors are far slower than one.
+# One thread, in this process and the commands it starts (the CLI's own choice steps aside for OMP_NUM_THREADS):
+# many threads on tiny tensors are far slower, and runs compared bit for bit must share a thread count.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 

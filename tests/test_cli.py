@@ -211,3 +211,34 @@ def test_a_one_or_two_atom_system_trains_tests_and_draws_its_figures(atoms, tmp_
     assert main(["fit", *args]) == 0
     assert "test windows: error per horizon step" in capsys.readouterr().out
     assert list(tmp_path.glob("runs/tiny/**/events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("cores, threads", [(2, 1), (16, 4)])
+def test_the_cli_chooses_its_threads_and_says_so_unless_told(monkeypatch, capsys, cores, threads):
+    from asteroid.cli import choose_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    try:
+        choose_threads()
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(1)
+    assert f"{threads} torch thread(s) on {cores} core(s)" in capsys.readouterr().err
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    choose_threads()
+    assert torch.get_num_threads() == 1 and capsys.readouterr().err == ""  # the user's choice stands
+
+
+def test_fit_shows_one_bar_of_steps_and_one_test_table(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny_args(tmp_path, **{"--trainer.enable_progress_bar": "true",
+                                                "--trainer.max_epochs": "3"})]) == 0
+    out, err = capfd.readouterr()
+    bar = (out + err).replace("\r", "\n")
+    assert "train step: 100%" in bar and "15/15" in bar and "val MSE (Å²)=" in bar  # 3 epochs of 5: one bar
+    assert "Epoch" not in bar
+    for noise in ("GPU available", "Tip:", "Seed set to", "Test metric"):
+        assert noise not in out + err, noise
+    assert out.count("test windows: error per horizon step") == 1 and "MSE Å²" in out
+    assert "bond: mean |error| of the covalent bond lengths" in out

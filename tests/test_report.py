@@ -59,7 +59,7 @@ def test_format_table_header_mean_row_and_alignment():
     text = format_table(metrics_table(PER_STEP, horizon=3), title="aspirin, test")
     lines = text.splitlines()
     assert lines[0] == "aspirin, test"
-    for unit in ("MSE A^2", "MAE A", "RMSD A", "ADE A", "bond A"):
+    for unit in ("MSE Å²", "MAE Å", "RMSD Å", "ADE Å", "bond Å"):
         assert unit in lines[1]
     assert lines[-1].split()[0] == "mean"
     assert len({len(line) for line in lines[1:]}) == 1  # columns aligned

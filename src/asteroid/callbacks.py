@@ -7,7 +7,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n, convert_inf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from asteroid.checkpoints import CONFIG_KEY, RUN_CONFIG_KEY
@@ -107,3 +108,33 @@ class PredictionWriter(BasePredictionWriter):
         with atomic_output(path) as handle:
             np.savez(handle, **arrays)
         print(f"predictions of {len(arrays['pred'])} windows written to {path}")
+
+
+class RunProgressBar(TQDMProgressBar):
+    """One bar for the whole run, `step n/max_steps` with the run's ETA (Lightning's restarts each epoch, and reads
+    `Epoch 0/-2` for a run bounded by max_steps), with the training loss and the latest validation MSE."""
+
+    def on_train_epoch_start(self, trainer, *_):
+        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        bar = self.train_progress_bar
+        if bar.total != convert_inf(total):  # once: the bar goes on across epochs
+            bar.reset(total=convert_inf(total))
+            bar.initial = 0
+            bar.set_description("train step")
+        _update_n(bar, trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar = self.train_progress_bar
+        if self._should_update(trainer.global_step, bar.total):
+            _update_n(bar, trainer.global_step)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer, pl_module):
+        logged = trainer.progress_bar_metrics
+        shown = {"loss": logged.get("train/loss")}
+        if "val/mse_mean" in logged:
+            shown["val MSE (Å²)"] = logged["val/mse_mean"]
+        return {key: f"{value:.3g}" for key, value in shown.items() if value is not None}

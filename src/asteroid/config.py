@@ -1,6 +1,7 @@
 """Config files: `extends` chains, YAML that refuses a key given twice, jsonargparse's complaints in one line."""
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -130,6 +131,11 @@ def _config_chain(path: Path, seen: tuple = ()) -> list[Path]:
 
 
 def quiet_lightning() -> None:
+    # Lightning's start-up lines (GPU/TPU available, tips, "Seed set to 0", how it counts batches) say nothing a
+    # user of ours acts on; its warnings stay.
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed",
+                 "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # We hand LightningCLI the command line ourselves (configs expanded), which it warns about by default;
     # the second is Lightning's own use of a deprecated torch API, noise to our users.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

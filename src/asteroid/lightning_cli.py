@@ -5,11 +5,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
 
-from asteroid.callbacks import CheckpointOnInterrupt, ConfigInCheckpoint, PredictionWriter, ValidateLastStep
+from asteroid.callbacks import (CheckpointOnInterrupt, ConfigInCheckpoint, PredictionWriter, RunProgressBar,
+                                ValidateLastStep)
 from asteroid.checkpoints import check_checkpoint_config, read_checkpoint, resolve_ckpt_path, stored_config
 from asteroid.config import option_value, quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
@@ -35,6 +36,12 @@ class AsteroidCLI(LightningCLI):
                             help="after `fit`, run `test` on the best checkpoint and print the table")
         for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.net.init_args.{key}", apply_on="instantiate")
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "verbose" in self._subcommand_method_arguments[subcommand]:
+            parser.set_defaults(verbose=False)  # validate / test: our table only, not Lightning's box too
+        return parser
 
     # ---- guards against silent surprises ---------------------------------------------------------------------
     def before_instantiate_classes(self):
@@ -110,6 +117,9 @@ class AsteroidCLI(LightningCLI):
         callbacks.append(ConfigInCheckpoint(self._model_config(self.subcommand), self._run_config(self.subcommand)))
         if self.subcommand == "fit":
             callbacks += [ValidateLastStep(), CheckpointOnInterrupt()]
+        if trainer_config.get("enable_progress_bar", True) is not False and \
+                not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(RunProgressBar())
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter())
         if trainer_config["logger"] is not False:
@@ -121,8 +131,8 @@ class AsteroidCLI(LightningCLI):
         config = self._part(self.config_init, self.subcommand)
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
-        if config.test_after_fit:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        if config.test_after_fit:  # our table only (ForecastModule.on_test_epoch_end), not Lightning's box too
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         if self.trainer.is_global_zero:
             if run_dir(self.trainer):
                 print(f"TensorBoard logs: {run_dir(self.trainer)}   (make tensorboard)")

@@ -330,7 +330,9 @@ class ForecastModule(pl.LightningModule):
     def _report_test(self, rows, rotation_error, calibration=None):
         print("\n" + format_table(rows, title="test windows: error per horizon step (MSE = mean over atoms and "
                                               "x, y, z components)"))
-        print(f"rotation error: {rotation_error:.3g} A RMS (forecast of a rotated window against the rotated "
+        print("RMSD: after optimal superposition (Kabsch); ADE: mean atom displacement error; bond: mean |error| "
+              "of the covalent bond lengths")
+        print(f"rotation error: {rotation_error:.3g} Å RMS (forecast of a rotated window against the rotated "
               "forecast)")
         if calibration is not None:
             print(f"sampled forecasts ({self.hparams.test_samples} draws per window), spread-skill ratio per step "

@@ -6,7 +6,7 @@ import csv
 from asteroid.fileio import atomic_output
 
 PER_STEP_METRICS = ("mse", "mae", "rmsd", "ade", "bond")
-HEADERS = {"step": "step", "mse": "MSE A^2", "mae": "MAE A", "rmsd": "RMSD A", "ade": "ADE A", "bond": "bond A"}
+HEADERS = {"step": "step", "mse": "MSE Å²", "mae": "MAE Å", "rmsd": "RMSD Å", "ade": "ADE Å", "bond": "bond Å"}
 
 
 def metrics_table(metrics: dict, horizon: int) -> list[dict]:
