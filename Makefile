@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 EXP ?= ethanol
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit train tensorboard clean
+.PHONY: help install test test-unit lint format reliability-report train tensorboard clean
 
 help: ## List the targets and what they do
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## Create .venv and install ASTEROID editable with its dev extra (quick when done)
 
@@ -20,14 +20,25 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-test: install ## Run the whole test suite (unit and integration)
+test: install ## Run the whole test suite (unit and integration; ruff's lint and format check included)
 	$(BIN)/python -m pytest -q
 
 test-unit: install ## Run only the fast unit tests
 	$(BIN)/python -m pytest -q -m "not integration"
 
-train: install ## Train, test and report an experiment: make train EXP=ethanol (generates its data if missing)
-	$(BIN)/asteroid fit --config experiments/$(EXP).yaml
+lint: install ## Lint with ruff (the tests run it too)
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+
+format: install ## Format the code and sort imports with ruff
+	$(BIN)/ruff check --fix --select I
+	$(BIN)/ruff format
+
+reliability-report: install ## Run the reliability sweep and rewrite docs/reliability.md from its outcomes
+	ASTEROID_RELIABILITY_REPORT=1 $(BIN)/python -m pytest -q tests/test_reliability.py
+
+train: install ## Train, test and report an experiment: make train EXP=ethanol ARGS="--trainer.max_steps 500"
+	$(BIN)/asteroid fit --config experiments/$(EXP).yaml $(ARGS)
 
 tensorboard: install ## Serve the TensorBoard logs of every run in runs/ (http://localhost:6006)
 	$(BIN)/tensorboard --logdir runs --port 6006

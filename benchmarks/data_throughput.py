@@ -1,7 +1,8 @@
 """Windows per second delivered by TrajectoryDataModule's training loader (gather + collate, no model).
 
-    python benchmarks/data_throughput.py data/ethanol_xtb.npz [--batch-size 32] [--batches 300] [--workers 0]
+python benchmarks/data_throughput.py data/ethanol_xtb.npz [--batch-size 32] [--batches 300] [--workers 0]
 """
+
 import argparse
 import time
 
@@ -19,8 +20,12 @@ def main():
     parser.add_argument("--cache-dir", default="data/cache")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    dm = TrajectoryDataModule([TrajectorySource(args.trajectory)], batch_size=args.batch_size,
-                              num_workers=args.workers, cache_dir=args.cache_dir)
+    dm = TrajectoryDataModule(
+        [TrajectorySource(args.trajectory)],
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        cache_dir=args.cache_dir,
+    )
     dm.prepare_data()
     start = time.perf_counter()
     dm.setup("fit")
@@ -33,10 +38,14 @@ def main():
             break
     elapsed = time.perf_counter() - start
     n_train = len(dm.datasets["train"])
-    print(f"{args.trajectory}: {n_train} training windows of {dm.history}+{dm.horizon} frames x "
-          f"{batch['history'].shape[2]} atoms; setup {setup_s:.2f} s (split + displacement scale)")
-    print(f"{windows} windows in {elapsed:.2f} s = {windows / elapsed:.0f} windows/s "
-          f"(batch {args.batch_size}, {args.workers} workers)")
+    print(
+        f"{args.trajectory}: {n_train} training windows of {dm.history}+{dm.horizon} frames x "
+        f"{batch['history'].shape[2]} atoms; setup {setup_s:.2f} s (split + displacement scale)"
+    )
+    print(
+        f"{windows} windows in {elapsed:.2f} s = {windows / elapsed:.0f} windows/s "
+        f"(batch {args.batch_size}, {args.workers} workers)"
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Systems: copies of ethanol (9 atoms) on a cubic grid SPACING Angstrom apart, eac
 15 neighbours per atom within the 5 Angstrom cutoff at 10,000 atoms, fewer in the smaller, more surface-heavy
 grids). Model: the experiments' ASTEROID (base.yaml's settings: cutoff 5 Angstrom, 16 RBFs, STI on) with global
 attention through 32 latent tokens, and neighbours from the cell list above 128 atoms
-("auto"); one window (batch 1) of 8 history and 8 horizon frames. A training step is what ForecastModule does per batch: random rotation, forward with
+("auto"); one window (batch 1) of 8 history and 8 horizon frames. A training step is what ForecastModule does
+per batch: random rotation, forward with
 teacher forcing and scheduled sampling, forecast + weighted STI losses, backward, AdamW step. An inference step is
 one forecast under torch.no_grad().
 
@@ -22,6 +23,7 @@ and the model (`idle_mb`, printed per run, is the peak before the first step).
 Writes docs/results/scaling.csv (n_atoms,mode,seconds,peak_mb) and a log-log plot beside it (scaling.png), and
 prints the fitted slope of log(seconds) against log(n_atoms) between 100 and 10,000 atoms.
 """
+
 import argparse
 import csv
 import json
@@ -42,8 +44,9 @@ SLOPE_RANGE = (100, 10000)
 
 def replicated_ethanol(n_atoms: int, frames: int, seed: int = 0):
     """(frames, n, 3) coordinates of n_atoms // 9 ethanol copies on a cubic grid, and their atomic numbers."""
-    import ase.io
     from importlib.resources import files
+
+    import ase.io
 
     molecule = ase.io.read(files("asteroid") / "structures" / "ethanol.xyz")
     copies = n_atoms // len(molecule)
@@ -102,9 +105,16 @@ def measure(n_atoms: int, mode: str, repeats: int) -> dict:
         system.append(after.ru_stime - before.ru_stime)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
     cpu = np.add(user, system)
-    return dict(n_atoms=n_atoms, mode=mode, seconds=float(np.median(cpu)), user_seconds=float(np.median(user)),
-                system_seconds=float(np.median(system)), wall_seconds=float(np.median(wall)), peak_mb=peak_mb,
-                idle_mb=idle_mb)
+    return dict(
+        n_atoms=n_atoms,
+        mode=mode,
+        seconds=float(np.median(cpu)),
+        user_seconds=float(np.median(user)),
+        system_seconds=float(np.median(system)),
+        wall_seconds=float(np.median(wall)),
+        peak_mb=peak_mb,
+        idle_mb=idle_mb,
+    )
 
 
 def run_fresh(n_atoms: int, mode: str, repeats: int) -> dict:
@@ -119,8 +129,9 @@ def run_fresh(n_atoms: int, mode: str, repeats: int) -> dict:
 
 def fitted_slope(rows: list[dict], mode: str, key: str = "seconds") -> float:
     """Least-squares slope of log(row[key]) against log(n_atoms) over SLOPE_RANGE."""
-    points = [(r["n_atoms"], r[key]) for r in rows
-              if r["mode"] == mode and SLOPE_RANGE[0] <= r["n_atoms"] <= SLOPE_RANGE[1]]
+    points = [
+        (r["n_atoms"], r[key]) for r in rows if r["mode"] == mode and SLOPE_RANGE[0] <= r["n_atoms"] <= SLOPE_RANGE[1]
+    ]
     n, seconds = np.log(np.array(points)).T
     return float(np.polyfit(n, seconds, 1)[0])
 
@@ -139,8 +150,9 @@ def plot(rows: list[dict], path: Path) -> None:
         n, seconds, peak = np.array(points).T
         time_axis.loglog(n, seconds, marker=marker, label=f"{mode} (slope {fitted_slope(rows, mode):.2f})")
         memory_axis.loglog(n, peak, marker=marker, label=mode)
-    first = min((r for r in rows if r["mode"] == "train" and r["n_atoms"] >= SLOPE_RANGE[0]),
-                key=lambda r: r["n_atoms"])
+    first = min(
+        (r for r in rows if r["mode"] == "train" and r["n_atoms"] >= SLOPE_RANGE[0]), key=lambda r: r["n_atoms"]
+    )
     reference = np.array([first["n_atoms"], SLOPE_RANGE[1]], dtype=float)
     time_axis.loglog(reference, first["seconds"] * reference / reference[0], "k--", lw=0.8, label="slope 1")
     time_axis.set(xlabel="atoms", ylabel="CPU seconds per step", title="one step, 1 window of 8 + 8 frames, 1 thread")
@@ -168,9 +180,12 @@ def main():
     for n_atoms in args.sizes:
         for mode in ("train", "infer"):
             row = run_fresh(n_atoms, mode, args.repeats)
-            print(f"{n_atoms:6d} atoms  {mode:5s}  {row['seconds']:8.3f} CPU s (user {row['user_seconds']:.3f}, "
-                  f"system {row['system_seconds']:.3f}; wall {row['wall_seconds']:.3f})  peak {row['peak_mb']:6.0f} "
-                  f"MiB (before the first step {row['idle_mb']:.0f})", flush=True)
+            print(
+                f"{n_atoms:6d} atoms  {mode:5s}  {row['seconds']:8.3f} CPU s (user {row['user_seconds']:.3f}, "
+                f"system {row['system_seconds']:.3f}; wall {row['wall_seconds']:.3f})  peak {row['peak_mb']:6.0f} "
+                f"MiB (before the first step {row['idle_mb']:.0f})",
+                flush=True,
+            )
             rows.append(row)
     with atomic_output(args.out, "w") as handle:
         writer = csv.DictWriter(handle, ["n_atoms", "mode", "seconds", "peak_mb"], extrasaction="ignore")
@@ -178,8 +193,10 @@ def main():
         writer.writerows({**r, "seconds": f"{r['seconds']:.4f}", "peak_mb": f"{r['peak_mb']:.0f}"} for r in rows)
     plot(rows, args.out.with_suffix(".png"))
     for mode in ("train", "infer"):
-        print(f"{mode}: slope of log(seconds) against log(n_atoms), {SLOPE_RANGE[0]}-{SLOPE_RANGE[1]} atoms: "
-              f"{fitted_slope(rows, mode):.2f} (user time alone: {fitted_slope(rows, mode, 'user_seconds'):.2f})")
+        print(
+            f"{mode}: slope of log(seconds) against log(n_atoms), {SLOPE_RANGE[0]}-{SLOPE_RANGE[1]} atoms: "
+            f"{fitted_slope(rows, mode):.2f} (user time alone: {fitted_slope(rows, mode, 'user_seconds'):.2f})"
+        )
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 

@@ -9,6 +9,7 @@ default). One torch thread; each model runs `--warmup` untimed steps, then `--st
 the process's CPU time per step is reported (CPU time, not wall time, so that other jobs on a shared machine do not
 count). The target of the model issue: ASTEROID at most 2x EGNN on aspirin.
 """
+
 import argparse
 import statistics
 import time

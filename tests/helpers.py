@@ -1,5 +1,6 @@
 """Building blocks shared by the tests: tiny trajectories, topologies, a seconds-long training run, a callback
 that simulates a crash and a checkpoint writer that kills its process while saving."""
+
 import io
 import json
 import os
@@ -34,8 +35,16 @@ def shuffled(R, seed=1):
 def save_sgdml(path, R, z, **extra):
     """An npz laid out like the sGDML MD17 files (metadata keys, E of shape (T, 1))."""
     T, N = R.shape[:2]
-    arrays = dict(R=R.astype(np.float64), z=z, E=np.arange(T, dtype=np.float64)[:, None],
-                  F=np.ones((T, N, 3)), name="test", theory="PBE+vdW-TS", md5="0" * 32, type="d")
+    arrays = dict(
+        R=R.astype(np.float64),
+        z=z,
+        E=np.arange(T, dtype=np.float64)[:, None],
+        F=np.ones((T, N, 3)),
+        name="test",
+        theory="PBE+vdW-TS",
+        md5="0" * 32,
+        type="d",
+    )
     arrays.update(extra)
     np.savez(path, **arrays)
 
@@ -66,13 +75,22 @@ def tiny_args(tmp_path, name="tiny", **overrides):
     args = {
         "--name": name,
         "--data.sources": json.dumps([{"path": str(npz)}]),
-        "--data.history": "3", "--data.horizon": "2", "--data.spacing": "2", "--data.batch_size": "8",
+        "--data.history": "3",
+        "--data.horizon": "2",
+        "--data.spacing": "2",
+        "--data.batch_size": "8",
         "--data.cache_dir": str(tmp_path / "cache"),
-        "--model.net.init_args.hidden": "16", "--model.net.init_args.spatial_layers": "1",
-        "--trainer.max_steps": "-1", "--trainer.max_epochs": "4", "--trainer.val_check_interval": "null",
-        "--trainer.check_val_every_n_epoch": "1", "--trainer.limit_train_batches": "5",
-        "--trainer.limit_val_batches": "2", "--trainer.limit_test_batches": "2",
-        "--trainer.enable_progress_bar": "false", "--trainer.enable_model_summary": "false",
+        "--model.net.init_args.hidden": "16",
+        "--model.net.init_args.spatial_layers": "1",
+        "--trainer.max_steps": "-1",
+        "--trainer.max_epochs": "4",
+        "--trainer.val_check_interval": "null",
+        "--trainer.check_val_every_n_epoch": "1",
+        "--trainer.limit_train_batches": "5",
+        "--trainer.limit_val_batches": "2",
+        "--trainer.limit_test_batches": "2",
+        "--trainer.enable_progress_bar": "false",
+        "--trainer.enable_model_summary": "false",
         "--trainer.log_every_n_steps": "1",
         **overrides,
     }
@@ -104,7 +122,7 @@ class KillWhileSaving(AtomicCheckpointIO):
             if self.saved == self.nth:
                 buffer = io.BytesIO()
                 torch.save(checkpoint, buffer)
-                handle.write(buffer.getvalue()[:buffer.tell() // 2])
+                handle.write(buffer.getvalue()[: buffer.tell() // 2])
                 handle.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
         super().write(checkpoint, handle)

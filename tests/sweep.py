@@ -1,5 +1,6 @@
 """Machinery of the reliability sweep (tests/test_reliability.py): run a case where a crash or a hang cannot take
 the test session with it, and write docs/reliability.md from what the cases did."""
+
 from __future__ import annotations
 
 import json
@@ -79,6 +80,7 @@ def _run_child(function, args, kwargs, output: Path, result: Path) -> None:
 @contextmanager
 def time_limit(seconds: float):
     """TimeoutError when the block runs longer (for Python-level code; C code is run `isolated`)."""
+
     def hang(signum, frame):
         raise TimeoutError(f"still running after {seconds} s")
 
@@ -110,8 +112,9 @@ class Report:
         lines = ["# Reliability sweep", "", intro, ""]
         for title, cases in self.sections.items():
             lines += [f"## {title}", "", "| case | what | how it ended |", "|---|---|---|"]
-            lines += [f"| `{case_id}` | {_cell(what)} | {_cell(self.seen[case_id])} |"
-                      for case_id, what in cases.items()]
+            lines += [
+                f"| `{case_id}` | {_cell(what)} | {_cell(self.seen[case_id])} |" for case_id, what in cases.items()
+            ]
             lines.append("")
         with atomic_output(path, "w") as handle:
             handle.write("\n".join(lines + [notes, ""]))

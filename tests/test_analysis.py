@@ -1,4 +1,5 @@
 """`asteroid analyze`: geometry, Jensen-Shannon divergence, unphysical frames, the report files and the command."""
+
 import json
 from pathlib import Path
 
@@ -6,13 +7,24 @@ import ase.io
 import numpy as np
 import pytest
 from ase.data import atomic_masses
-from helpers import ETHANOL_Z, save_sgdml
 
 import asteroid
 from asteroid import cli
-from asteroid.analysis import (Topology, bond_angles, dihedral_angles, energy_comparison, gfn2_energies,
-                               jensen_shannon, physical_report, radius_of_gyration, save_report, shared_histogram)
+from asteroid.analysis import (
+    Topology,
+    bond_angles,
+    dihedral_angles,
+    energy_comparison,
+    gfn2_energies,
+    jensen_shannon,
+    physical_report,
+    radius_of_gyration,
+    save_report,
+    shared_histogram,
+)
 from asteroid.data import load_trajectory
+
+from helpers import ETHANOL_Z, save_sgdml
 
 ETHANOL = ase.io.read(Path(asteroid.__file__).with_name("structures") / "ethanol.xyz").positions  # (9, 3) minimum
 DT = 0.5
@@ -86,8 +98,9 @@ def test_self_comparison_is_physical_with_zero_error(reference):
     assert late == pytest.approx(bonds["reference_fluctuation"], rel=0.3)
     motion = report["motion"]
     assert motion["mean_step"]["predicted"] == pytest.approx(motion["mean_step"]["reference"], rel=1e-3)
-    assert motion["kinetic_temperature"]["predicted"] == pytest.approx(motion["kinetic_temperature"]["reference"],
-                                                                       rel=1e-3)
+    assert motion["kinetic_temperature"]["predicted"] == pytest.approx(
+        motion["kinetic_temperature"]["reference"], rel=1e-3
+    )
     assert motion["spectrum"]["overlap"] > 0.95
     assert report["target"]["met"] is True, report["target"]["unmet"]
 
@@ -191,7 +204,7 @@ def files(reference, tmp_path):
     ref = tmp_path / "ref.npz"
     np.savez(ref, R=reference[:600], z=ETHANOL_Z, dt_fs=DT)
     starts = np.array([100, 250])
-    true = np.stack([reference[s + 2:s + 2 + 2 * 120:2] for s in starts])  # (2, 120, 9, 3): stride 2, after start
+    true = np.stack([reference[s + 2 : s + 2 + 2 * 120 : 2] for s in starts])  # (2, 120, 9, 3): stride 2, after start
     pred = tmp_path / "pred.npz"
     np.savez(pred, R=true, z=ETHANOL_Z, dt_fs=1.0, start_frame=starts, source=str(ref))
     return pred, ref
@@ -213,12 +226,15 @@ def test_analyze_end_to_end(files, tmp_path, capsys):
     assert min(json.loads((out / "report.json").read_text())["coordinate_error"]["rmsd"]) > 0.01
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("atoms", "9 atoms, but the reference"),
-    ("z", "differ from those of the reference"),
-    ("frames", "the reference distributions need at least 10"),
-    ("missing", "no such file"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("atoms", "9 atoms, but the reference"),
+        ("z", "differ from those of the reference"),
+        ("frames", "the reference distributions need at least 10"),
+        ("missing", "no such file"),
+    ],
+)
 def test_analyze_refuses_bad_input_in_one_line(files, tmp_path, capsys, problem, message):
     pred, ref = files
     bad = tmp_path / "bad.npz"
@@ -236,7 +252,7 @@ def test_analyze_refuses_bad_input_in_one_line(files, tmp_path, capsys, problem,
 
 
 def test_reference_energies_only_when_they_are_gfn2(tmp_path):
-    from asteroid.simulate import METHOD
+    from asteroid.xtb_md import METHOD
 
     R = vibrating(20)
     np.savez(tmp_path / "ours.npz", R=R, z=ETHANOL_Z, dt_fs=DT, E=np.arange(20.0), method=METHOD)

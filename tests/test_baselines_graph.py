@@ -12,6 +12,7 @@ from asteroid.models.baselines.egnn import EGNN
 from asteroid.models.baselines.egno import EGNO, EquivariantTimeConvolution
 from asteroid.models.baselines.estag import ESTAG, equivariant_spectrum
 from asteroid.module import ForecastModule
+
 from helpers import write_toy_trajectory
 
 H, P, N = 4, 3, 6
@@ -87,8 +88,9 @@ def test_egno_without_time_convolution_as_the_official_md17_run():
     history, _, z, mask = make_batch(dtype=torch.float64)
     matrix, shift = orthogonal(reflect=False), torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64)
     pred = model(history, z, mask)["pred"]
-    torch.testing.assert_close(model(history @ matrix.T + shift, z, mask)["pred"], pred @ matrix.T + shift,
-                               atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        model(history @ matrix.T + shift, z, mask)["pred"], pred @ matrix.T + shift, atol=1e-9, rtol=0
+    )
     assert (pred[:, 0] - pred[:, -1]).abs().max() > 1e-4  # the time embedding still tells the output times apart
 
 

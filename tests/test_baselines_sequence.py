@@ -7,6 +7,7 @@ from asteroid.errors import ConfigError
 from asteroid.models.baselines.extrapolation import LastFrame, LinearExtrapolation, QuadraticExtrapolation
 from asteroid.models.baselines.sequence import LSTMForecaster, TransformerForecaster
 from asteroid.module import ForecastModule
+
 from helpers import write_toy_trajectory
 
 H, P, N = 4, 3, 5
@@ -25,7 +26,7 @@ def batch(B=3, n=N, dtype=torch.float32):
 def polynomial_window(times, coefficients):
     """Frames (1, T, N, 3) of positions sum_j c_j t^j at the given times."""
     t = torch.as_tensor(times, dtype=torch.float64)[:, None, None]
-    return sum(c[None] * t ** j for j, c in enumerate(coefficients))[None]
+    return sum(c[None] * t**j for j, c in enumerate(coefficients))[None]
 
 
 # ---- no training ------------------------------------------------------------------------------------------------
@@ -37,11 +38,14 @@ def test_last_frame_repeats_the_last_history_frame():
 
 
 @pytest.mark.parametrize("model_class, degree", [(LinearExtrapolation, 1), (QuadraticExtrapolation, 2)])
-@pytest.mark.parametrize("history_offsets, target_offsets", [
-    (None, None),  # regular layout, unit spacing
-    ([0, 4, 8, 12], [16, 20, 24]),  # regular layout, spacing 4: same forecast as unit spacing
-    ([0, 3, 5, 6], [9, 40, 3000]),  # irregular
-])
+@pytest.mark.parametrize(
+    "history_offsets, target_offsets",
+    [
+        (None, None),  # regular layout, unit spacing
+        ([0, 4, 8, 12], [16, 20, 24]),  # regular layout, spacing 4: same forecast as unit spacing
+        ([0, 3, 5, 6], [9, 40, 3000]),  # irregular
+    ],
+)
 def test_extrapolation_is_exact_on_polynomials_of_its_degree(model_class, degree, history_offsets, target_offsets):
     coefficients = torch.randn(degree + 1, N, 3, dtype=torch.float64)
     times = history_offsets or list(range(H))
@@ -55,8 +59,9 @@ def test_extrapolation_is_exact_on_polynomials_of_its_degree(model_class, degree
 def test_linear_extrapolation_on_the_gmn_layout():
     coefficients = torch.randn(2, N, 3, dtype=torch.float64)
     model = LinearExtrapolation(2, 1, history_offsets=[0, 1], target_offsets=[3000])
-    pred = model(polynomial_window([0, 1], coefficients), torch.ones(1, N, dtype=torch.long),
-                 torch.ones(1, N, dtype=torch.bool))["pred"]
+    pred = model(
+        polynomial_window([0, 1], coefficients), torch.ones(1, N, dtype=torch.long), torch.ones(1, N, dtype=torch.bool)
+    )["pred"]
     torch.testing.assert_close(pred, polynomial_window([3000], coefficients))
 
 
@@ -152,19 +157,30 @@ def test_overfitting_one_batch_lowers_the_loss(net):
 @pytest.fixture
 def datamodule(tmp_path):
     write_toy_trajectory(tmp_path / "toy.npz", n_frames=300)
-    return TrajectoryDataModule(sources=[TrajectorySource(str(tmp_path / "toy.npz"))], history=H, horizon=P,
-                                spacing=2, batch_size=8, cache_dir=str(tmp_path / "cache"))
+    return TrajectoryDataModule(
+        sources=[TrajectorySource(str(tmp_path / "toy.npz"))],
+        history=H,
+        horizon=P,
+        spacing=2,
+        batch_size=8,
+        cache_dir=str(tmp_path / "cache"),
+    )
 
 
 def trainer():
-    return pl.Trainer(fast_dev_run=True, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      accelerator="cpu")
+    return pl.Trainer(
+        fast_dev_run=True, logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu"
+    )
 
 
-@pytest.mark.parametrize("make_net", [
-    lambda: LSTMForecaster(H, P, n_atoms=9, hidden=16, layers=1),
-    lambda: TransformerForecaster(H, P, n_atoms=9, hidden=16, heads=2, layers=1),
-], ids=["lstm", "transformer"])
+@pytest.mark.parametrize(
+    "make_net",
+    [
+        lambda: LSTMForecaster(H, P, n_atoms=9, hidden=16, layers=1),
+        lambda: TransformerForecaster(H, P, n_atoms=9, hidden=16, heads=2, layers=1),
+    ],
+    ids=["lstm", "transformer"],
+)
 def test_sequence_models_fit_and_test_in_lightning(datamodule, make_net):
     module = ForecastModule(make_net())
     before = [p.detach().clone() for p in module.parameters()]

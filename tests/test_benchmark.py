@@ -1,5 +1,6 @@
 """`asteroid benchmark`: the per-picosecond arithmetic, its inputs, the FLOP count, the checkpoint's test MSE and a run
 on a tiny model."""
+
 import json
 from pathlib import Path
 
@@ -8,20 +9,46 @@ import pytest
 import torch
 from ase.build import molecule
 
-from asteroid.benchmark import (WATER_SPACING, ballistic_history, checkpoint_test_mse, config_molecule,
-                                forecast_flops, main, model_seconds_per_ps, seconds_per_ps, thermal_speed,
-                                water_cluster)
+from asteroid.benchmark import (
+    WATER_SPACING,
+    ballistic_history,
+    checkpoint_test_mse,
+    config_molecule,
+    forecast_flops,
+    main,
+    model_seconds_per_ps,
+    seconds_per_ps,
+    thermal_speed,
+    water_cluster,
+)
 from asteroid.cli import main as cli_main
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError, DataError
 from asteroid.models import Asteroid
-from asteroid.simulate import TIMESTEP_FS, read_structure, structure_path
+from asteroid.xtb_md import TIMESTEP_FS, read_structure, structure_path
+
 from helpers import ETHANOL_Z, write_toy_trajectory
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-KEYS = {"molecule", "n_atoms", "spacing", "device", "md_seconds_per_ps", "model_seconds_per_ps",
-        "model_batched_seconds_per_ps", "batch", "speedup", "speedup_batched", "flops_per_forecast", "flops_per_ps",
-        "test_mse", "frames_per_second", "ps_per_second", "batched_frames_per_second", "batched_ps_per_second"}
+KEYS = {
+    "molecule",
+    "n_atoms",
+    "spacing",
+    "device",
+    "md_seconds_per_ps",
+    "model_seconds_per_ps",
+    "model_batched_seconds_per_ps",
+    "batch",
+    "speedup",
+    "speedup_batched",
+    "flops_per_forecast",
+    "flops_per_ps",
+    "test_mse",
+    "frames_per_second",
+    "ps_per_second",
+    "batched_frames_per_second",
+    "batched_ps_per_second",
+}
 POSITIVE = KEYS - {"molecule", "device", "test_mse"}
 
 
@@ -51,7 +78,7 @@ def test_water_cluster_is_whole_molecules_on_a_grid():
     distances = np.linalg.norm(oxygens[:, None] - oxygens[None], axis=-1)[np.triu_indices(10, 1)]
     assert distances.min() == pytest.approx(WATER_SPACING, abs=0.15)  # centres of mass on the grid
     for i in range(10):
-        water = cluster.positions[3 * i: 3 * i + 3]
+        water = cluster.positions[3 * i : 3 * i + 3]
         assert np.linalg.norm(water[1:] - water[0], axis=-1) == pytest.approx([0.97, 0.97], abs=0.01)
     assert not np.allclose(water_cluster(10, seed=1).positions, cluster.positions)
 
@@ -63,8 +90,10 @@ def test_test_mse_is_the_checkpoints_own_mean_over_horizon_steps(tmp_path):
     ckpt.write_bytes(b"")
     assert checkpoint_test_mse(str(ckpt)) is None  # no test table yet
     assert checkpoint_test_mse(None) is None  # untrained
-    (run / "test_metrics.csv").write_text("model,step,mse,mae\nAsteroid,1,0.1,0\nAsteroid,2,0.3,0\n"
-                                          "Asteroid,mean,0.2,0\nconstant,1,9.0,0\nlinear,1,7.0,0\n")
+    (run / "test_metrics.csv").write_text(
+        "model,step,mse,mae\nAsteroid,1,0.1,0\nAsteroid,2,0.3,0\n"
+        "Asteroid,mean,0.2,0\nconstant,1,9.0,0\nlinear,1,7.0,0\n"
+    )
     assert checkpoint_test_mse(str(ckpt)) == pytest.approx(0.2)
     (run / "test_metrics.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="test_metrics.csv: not a test table"):
@@ -73,8 +102,10 @@ def test_test_mse_is_the_checkpoints_own_mean_over_horizon_steps(tmp_path):
 
 def test_flops_of_a_forecast_grow_with_the_molecule():
     net = Asteroid(3, 2, hidden=16, heads=2, spatial_layers=1).eval()
-    small, large = forecast_flops(net, molecule("H2O"), torch.device("cpu")), forecast_flops(
-        net, molecule("CH3CH2OH"), torch.device("cpu"))
+    small, large = (
+        forecast_flops(net, molecule("H2O"), torch.device("cpu")),
+        forecast_flops(net, molecule("CH3CH2OH"), torch.device("cpu")),
+    )
     assert 0 < small < large
 
 
@@ -100,18 +131,26 @@ def test_the_molecule_of_a_config_is_its_built_in_structure_or_first_frame(tmp_p
 
 def test_model_time_is_per_trajectory_and_positive():
     net = Asteroid(3, 2, hidden=16, heads=2, spatial_layers=1).eval()
-    seconds = model_seconds_per_ps(net, molecule("CH3CH2OH"), trajectories=4, forecasts=2, frame_fs=5.0,
-                                   device=torch.device("cpu"), repeats=1, clock="cpu")
+    seconds = model_seconds_per_ps(
+        net,
+        molecule("CH3CH2OH"),
+        trajectories=4,
+        forecasts=2,
+        frame_fs=5.0,
+        device=torch.device("cpu"),
+        repeats=1,
+        clock="cpu",
+    )
     assert 0 < seconds < 100
 
 
 def tiny_config(tmp_path) -> Path:
     """Base config with a tiny net and short windows; its data (ethanol) is never generated, only named."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(f"""extends: {EXPERIMENTS / 'base.yaml'}
+    config.write_text(f"""extends: {EXPERIMENTS / "base.yaml"}
 name: tiny
 data:
-  sources: [{{path: {tmp_path / 'ethanol_xtb.npz'}, molecule: ethanol}}]
+  sources: [{{path: {tmp_path / "ethanol_xtb.npz"}, molecule: ethanol}}]
   history: 3
   horizon: 2
   spacing: 4
@@ -125,8 +164,29 @@ model:
 @pytest.mark.integration
 def test_benchmark_writes_positive_figures_for_every_molecule(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["--config", str(tiny_config(tmp_path)), "--water", "2", "--batch", "3", "--forecasts", "1",
-                 "--md-steps", "2", "--md-warmup", "1", "--repeats", "1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(tiny_config(tmp_path)),
+                "--water",
+                "2",
+                "--batch",
+                "3",
+                "--forecasts",
+                "1",
+                "--md-steps",
+                "2",
+                "--md-warmup",
+                "1",
+                "--repeats",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())
     assert [r["molecule"] for r in results] == ["ethanol", "water2"]
     for result in results:

@@ -1,4 +1,5 @@
 """End to end through `asteroid fit / test`: checkpoints, resuming, precision, DDP and the guards on overrides."""
+
 import csv
 import json
 import shutil
@@ -13,6 +14,7 @@ import yaml
 
 from asteroid.cli import main
 from asteroid.config import with_base_configs
+
 from helpers import EXPERIMENTS, harmonic_frames, tiny_args
 
 pytestmark = pytest.mark.integration
@@ -25,8 +27,14 @@ def test_config_bases_are_expanded_in_order(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
     argv = with_base_configs(["fit", "--config", str(tmp_path / "c.yaml"), "--trainer.max_steps", "3"])
-    assert argv == ["fit", f"--config={tmp_path / 'a.yaml'}", f"--config={tmp_path / 'b.yaml'}",
-                    f"--config={tmp_path / 'c.yaml'}", "--trainer.max_steps", "3"]
+    assert argv == [
+        "fit",
+        f"--config={tmp_path / 'a.yaml'}",
+        f"--config={tmp_path / 'b.yaml'}",
+        f"--config={tmp_path / 'c.yaml'}",
+        "--trainer.max_steps",
+        "3",
+    ]
 
 
 def test_fit_writes_checkpoints_logs_table_config_and_splits(tmp_path, monkeypatch, capsys):
@@ -53,22 +61,39 @@ def test_tensorboard_has_losses_per_step_errors_and_figures(tmp_path, monkeypatc
     assert main(["fit", *tiny_args(tmp_path), "--test_after_fit", "false"]) == 0
     events = EventAccumulator(str(tmp_path / "runs/tiny/version_0"), size_guidance={"images": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/forecast", "train/sti_primary", "val/mse_mean", "val/rmsd_mean",
-            "val_mse_per_step/step_01", "val_mse_per_step/step_02"} <= scalars
+    assert {
+        "train/loss",
+        "train/forecast",
+        "train/sti_primary",
+        "val/mse_mean",
+        "val/rmsd_mean",
+        "val_mse_per_step/step_01",
+        "val_mse_per_step/step_02",
+    } <= scalars
     assert {"val/error_vs_horizon", "val/predicted_vs_true"} <= set(events.Tags()["images"])
     assert "config/text_summary" in events.Tags()["tensors"]
 
 
-@pytest.mark.parametrize("end, validated", [({"--trainer.max_steps": "6"}, [4, 6]),
-                                            ({"--trainer.max_epochs": "2"}, [4, 8, 10])],
-                         ids=["max_steps", "max_epochs"])
+@pytest.mark.parametrize(
+    "end, validated",
+    [({"--trainer.max_steps": "6"}, [4, 6]), ({"--trainer.max_epochs": "2"}, [4, 8, 10])],
+    ids=["max_steps", "max_epochs"],
+)
 def test_the_last_training_step_is_validated(tmp_path, monkeypatch, end, validated):
     # validation every 4 steps; training ends between two checks: at step 6, or after 2 epochs of 5 batches
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.chdir(tmp_path)
-    args = tiny_args(tmp_path, **{"--trainer.val_check_interval": "4", "--trainer.check_val_every_n_epoch": "null",
-                                  "--trainer.max_epochs": "4", "--test_after_fit": "false", **end})
+    args = tiny_args(
+        tmp_path,
+        **{
+            "--trainer.val_check_interval": "4",
+            "--trainer.check_val_every_n_epoch": "null",
+            "--trainer.max_epochs": "4",
+            "--test_after_fit": "false",
+            **end,
+        },
+    )
     assert main(["fit", *args]) == 0
     events = EventAccumulator(str(tmp_path / "runs/tiny/version_0")).Reload()
     assert [s.step + 1 for s in events.Scalars("val/mse_mean")] == validated  # logged at the step before
@@ -83,8 +108,7 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path, mon
         main(["fit", *tiny_args(tmp_path, name="crashed"), *crash])
     last = tmp_path / "runs/crashed/version_0/checkpoints/last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 10
-    assert main(["fit", *tiny_args(tmp_path, name="crashed"), "--ckpt_path", "last",
-                 "--test_after_fit", "false"]) == 0
+    assert main(["fit", *tiny_args(tmp_path, name="crashed"), "--ckpt_path", "last", "--test_after_fit", "false"]) == 0
     assert [p.name for p in (tmp_path / "runs/crashed").iterdir()] == ["version_0"]  # the run went on in place
     straight = torch.load(tmp_path / "runs/straight/version_0/checkpoints/last.ckpt", weights_only=True)
     resumed = torch.load(last, weights_only=True)
@@ -124,8 +148,9 @@ def test_a_linked_value_set_by_the_user_is_refused(tmp_path, monkeypatch, capsys
 
 def test_bf16_mixed_precision(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", *tiny_args(tmp_path), "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run",
-                 "true"]) == 0
+    assert (
+        main(["fit", *tiny_args(tmp_path), "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "true"]) == 0
+    )
 
 
 def logged_scalar(run_dir: Path, tag: str) -> float:
@@ -137,13 +162,36 @@ def logged_scalar(run_dir: Path, tag: str) -> float:
 def test_ddp_with_two_cpu_processes_scores_every_window_once(tmp_path, monkeypatch):
     # 13 validation and 13 test windows (stride 4) in batches of 3: the two devices get 7 and 6 windows, in 3 and 2
     # batches, where Lightning's own sampler would repeat one window
-    args = tiny_args(tmp_path, name="ddp", **{"--data.stride": "4", "--data.batch_size": "3",
-                                              "--trainer.limit_val_batches": "1.0",
-                                              "--trainer.limit_test_batches": "1.0"})
+    args = tiny_args(
+        tmp_path,
+        name="ddp",
+        **{
+            "--data.stride": "4",
+            "--data.batch_size": "3",
+            "--trainer.limit_val_batches": "1.0",
+            "--trainer.limit_test_batches": "1.0",
+        },
+    )
     # DDP re-launches the command line for rank 1, so this runs the real console script.
-    result = subprocess.run([ASTEROID, "fit", *args, "--trainer.strategy", "ddp", "--trainer.devices", "2",
-                             "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            ASTEROID,
+            "fit",
+            *args,
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.devices",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.max_epochs",
+            "1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Asteroid" in result.stdout and (tmp_path / "runs/ddp/version_0/checkpoints/last.ckpt").is_file()
     assert "sync_dist" not in result.stderr
@@ -152,8 +200,9 @@ def test_ddp_with_two_cpu_processes_scores_every_window_once(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     [best] = (tmp_path / "runs/ddp/version_0/checkpoints").glob("best-*.ckpt")
     assert main(["test", *args, "--name", "single", "--ckpt_path", str(best)]) == 0
-    tables = [list(csv.DictReader(open(tmp_path / f"runs/{name}/version_0/test_metrics.csv")))
-              for name in ("ddp", "single")]
+    tables = [
+        list(csv.DictReader(open(tmp_path / f"runs/{name}/version_0/test_metrics.csv"))) for name in ("ddp", "single")
+    ]
     assert len(tables[0]) == len(tables[1]) > 0
     for two_devices, one_device in zip(*tables):
         assert two_devices["model"] == one_device["model"] and two_devices["step"] == one_device["step"]
@@ -162,7 +211,8 @@ def test_ddp_with_two_cpu_processes_scores_every_window_once(tmp_path, monkeypat
     assert main(["validate", *args, "--name", "single_val", "--ckpt_path", str(best)]) == 0
     for tag in ("val/mse_mean", "val/loss"):
         assert logged_scalar(tmp_path / "runs/ddp/version_0", tag) == pytest.approx(
-            logged_scalar(tmp_path / "runs/single_val/version_0", tag), rel=1e-5)
+            logged_scalar(tmp_path / "runs/single_val/version_0", tag), rel=1e-5
+        )
 
 
 def test_print_config_and_unknown_keys(tmp_path, monkeypatch, capsys):
@@ -174,17 +224,25 @@ def test_print_config_and_unknown_keys(tmp_path, monkeypatch, capsys):
     assert printed["data"]["sources"][0]["molecule"] == "ethanol"
     assert printed["model"]["net"]["class_path"] == "asteroid.models.Asteroid"
     assert main(["fit", "--config", str(EXPERIMENTS / "ethanol.yaml"), "--model.net.init_args.hiddne", "3"]) == 2
-    assert capsys.readouterr().err == "asteroid: error: model.net.init_args.hiddne: Option 'hiddne' is not " \
-                                      "accepted (on the command line)\n"
+    assert (
+        capsys.readouterr().err == "asteroid: error: model.net.init_args.hiddne: Option 'hiddne' is not "
+        "accepted (on the command line)\n"
+    )
 
 
 def test_missing_data_file_is_one_line_and_exit_2(tmp_path):
-    result = subprocess.run([ASTEROID, "fit", *tiny_args(tmp_path), "--data.sources",
-                             json.dumps([{"path": "nowhere.npz"}])], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [ASTEROID, "fit", *tiny_args(tmp_path), "--data.sources", json.dumps([{"path": "nowhere.npz"}])],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == \
-        "asteroid: error: nowhere.npz: file not found (set `molecule` in the source to generate it, or name a " \
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "asteroid: error: nowhere.npz: file not found (set `molecule` in the source to generate it, or name a "
         "known dataset such as md17:ethanol)"
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -232,8 +290,10 @@ def test_the_cli_chooses_its_threads_and_says_so_unless_told(monkeypatch, capsys
 
 def test_fit_shows_one_bar_of_steps_and_one_test_table(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", *tiny_args(tmp_path, **{"--trainer.enable_progress_bar": "true",
-                                                "--trainer.max_epochs": "3"})]) == 0
+    assert (
+        main(["fit", *tiny_args(tmp_path, **{"--trainer.enable_progress_bar": "true", "--trainer.max_epochs": "3"})])
+        == 0
+    )
     out, err = capfd.readouterr()
     bar = (out + err).replace("\r", "\n")
     assert "train step: 100%" in bar and "15/15" in bar and "val MSE (Å²)=" in bar  # 3 epochs of 5: one bar

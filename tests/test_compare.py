@@ -1,4 +1,5 @@
 """`asteroid compare`: runs each model once per seed, appends rows, skips finished runs, writes the tables."""
+
 import csv
 import json
 from pathlib import Path
@@ -6,13 +7,29 @@ from pathlib import Path
 import pytest
 
 from asteroid.cli import main
+
 from helpers import write_toy_trajectory
 
 pytestmark = pytest.mark.integration
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-TINY = ["--", "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
-        "--trainer.limit_test_batches", "2", "--data.spacing", "1", "--data.history", "3", "--data.horizon", "2"]
+TINY = [
+    "--",
+    "--trainer.max_steps",
+    "4",
+    "--trainer.val_check_interval",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.limit_test_batches",
+    "2",
+    "--data.spacing",
+    "1",
+    "--data.history",
+    "3",
+    "--data.horizon",
+    "2",
+]
 
 
 @pytest.fixture
@@ -21,15 +38,32 @@ def experiments(tmp_path):
     folder = tmp_path / "experiments"
     folder.mkdir()
     (folder / "models").symlink_to(EXPERIMENTS / "models")
-    (folder / "toy.yaml").write_text(f"extends: {EXPERIMENTS / 'base.yaml'}\nname: toy\ndata:\n  sources:\n"
-                                     f"    - path: {tmp_path / 'toy.npz'}\n  cache_dir: {tmp_path / 'cache'}\n")
+    (folder / "toy.yaml").write_text(
+        f"extends: {EXPERIMENTS / 'base.yaml'}\nname: toy\ndata:\n  sources:\n"
+        f"    - path: {tmp_path / 'toy.npz'}\n  cache_dir: {tmp_path / 'cache'}\n"
+    )
     return folder
 
 
 def test_compare_appends_rows_and_skips_finished_runs(experiments, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = ["compare", "--molecules", "toy", "--models", "last_frame", "lstm", "--seeds", "2", "--budget-minutes",
-            "1", "--experiments", str(experiments), "--out", str(tmp_path / "results"), *TINY]
+    argv = [
+        "compare",
+        "--molecules",
+        "toy",
+        "--models",
+        "last_frame",
+        "lstm",
+        "--seeds",
+        "2",
+        "--budget-minutes",
+        "1",
+        "--experiments",
+        str(experiments),
+        "--out",
+        str(tmp_path / "results"),
+        *TINY,
+    ]
     assert main(argv) == 0
     with open(tmp_path / "results/accuracy.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -52,8 +86,27 @@ def test_compare_appends_rows_and_skips_finished_runs(experiments, tmp_path, mon
 
 def test_a_zero_budget_trains_every_model_to_its_max_steps(experiments, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["compare", "--molecules", "toy", "--models", "lstm", "--seeds", "1", "--budget-minutes", "0",
-                 "--experiments", str(experiments), "--out", str(tmp_path / "equal"), *TINY]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--molecules",
+                "toy",
+                "--models",
+                "lstm",
+                "--seeds",
+                "1",
+                "--budget-minutes",
+                "0",
+                "--experiments",
+                str(experiments),
+                "--out",
+                str(tmp_path / "equal"),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "equal/accuracy_steps.csv").read_text().splitlines()[1] == "toy,lstm,0,4"
     assert (tmp_path / "runs/compare/default-equal-steps/toy/lstm/seed0").is_dir()
     table = (tmp_path / "equal/accuracy.md").read_text()
@@ -64,14 +117,28 @@ def test_a_second_comparison_into_the_same_table_is_refused(experiments, tmp_pat
     from asteroid.fileio import sole_writer
 
     monkeypatch.chdir(tmp_path)
-    argv = ["compare", "--molecules", "toy", "--models", "last_frame", "--seeds", "1", "--budget-minutes", "1",
-            "--experiments", str(experiments), "--out", str(tmp_path / "results"), *TINY]
+    argv = [
+        "compare",
+        "--molecules",
+        "toy",
+        "--models",
+        "last_frame",
+        "--seeds",
+        "1",
+        "--budget-minutes",
+        "1",
+        "--experiments",
+        str(experiments),
+        "--out",
+        str(tmp_path / "results"),
+        *TINY,
+    ]
     with sole_writer(tmp_path / "results/accuracy.csv"):  # as a first comparison holds it while it runs
         assert main(argv) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "results/accuracy.csv: another process is making this file now" in error[0]
     assert not (tmp_path / "results/accuracy.csv").exists()
-    assert main([*argv[:-len(TINY)], "--out", str(tmp_path / "other"), *TINY]) == 0  # another table: no conflict
+    assert main([*argv[: -len(TINY)], "--out", str(tmp_path / "other"), *TINY]) == 0  # another table: no conflict
     assert main(argv) == 0  # and once the first has finished
 
 
@@ -84,8 +151,9 @@ def test_frames_lengthens_generated_trajectories_into_their_own_files(tmp_path):
     from asteroid.compare import lengthened_sources
     from asteroid.data.datamodule import TrajectorySource
 
-    override = lengthened_sources([TrajectorySource("data/ethanol_xtb.npz", molecule="ethanol")], 30000,
-                                  Path("ethanol.yaml"))
+    override = lengthened_sources(
+        [TrajectorySource("data/ethanol_xtb.npz", molecule="ethanol")], 30000, Path("ethanol.yaml")
+    )
     assert override[0] == "--data.sources"
     [source] = json.loads(override[1])
     assert source["path"] == "data/ethanol_xtb_30000frames.npz" and source["frames"] == 30000
@@ -93,8 +161,21 @@ def test_frames_lengthens_generated_trajectories_into_their_own_files(tmp_path):
 
 
 def test_frames_refuses_a_file_of_ones_own(experiments, tmp_path, capsys):
-    code = main(["compare", "--molecules", "toy", "--models", "last_frame", "--frames", "30000",
-                 "--experiments", str(experiments), "--out", str(tmp_path / "results")])
+    code = main(
+        [
+            "compare",
+            "--molecules",
+            "toy",
+            "--models",
+            "last_frame",
+            "--frames",
+            "30000",
+            "--experiments",
+            str(experiments),
+            "--out",
+            str(tmp_path / "results"),
+        ]
+    )
     assert code == 2
     assert "lengthens generated trajectories only" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
@@ -104,10 +185,33 @@ def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monk
     # base.yaml leaves the window layout unset, so a preset can replace it from the command line
     monkeypatch.chdir(tmp_path)
     write_toy_trajectory(tmp_path / "toy.npz", n_frames=20401)  # ESTAG's preset leaves out 10,000 frames each end
-    assert main(["compare", "--molecules", "toy", "--models", "last_frame", "--seeds", "1", "--protocol", "estag",
-                 "--experiments", str(experiments), "--out", str(tmp_path / "results"), "--",
-                 "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
-                 "--trainer.limit_test_batches", "2"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--molecules",
+                "toy",
+                "--models",
+                "last_frame",
+                "--seeds",
+                "1",
+                "--protocol",
+                "estag",
+                "--experiments",
+                str(experiments),
+                "--out",
+                str(tmp_path / "results"),
+                "--",
+                "--trainer.max_steps",
+                "2",
+                "--trainer.limit_val_batches",
+                "1",
+                "--trainer.limit_test_batches",
+                "2",
+            ]
+        )
+        == 0
+    )
     rows = (tmp_path / "results/accuracy_estag.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("toy,last_frame,0,1,")
     table = (tmp_path / "results/accuracy_estag.md").read_text()
@@ -124,10 +228,14 @@ def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch
     folder = tmp_path / "runs/compare/default/toy/lstm/seed0/version_0"
     (folder / "checkpoints").mkdir(parents=True)
     torch.save({"global_step": 7}, folder / "checkpoints/last.ckpt")
-    (folder / "test_metrics.csv").write_text("model,step,mse,mae,rmsd,ade,bond\nLSTMForecaster,1,1,1,1,0.25,1\n"
-                                             "LSTMForecaster,mean,1,1,1,0.25,1\nconstant,1,2,2,2,0.5,2\n")
-    rows = [{"molecule": "toy", "model": "lstm", "seed": "0", "step": "1", "mse": "1"},  # written before ADE was
-            {"molecule": "toy", "model": "gone", "seed": "0", "step": "1", "mse": "1"}]  # its run folder is elsewhere
+    (folder / "test_metrics.csv").write_text(
+        "model,step,mse,mae,rmsd,ade,bond\nLSTMForecaster,1,1,1,1,0.25,1\n"
+        "LSTMForecaster,mean,1,1,1,0.25,1\nconstant,1,2,2,2,0.5,2\n"
+    )
+    rows = [
+        {"molecule": "toy", "model": "lstm", "seed": "0", "step": "1", "mse": "1"},  # written before ADE was
+        {"molecule": "toy", "model": "gone", "seed": "0", "step": "1", "mse": "1"},
+    ]  # its run folder is elsewhere
     trained = {}
     backfill(rows, trained, "default", equal_steps=False)
     assert trained == {("toy", "lstm", "0"): 7}

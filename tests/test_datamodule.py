@@ -5,6 +5,7 @@ import torch
 from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource, collate_windows
 from asteroid.data.windows import SPLITS, count_windows, peer_random_starts
 from asteroid.errors import ConfigError, DataError
+
 from helpers import write_toy_trajectory
 
 
@@ -13,8 +14,7 @@ def write_npz(path, n_frames=800, z=(6, 1, 8, 1), seed=0):
 
 
 def make_module(tmp_path, sources, **kwargs):
-    kwargs = {"history": 3, "horizon": 2, "spacing": 4, "batch_size": 8, "cache_dir": str(tmp_path / "cache"),
-              **kwargs}
+    kwargs = {"history": 3, "horizon": 2, "spacing": 4, "batch_size": 8, "cache_dir": str(tmp_path / "cache"), **kwargs}
     dm = TrajectoryDataModule(sources=sources, **kwargs)
     dm.prepare_data()
     dm.setup("fit")
@@ -76,7 +76,7 @@ def test_displacement_scale_uses_the_training_block_only(tmp_path):
     # and it is the RMS displacement from the last history frame, per component
     train = dm.datasets["train"]
     disp = np.stack([(train[i]["target"] - train[i]["history"][-1]).numpy() for i in range(len(train))])
-    np.testing.assert_allclose(dm.displacement_scale.numpy(), np.sqrt((disp ** 2).mean(axis=(0, 2, 3))), rtol=1e-4)
+    np.testing.assert_allclose(dm.displacement_scale.numpy(), np.sqrt((disp**2).mean(axis=(0, 2, 3))), rtol=1e-4)
 
 
 def test_several_molecules_are_padded_with_a_mask(tmp_path):
@@ -139,6 +139,7 @@ def frame_index_trajectory(path, n_frames, z=(6, 1, 8, 1)):
 def window_frames(dataset, i):
     """(history frames, target frames, atoms kept) of window i, read back from its coordinates."""
     window = dataset[i]
+
     def frames(coordinates):
         return (8 * coordinates[:, 0, 0]).round().long().tolist()
 
@@ -150,8 +151,15 @@ def test_peer_presets_give_the_official_loaders_windows(tmp_path, protocol):
     """Each window's frames and atoms as the official loaders index them, on a 20,401-frame trajectory (x[:-1]
     then x[10000:-10000] leaves 400 starts: 40 train, 20 val and 20 test are drawn)."""
     frame_index_trajectory(tmp_path / "t.npz", 20401)
-    dm = make_module(tmp_path, [TrajectorySource(str(tmp_path / "t.npz"))], protocol=protocol, history=None,
-                     horizon=None, spacing=None, seed=7)
+    dm = make_module(
+        tmp_path,
+        [TrajectorySource(str(tmp_path / "t.npz"))],
+        protocol=protocol,
+        history=None,
+        horizon=None,
+        spacing=None,
+        seed=7,
+    )
     counts = {"eqmotion": [int((12750 - 400) / 20), int((2550 - 400) / 20), int((5100 - 400) / 20)]}
     assert [len(dm.datasets[k]) for k in SPLITS] == counts.get(protocol, [40, 20, 20])
     for split in SPLITS:
@@ -169,8 +177,10 @@ def test_peer_presets_give_the_official_loaders_windows(tmp_path, protocol):
                 assert history + target == list(range(st, st + 400, 20))
     assert dm.split_summary()["split_seed"] == (7 if protocol == "eqmotion" else 100)
     if protocol != "eqmotion":  # the peers' fixed seed 100, not data.seed
-        np.testing.assert_array_equal(dm.datasets["test"].index[:, 1], peer_random_starts(
-            20401, dm.layout.span, (0.1, 0.05, 0.05), (500, 2000, 2000))["test"])
+        np.testing.assert_array_equal(
+            dm.datasets["test"].index[:, 1],
+            peer_random_starts(20401, dm.layout.span, (0.1, 0.05, 0.05), (500, 2000, 2000))["test"],
+        )
 
 
 def test_a_preset_refuses_a_window_stride(tmp_path):

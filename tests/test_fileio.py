@@ -1,4 +1,5 @@
 """Writing outputs: complete or absent, refused before the work when they cannot be written, a full disk said so."""
+
 import errno
 
 import pytest

@@ -1,4 +1,5 @@
-"""`asteroid.load` and the ASE driver: a checkpoint alone rebuilds the model; every command takes it without --config."""
+"""`asteroid.load` and the ASE driver: a checkpoint alone rebuilds the model; commands take it without --config."""
+
 import json
 
 import ase.io
@@ -12,6 +13,7 @@ from asteroid.cli import main
 from asteroid.errors import AsteroidError
 from asteroid.lightning_cli import load_trained
 from asteroid.models.rollout import rollout
+
 from helpers import tiny_args
 
 
@@ -21,8 +23,10 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("forecaster")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        assert main(["fit", *tiny_args(folder, name="tiny"), "--trainer.max_epochs", "1",
-                     "--test_after_fit", "false"]) == 0
+        assert (
+            main(["fit", *tiny_args(folder, name="tiny"), "--trainer.max_epochs", "1", "--test_after_fit", "false"])
+            == 0
+        )
     data = np.load(folder / "toy.npz")
     return folder, folder / "runs/tiny/version_0/checkpoints/last.ckpt", data["R"], data["z"]
 
@@ -34,10 +38,13 @@ def model(trained):
 
 def test_a_checkpoint_alone_gives_the_trained_model(trained, model):
     folder, ckpt, R, z = trained
-    history = R[:40:model.spacing]  # (20, N, 3): more than it needs, as a user would pass
+    history = R[: 40 : model.spacing]  # (20, N, 3): more than it needs, as a user would pass
     module, _ = load_trained(ckpt)  # the same checkpoint through the command layer's loader
-    reference = module.net.generate(torch.as_tensor(history[-model.history_frames:], dtype=torch.float32)[None],
-                                    torch.as_tensor(z)[None], torch.ones(1, len(z), dtype=torch.bool))
+    reference = module.net.generate(
+        torch.as_tensor(history[-model.history_frames :], dtype=torch.float32)[None],
+        torch.as_tensor(z)[None],
+        torch.ones(1, len(z), dtype=torch.bool),
+    )
     forecast = model.forecast(history)
     np.testing.assert_allclose(forecast.positions, reference[0].detach().numpy(), rtol=0, atol=1e-6)
     # toy frames 0.5 fs apart, spacing 2, horizon 2: the next two history-spaced frames
@@ -47,14 +54,21 @@ def test_a_checkpoint_alone_gives_the_trained_model(trained, model):
 
 def test_rollout_from_numpy_or_atoms_matches_the_rollout_algorithm(trained, model):
     _, _, R, z = trained
-    history = R[:40:model.spacing]
+    history = R[: 40 : model.spacing]
     frames = model.rollout(history, 7, seed=3)
     assert frames.positions.shape == (7, len(z), 3) and frames.times_fs.tolist() == [1.0 * k for k in range(1, 8)]
     atoms = model.rollout([Atoms(numbers=z, positions=p) for p in history], 7, seed=3)
     np.testing.assert_array_equal(atoms.positions, frames.positions)
-    expected = rollout(model.net, torch.as_tensor(history[-model.history_frames:], dtype=torch.float32)[None],
-                       torch.as_tensor(z)[None], torch.ones(1, len(z), dtype=torch.bool), 7, sample=True,
-                       thermostat_coupling=4.0, generator=torch.Generator().manual_seed(3))
+    expected = rollout(
+        model.net,
+        torch.as_tensor(history[-model.history_frames :], dtype=torch.float32)[None],
+        torch.as_tensor(z)[None],
+        torch.ones(1, len(z), dtype=torch.bool),
+        7,
+        sample=True,
+        thermostat_coupling=4.0,
+        generator=torch.Generator().manual_seed(3),
+    )
     np.testing.assert_array_equal(frames.positions, expected[0].numpy())
     assert not np.array_equal(model.rollout(history, 7, seed=4).positions, frames.positions)  # draws, not the mean
     assert [a.info["time_fs"] for a in frames.to_atoms()[:2]] == [1.0, 2.0]
@@ -62,7 +76,7 @@ def test_rollout_from_numpy_or_atoms_matches_the_rollout_algorithm(trained, mode
 
 def test_ase_driver_advances_atoms_frame_by_frame_like_the_rollout(trained, model, tmp_path):
     _, _, R, z = trained
-    history = [Atoms(numbers=z, positions=p) for p in R[:40:model.spacing]]
+    history = [Atoms(numbers=z, positions=p) for p in R[: 40 : model.spacing]]
     dynamics = asteroid.ForecastDynamics(model, history, trajectory=str(tmp_path / "md.traj"), seed=5)
     seen = []
     dynamics.attach(lambda: seen.append((dynamics.get_time(), dynamics.atoms.positions.copy())), interval=1)
@@ -92,10 +106,30 @@ def test_test_rollout_and_benchmark_need_only_the_checkpoint(trained, monkeypatc
     monkeypatch.chdir(folder)
     assert main(["test", "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "1"]) == 0
     assert "test table written to runs/tiny/version_" in capsys.readouterr().out
-    assert main(["rollout", "--ckpt_path", "last", "--name", "tiny", "--frames", "6", "--out", "p.xyz",
-                 "--no-progress"]) == 0
+    assert (
+        main(["rollout", "--ckpt_path", "last", "--name", "tiny", "--frames", "6", "--out", "p.xyz", "--no-progress"])
+        == 0
+    )
     assert len(ase.io.read(folder / "p.xyz", ":")) == 6
-    assert main(["benchmark", "--ckpt_path", "last", "--name", "tiny", "--md-steps", "4", "--forecasts", "2",
-                 "--repeats", "1", "--json", "bench.json"]) == 0
+    assert (
+        main(
+            [
+                "benchmark",
+                "--ckpt_path",
+                "last",
+                "--name",
+                "tiny",
+                "--md-steps",
+                "4",
+                "--forecasts",
+                "2",
+                "--repeats",
+                "1",
+                "--json",
+                "bench.json",
+            ]
+        )
+        == 0
+    )
     [result] = json.loads((folder / "bench.json").read_text())
     assert result["weights"] == str(ckpt.relative_to(folder)) and result["n_atoms"] == 9

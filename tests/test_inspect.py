@@ -1,12 +1,14 @@
 """`asteroid inspect`: the summary values and the printed report."""
+
 import warnings
 
 import numpy as np
 import pytest
-from helpers import ETHANOL_Z, harmonic_frames, save_sgdml, shuffled
 
 from asteroid.data.inspect import main, summarize
 from asteroid.errors import DataError
+
+from helpers import ETHANOL_Z, harmonic_frames, save_sgdml, shuffled
 
 
 @pytest.fixture
@@ -68,8 +70,20 @@ def test_main_prints_report(ethanol, capsys):
 def test_main_options_and_errors(md_files, capsys):  # noqa: F811 (pytest fixture)
     traj, _, tmp_path = md_files
     traj.save(str(tmp_path / "run.dcd"))
-    assert main([str(tmp_path / "run.dcd"), "--topology", str(tmp_path / "top.pdb"), "--dt-fs", "0.5",
-                 "--selection", "element O"]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "run.dcd"),
+                "--topology",
+                str(tmp_path / "top.pdb"),
+                "--dt-fs",
+                "0.5",
+                "--selection",
+                "element O",
+            ]
+        )
+        == 0
+    )
     assert "O (O 1)" in capsys.readouterr().out
     with pytest.raises(DataError, match=r"run\.dcd.*dt_fs"):
         main([str(tmp_path / "run.dcd"), "--topology", str(tmp_path / "top.pdb")])

@@ -77,8 +77,12 @@ def test_covalent_bonds_of_ethanol():
 
 
 def numpy_bonds(z: np.ndarray, pos: np.ndarray) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(len(z)) for j in range(i + 1, len(z))
-            if np.linalg.norm(pos[i] - pos[j]) < 1.2 * (covalent_radii[z[i]] + covalent_radii[z[j]])]
+    return [
+        (i, j)
+        for i in range(len(z))
+        for j in range(i + 1, len(z))
+        if np.linalg.norm(pos[i] - pos[j]) < 1.2 * (covalent_radii[z[i]] + covalent_radii[z[j]])
+    ]
 
 
 def direct_metrics(pred, target, z, reference, sizes):
@@ -98,8 +102,13 @@ def direct_metrics(pred, target, z, reference, sizes):
             rmsd[k] += scipy_rmsd(p[k], t[k])
             for i, j in bonds:
                 bond[k] += abs(np.linalg.norm(p[k, i] - p[k, j]) - np.linalg.norm(t[k, i] - t[k, j]))
-    return {"mse": sq / (3 * n_atoms), "mae": ab / (3 * n_atoms), "rmsd": rmsd / len(sizes),
-            "ade": disp / n_atoms, "bond": bond / n_bonds}
+    return {
+        "mse": sq / (3 * n_atoms),
+        "mae": ab / (3 * n_atoms),
+        "rmsd": rmsd / len(sizes),
+        "ade": disp / n_atoms,
+        "bond": bond / n_bonds,
+    }
 
 
 def mixed_batch(sizes=(9, 6, 9), P=4, noise=0.1):
@@ -151,8 +160,11 @@ def test_forecast_metrics_accumulate_over_updates():
     for part in (slice(0, 2), slice(2, 5)):
         split.update(pred[part], target[part], mask[part], z[part], reference[part])
     a, b = whole.compute(), split.compute()
-    assert a.keys() == b.keys() == {"mse", "mae", "rmsd", "ade", "bond", "mse_mean", "mae_mean", "rmsd_mean",
-                                    "bond_mean", "ADE", "FDE"}
+    assert (
+        a.keys()
+        == b.keys()
+        == {"mse", "mae", "rmsd", "ade", "bond", "mse_mean", "mae_mean", "rmsd_mean", "bond_mean", "ADE", "FDE"}
+    )
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-12), name
 

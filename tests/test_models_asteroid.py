@@ -60,8 +60,11 @@ def test_every_ablation_switch_changes_the_forecast(overrides):
     full = make_model()
     torch.manual_seed(0)
     ablated = make_model(**overrides)
-    shared = {k: v for k, v in full.state_dict().items() if k in ablated.state_dict()
-              and ablated.state_dict()[k].shape == v.shape}
+    shared = {
+        k: v
+        for k, v in full.state_dict().items()
+        if k in ablated.state_dict() and ablated.state_dict()[k].shape == v.shape
+    }
     ablated.load_state_dict(shared, strict=False)  # same weights wherever both have them
     history, _, z, mask = make_batch()
     assert not torch.allclose(ablated(history, z, mask)["pred"], full(history, z, mask)["pred"], atol=1e-6)
@@ -74,8 +77,9 @@ def random_orthogonal(reflect: bool) -> torch.Tensor:
     return q
 
 
-@pytest.mark.parametrize("overrides", [{}, {"autoregressive": True}, {"latent_tokens": 2}],
-                         ids=["direct", "stepwise", "latent"])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"autoregressive": True}, {"latent_tokens": 2}], ids=["direct", "stepwise", "latent"]
+)
 @pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
 def test_exact_e3_equivariance_without_augmentation(overrides, reflect):
     """Rotating or reflecting and translating the history does the same to the forecast, to float64 rounding, and

@@ -171,8 +171,10 @@ def test_encoder_and_decoder_shapes():
     stepwise = StepwiseDecoder(P, C, 8, CV, HEADS, RBF, True, True, 10, None)
     outputs = {
         "direct": (direct(memory, None), direct(memory, seed)),
-        "stepwise": tuple(stepwise(memory, z, mask, frames[:, -1], velocity[:, -1], scale, given, radius, None)
-                          for given in (None, seed)),
+        "stepwise": tuple(
+            stepwise(memory, z, mask, frames[:, -1], velocity[:, -1], scale, given, radius, None)
+            for given in (None, seed)
+        ),
     }
     for out, seeded in outputs.values():
         assert out.shape == (B * N, P, 3)

@@ -1,4 +1,5 @@
 """ForecastModule pieces that are not the network: the training-history noise."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """The notebooks in notebooks/ run top to bottom, and are committed without outputs."""
+
 from pathlib import Path
 
 import nbformat
@@ -7,12 +8,22 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 # notebook -> files (globs under its work folder) that a complete run leaves behind
 EXPECTED_FILES = {
-    "01_quickstart.ipynb": ["ethanol_400.npz", "runs/quickstart/**/best-*.ckpt",
-                            "runs/quickstart/version_*/test_metrics.csv", "error_vs_horizon.png",
-                            "predicted_vs_true.png"],
-    "02_rollout_analysis.ipynb": ["rollout_demo.yaml", "runs/rollout_demo/**/last.ckpt", "rollout.npz",
-                                  "analysis/report.json", "analysis/bond_length.png", "analysis/dihedral.png",
-                                  "trajectory_0.png"],
+    "01_quickstart.ipynb": [
+        "ethanol_400.npz",
+        "runs/quickstart/**/best-*.ckpt",
+        "runs/quickstart/version_*/test_metrics.csv",
+        "error_vs_horizon.png",
+        "predicted_vs_true.png",
+    ],
+    "02_rollout_analysis.ipynb": [
+        "rollout_demo.yaml",
+        "runs/rollout_demo/**/last.ckpt",
+        "rollout.npz",
+        "analysis/report.json",
+        "analysis/bond_length.png",
+        "analysis/dihedral.png",
+        "trajectory_0.png",
+    ],
     "03_your_own_data.ipynb": ["my_run.extxyz", "my_run.dcd", "my_run.pdb", "my_data.yaml", "inspect.png"],
 }
 # notebook -> text its printed output must hold (03's one-batch fit leaves no file behind, only its test table)

@@ -1,4 +1,5 @@
 """Periodic boxes from file to forecast: readers, unwrapping, windows, models, augmentation and rollouts."""
+
 import json
 
 import ase
@@ -14,6 +15,7 @@ from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource
 from asteroid.errors import ConfigError, DataError
 from asteroid.models import EGNN, EGNO, ESTAG, Asteroid
 from asteroid.module import random_rotations, rotate, rotate_windows
+
 from helpers import harmonic_frames, md_topology, tiny_args
 
 CELL = np.array([[9.0, 0.0, 0.0], [1.5, 8.5, 0.0], [-1.0, 0.5, 9.5]])  # triclinic, narrowest width > 5 A cutoff
@@ -77,19 +79,24 @@ def test_mdtraj_cell_in_angstrom_and_the_pdb_placeholder_cell_is_no_cell(tmp_pat
     xyz = harmonic_frames(4, 5) / 10.0  # nm
     lengths = np.tile([2.0, 2.5, 3.0], (4, 1))  # nm
     md.Trajectory(xyz, md_topology(), unitcell_lengths=lengths, unitcell_angles=np.full((4, 3), 90.0)).save_pdb(
-        str(tmp_path / "box.pdb"))
+        str(tmp_path / "box.pdb")
+    )
     traj = load_trajectory(tmp_path / "box.pdb", dt_fs=1.0)
     np.testing.assert_allclose(traj.box[0], np.diag([20.0, 25.0, 30.0]), atol=1e-3)
-    md.Trajectory(xyz, md_topology(), unitcell_lengths=np.full((4, 3), 0.1),
-                  unitcell_angles=np.full((4, 3), 90.0)).save_pdb(str(tmp_path / "placeholder.pdb"))
+    md.Trajectory(
+        xyz, md_topology(), unitcell_lengths=np.full((4, 3), 0.1), unitcell_angles=np.full((4, 3), 90.0)
+    ).save_pdb(str(tmp_path / "placeholder.pdb"))
     assert load_trajectory(tmp_path / "placeholder.pdb", dt_fs=1.0).box is None
 
 
-@pytest.mark.parametrize("box, problem", [
-    (np.full((3, 3), np.nan), "periodic box of frame 0 contains NaN or inf"),
-    (np.zeros((2, 3)), r"periodic box has shape \(2, 3\)"),
-    (np.diag([9.0, 9.0, 0.0]), "periodic box of frame 0 is flat"),
-])
+@pytest.mark.parametrize(
+    "box, problem",
+    [
+        (np.full((3, 3), np.nan), "periodic box of frame 0 contains NaN or inf"),
+        (np.zeros((2, 3)), r"periodic box has shape \(2, 3\)"),
+        (np.diag([9.0, 9.0, 0.0]), "periodic box of frame 0 is flat"),
+    ],
+)
 def test_a_bad_cell_is_a_one_line_error_naming_the_file(tmp_path, box, problem):
     _, wrapped = periodic_frames(T=20)
     save_periodic_npz(tmp_path / "bad.npz", wrapped, box=box)
@@ -99,8 +106,9 @@ def test_a_bad_cell_is_a_one_line_error_naming_the_file(tmp_path, box, problem):
 
 # ---- windows -----------------------------------------------------------------------------------------------------
 def data_module(tmp_path, sources):
-    dm = TrajectoryDataModule(sources=sources, history=3, horizon=2, spacing=1, batch_size=4,
-                              cache_dir=str(tmp_path / "cache"))
+    dm = TrajectoryDataModule(
+        sources=sources, history=3, horizon=2, spacing=1, batch_size=4, cache_dir=str(tmp_path / "cache")
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -165,8 +173,9 @@ def test_rotating_windows_rotates_the_cell_with_them(cls):
     rotated = rotate_windows(batch, rotation)
     torch.testing.assert_close(rotated["box"][1], box[1] @ rotation[1].T)
     pred = model(history, z, mask, box=box)["pred"]
-    torch.testing.assert_close(model(rotated["history"], z, mask, box=rotated["box"])["pred"],
-                               rotate(pred, rotation), atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        model(rotated["history"], z, mask, box=rotated["box"])["pred"], rotate(pred, rotation), atol=1e-9, rtol=0
+    )
 
 
 def test_asteroid_with_a_cell_sees_its_images_and_leaves_out_absolute_positions():
@@ -180,8 +189,9 @@ def test_asteroid_with_a_cell_sees_its_images_and_leaves_out_absolute_positions(
     assert (model(history, z, mask, box=box)["pred"] - pred_huge).abs().max() > 1e-6  # images within reach
     for block in model.encoder.spatial:
         block.global_attention.attention.position_out.weight.detach().zero_()  # an open system now reads none
-    torch.testing.assert_close(model(history, z, mask, box=huge)["pred"], model(history, z, mask)["pred"],
-                               atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        model(history, z, mask, box=huge)["pred"], model(history, z, mask)["pred"], atol=1e-10, rtol=0
+    )
 
 
 # ---- end to end --------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ tests/data/adk_tmd_excerpt.{dcd,psf}: the first 20 frames and first 6 residues (
 MDAnalysisTests' adk_gbis_tmd-fast1_NAMD.dcd and adk_closed_NAMD.psf (see tests/data/README.md): the same formats
 as the dataset. Nothing here uses the network.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -76,13 +77,19 @@ def refuse_network(*args, **kwargs):
 def test_a_local_copy_is_used_without_the_network(tmp_path, monkeypatch):
     monkeypatch.setattr(mdanalysis, "download_package", refuse_network)
     local_copy(tmp_path)
-    assert mdanalysis.fetch_protein_dataset("MDAnalysis:ADK_TMD", tmp_path) == mdanalysis.protein_files(ADK.name,
-                                                                                                         tmp_path)
+    assert mdanalysis.fetch_protein_dataset("MDAnalysis:ADK_TMD", tmp_path) == mdanalysis.protein_files(
+        ADK.name, tmp_path
+    )
 
 
 def test_offline_fetch_is_one_clear_error(tmp_path, monkeypatch):
-    failed = subprocess.CompletedProcess([], 1, "", "ERROR: Could not find a version that satisfies the requirement "
-                                                    "MDAnalysisTests==2.11.0 (from versions: none)\n")
+    failed = subprocess.CompletedProcess(
+        [],
+        1,
+        "",
+        "ERROR: Could not find a version that satisfies the requirement "
+        "MDAnalysisTests==2.11.0 (from versions: none)\n",
+    )
     monkeypatch.setattr(mdanalysis.subprocess, "run", lambda *args, **kwargs: failed)
     with pytest.raises(DataError) as error:
         mdanalysis.fetch_protein_dataset(ADK.name, tmp_path)
@@ -120,8 +127,14 @@ def test_datamodule_reads_the_dataset_name_with_its_topology_and_spacing(tmp_pat
     monkeypatch.chdir(tmp_path)  # known datasets live under ./data
     monkeypatch.setattr(mdanalysis, "download_package", refuse_network)
     local_copy(tmp_path / "data")
-    dm = TrajectoryDataModule([{"path": "mdanalysis:adk_tmd", "selection": "protein and name CA"}], history=2,
-                              horizon=1, spacing=1, split_fractions=(0.5, 0.25, 0.25), cache_dir=str(tmp_path / "c"))
+    dm = TrajectoryDataModule(
+        [{"path": "mdanalysis:adk_tmd", "selection": "protein and name CA"}],
+        history=2,
+        horizon=1,
+        spacing=1,
+        split_fractions=(0.5, 0.25, 0.25),
+        cache_dir=str(tmp_path / "c"),
+    )
     dm.prepare_data()
     dm.setup("fit")
     assert dm.trajectories[0]["dt_fs"] == ADK.dt_fs
@@ -138,8 +151,24 @@ def test_protein_experiment_runs_on_the_excerpt(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mdanalysis, "download_package", refuse_network)
     local_copy(tmp_path / "data")
     config = Path(__file__).resolve().parents[1] / "experiments" / "adk.yaml"
-    code = main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true", "--data.history", "1",
-                 "--data.horizon", "2", "--data.split_fractions", json.dumps([0.5, 0.25, 0.25]),
-                 "--data.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"])
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.fast_dev_run",
+            "true",
+            "--data.history",
+            "1",
+            "--data.horizon",
+            "2",
+            "--data.split_fractions",
+            json.dumps([0.5, 0.25, 0.25]),
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert code == 0
     assert "Asteroid" in capsys.readouterr().out

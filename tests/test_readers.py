@@ -2,6 +2,7 @@
 
 Bad files of every format (truncated, wrong dtypes, NaN, mismatched atoms, empty, directories) are the table of
 tests/test_reliability.py."""
+
 import io
 import urllib.error
 import urllib.request
@@ -10,13 +11,20 @@ import warnings
 import numpy as np
 import pytest
 
+from asteroid.data.inspect import summarize
 from asteroid.data.md17 import check_dataset, download_dataset, resolve_dataset
 from asteroid.data.readers import load_trajectory
-from asteroid.data.inspect import summarize
 from asteroid.data.time_order import (
-    THRESHOLD, TimeOrderWarning, is_time_ordered, largest_jump, mean_step_displacement, rms_displacement,
-    time_order_ratio)
+    THRESHOLD,
+    TimeOrderWarning,
+    is_time_ordered,
+    largest_jump,
+    mean_step_displacement,
+    rms_displacement,
+    time_order_ratio,
+)
 from asteroid.errors import DataError
+
 from helpers import ETHANOL_Z, harmonic_frames, save_sgdml, shuffled
 
 Z = np.array([8, 6, 1, 1, 1])  # O C H H H
@@ -120,7 +128,8 @@ def test_plain_xyz_needs_dt(tmp_path):
 
 def test_cp2k_style_times(tmp_path):
     frames = "".join(
-        f"3\n i = {t}, time = {0.5 * t:.3f}, E = -17.0\nO 0 0 {0.01 * t}\nH 0 0.96 0\nH 0.96 0 0\n" for t in range(12))
+        f"3\n i = {t}, time = {0.5 * t:.3f}, E = -17.0\nO 0 0 {0.01 * t}\nH 0 0.96 0\nH 0.96 0 0\n" for t in range(12)
+    )
     path = tmp_path / "cp2k-pos-1.xyz"
     path.write_text(frames)
     traj = load_trajectory(path)
@@ -317,10 +326,13 @@ class CutConnection(io.BytesIO):
         raise TimeoutError("timed out")
 
 
-@pytest.mark.parametrize("failure, message", [
-    (urllib.error.HTTPError("url", 404, "Not Found", {}, None), "the server answered 404 Not Found"),
-    (None, r"the download failed \(timed out\)"),
-])
+@pytest.mark.parametrize(
+    "failure, message",
+    [
+        (urllib.error.HTTPError("url", 404, "Not Found", {}, None), "the server answered 404 Not Found"),
+        (None, r"the download failed \(timed out\)"),
+    ],
+)
 def test_download_failures_leave_nothing(tmp_path, monkeypatch, failure, message):
     def urlopen(url, timeout=None):
         if failure is not None:

@@ -3,6 +3,7 @@
 Lightning's subcommands resolve the whole config (`--print_config`); our own subcommands parse their options and stop
 before running. Running the examples for real is left to the tests of each subcommand, with tiny settings.
 """
+
 import argparse
 import re
 import shlex

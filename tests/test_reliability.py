@@ -4,6 +4,7 @@ The cases are the tables below. Each bad input goes through the `asteroid` comma
 or a hang cannot take the session with it); the fault cases kill real processes. At the end of a full run
 (`make test`) docs/reliability.md is written from what every case did.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,15 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from asteroid.cli import main as asteroid
 from asteroid.data.readers import load_trajectory
 from asteroid.errors import DataError
-from asteroid.simulate import checkpoint_path, simulate
+from asteroid.xtb_md import checkpoint_path, simulate
+
 from helpers import harmonic_frames, md_topology, tiny_args, write_toy_trajectory
 from sweep import Report, isolated, time_limit
 
@@ -64,25 +67,37 @@ def ase_write(path, R, z, split_at=None):
     import ase.io
     from ase import Atoms
 
-    ase.io.write(path, [Atoms(numbers=z if split_at is None or t < split_at else z[:-1],
-                              positions=r if split_at is None or t < split_at else r[:-1]) for t, r in enumerate(R)])
+    ase.io.write(
+        path,
+        [
+            Atoms(
+                numbers=z if split_at is None or t < split_at else z[:-1],
+                positions=r if split_at is None or t < split_at else r[:-1],
+            )
+            for t, r in enumerate(R)
+        ],
+    )
 
 
 def cut(name: str, keep: Callable[[int], int]):
     """The good file, its bytes cut to keep(size)."""
+
     def make(src, tmp):
         data = (src / name).read_bytes()
-        (tmp / f"cut-{name}").write_bytes(data[:keep(len(data))])
+        (tmp / f"cut-{name}").write_bytes(data[: keep(len(data))])
         return tmp / f"cut-{name}"
+
     return make
 
 
 def npz(**arrays):
     """The good npz with arrays replaced, added or (None) removed."""
+
     def make(src, tmp):
         contents = {key: value for key, value in {"R": R, "z": Z, "dt_fs": 0.5, **arrays}.items() if value is not None}
         np.savez(tmp / "bad.npz", **contents)
         return tmp / "bad.npz"
+
     return make
 
 
@@ -90,14 +105,17 @@ def text(name: str, content: str):
     def make(src, tmp):
         (tmp / name).write_text(content)
         return tmp / name
+
     return make
 
 
 def edited(name: str, edit: Callable[[str], str]):
     """The good text file (.pdb, .xyz) after `edit`."""
+
     def make(src, tmp):
         (tmp / f"bad-{name}").write_text(edit((src / name).read_text()))
         return tmp / f"bad-{name}"
+
     return make
 
 
@@ -108,6 +126,7 @@ def mdtraj_file(suffix: str, coordinates: np.ndarray):
         path = tmp / f"bad.{suffix}"
         md.Trajectory(coordinates / 10.0, md_topology(), time=np.arange(len(coordinates)) * 0.0005).save(str(path))
         return path
+
     return make
 
 
@@ -115,6 +134,7 @@ def ase_file(suffix: str, coordinates: np.ndarray, split_at=None):
     def make(src, tmp):
         ase_write(tmp / f"bad.{suffix}", coordinates, Z, split_at)
         return tmp / f"bad.{suffix}"
+
     return make
 
 
@@ -129,6 +149,7 @@ def directory(name: str):
     def make(src, tmp):
         (tmp / name).mkdir()
         return tmp / name
+
     return make
 
 
@@ -146,18 +167,18 @@ def without_atom_line(pdb: str, model: int) -> str:
     blocks = pdb.split("MODEL ")
     lines = blocks[model].splitlines(keepends=True)
     first_atom = next(i for i, line in enumerate(lines) if line.startswith("ATOM"))
-    blocks[model] = "".join(lines[:first_atom] + lines[first_atom + 1:])
+    blocks[model] = "".join(lines[:first_atom] + lines[first_atom + 1 :])
     return "MODEL ".join(blocks)
 
 
 def replace_coordinate(pdb: str, value: str) -> str:
     """The x coordinate (columns 31-38) of the first ATOM record set to `value`."""
     start = pdb.index("\nATOM") + 1
-    return pdb[:start + 30] + f"{value:>8}" + pdb[start + 38:]
+    return pdb[: start + 30] + f"{value:>8}" + pdb[start + 38 :]
 
 
 def last_model_cut(pdb: str) -> str:
-    return pdb[:pdb.rindex("ENDMDL")]
+    return pdb[: pdb.rindex("ENDMDL")]
 
 
 @dataclass(frozen=True)
@@ -193,292 +214,760 @@ def xyz(x=lambda t: t, comment=lambda t: "", count=2, symbol="O") -> str:
 
 BAD_FILES = [
     # npz
-    Case("npz-truncated", "npz cut to 60% of its bytes", cut("good.npz", lambda n: n * 6 // 10), INSPECT,
-         r"cut-good\.npz: cannot read the npz file"),
-    Case("npz-not-zip", "npz that is not a zip archive", text("bad.npz", "R, z\n1, 2\n"), INSPECT,
-         r"bad\.npz: not an npz file \(an npz is a zip archive of \.npy arrays\)"),
-    Case("npz-R-complex", "R of complex numbers", npz(R=R.astype(np.complex64)), INSPECT,
-         r"bad\.npz: coordinates must be real numbers, got dtype complex64"),
-    Case("npz-R-text", "R of strings", npz(R=R.astype(str)), INSPECT,
-         r"bad\.npz: coordinates must be real numbers, got dtype <U"),
-    Case("npz-R-objects", "R of Python objects (pickled)", npz(R=np.array([{"x": 1}], dtype=object)), INSPECT,
-         r"bad\.npz: cannot read the npz file \(Object arrays cannot be loaded"),
-    Case("npz-z-float", "z of non-integer numbers", npz(z=Z + 0.5), INSPECT,
-         r"bad\.npz: atomic numbers z must be integers, got dtype float64"),
+    Case(
+        "npz-truncated",
+        "npz cut to 60% of its bytes",
+        cut("good.npz", lambda n: n * 6 // 10),
+        INSPECT,
+        r"cut-good\.npz: cannot read the npz file",
+    ),
+    Case(
+        "npz-not-zip",
+        "npz that is not a zip archive",
+        text("bad.npz", "R, z\n1, 2\n"),
+        INSPECT,
+        r"bad\.npz: not an npz file \(an npz is a zip archive of \.npy arrays\)",
+    ),
+    Case(
+        "npz-R-complex",
+        "R of complex numbers",
+        npz(R=R.astype(np.complex64)),
+        INSPECT,
+        r"bad\.npz: coordinates must be real numbers, got dtype complex64",
+    ),
+    Case(
+        "npz-R-text",
+        "R of strings",
+        npz(R=R.astype(str)),
+        INSPECT,
+        r"bad\.npz: coordinates must be real numbers, got dtype <U",
+    ),
+    Case(
+        "npz-R-objects",
+        "R of Python objects (pickled)",
+        npz(R=np.array([{"x": 1}], dtype=object)),
+        INSPECT,
+        r"bad\.npz: cannot read the npz file \(Object arrays cannot be loaded",
+    ),
+    Case(
+        "npz-z-float",
+        "z of non-integer numbers",
+        npz(z=Z + 0.5),
+        INSPECT,
+        r"bad\.npz: atomic numbers z must be integers, got dtype float64",
+    ),
     Case("npz-z-range", "z outside 1..118", npz(z=Z * 0), INSPECT, r"bad\.npz: atomic numbers must lie in 1\.\.118"),
-    Case("npz-dt-text", "dt_fs a string", npz(dt_fs="half"), INSPECT,
-         r"bad\.npz: dt_fs must be one number, got 'half'"),
+    Case(
+        "npz-dt-text", "dt_fs a string", npz(dt_fs="half"), INSPECT, r"bad\.npz: dt_fs must be one number, got 'half'"
+    ),
     Case("npz-dt-vector", "dt_fs an array", npz(dt_fs=[0.5, 0.5]), INSPECT, r"bad\.npz: dt_fs must be one number"),
-    Case("npz-nan", "NaN in frame 7", npz(R=NAN_R), INSPECT,
-         r"bad\.npz: 1 frame\(s\) contain NaN or inf coordinates \(first: frame 7\)"),
+    Case(
+        "npz-nan",
+        "NaN in frame 7",
+        npz(R=NAN_R),
+        INSPECT,
+        r"bad\.npz: 1 frame\(s\) contain NaN or inf coordinates \(first: frame 7\)",
+    ),
     Case("npz-inf", "inf in frame 7", npz(R=INF_R), INSPECT, r"bad\.npz: 1 frame\(s\) contain NaN or inf"),
-    Case("npz-z-mismatch", "z has 4 atoms, R has 5", npz(z=Z[:4]), INSPECT,
-         r"bad\.npz: atomic numbers z have shape \(4,\) but the coordinates have 5 atoms"),
-    Case("npz-E-mismatch", "E has 3 values for 60 frames", npz(E=np.zeros(3)), INSPECT,
-         r"bad\.npz: E has shape \(3,\), which does not match 60 frames"),
-    Case("npz-box-nan", "a periodic box of NaN", npz(box=np.full((3, 3), np.nan)), INSPECT,
-         r"bad\.npz: the periodic box of frame 0 contains NaN or inf"),
-    Case("npz-box-shape", "a periodic box of 3 numbers", npz(box=np.ones(3)), INSPECT,
-         r"bad\.npz: the periodic box has shape \(3,\); expected \(3, 3\) or \(60, 3, 3\)"),
-    Case("npz-box-flat", "a flat periodic box", npz(box=np.diag([9.0, 9.0, 0.0])), INSPECT,
-         r"bad\.npz: the periodic box of frame 0 is flat"),
+    Case(
+        "npz-z-mismatch",
+        "z has 4 atoms, R has 5",
+        npz(z=Z[:4]),
+        INSPECT,
+        r"bad\.npz: atomic numbers z have shape \(4,\) but the coordinates have 5 atoms",
+    ),
+    Case(
+        "npz-E-mismatch",
+        "E has 3 values for 60 frames",
+        npz(E=np.zeros(3)),
+        INSPECT,
+        r"bad\.npz: E has shape \(3,\), which does not match 60 frames",
+    ),
+    Case(
+        "npz-box-nan",
+        "a periodic box of NaN",
+        npz(box=np.full((3, 3), np.nan)),
+        INSPECT,
+        r"bad\.npz: the periodic box of frame 0 contains NaN or inf",
+    ),
+    Case(
+        "npz-box-shape",
+        "a periodic box of 3 numbers",
+        npz(box=np.ones(3)),
+        INSPECT,
+        r"bad\.npz: the periodic box has shape \(3,\); expected \(3, 3\) or \(60, 3, 3\)",
+    ),
+    Case(
+        "npz-box-flat",
+        "a flat periodic box",
+        npz(box=np.diag([9.0, 9.0, 0.0])),
+        INSPECT,
+        r"bad\.npz: the periodic box of frame 0 is flat",
+    ),
     Case("npz-no-frames", "R with 0 frames", npz(R=R[:0]), INSPECT, r"bad\.npz: the trajectory has no frames"),
     Case("npz-no-atoms", "R with 0 atoms", npz(R=R[:, :0], z=Z[:0]), INSPECT, r"bad\.npz: the trajectory has no atoms"),
     Case("npz-no-R", "no R key", npz(R=None, positions=R), INSPECT, r"bad\.npz: missing key\(s\) R"),
-    Case("npz-rmd17", "a revised MD17 file (random frames)",
-         npz(R=None, z=None, coords=R, nuclear_charges=Z), INSPECT, r"bad\.npz: this is a revised MD17 \(rMD17\)"),
-    Case("npz-directory", "a directory named like an npz", directory("run.npz"), INSPECT,
-         r"run\.npz: is a directory, not a trajectory file"),
+    Case(
+        "npz-rmd17",
+        "a revised MD17 file (random frames)",
+        npz(R=None, z=None, coords=R, nuclear_charges=Z),
+        INSPECT,
+        r"bad\.npz: this is a revised MD17 \(rMD17\)",
+    ),
+    Case(
+        "npz-directory",
+        "a directory named like an npz",
+        directory("run.npz"),
+        INSPECT,
+        r"run\.npz: is a directory, not a trajectory file",
+    ),
     Case("npz-missing", "no such file", nothing, ("inspect", "{tmp}/nowhere.npz"), r"nowhere\.npz: no such file"),
-    Case("unknown-suffix", "a .csv file", text("run.csv", "1,2,3\n"), INSPECT,
-         r"run\.csv: unknown trajectory suffix '\.csv'"),
+    Case(
+        "unknown-suffix",
+        "a .csv file",
+        text("run.csv", "1,2,3\n"),
+        INSPECT,
+        r"run\.csv: unknown trajectory suffix '\.csv'",
+    ),
     # XYZ
-    Case("xyz-truncated", "xyz cut within a frame", cut("good.xyz", lambda n: n // 2 + 7), TIMELESS,
-         r"cut-good\.xyz: cannot read the file with ASE"),
-    Case("xyz-text-coordinate", "a coordinate that is a word", text("bad.xyz", xyz(x=lambda t: "abc" if t == 3 else t)),
-         TIMELESS, r"bad\.xyz: cannot read the file with ASE \(could not convert string to float: 'abc'\)"),
-    Case("xyz-nan", "a nan coordinate", text("bad.xyz", xyz(x=lambda t: "nan" if t == 3 else t)), TIMELESS,
-         r"bad\.xyz: 1 frame\(s\) contain NaN or inf coordinates \(first: frame 3\)"),
-    Case("xyz-count-mismatch", "atom-count line says 3, frames have 2", text("bad.xyz", xyz(count=3)),
-         TIMELESS, r"bad\.xyz: cannot read the file with ASE"),
-    Case("xyz-unknown-element", "element symbol Xx", text("bad.xyz", xyz(symbol="Xx")), TIMELESS,
-         r"bad\.xyz: cannot read the file with ASE"),
+    Case(
+        "xyz-truncated",
+        "xyz cut within a frame",
+        cut("good.xyz", lambda n: n // 2 + 7),
+        TIMELESS,
+        r"cut-good\.xyz: cannot read the file with ASE",
+    ),
+    Case(
+        "xyz-text-coordinate",
+        "a coordinate that is a word",
+        text("bad.xyz", xyz(x=lambda t: "abc" if t == 3 else t)),
+        TIMELESS,
+        r"bad\.xyz: cannot read the file with ASE \(could not convert string to float: 'abc'\)",
+    ),
+    Case(
+        "xyz-nan",
+        "a nan coordinate",
+        text("bad.xyz", xyz(x=lambda t: "nan" if t == 3 else t)),
+        TIMELESS,
+        r"bad\.xyz: 1 frame\(s\) contain NaN or inf coordinates \(first: frame 3\)",
+    ),
+    Case(
+        "xyz-count-mismatch",
+        "atom-count line says 3, frames have 2",
+        text("bad.xyz", xyz(count=3)),
+        TIMELESS,
+        r"bad\.xyz: cannot read the file with ASE",
+    ),
+    Case(
+        "xyz-unknown-element",
+        "element symbol Xx",
+        text("bad.xyz", xyz(symbol="Xx")),
+        TIMELESS,
+        r"bad\.xyz: cannot read the file with ASE",
+    ),
     Case("xyz-empty", "an empty file", text("bad.xyz", ""), TIMELESS, r"bad\.xyz: the file is empty"),
-    Case("xyz-no-atoms", "frames of 0 atoms", text("bad.xyz", "0\n\n0\n\n"), TIMELESS,
-         r"bad\.xyz: the trajectory has no atoms"),
+    Case(
+        "xyz-no-atoms",
+        "frames of 0 atoms",
+        text("bad.xyz", "0\n\n0\n\n"),
+        TIMELESS,
+        r"bad\.xyz: the trajectory has no atoms",
+    ),
     Case("xyz-directory", "a directory named like an xyz", directory("run.xyz"), TIMELESS, r"run\.xyz: is a directory"),
     # extended XYZ
-    Case("extxyz-truncated", "extxyz cut within a frame", cut("good.extxyz", lambda n: n // 2 + 7), TIMELESS,
-         r"cut-good\.extxyz: cannot read the file with ASE"),
-    Case("extxyz-dt-text", "dt_fs=abc in the comment line", text("bad.extxyz", xyz(comment=lambda t: "dt_fs=abc")),
-         INSPECT, r"bad\.extxyz: dt_fs must be one number, got 'abc'"),
-    Case("extxyz-time-text", "time=abc in the comment lines (CP2K style)",
-         text("bad.extxyz", xyz(comment=lambda t: "time=abc")), INSPECT, r"bad\.extxyz: time must be one number"),
-    Case("extxyz-inf", "an inf coordinate", ase_file("extxyz", INF_R), TIMELESS,
-         r"bad\.extxyz: 1 frame\(s\) contain NaN or inf"),
-    Case("extxyz-atoms-change", "frames from 3 on have 4 atoms, not 5", ase_file("extxyz", R, split_at=3), TIMELESS,
-         r"bad\.extxyz: the atoms change at frame 3"),
-    Case("extxyz-directory", "a directory named like an extxyz", directory("run.extxyz"), TIMELESS,
-         r"run\.extxyz: is a directory"),
+    Case(
+        "extxyz-truncated",
+        "extxyz cut within a frame",
+        cut("good.extxyz", lambda n: n // 2 + 7),
+        TIMELESS,
+        r"cut-good\.extxyz: cannot read the file with ASE",
+    ),
+    Case(
+        "extxyz-dt-text",
+        "dt_fs=abc in the comment line",
+        text("bad.extxyz", xyz(comment=lambda t: "dt_fs=abc")),
+        INSPECT,
+        r"bad\.extxyz: dt_fs must be one number, got 'abc'",
+    ),
+    Case(
+        "extxyz-time-text",
+        "time=abc in the comment lines (CP2K style)",
+        text("bad.extxyz", xyz(comment=lambda t: "time=abc")),
+        INSPECT,
+        r"bad\.extxyz: time must be one number",
+    ),
+    Case(
+        "extxyz-inf",
+        "an inf coordinate",
+        ase_file("extxyz", INF_R),
+        TIMELESS,
+        r"bad\.extxyz: 1 frame\(s\) contain NaN or inf",
+    ),
+    Case(
+        "extxyz-atoms-change",
+        "frames from 3 on have 4 atoms, not 5",
+        ase_file("extxyz", R, split_at=3),
+        TIMELESS,
+        r"bad\.extxyz: the atoms change at frame 3",
+    ),
+    Case(
+        "extxyz-directory",
+        "a directory named like an extxyz",
+        directory("run.extxyz"),
+        TIMELESS,
+        r"run\.extxyz: is a directory",
+    ),
     # ASE trajectory
-    Case("traj-truncated", "traj cut to 60% of its bytes", cut("good.traj", lambda n: n * 6 // 10), TIMELESS,
-         r"cut-good\.traj: cannot read the file with ASE"),
+    Case(
+        "traj-truncated",
+        "traj cut to 60% of its bytes",
+        cut("good.traj", lambda n: n * 6 // 10),
+        TIMELESS,
+        r"cut-good\.traj: cannot read the file with ASE",
+    ),
     Case("traj-nan", "NaN in frame 7", ase_file("traj", NAN_R), TIMELESS, r"bad\.traj: 1 frame\(s\) contain NaN"),
-    Case("traj-atoms-change", "frames from 3 on have 4 atoms, not 5", ase_file("traj", R, split_at=3), TIMELESS,
-         r"bad\.traj: the atoms change at frame 3"),
-    Case("traj-no-frames", "an ASE trajectory file holding no frame", empty_traj, TIMELESS,
-         r"bad\.traj: the trajectory has no frames"),
-    Case("traj-directory", "a directory named like a traj", directory("run.traj"), TIMELESS,
-         r"run\.traj: is a directory"),
+    Case(
+        "traj-atoms-change",
+        "frames from 3 on have 4 atoms, not 5",
+        ase_file("traj", R, split_at=3),
+        TIMELESS,
+        r"bad\.traj: the atoms change at frame 3",
+    ),
+    Case(
+        "traj-no-frames",
+        "an ASE trajectory file holding no frame",
+        empty_traj,
+        TIMELESS,
+        r"bad\.traj: the trajectory has no frames",
+    ),
+    Case(
+        "traj-directory", "a directory named like a traj", directory("run.traj"), TIMELESS, r"run\.traj: is a directory"
+    ),
     # DCD
-    Case("dcd-truncated", "dcd cut to 60% of its bytes", cut("good.dcd", lambda n: n * 6 // 10), WITH_TOP,
-         r"cut-good\.dcd: the file is truncated: its header declares 60 frames but only 3\d could be read"),
-    Case("dcd-last-frame-cut", "dcd missing the last 4 bytes", cut("good.dcd", lambda n: n - 4), WITH_TOP,
-         r"cut-good\.dcd: the file is truncated: its header declares 60 frames but only 59"),
+    Case(
+        "dcd-truncated",
+        "dcd cut to 60% of its bytes",
+        cut("good.dcd", lambda n: n * 6 // 10),
+        WITH_TOP,
+        r"cut-good\.dcd: the file is truncated: its header declares 60 frames but only 3\d could be read",
+    ),
+    Case(
+        "dcd-last-frame-cut",
+        "dcd missing the last 4 bytes",
+        cut("good.dcd", lambda n: n - 4),
+        WITH_TOP,
+        r"cut-good\.dcd: the file is truncated: its header declares 60 frames but only 59",
+    ),
     Case("dcd-nan", "NaN in frame 7", mdtraj_file("dcd", NAN_R), WITH_TOP, r"bad\.dcd: 1 frame\(s\) contain NaN"),
-    Case("dcd-topology-mismatch", "topology of 3 atoms for 5", lambda src, tmp: src / "good.dcd", WITH_THREE,
-         r"good\.dcd: cannot read the file with mdtraj \(The topology and the trajectory files might not contain"),
-    Case("dcd-no-frames", "a dcd of 0 frames", mdtraj_file("dcd", R[:0]), WITH_TOP,
-         r"bad\.dcd: cannot read the file with mdtraj"),
-    Case("dcd-topology-directory", "the topology is a directory", directory("top.pdb"),
-         ("inspect", "{src}/good.dcd", "--dt-fs", "0.5", "--topology", "{bad}"),
-         r"top\.pdb: is a directory, not a topology file"),
+    Case(
+        "dcd-topology-mismatch",
+        "topology of 3 atoms for 5",
+        lambda src, tmp: src / "good.dcd",
+        WITH_THREE,
+        r"good\.dcd: cannot read the file with mdtraj \(The topology and the trajectory files might not contain",
+    ),
+    Case(
+        "dcd-no-frames",
+        "a dcd of 0 frames",
+        mdtraj_file("dcd", R[:0]),
+        WITH_TOP,
+        r"bad\.dcd: cannot read the file with mdtraj",
+    ),
+    Case(
+        "dcd-topology-directory",
+        "the topology is a directory",
+        directory("top.pdb"),
+        ("inspect", "{src}/good.dcd", "--dt-fs", "0.5", "--topology", "{bad}"),
+        r"top\.pdb: is a directory, not a topology file",
+    ),
     Case("dcd-directory", "a directory named like a dcd", directory("run.dcd"), WITH_TOP, r"run\.dcd: is a directory"),
     # XTC
-    Case("xtc-last-frame-cut", "xtc cut 3 bytes into its last frame (mdtraj alone drops that frame silently)",
-         cut("good.xtc", lambda n: n - 113), WITH_TOP,
-         r"cut-good\.xtc: the file is truncated: 6847 bytes is not a whole number of 4-byte XDR words"),
-    Case("xtc-truncated", "xtc cut to 60% of its bytes plus 4 (within a frame)",
-         cut("good.xtc", lambda n: n * 6 // 10 + 4), WITH_TOP,
-         r"cut-good\.xtc: cannot read the file with mdtraj \(XTC read error"),
+    Case(
+        "xtc-last-frame-cut",
+        "xtc cut 3 bytes into its last frame (mdtraj alone drops that frame silently)",
+        cut("good.xtc", lambda n: n - 113),
+        WITH_TOP,
+        r"cut-good\.xtc: the file is truncated: 6847 bytes is not a whole number of 4-byte XDR words",
+    ),
+    Case(
+        "xtc-truncated",
+        "xtc cut to 60% of its bytes plus 4 (within a frame)",
+        cut("good.xtc", lambda n: n * 6 // 10 + 4),
+        WITH_TOP,
+        r"cut-good\.xtc: cannot read the file with mdtraj \(XTC read error",
+    ),
     Case("xtc-nan", "NaN in frame 7", mdtraj_file("xtc", NAN_R), WITH_TOP, r"bad\.xtc: 1 frame\(s\) contain NaN"),
-    Case("xtc-topology-mismatch", "topology of 3 atoms for 5", lambda src, tmp: src / "good.xtc", WITH_THREE,
-         r"good\.xtc: cannot read the file with mdtraj \(The topology and the trajectory"),
+    Case(
+        "xtc-topology-mismatch",
+        "topology of 3 atoms for 5",
+        lambda src, tmp: src / "good.xtc",
+        WITH_THREE,
+        r"good\.xtc: cannot read the file with mdtraj \(The topology and the trajectory",
+    ),
     Case("xtc-no-frames", "an xtc of 0 frames", mdtraj_file("xtc", R[:0]), WITH_TOP, r"bad\.xtc: the file is empty"),
     Case("xtc-directory", "a directory named like an xtc", directory("run.xtc"), WITH_TOP, r"run\.xtc: is a directory"),
     # TRR
-    Case("trr-last-frame-cut", "trr cut 3 bytes into its last frame (mdtraj alone drops that frame silently)",
-         cut("good.trr", lambda n: n - 177), WITH_TOP,
-         r"cut-good\.trr: the file is truncated: 10623 bytes is not a whole number of 4-byte XDR words"),
-    Case("trr-truncated", "trr cut to 60% of its bytes plus 4 (within a frame)",
-         cut("good.trr", lambda n: n * 6 // 10 + 4), WITH_TOP,
-         r"cut-good\.trr: cannot read the file with mdtraj \(TRR read error"),
-    Case("trr-inf", "inf in frame 7", mdtraj_file("trr", INF_R), WITH_TOP,
-         r"bad\.trr: 1 frame\(s\) contain NaN or inf"),
-    Case("trr-topology-mismatch", "topology of 3 atoms for 5", lambda src, tmp: src / "good.trr", WITH_THREE,
-         r"good\.trr: cannot read the file with mdtraj \(The topology and the trajectory"),
+    Case(
+        "trr-last-frame-cut",
+        "trr cut 3 bytes into its last frame (mdtraj alone drops that frame silently)",
+        cut("good.trr", lambda n: n - 177),
+        WITH_TOP,
+        r"cut-good\.trr: the file is truncated: 10623 bytes is not a whole number of 4-byte XDR words",
+    ),
+    Case(
+        "trr-truncated",
+        "trr cut to 60% of its bytes plus 4 (within a frame)",
+        cut("good.trr", lambda n: n * 6 // 10 + 4),
+        WITH_TOP,
+        r"cut-good\.trr: cannot read the file with mdtraj \(TRR read error",
+    ),
+    Case(
+        "trr-inf", "inf in frame 7", mdtraj_file("trr", INF_R), WITH_TOP, r"bad\.trr: 1 frame\(s\) contain NaN or inf"
+    ),
+    Case(
+        "trr-topology-mismatch",
+        "topology of 3 atoms for 5",
+        lambda src, tmp: src / "good.trr",
+        WITH_THREE,
+        r"good\.trr: cannot read the file with mdtraj \(The topology and the trajectory",
+    ),
     Case("trr-directory", "a directory named like a trr", directory("run.trr"), WITH_TOP, r"run\.trr: is a directory"),
     # AMBER NetCDF
-    Case("nc-truncated", "nc cut to 60% of its bytes", cut("good.nc", lambda n: n * 6 // 10), WITH_TOP,
-         r"cut-good\.nc: cannot read the file with mdtraj"),
+    Case(
+        "nc-truncated",
+        "nc cut to 60% of its bytes",
+        cut("good.nc", lambda n: n * 6 // 10),
+        WITH_TOP,
+        r"cut-good\.nc: cannot read the file with mdtraj",
+    ),
     Case("nc-nan", "NaN in frame 7", mdtraj_file("nc", NAN_R), WITH_TOP, r"bad\.nc: 1 frame\(s\) contain NaN"),
-    Case("nc-topology-mismatch", "topology of 3 atoms for 5", lambda src, tmp: src / "good.nc", WITH_THREE,
-         r"good\.nc: cannot read the file with mdtraj \(The topology and the trajectory"),
-    Case("nc-no-frames", "an nc of 0 frames", mdtraj_file("nc", R[:0]), WITH_TOP,
-         r"bad\.nc: the trajectory has no frames"),
+    Case(
+        "nc-topology-mismatch",
+        "topology of 3 atoms for 5",
+        lambda src, tmp: src / "good.nc",
+        WITH_THREE,
+        r"good\.nc: cannot read the file with mdtraj \(The topology and the trajectory",
+    ),
+    Case(
+        "nc-no-frames",
+        "an nc of 0 frames",
+        mdtraj_file("nc", R[:0]),
+        WITH_TOP,
+        r"bad\.nc: the trajectory has no frames",
+    ),
     Case("nc-directory", "a directory named like an nc", directory("run.nc"), WITH_TOP, r"run\.nc: is a directory"),
     # MDTraj HDF5
-    Case("h5-truncated", "h5 missing its last 40 bytes", cut("good.h5", lambda n: n - 40), TIMELESS,
-         r"cut-good\.h5: cannot read the file \(truncated file: eof = \d+, sblock->base_addr = 0, stored_eof"),
+    Case(
+        "h5-truncated",
+        "h5 missing its last 40 bytes",
+        cut("good.h5", lambda n: n - 40),
+        TIMELESS,
+        r"cut-good\.h5: cannot read the file \(truncated file: eof = \d+, sblock->base_addr = 0, stored_eof",
+    ),
     Case("h5-inf", "inf in frame 7", mdtraj_file("h5", INF_R), TIMELESS, r"bad\.h5: 1 frame\(s\) contain NaN or inf"),
-    Case("h5-no-frames", "an h5 of 0 frames", mdtraj_file("h5", R[:0]), TIMELESS,
-         r"bad\.h5: the trajectory has no frames"),
+    Case(
+        "h5-no-frames",
+        "an h5 of 0 frames",
+        mdtraj_file("h5", R[:0]),
+        TIMELESS,
+        r"bad\.h5: the trajectory has no frames",
+    ),
     Case("h5-directory", "a directory named like an h5", directory("run.h5"), TIMELESS, r"run\.h5: is a directory"),
     # multi-model PDB
-    Case("pdb-last-model-cut", "pdb cut inside its last MODEL (mdtraj alone drops that model silently)",
-         edited("good.pdb", last_model_cut), TIMELESS,
-         r"bad-good\.pdb: the file is truncated: 60 MODEL records but 59 ENDMDL"),
-    Case("pdb-atoms-change", "MODEL 2 lacks an atom", edited("good.pdb", lambda pdb: without_atom_line(pdb, 2)),
-         TIMELESS,
-         r"bad-good\.pdb: cannot read the file \(PDB Error: All MODELs must contain the same number of ATOMs\)"),
-    Case("pdb-text-coordinate", "a coordinate that is a word",
-         edited("good.pdb", lambda pdb: replace_coordinate(pdb, "abc")), TIMELESS,
-         r"bad-good\.pdb: cannot read the file \("),
-    Case("pdb-nan", "a nan coordinate", edited("good.pdb", lambda pdb: replace_coordinate(pdb, "nan")), TIMELESS,
-         r"bad-good\.pdb: 1 frame\(s\) contain NaN or inf coordinates \(first: frame 0\)"),
-    Case("pdb-no-atoms", "a pdb of no atoms", text("bad.pdb", "REMARK nothing here\nEND\n"), TIMELESS,
-         r"bad\.pdb: no ATOM or HETATM records"),
+    Case(
+        "pdb-last-model-cut",
+        "pdb cut inside its last MODEL (mdtraj alone drops that model silently)",
+        edited("good.pdb", last_model_cut),
+        TIMELESS,
+        r"bad-good\.pdb: the file is truncated: 60 MODEL records but 59 ENDMDL",
+    ),
+    Case(
+        "pdb-atoms-change",
+        "MODEL 2 lacks an atom",
+        edited("good.pdb", lambda pdb: without_atom_line(pdb, 2)),
+        TIMELESS,
+        r"bad-good\.pdb: cannot read the file \(PDB Error: All MODELs must contain the same number of ATOMs\)",
+    ),
+    Case(
+        "pdb-text-coordinate",
+        "a coordinate that is a word",
+        edited("good.pdb", lambda pdb: replace_coordinate(pdb, "abc")),
+        TIMELESS,
+        r"bad-good\.pdb: cannot read the file \(",
+    ),
+    Case(
+        "pdb-nan",
+        "a nan coordinate",
+        edited("good.pdb", lambda pdb: replace_coordinate(pdb, "nan")),
+        TIMELESS,
+        r"bad-good\.pdb: 1 frame\(s\) contain NaN or inf coordinates \(first: frame 0\)",
+    ),
+    Case(
+        "pdb-no-atoms",
+        "a pdb of no atoms",
+        text("bad.pdb", "REMARK nothing here\nEND\n"),
+        TIMELESS,
+        r"bad\.pdb: no ATOM or HETATM records",
+    ),
     Case("pdb-directory", "a directory named like a pdb", directory("run.pdb"), TIMELESS, r"run\.pdb: is a directory"),
     # the generator's inputs and output
-    Case("simulate-structure-directory", "`asteroid simulate --structure` a directory", directory("mol.xyz"),
-         ("simulate", "--structure", "{bad}", "--out", "{tmp}/out.npz"), r"mol\.xyz: is a directory"),
-    Case("simulate-structure-truncated", "`asteroid simulate --structure` an xyz cut in half",
-         cut("good.xyz", lambda n: n // 2 - 20), ("simulate", "--structure", "{bad}", "--out", "{tmp}/out.npz"),
-         r"cut-good\.xyz: cannot read a structure"),
-    Case("simulate-out-directory", "`asteroid simulate --out` a directory (refused before the run)",
-         directory("out.npz"), ("simulate", "--molecule", "ethanol", "--out", "{bad}"),
-         r"out\.npz: is a directory; give a file name"),
+    Case(
+        "simulate-structure-directory",
+        "`asteroid simulate --structure` a directory",
+        directory("mol.xyz"),
+        ("simulate", "--structure", "{bad}", "--out", "{tmp}/out.npz"),
+        r"mol\.xyz: is a directory",
+    ),
+    Case(
+        "simulate-structure-truncated",
+        "`asteroid simulate --structure` an xyz cut in half",
+        cut("good.xyz", lambda n: n // 2 - 20),
+        ("simulate", "--structure", "{bad}", "--out", "{tmp}/out.npz"),
+        r"cut-good\.xyz: cannot read a structure",
+    ),
+    Case(
+        "simulate-out-directory",
+        "`asteroid simulate --out` a directory (refused before the run)",
+        directory("out.npz"),
+        ("simulate", "--molecule", "ethanol", "--out", "{bad}"),
+        r"out\.npz: is a directory; give a file name",
+    ),
 ]
 
 FIT = ("fit", "{tiny}")
 BAD_CONFIGS = [
-    Case("config-unknown-key", "unknown key model.net.init_args.hiddne in a config file",
-         text("bad.yaml", "model:\n  net:\n    init_args:\n      hiddne: 3\n"), FIT + ("--config", "{bad}"),
-         r"model\.net\.init_args\.hiddne: Option 'hiddne' is not accepted \(in .*bad\.yaml\)"),
-    Case("config-unknown-trainer-key", "unknown key trainer.max_step in a config file",
-         text("bad.yaml", "trainer:\n  max_step: 3\n"), FIT + ("--config", "{bad}"),
-         r"trainer\.max_step: Subcommand 'fit' does not accept option 'trainer\.max_step' \(in .*bad\.yaml\)"),
-    Case("config-unknown-source-key", "a data source with `pth:` for `path:`",
-         text("bad.yaml", "data:\n  sources:\n    - pth: toy.npz\n"), FIT + ("--config", "{bad}"),
-         r"data\.sources\.init_args\.pth: Option 'pth' is not accepted \(in .*bad\.yaml\)"),
-    Case("config-wrong-type-file", "data.history: eight, in a config file",
-         text("bad.yaml", "data:\n  history: eight\n"), FIT + ("--config", "{bad}"),
-         r"data\.history: expected int, got 'eight' \(in .*bad\.yaml\)"),
-    Case("config-wrong-type-cli", "--trainer.max_epochs many", nothing, FIT + ("--trainer.max_epochs", "many"),
-         r"trainer\.max_epochs: expected int, got 'many' \(on the command line\)"),
-    Case("config-wrong-bool", "--model.net.init_args.local_attention maybe", nothing,
-         FIT + ("--model.net.init_args.local_attention", "maybe"),
-         r"model\.net\.init_args\.local_attention: Expected a bool\. Got value: maybe \(on the command line\)"),
-    Case("config-unknown-model", "--model.net.class_path asteroid.models.Nope", nothing,
-         FIT + ("--model.net.class_path", "asteroid.models.Nope"),
-         r"model\.net: module 'asteroid\.models' has no attribute 'Nope' \(on the command line\)"),
-    Case("config-history-too-long", "history of 8 x 10 frames on a 12-frame trajectory",
-         short_trajectory,
-         FIT + ("--data.sources", '[{"path": "{bad}"}]', "--data.history", "8", "--data.spacing", "10"),
-         r"short\.npz: trajectory too short: 12 frames, but one window spans \d+ frames"),
-    Case("config-batch-zero", "--data.batch_size 0", nothing, FIT + ("--data.batch_size", "0"),
-         r"data\.batch_size must be >= 1, got 0"),
-    Case("config-lr-negative", "--model.lr -1", nothing, FIT + ("--model.lr", "-1"),
-         r"model\.lr must be a positive number, got -1\.0"),
-    Case("config-max-epochs-negative", "--trainer.max_epochs -5 (Lightning's own check)", nothing,
-         FIT + ("--trainer.max_epochs", "-5"), r"`max_epochs` must be a non-negative integer or -1"),
-    Case("fit-diverges", "--model.lr 1e6: the weights blow up within a few steps", nothing,
-         FIT + ("--model.lr", "1e6"), r"training diverged (at|by) step \d+: the (validation )?loss is (nan|inf)"),
-    Case("fit-coordinates-1e30", "coordinates near 1e30 Angstrom (600 frames, enough for the windows)",
-         npz(R=harmonic_frames(600) * 1e30), FIT + ("--data.sources", '[{"path": "{bad}"}]'),
-         r"bad\.npz: coordinates reach [\d.]+e\+30 Angstrom, where float32"),
-    Case("fit-coordinates-offset-1e6", "a good trajectory moved 1e6 Angstrom away (float32 rounds to 0.06 A there)",
-         npz(R=harmonic_frames(600).astype(np.float64) + 1e6), FIT + ("--data.sources", '[{"path": "{bad}"}]'),
-         r"bad\.npz: coordinates reach 1e\+06 Angstrom, where float32 .* rounds to 0\.062 Angstrom; centre"),
-    Case("config-val-check-interval-0", "--trainer.val_check_interval 0", nothing,
-         FIT + ("--trainer.val_check_interval", "0"), r"trainer\.val_check_interval must be > 0 .*got 0"),
-    Case("config-abbreviated", "--trainer.max_step 300 (a prefix of max_steps)", nothing,
-         FIT + ("--trainer.max_step", "300"), r"unrecognized arguments: --trainer\.max_step 300"),
-    Case("config-weight-decay-negative", "--model.weight_decay -0.1", nothing, FIT + ("--model.weight_decay", "-0.1"),
-         r"model\.weight_decay must be >= 0, got -0\.1"),
-    Case("config-sampling-prob-5", "--model.max_sampling_prob 5", nothing, FIT + ("--model.max_sampling_prob", "5"),
-         r"model\.max_sampling_prob is a probability, in \[0, 1\]; got 5"),
-    Case("config-aux-weight-negative", "a negative STI loss weight", nothing,
-         FIT + ("--model.aux_loss_weights", '{"sti_primary": -1, "sti_consistency": 0.1, "sti_conjugate": 0.1}'),
-         r"model\.aux_loss_weights\.sti_primary must be >= 0, got -1"),
-    Case("config-num-workers-negative", "--data.num_workers -1", nothing, FIT + ("--data.num_workers", "-1"),
-         r"data\.num_workers must be >= 0, got -1"),
-    Case("config-hidden-zero", "--model.net.init_args.hidden 0", nothing,
-         FIT + ("--model.net.init_args.hidden", "0"), r"model: hidden=0, .* must all be >= 1"),
-    Case("compare-seeds-negative", "compare --seeds -2", nothing, ("compare", "--molecules", "ethanol", "--models", "egnn", "--seeds", "-2"),
-         r"argument --seeds: must be positive, got -2"),
-    Case("compare-budget-negative", "compare --budget-minutes -1 (0 means equal steps)", nothing,
-         ("compare", "--molecules", "ethanol", "--models", "egnn", "--budget-minutes", "-1"), r"argument --budget-minutes: must be >= 0"),
-    Case("compare-abbreviated", "compare --budget 3 (a prefix of --budget-minutes)", nothing,
-         ("compare", "--molecules", "ethanol", "--models", "egnn", "--budget", "3"), r"unrecognized arguments: --budget"),
-    Case("benchmark-device-tpu", "benchmark --device tpu", nothing,
-         ("benchmark", "--molecules", "ethanol", "--device", "tpu"), r"--device tpu: not a torch device"),
-    Case("benchmark-json-directory", "benchmark --json DIR (refused before the timing, not after)",
-         directory("out.json"), ("benchmark", "--molecules", "ethanol", "--json", "{bad}"),
-         r"out\.json: is a directory; give a file name"),
-    Case("rollout-out-directory", "rollout --out DIR.xyz", directory("pred.xyz"),
-         ("rollout", "--config", "x.yaml", "--ckpt_path", "x.ckpt", "--out", "{bad}"), r"pred\.xyz: is a directory; give a file name"),
-    Case("rollout-out-under-a-file", "rollout --out inside a path that is a file", text("blocker", "x"),
-         ("rollout", "--config", "x.yaml", "--ckpt_path", "x.ckpt", "--out", "{bad}/pred.xyz"), r"blocker/pred\.xyz: cannot be created, "),
-    Case("simulate-out-under-a-file", "simulate --out inside a path that is a file", text("blocker", "x"),
-         ("simulate", "--molecule", "ethanol", "--frames", "10", "--out", "{bad}/e.npz"),
-         r"blocker/e\.npz: cannot be created, "),
-    Case("compare-out-file", "compare --out a file", text("results", "x"),
-         ("compare", "--molecules", "ethanol", "--models", "egnn", "--out", "{bad}"), r"results: is a file; give a folder"),
-    Case("analyze-out-file", "analyze --out a file", text("report", "x"),
-         ("analyze", "{src}/good.npz", "--reference", "{src}/good.npz", "--out", "{bad}"), r"report: is a file; give a folder"),
-    Case("config-duplicate-key", "a config file with `model:` twice (YAML would keep the last silently)",
-         text("bad.yaml", "model:\n  lr: 0.1\ndata:\n  batch_size: 4\nmodel:\n  weight_decay: 0.0\n"),
-         FIT + ("--config", "{bad}"), r"bad\.yaml: not valid YAML \(key 'model' appears twice \(line 5\)"),
-    Case("config-duplicate-nested-key", "a config file with trainer.max_steps twice",
-         text("bad.yaml", "trainer:\n  max_steps: 10\n  max_steps: 20\n"), FIT + ("--config", "{bad}"),
-         r"bad\.yaml: not valid YAML \(key 'max_steps' appears twice \(line 3\)"),
-    Case("config-extends-list", "`extends:` given a list", text("bad.yaml", "extends: [a.yaml, b.yaml]\n"),
-         FIT + ("--config", "{bad}"), r"bad\.yaml: `extends` names one config file, got \['a\.yaml', 'b\.yaml'\]"),
-    Case("config-extends-number", "`extends:` given a number", text("bad.yaml", "extends: 3\n"),
-         FIT + ("--config", "{bad}"), r"bad\.yaml: `extends` names one config file, got 3"),
-    Case("config-empty", "an empty config file", text("bad.yaml", ""), FIT + ("--config", "{bad}"),
-         r"bad\.yaml: the config file is empty"),
-    Case("config-a-list", "a config file that is a YAML list", text("bad.yaml", "- model\n- data\n"),
-         FIT + ("--config", "{bad}"), r"bad\.yaml: a config file holds keys and values"),
-    Case("config-not-yaml", "a config file that is not valid YAML", text("bad.yaml", "data: [unclosed\n"),
-         FIT + ("--config", "{bad}"), r"bad\.yaml: not valid YAML"),
-    Case("config-extends-loop", "a config that extends itself", text("bad.yaml", "extends: bad.yaml\n"),
-         FIT + ("--config", "{bad}"), r"bad\.yaml: `extends` loops back to itself"),
-    Case("config-directory", "--config a directory", directory("configs"), FIT + ("--config", "{bad}"),
-         r"config: Path is not a file: '.*configs'"),
-    Case("config-missing", "--config a file that does not exist", nothing, FIT + ("--config", "{tmp}/nowhere.yaml"),
-         r"config: File does not exist: '.*nowhere\.yaml'"),
-    Case("config-source-directory", "a data source that is a directory", directory("data.npz"),
-         FIT + ("--data.sources", '[{"path": "{bad}"}]'), r"data\.npz: is a directory, not a trajectory file"),
-    Case("config-ckpt-directory", "--ckpt_path a directory", directory("ckpt"), FIT + ("--ckpt_path", "{bad}"),
-         r"ckpt: is a directory, not a checkpoint file"),
-    Case("config-ckpt-garbage", "--ckpt_path a file that is no checkpoint", text("model.ckpt", "weights"),
-         FIT + ("--ckpt_path", "{bad}"), r"model\.ckpt: not a readable asteroid checkpoint"),
+    Case(
+        "config-unknown-key",
+        "unknown key model.net.init_args.hiddne in a config file",
+        text("bad.yaml", "model:\n  net:\n    init_args:\n      hiddne: 3\n"),
+        FIT + ("--config", "{bad}"),
+        r"model\.net\.init_args\.hiddne: Option 'hiddne' is not accepted \(in .*bad\.yaml\)",
+    ),
+    Case(
+        "config-unknown-trainer-key",
+        "unknown key trainer.max_step in a config file",
+        text("bad.yaml", "trainer:\n  max_step: 3\n"),
+        FIT + ("--config", "{bad}"),
+        r"trainer\.max_step: Subcommand 'fit' does not accept option 'trainer\.max_step' \(in .*bad\.yaml\)",
+    ),
+    Case(
+        "config-unknown-source-key",
+        "a data source with `pth:` for `path:`",
+        text("bad.yaml", "data:\n  sources:\n    - pth: toy.npz\n"),
+        FIT + ("--config", "{bad}"),
+        r"data\.sources\.init_args\.pth: Option 'pth' is not accepted \(in .*bad\.yaml\)",
+    ),
+    Case(
+        "config-wrong-type-file",
+        "data.history: eight, in a config file",
+        text("bad.yaml", "data:\n  history: eight\n"),
+        FIT + ("--config", "{bad}"),
+        r"data\.history: expected int, got 'eight' \(in .*bad\.yaml\)",
+    ),
+    Case(
+        "config-wrong-type-cli",
+        "--trainer.max_epochs many",
+        nothing,
+        FIT + ("--trainer.max_epochs", "many"),
+        r"trainer\.max_epochs: expected int, got 'many' \(on the command line\)",
+    ),
+    Case(
+        "config-wrong-bool",
+        "--model.net.init_args.local_attention maybe",
+        nothing,
+        FIT + ("--model.net.init_args.local_attention", "maybe"),
+        r"model\.net\.init_args\.local_attention: Expected a bool\. Got value: maybe \(on the command line\)",
+    ),
+    Case(
+        "config-unknown-model",
+        "--model.net.class_path asteroid.models.Nope",
+        nothing,
+        FIT + ("--model.net.class_path", "asteroid.models.Nope"),
+        r"model\.net: module 'asteroid\.models' has no attribute 'Nope' \(on the command line\)",
+    ),
+    Case(
+        "config-history-too-long",
+        "history of 8 x 10 frames on a 12-frame trajectory",
+        short_trajectory,
+        FIT + ("--data.sources", '[{"path": "{bad}"}]', "--data.history", "8", "--data.spacing", "10"),
+        r"short\.npz: trajectory too short: 12 frames, but one window spans \d+ frames",
+    ),
+    Case(
+        "config-batch-zero",
+        "--data.batch_size 0",
+        nothing,
+        FIT + ("--data.batch_size", "0"),
+        r"data\.batch_size must be >= 1, got 0",
+    ),
+    Case(
+        "config-lr-negative",
+        "--model.lr -1",
+        nothing,
+        FIT + ("--model.lr", "-1"),
+        r"model\.lr must be a positive number, got -1\.0",
+    ),
+    Case(
+        "config-max-epochs-negative",
+        "--trainer.max_epochs -5 (Lightning's own check)",
+        nothing,
+        FIT + ("--trainer.max_epochs", "-5"),
+        r"`max_epochs` must be a non-negative integer or -1",
+    ),
+    Case(
+        "fit-diverges",
+        "--model.lr 1e6: the weights blow up within a few steps",
+        nothing,
+        FIT + ("--model.lr", "1e6"),
+        r"training diverged (at|by) step \d+: the (validation )?loss is (nan|inf)",
+    ),
+    Case(
+        "fit-coordinates-1e30",
+        "coordinates near 1e30 Angstrom (600 frames, enough for the windows)",
+        npz(R=harmonic_frames(600) * 1e30),
+        FIT + ("--data.sources", '[{"path": "{bad}"}]'),
+        r"bad\.npz: coordinates reach [\d.]+e\+30 Angstrom, where float32",
+    ),
+    Case(
+        "fit-coordinates-offset-1e6",
+        "a good trajectory moved 1e6 Angstrom away (float32 rounds to 0.06 A there)",
+        npz(R=harmonic_frames(600).astype(np.float64) + 1e6),
+        FIT + ("--data.sources", '[{"path": "{bad}"}]'),
+        r"bad\.npz: coordinates reach 1e\+06 Angstrom, where float32 .* rounds to 0\.062 Angstrom; centre",
+    ),
+    Case(
+        "config-val-check-interval-0",
+        "--trainer.val_check_interval 0",
+        nothing,
+        FIT + ("--trainer.val_check_interval", "0"),
+        r"trainer\.val_check_interval must be > 0 .*got 0",
+    ),
+    Case(
+        "config-abbreviated",
+        "--trainer.max_step 300 (a prefix of max_steps)",
+        nothing,
+        FIT + ("--trainer.max_step", "300"),
+        r"unrecognized arguments: --trainer\.max_step 300",
+    ),
+    Case(
+        "config-weight-decay-negative",
+        "--model.weight_decay -0.1",
+        nothing,
+        FIT + ("--model.weight_decay", "-0.1"),
+        r"model\.weight_decay must be >= 0, got -0\.1",
+    ),
+    Case(
+        "config-sampling-prob-5",
+        "--model.max_sampling_prob 5",
+        nothing,
+        FIT + ("--model.max_sampling_prob", "5"),
+        r"model\.max_sampling_prob is a probability, in \[0, 1\]; got 5",
+    ),
+    Case(
+        "config-aux-weight-negative",
+        "a negative STI loss weight",
+        nothing,
+        FIT + ("--model.aux_loss_weights", '{"sti_primary": -1, "sti_consistency": 0.1, "sti_conjugate": 0.1}'),
+        r"model\.aux_loss_weights\.sti_primary must be >= 0, got -1",
+    ),
+    Case(
+        "config-num-workers-negative",
+        "--data.num_workers -1",
+        nothing,
+        FIT + ("--data.num_workers", "-1"),
+        r"data\.num_workers must be >= 0, got -1",
+    ),
+    Case(
+        "config-hidden-zero",
+        "--model.net.init_args.hidden 0",
+        nothing,
+        FIT + ("--model.net.init_args.hidden", "0"),
+        r"model: hidden=0, .* must all be >= 1",
+    ),
+    Case(
+        "compare-seeds-negative",
+        "compare --seeds -2",
+        nothing,
+        ("compare", "--molecules", "ethanol", "--models", "egnn", "--seeds", "-2"),
+        r"argument --seeds: must be positive, got -2",
+    ),
+    Case(
+        "compare-budget-negative",
+        "compare --budget-minutes -1 (0 means equal steps)",
+        nothing,
+        ("compare", "--molecules", "ethanol", "--models", "egnn", "--budget-minutes", "-1"),
+        r"argument --budget-minutes: must be >= 0",
+    ),
+    Case(
+        "compare-abbreviated",
+        "compare --budget 3 (a prefix of --budget-minutes)",
+        nothing,
+        ("compare", "--molecules", "ethanol", "--models", "egnn", "--budget", "3"),
+        r"unrecognized arguments: --budget",
+    ),
+    Case(
+        "benchmark-device-tpu",
+        "benchmark --device tpu",
+        nothing,
+        ("benchmark", "--molecules", "ethanol", "--device", "tpu"),
+        r"--device tpu: not a torch device",
+    ),
+    Case(
+        "benchmark-json-directory",
+        "benchmark --json DIR (refused before the timing, not after)",
+        directory("out.json"),
+        ("benchmark", "--molecules", "ethanol", "--json", "{bad}"),
+        r"out\.json: is a directory; give a file name",
+    ),
+    Case(
+        "rollout-out-directory",
+        "rollout --out DIR.xyz",
+        directory("pred.xyz"),
+        ("rollout", "--config", "x.yaml", "--ckpt_path", "x.ckpt", "--out", "{bad}"),
+        r"pred\.xyz: is a directory; give a file name",
+    ),
+    Case(
+        "rollout-out-under-a-file",
+        "rollout --out inside a path that is a file",
+        text("blocker", "x"),
+        ("rollout", "--config", "x.yaml", "--ckpt_path", "x.ckpt", "--out", "{bad}/pred.xyz"),
+        r"blocker/pred\.xyz: cannot be created, ",
+    ),
+    Case(
+        "simulate-out-under-a-file",
+        "simulate --out inside a path that is a file",
+        text("blocker", "x"),
+        ("simulate", "--molecule", "ethanol", "--frames", "10", "--out", "{bad}/e.npz"),
+        r"blocker/e\.npz: cannot be created, ",
+    ),
+    Case(
+        "compare-out-file",
+        "compare --out a file",
+        text("results", "x"),
+        ("compare", "--molecules", "ethanol", "--models", "egnn", "--out", "{bad}"),
+        r"results: is a file; give a folder",
+    ),
+    Case(
+        "analyze-out-file",
+        "analyze --out a file",
+        text("report", "x"),
+        ("analyze", "{src}/good.npz", "--reference", "{src}/good.npz", "--out", "{bad}"),
+        r"report: is a file; give a folder",
+    ),
+    Case(
+        "config-duplicate-key",
+        "a config file with `model:` twice (YAML would keep the last silently)",
+        text("bad.yaml", "model:\n  lr: 0.1\ndata:\n  batch_size: 4\nmodel:\n  weight_decay: 0.0\n"),
+        FIT + ("--config", "{bad}"),
+        r"bad\.yaml: not valid YAML \(key 'model' appears twice \(line 5\)",
+    ),
+    Case(
+        "config-duplicate-nested-key",
+        "a config file with trainer.max_steps twice",
+        text("bad.yaml", "trainer:\n  max_steps: 10\n  max_steps: 20\n"),
+        FIT + ("--config", "{bad}"),
+        r"bad\.yaml: not valid YAML \(key 'max_steps' appears twice \(line 3\)",
+    ),
+    Case(
+        "config-extends-list",
+        "`extends:` given a list",
+        text("bad.yaml", "extends: [a.yaml, b.yaml]\n"),
+        FIT + ("--config", "{bad}"),
+        r"bad\.yaml: `extends` names one config file, got \['a\.yaml', 'b\.yaml'\]",
+    ),
+    Case(
+        "config-extends-number",
+        "`extends:` given a number",
+        text("bad.yaml", "extends: 3\n"),
+        FIT + ("--config", "{bad}"),
+        r"bad\.yaml: `extends` names one config file, got 3",
+    ),
+    Case(
+        "config-empty",
+        "an empty config file",
+        text("bad.yaml", ""),
+        FIT + ("--config", "{bad}"),
+        r"bad\.yaml: the config file is empty",
+    ),
+    Case(
+        "config-a-list",
+        "a config file that is a YAML list",
+        text("bad.yaml", "- model\n- data\n"),
+        FIT + ("--config", "{bad}"),
+        r"bad\.yaml: a config file holds keys and values",
+    ),
+    Case(
+        "config-not-yaml",
+        "a config file that is not valid YAML",
+        text("bad.yaml", "data: [unclosed\n"),
+        FIT + ("--config", "{bad}"),
+        r"bad\.yaml: not valid YAML",
+    ),
+    Case(
+        "config-extends-loop",
+        "a config that extends itself",
+        text("bad.yaml", "extends: bad.yaml\n"),
+        FIT + ("--config", "{bad}"),
+        r"bad\.yaml: `extends` loops back to itself",
+    ),
+    Case(
+        "config-directory",
+        "--config a directory",
+        directory("configs"),
+        FIT + ("--config", "{bad}"),
+        r"config: Path is not a file: '.*configs'",
+    ),
+    Case(
+        "config-missing",
+        "--config a file that does not exist",
+        nothing,
+        FIT + ("--config", "{tmp}/nowhere.yaml"),
+        r"config: File does not exist: '.*nowhere\.yaml'",
+    ),
+    Case(
+        "config-source-directory",
+        "a data source that is a directory",
+        directory("data.npz"),
+        FIT + ("--data.sources", '[{"path": "{bad}"}]'),
+        r"data\.npz: is a directory, not a trajectory file",
+    ),
+    Case(
+        "config-ckpt-directory",
+        "--ckpt_path a directory",
+        directory("ckpt"),
+        FIT + ("--ckpt_path", "{bad}"),
+        r"ckpt: is a directory, not a checkpoint file",
+    ),
+    Case(
+        "config-ckpt-garbage",
+        "--ckpt_path a file that is no checkpoint",
+        text("model.ckpt", "weights"),
+        FIT + ("--ckpt_path", "{bad}"),
+        r"model\.ckpt: not a readable asteroid checkpoint",
+    ),
 ]
 
 FUZZ = {
     "fuzz-npz-arrays": "npz files of random arrays: R, z, dt_fs, E of random dtypes, shapes and values "
-                       "(NaN, inf, complex, text), keys dropped at random",
+    "(NaN, inf, complex, text), keys dropped at random",
     "fuzz-npz-bytes": "a good npz with random bytes overwritten and a random cut",
     "fuzz-xyz-text": "xyz text of random frames: wrong atom counts, unknown symbols, nan / inf / words as "
-                     "coordinates, dt_fs and time in the comment lines",
+    "coordinates, dt_fs and time in the comment lines",
     "fuzz-xyz-bytes": "a good extended XYZ with random bytes overwritten and a random cut",
 }
 FAULTS = {
     "fit-two-at-once": "two `asteroid fit` started together with the same --name",
     "fit-resume-while-running": "`asteroid fit --ckpt_path last` while that run is still training",
     "fit-kill-mid-epoch": "SIGKILL of both runs after their first checkpoint, while they train on, then "
-                          "`--ckpt_path last`",
+    "`--ckpt_path last`",
     "fit-kill-while-saving": "SIGKILL halfway through writing last.ckpt (a test-only checkpoint writer), "
-                             "then `--ckpt_path last`",
+    "then `--ckpt_path last`",
     "fit-sigterm": "SIGTERM (a pre-empted SLURM job) and SIGINT (Ctrl+C) to `asteroid fit` mid-epoch, then "
-                   "`--ckpt_path last`",
+    "`--ckpt_path last`",
     "simulate-kill": "SIGKILL of `asteroid simulate` after its checkpoints began, then `--resume`; "
-                     "compared with an uninterrupted run",
+    "compared with an uninterrupted run",
     "disk-full-cache": "`asteroid fit` whose coordinate cache goes to a 64 KiB tmpfs (a real full disk)",
     "disk-full-checkpoint": "`asteroid fit` whose run folder is on a 256 KiB tmpfs: the logs fit, the first "
-                            "checkpoint (430 KB) does not",
+    "checkpoint (430 KB) does not",
     "disk-full-simulate": "`asteroid simulate --out` onto a 16 KiB tmpfs",
 }
 NOT_DETECTABLE = """## What the readers cannot detect
@@ -493,7 +982,7 @@ NOT_DETECTABLE = """## What the readers cannot detect
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """Collects every case's outcome; writes docs/reliability.md when the whole sweep ran."""
+    """Collects every case's outcome; `make reliability-report` writes docs/reliability.md when the whole sweep ran."""
     sections = {
         "Bad files: `asteroid inspect` and `asteroid simulate`": {c.id: c.what for c in BAD_FILES},
         "Bad configs: `asteroid fit`": {c.id: c.what for c in BAD_CONFIGS},
@@ -502,17 +991,22 @@ def report(tmp_path_factory):
     }
     sweep = Report(sections, tmp_path_factory.getbasetemp())
     yield sweep
-    if sweep.complete():
+    if sweep.complete() and os.environ.get("ASTEROID_RELIABILITY_REPORT"):  # `make reliability-report`
         bad = len(BAD_FILES) + len(BAD_CONFIGS)
-        ended = Counter(outcome.split(":")[0] for case_id, outcome in sweep.seen.items() if case_id not in FAULTS
-                        and case_id not in FUZZ)
-        intro = (f"Written by `tests/test_reliability.py` at the end of a full test run (`make test`); change the "
-                 f"cases there, not here. {bad} bad-input cases ({len(BAD_FILES)} files, {len(BAD_CONFIGS)} "
-                 f"configs; how they ended: {', '.join(f'{n} {how}' for how, n in sorted(ended.items()))}), "
-                 f"{len(FUZZ)} fuzz properties of {FUZZ_SETTINGS.max_examples} generated files each, and "
-                 f"{len(FAULTS)} fault cases. A bad input passes when the command prints one line `asteroid: error: "
-                 "<file or key>: <problem>` (after Lightning's start-up lines for `fit`), exits with status 2, shows "
-                 "no traceback and ends within 60 s.")
+        ended = Counter(
+            outcome.split(":")[0]
+            for case_id, outcome in sweep.seen.items()
+            if case_id not in FAULTS and case_id not in FUZZ
+        )
+        intro = (
+            f"Written by `make reliability-report` (the sweep of `tests/test_reliability.py`); change the "
+            f"cases there, not here. {bad} bad-input cases ({len(BAD_FILES)} files, {len(BAD_CONFIGS)} "
+            f"configs; how they ended: {', '.join(f'{n} {how}' for how, n in sorted(ended.items()))}), "
+            f"{len(FUZZ)} fuzz properties of {FUZZ_SETTINGS.max_examples} generated files each, and "
+            f"{len(FAULTS)} fault cases. A bad input passes when the command prints one line `asteroid: error: "
+            "<file or key>: <problem>`, exits with status 2, shows "
+            "no traceback and ends within 60 s."
+        )
         sweep.write(DOC, intro, NOT_DETECTABLE)
 
 
@@ -572,8 +1066,10 @@ def read_or_refuse(path: Path, **options) -> str:
 
 
 def tally_line(tally: Counter) -> str:
-    return (f"{sum(tally.values())} generated files: {tally['read']} read as valid trajectories, "
-            f"{tally['refused']} refused with a one-line DataError naming the file; no other exception, no hang")
+    return (
+        f"{sum(tally.values())} generated files: {tally['read']} read as valid trajectories, "
+        f"{tally['refused']} refused with a one-line DataError naming the file; no other exception, no hang"
+    )
 
 
 @st.composite
@@ -586,9 +1082,15 @@ def npz_contents(draw):
         "R dtype": lambda: R.astype(draw(st.sampled_from(["f2", "i4", "c8", "?", "U3"]))),
         "R shape": lambda: R.reshape(draw(st.sampled_from([(T * N, 3), (T, N * 3), (T, N, 3, 1), (T * N * 3,)]))),
         "R values": lambda: np.where(draw(arrays("?", R.shape)), draw(st.sampled_from([np.nan, np.inf, 1e300])), R),
-        "R empty": lambda: R[:draw(st.integers(0, T))][:, :draw(st.integers(0, N))],
-        "z": lambda: draw(st.one_of(arrays("i8", draw(st.integers(0, N + 1)), elements=st.integers(-1, 130)),
-                                    arrays("f8", N), arrays("U1", N), arrays("i8", (N, 1)))),
+        "R empty": lambda: R[: draw(st.integers(0, T))][:, : draw(st.integers(0, N))],
+        "z": lambda: draw(
+            st.one_of(
+                arrays("i8", draw(st.integers(0, N + 1)), elements=st.integers(-1, 130)),
+                arrays("f8", N),
+                arrays("U1", N),
+                arrays("i8", (N, 1)),
+            )
+        ),
         "dt_fs": lambda: draw(st.one_of(st.floats(), st.text(max_size=3), st.lists(st.floats(0.1, 2), max_size=2))),
         "E": lambda: draw(arrays(draw(st.sampled_from(["f8", "U1"])), draw(st.sampled_from([(T,), (T, 1), (T + 1,)])))),
     }
@@ -601,8 +1103,9 @@ def npz_contents(draw):
 
 def corrupted(good: bytes):
     """Strategy: `good` with up to 8 bytes overwritten, then perhaps cut short."""
-    edits = st.one_of(st.just([]), st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)),
-                                            min_size=1, max_size=8))
+    edits = st.one_of(
+        st.just([]), st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)), min_size=1, max_size=8)
+    )
     length = st.one_of(st.just(len(good)), st.integers(1, len(good)))
     return st.tuples(edits, length).map(lambda drawn: _apply(good, *drawn))
 
@@ -623,9 +1126,13 @@ def xyz_text(draw):
     for t in range(draw(st.integers(0, 4))):
         count = draw(usually(n, n + 1, n - 1))
         comment = draw(usually("", "dt_fs=0.5", "dt_fs=abc", f"time={0.5 * t}", "time=x", "Properties=bad"))
-        atoms = [" ".join([draw(usually("H", "O", "Xx", "7"))] +
-                          [draw(usually(f"{draw(st.floats(-5, 5)):.3f}", "nan", "inf", "abc", "1e400", ""))
-                           for _ in range(3)]) for _ in range(n)]
+        atoms = [
+            " ".join(
+                [draw(usually("H", "O", "Xx", "7"))]
+                + [draw(usually(f"{draw(st.floats(-5, 5)):.3f}", "nan", "inf", "abc", "1e400", "")) for _ in range(3)]
+            )
+            for _ in range(n)
+        ]
         frames.append("\n".join([str(count), comment] + atoms) + "\n")
     return "".join(frames)
 
@@ -651,6 +1158,7 @@ def test_fuzz_npz_arrays(tmp_path, report):
     def write(contents):
         np.savez(tmp_path / "fuzz.npz", **contents)
         return tmp_path / "fuzz.npz"
+
     fuzz("fuzz-npz-arrays", report, npz_contents(), write, DT_OPTIONS)
 
 
@@ -661,6 +1169,7 @@ def test_fuzz_npz_bytes(tmp_path, report):
     def write(data):
         (tmp_path / "fuzz.npz").write_bytes(data)
         return tmp_path / "fuzz.npz"
+
     fuzz("fuzz-npz-bytes", report, corrupted(good), write)
 
 
@@ -668,6 +1177,7 @@ def test_fuzz_xyz_text(tmp_path, report):
     def write(content):
         (tmp_path / "fuzz.xyz").write_text(content)
         return tmp_path / "fuzz.xyz"
+
     fuzz("fuzz-xyz-text", report, xyz_text(), write, DT_OPTIONS)
 
 
@@ -678,14 +1188,18 @@ def test_fuzz_xyz_bytes(tmp_path, report):
     def write(data):
         (tmp_path / "fuzz.extxyz").write_bytes(data)
         return tmp_path / "fuzz.extxyz"
+
     fuzz("fuzz-xyz-bytes", report, corrupted(good), write, DT_OPTIONS)
 
 
 # ---- faults: real processes, killed ------------------------------------------------------------------------------
 def launch(cwd: Path, *argv: str) -> subprocess.Popen:
     """`python <argv>` in its own process, tests/ importable (for helpers.KillWhileSaving), one thread."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     log = open(cwd / f"process-{time.monotonic_ns()}.log", "w")
     return subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -727,17 +1241,26 @@ def test_a_signalled_fit_exits_non_zero_and_resumes_to_the_uninterrupted_result(
     for key, value in straight["state_dict"].items():  # bit for bit: the same batches, rotations and noise
         assert torch.equal(resumed["state_dict"][key], value), key
     if signum == signal.SIGTERM:
-        report.record("fit-sigterm", f"SIGTERM at step {stopped_at} (epoch {stopped_at // 20}, batch "
-                                     f"{stopped_at % 20} of 20): last.ckpt saved there, exit status {status}; SIGINT "
-                                     "the same with exit status 130; `--ckpt_path last` went on to step 160 with "
-                                     "weights equal bit for bit to an uninterrupted run's")
+        report.record(
+            "fit-sigterm",
+            f"SIGTERM at step {stopped_at} (epoch {stopped_at // 20}, batch "
+            f"{stopped_at % 20} of 20): last.ckpt saved there, exit status {status}; SIGINT "
+            "the same with exit status 130; `--ckpt_path last` went on to step 160 with "
+            "weights equal bit for bit to an uninterrupted run's",
+        )
 
 
 @pytest.mark.integration
 def test_two_fits_at_once_then_killed_and_resumed(tmp_path, monkeypatch, report):
     monkeypatch.chdir(tmp_path)
-    args = tiny_args(tmp_path, name="twin") + ["--trainer.max_epochs", "1000", "--trainer.limit_train_batches", "20",
-                                              "--test_after_fit", "false"]
+    args = tiny_args(tmp_path, name="twin") + [
+        "--trainer.max_epochs",
+        "1000",
+        "--trainer.limit_train_batches",
+        "20",
+        "--test_after_fit",
+        "false",
+    ]
     runs = [launch(tmp_path, "-m", "asteroid.cli", "fit", *args) for _ in range(2)]
     version = [tmp_path / f"runs/twin/version_{n}" for n in range(2)]
     last = [v / "checkpoints/last.ckpt" for v in version]
@@ -753,9 +1276,12 @@ def test_two_fits_at_once_then_killed_and_resumed(tmp_path, monkeypatch, report)
     # both load: neither was left half-written. How far each got by the kill depends on timing, so the report
     # states the bound (the first checkpoint, at the end of a 20-batch epoch), and docs/reliability.md stays put.
     assert all(step_of(path) >= 20 for path in last)
-    report.record("fit-two-at-once", "each got its own directory, version_0 and version_1, with its own logs, "
-                                     "config.yaml and checkpoints (each last.ckpt whole, at step 20 or later, when "
-                                     "killed)")
+    report.record(
+        "fit-two-at-once",
+        "each got its own directory, version_0 and version_1, with its own logs, "
+        "config.yaml and checkpoints (each last.ckpt whole, at step 20 or later, when "
+        "killed)",
+    )
     report.record("fit-resume-while-running", describe(refused))
     check_refused(refused, r"runs/twin/version_1: another process is still writing this run", only_line=False)
 
@@ -764,9 +1290,12 @@ def test_two_fits_at_once_then_killed_and_resumed(tmp_path, monkeypatch, report)
     assert asteroid(["fit", *args, "--ckpt_path", "last", "--trainer.max_epochs", str(epoch + 2)]) == 0
     assert sorted(p.name for p in (tmp_path / "runs/twin").iterdir()) == ["version_0", "version_1"]
     assert step_of(last[1]) == (epoch + 2) * 20 and last[0].read_bytes() == untouched
-    report.record("fit-kill-mid-epoch", f"both last.ckpt load after the kill; `--ckpt_path last` went on in "
-                                        f"version_1 from the end of epoch {epoch} to step {(epoch + 2) * 20} "
-                                        f"(--trainer.max_epochs {epoch + 2}); version_0 unchanged")
+    report.record(
+        "fit-kill-mid-epoch",
+        f"both last.ckpt load after the kill; `--ckpt_path last` went on in "
+        f"version_1 from the end of epoch {epoch} to step {(epoch + 2) * 20} "
+        f"(--trainer.max_epochs {epoch + 2}); version_0 unchanged",
+    )
 
 
 @pytest.mark.integration
@@ -784,10 +1313,13 @@ def test_kill_while_saving_a_checkpoint_then_resume(tmp_path, monkeypatch, repor
 
     assert asteroid(["fit", *args, "--ckpt_path", "last"]) == 0
     assert step_of(checkpoints / "last.ckpt") == 10 and not list(checkpoints.glob(".*.tmp"))
-    report.record("fit-kill-while-saving", f"killed with {remnant} bytes of the new "
-                                           f"last.ckpt in a temporary file; last.ckpt stayed the whole one of step "
-                                           f"{kept}; `--ckpt_path last` removed the remnant, resumed and finished at "
-                                           "step 10")
+    report.record(
+        "fit-kill-while-saving",
+        f"killed with {remnant} bytes of the new "
+        f"last.ckpt in a temporary file; last.ckpt stayed the whole one of step "
+        f"{kept}; `--ckpt_path last` removed the remnant, resumed and finished at "
+        "step 10",
+    )
 
 
 SIMULATION = dict(molecule="ethanol", frames=400, thermalize_steps=40, checkpoint_every=25, seed=0)
@@ -797,8 +1329,15 @@ SIMULATION = dict(molecule="ethanol", frames=400, thermalize_steps=40, checkpoin
 def test_kill_simulate_then_resume_loses_and_repeats_no_frame(tmp_path, report):
     out = tmp_path / "killed.npz"
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in SIMULATION.items()]
-    run = launch(tmp_path, "-c", "import sys; from asteroid.cli import main; sys.exit(main(sys.argv[1:]))",
-                 "simulate", *flags, "--no-progress", f"--out={out}")
+    run = launch(
+        tmp_path,
+        "-c",
+        "import sys; from asteroid.cli import main; sys.exit(main(sys.argv[1:]))",
+        "simulate",
+        *flags,
+        "--no-progress",
+        f"--out={out}",
+    )
     partial = checkpoint_path(out)
 
     def frames_saved() -> int:
@@ -806,6 +1345,7 @@ def test_kill_simulate_then_resume_loses_and_repeats_no_frame(tmp_path, report):
             return 0
         with np.load(partial) as data:  # written atomically: always a whole file
             return len(data["R"])
+
     try:
         wait_for(lambda: frames_saved() >= 60, [run])
     finally:
@@ -820,8 +1360,11 @@ def test_kill_simulate_then_resume_loses_and_repeats_no_frame(tmp_path, report):
         assert resumed["R"].shape == straight["R"].shape == (400, 9, 3)
         for key in ("R", "E", "F"):
             np.testing.assert_array_equal(resumed[key], straight[key])
-    report.record("simulate-kill", f"killed with {saved} of 400 frames in its checkpoint; the resumed run's 400 "
-                                   "frames (positions, energies, forces) equal an uninterrupted run's bit for bit")
+    report.record(
+        "simulate-kill",
+        f"killed with {saved} of 400 frames in its checkpoint; the resumed run's 400 "
+        "frames (positions, energies, forces) equal an uninterrupted run's bit for bit",
+    )
 
 
 @pytest.fixture
@@ -832,11 +1375,13 @@ def small_disk(tmp_path):
     def mount(kib: int) -> Path:
         folder = tmp_path / f"disk_{kib}k"
         folder.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)],
-                          capture_output=True).returncode:
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)], capture_output=True
+        ).returncode:
             pytest.skip("cannot mount a tmpfs here (needs root)")
         mounted.append(folder)
         return folder
+
     yield mount
     for folder in mounted:
         subprocess.run(["umount", str(folder)], check=True)
@@ -856,31 +1401,59 @@ def test_fit_onto_a_full_disk_exits_with_one_line_and_leaves_no_partial_file(tmp
         cwd = tmp_path
     else:
         disk = cwd = small_disk(256)
-    run = subprocess.run([sys.executable, "-m", "asteroid.cli", "fit", *args], cwd=cwd, capture_output=True,
-                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "asteroid.cli", "fit", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     errors = [line for line in run.stderr.splitlines() if line.startswith("asteroid: error:")]
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
-    assert len(errors) == 1 and errors[0].endswith("the disk is full; nothing was written (free space and run "
-                                                   "again)"), run.stderr
+    assert len(errors) == 1 and errors[0].endswith(
+        "the disk is full; nothing was written (free space and run again)"
+    ), run.stderr
     left = files_under(disk)
     if where == "cache":
         assert left == [], left  # no coordinates without the record that vouches for them
     else:
         assert not any(name.endswith((".ckpt", ".tmp")) for name in left), left
-    report.record(f"disk-full-{where}", f"exit status 2, `{errors[0].split(': ', 1)[1]}`; left on the disk: "
-                                        f"{', '.join(Path(n).name for n in left) or 'nothing'}")
+    report.record(
+        f"disk-full-{where}",
+        f"exit status 2, `{errors[0].split(': ', 1)[1]}`; left on the disk: "
+        f"{', '.join(Path(n).name for n in left) or 'nothing'}",
+    )
 
 
 @pytest.mark.integration
 def test_simulate_onto_a_full_disk_exits_with_one_line_and_leaves_nothing(small_disk, report):
     disk = small_disk(16)
     out = disk / "ethanol.npz"
-    run = subprocess.run([sys.executable, "-m", "asteroid.cli", "simulate", "--molecule", "ethanol", "--frames", "100",
-                          "--thermalize-steps", "0", "--out", str(out), "--no-progress"],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asteroid.cli",
+            "simulate",
+            "--molecule",
+            "ethanol",
+            "--frames",
+            "100",
+            "--thermalize-steps",
+            "0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines() == [f"asteroid: error: {out}: the disk is full; nothing was written "
-                                               "(free space and run again)"]
+    assert run.stderr.strip().splitlines() == [
+        f"asteroid: error: {out}: the disk is full; nothing was written (free space and run again)"
+    ]
     assert files_under(disk) == []
     report.record("disk-full-simulate", "exit status 2, `the disk is full; nothing was written`; nothing left")
-

@@ -30,10 +30,12 @@ def test_metrics_table_rows_and_mean():
 def test_metrics_table_from_forecast_metrics_agrees_with_its_means():
     pred, target = torch.randn(2, 3, 2, 5, 3).unbind(0)
     z = torch.tensor([[6, 1, 1, 1, 1]] * 3)
-    reference = torch.tensor([[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63],
-                              [0.63, -0.63, -0.63]]).expand(3, 5, 3)
-    metrics = ForecastMetrics(horizon=2)(pred + reference[:, None], target + reference[:, None],
-                                         torch.ones(3, 5, dtype=torch.bool), z, reference)
+    reference = torch.tensor(
+        [[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]]
+    ).expand(3, 5, 3)
+    metrics = ForecastMetrics(horizon=2)(
+        pred + reference[:, None], target + reference[:, None], torch.ones(3, 5, dtype=torch.bool), z, reference
+    )
     mean = metrics_table(metrics, horizon=2)[-1]
     for name in ("mse", "mae", "rmsd", "bond"):
         assert mean[name] == pytest.approx(metrics[f"{name}_mean"].item())
@@ -90,8 +92,7 @@ def test_write_csv_failure_leaves_old_file_and_no_temporary(tmp_path):
 
 
 def test_error_vs_horizon_lines_and_time_axis(tmp_path):
-    figure = error_vs_horizon({"asteroid": PER_STEP["mse"], "constant": np.ones(3)}, dt_fs_per_step=5.0,
-                              title="MSE")
+    figure = error_vs_horizon({"asteroid": PER_STEP["mse"], "constant": np.ones(3)}, dt_fs_per_step=5.0, title="MSE")
     assert isinstance(figure, Figure)
     (ax,) = figure.axes
     assert len(ax.lines) == 2

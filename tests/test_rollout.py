@@ -1,4 +1,5 @@
 """`rollout()` and `asteroid rollout`: long forecasts, written as files that mdtraj and ASE read back."""
+
 import json
 from collections import namedtuple
 
@@ -10,14 +11,15 @@ import torch
 from ase import Atoms
 
 from asteroid.cli import main
-from asteroid.lightning_cli import from_config
 from asteroid.data import load_trajectory
 from asteroid.data.readers import element_topology
 from asteroid.errors import DivergedError
+from asteroid.lightning_cli import from_config
 from asteroid.metrics import covalent_bonds
 from asteroid.models import LastFrame, LinearExtrapolation
 from asteroid.models.rollout import rollout
-from asteroid.simulate import structure_path
+from asteroid.xtb_md import structure_path
+
 from helpers import EXPERIMENTS, harmonic_frames, tiny_args
 
 FRAMES = 7  # not a multiple of the tiny model's horizon (2): the last forecast is cut
@@ -31,8 +33,15 @@ def test_linear_extrapolation_rolls_out_constant_velocity():
     x0, velocity = torch.randn(N, 3), torch.randn(N, 3)
     history = (x0 + torch.arange(H)[:, None, None] * velocity)[None]  # (1, H, N, 3), one frame per time unit
     added = []
-    frames = rollout(LinearExtrapolation(H, P), history, torch.ones(1, N, dtype=torch.long),
-                     torch.ones(1, N, dtype=torch.bool), 7, added.append, keep_rigid_motion=True)
+    frames = rollout(
+        LinearExtrapolation(H, P),
+        history,
+        torch.ones(1, N, dtype=torch.long),
+        torch.ones(1, N, dtype=torch.bool),
+        7,
+        added.append,
+        keep_rigid_motion=True,
+    )
     expected = x0 + torch.arange(H, H + 7)[:, None, None] * velocity
     assert frames.shape == (1, 7, N, 3) and sum(added) == 7
     torch.testing.assert_close(frames[0], expected, atol=1e-4, rtol=1e-5)
@@ -41,8 +50,9 @@ def test_linear_extrapolation_rolls_out_constant_velocity():
 @pytest.mark.parametrize("n_frames", [1, 2, 5])
 def test_last_frame_rolls_out_exactly_n_frames_of_the_last_history_frame(n_frames):
     history = torch.randn(2, 3, 4, 3)
-    frames = rollout(LastFrame(3, 2), history, torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.bool),
-                     n_frames)
+    frames = rollout(
+        LastFrame(3, 2), history, torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.bool), n_frames
+    )
     assert frames.shape == (2, n_frames, 4, 3)
     torch.testing.assert_close(frames, history[:, -1:].expand(-1, n_frames, -1, -1))
 
@@ -74,8 +84,20 @@ def trained(tmp_path_factory):
 
 
 def roll(trained, out, *extra, args=None, ckpt=None):
-    return main(["rollout", *(trained.args if args is None else args), "--ckpt_path", str(ckpt or trained.ckpt),
-                 "--out", str(out), "--frames", str(FRAMES), "--no-progress", *extra])
+    return main(
+        [
+            "rollout",
+            *(trained.args if args is None else args),
+            "--ckpt_path",
+            str(ckpt or trained.ckpt),
+            "--out",
+            str(out),
+            "--frames",
+            str(FRAMES),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +124,7 @@ def test_npz_holds_the_predictions_their_history_and_timing(trained, reference):
     np.testing.assert_array_equal(reference["z"], ase.io.read(structure_path("ethanol")).numbers)
     # the history is the first test window's: frames 2 apart, in the last tenth of the trajectory
     assert start >= 0.9 * len(trained.coordinates)
-    np.testing.assert_array_equal(history[0], trained.coordinates[start - 4:start + 1:2])
+    np.testing.assert_array_equal(history[0], trained.coordinates[start - 4 : start + 1 : 2])
     np.testing.assert_allclose(reference["time_fs"], DT_FS * np.arange(1, FRAMES + 1))
 
 
@@ -114,8 +136,10 @@ TOLERANCE = {".xyz": 1e-6, ".pdb": 1e-3, ".dcd": 1e-5, ".xtc": 6e-3, ".h5": 1e-5
 @pytest.mark.parametrize("suffix", list(TOLERANCE))
 def test_every_format_reads_back_in_mdtraj_and_ase(trained, reference, suffix, tmp_path, capsys):
     out = tmp_path / f"pred{suffix}"
-    assert main(["rollout", *trained.args, "--ckpt_path", str(trained.ckpt), "--out", str(out),
-                 "--frames", str(FRAMES)]) == 0
+    assert (
+        main(["rollout", *trained.args, "--ckpt_path", str(trained.ckpt), "--out", str(out), "--frames", str(FRAMES)])
+        == 0
+    )
     captured = capsys.readouterr()
     assert f"{FRAMES}/{FRAMES}" in captured.err and "frame/s" in captured.err  # the progress bar
     assert "frames/s" in captured.out
@@ -138,8 +162,7 @@ def test_every_format_reads_back_in_mdtraj_and_ase(trained, reference, suffix, t
     if suffix in (".xyz", ".pdb"):
         images = ase.io.read(out, index=":")
         assert len(images) == FRAMES and all(np.array_equal(atoms.numbers, z) for atoms in images)
-        np.testing.assert_allclose(np.stack([atoms.positions for atoms in images]), expected,
-                                   atol=TOLERANCE[suffix])
+        np.testing.assert_allclose(np.stack([atoms.positions for atoms in images]), expected, atol=TOLERANCE[suffix])
     if suffix in (".xyz", ".xtc", ".h5"):  # formats that store time: the frame spacing comes back
         topology = str(topology_file) if suffix == ".xtc" else None
         assert load_trajectory(out, topology=topology).dt_fs == pytest.approx(DT_FS, rel=1e-4)
@@ -159,8 +182,13 @@ def test_batch_rolls_out_test_windows_spread_over_the_split(trained, reference, 
     assert roll(trained, tmp_path / "batch.npz", "--batch", "3", "--mean") == 0
     assert roll(trained, tmp_path / "one.npz", "--mean") == 0
     assert roll(trained, tmp_path / "pred.xyz", "--batch", "3", "--mean") == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch.npz", "one.npz", "pred_000.xyz", "pred_001.xyz",
-                                                          "pred_002.xyz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "batch.npz",
+        "one.npz",
+        "pred_000.xyz",
+        "pred_001.xyz",
+        "pred_002.xyz",
+    ]
     with np.load(tmp_path / "batch.npz") as batch:
         R, starts = batch["R"], batch["start_frame"]
     assert R.shape == (3, FRAMES, 9, 3)
@@ -176,7 +204,7 @@ def test_batch_rolls_out_test_windows_spread_over_the_split(trained, reference, 
 @pytest.mark.integration
 def test_init_file_continues_from_its_last_frames(trained, reference, tmp_path):
     start, z = int(reference["start_frame"][0]), reference["z"]
-    frames = trained.coordinates[start - 4:start + 1]
+    frames = trained.coordinates[start - 4 : start + 1]
     # no time in the file: its frames are taken to be the training data's 0.5 fs apart
     ase.io.write(tmp_path / "mine.extxyz", [Atoms(numbers=z, positions=r) for r in frames])
     # a file that states its spacing may be coarser, by whole frames of the history's spacing
@@ -195,7 +223,7 @@ def test_init_rolls_out_from_the_checkpoint_alone_with_the_data_files_removed(tr
     """Nothing at rollout time may come from the training data or the test split: the bonded geometry, the noise
     model and the training temperature travel in the checkpoint."""
     start, z = int(reference["start_frame"][0]), reference["z"]
-    init = write_init(tmp_path / "mine.extxyz", trained.coordinates[start - 60:start + 1], z)
+    init = write_init(tmp_path / "mine.extxyz", trained.coordinates[start - 60 : start + 1], z)
     assert roll(trained, tmp_path / "with_data.npz", "--init", str(init)) == 0
     hidden = tmp_path / "hidden"
     hidden.mkdir()
@@ -214,8 +242,7 @@ def test_init_rolls_out_from_the_checkpoint_alone_with_the_data_files_removed(tr
 
 
 def write_init(path, frames, z, dt_fs=None):
-    ase.io.write(path, [Atoms(numbers=z, positions=r, info={} if dt_fs is None else {"dt_fs": dt_fs})
-                        for r in frames])
+    ase.io.write(path, [Atoms(numbers=z, positions=r, info={} if dt_fs is None else {"dt_fs": dt_fs}) for r in frames])
     return path
 
 
@@ -266,8 +293,10 @@ def test_bad_options_are_one_line_errors_and_leave_no_file(trained, tmp_path, ca
 def test_a_checkpoint_meets_only_the_windows_and_atoms_it_was_trained_on(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(trained.root)
     message = error_of(capsys, roll(trained, tmp_path / "pred.xyz", "--data.spacing", "3"))
-    assert "trained on windows of frames [0, 2, 4] -> [6, 8], but the data settings give [0, 3, 6] -> [9, 12]" \
-        in message and not (tmp_path / "pred.xyz").exists()
+    assert (
+        "trained on windows of frames [0, 2, 4] -> [6, 8], but the data settings give [0, 3, 6] -> [9, 12]" in message
+        and not (tmp_path / "pred.xyz").exists()
+    )
     tested = main(["test", *trained.args, "--ckpt_path", str(trained.ckpt), "--data.spacing", "3"])
     assert "trained on windows of frames" in error_of(capsys, tested)
     other = tmp_path / "other.npz"
@@ -291,10 +320,19 @@ def test_a_checkpoint_with_nan_weights_is_refused_and_nothing_written(trained, t
 
 def test_a_layout_with_irregular_spacing_cannot_be_rolled_out(trained, tmp_path, capsys):
     # the GMN preset forecasts frame +3000 from frames 0 and 1: a forecast cannot become history
-    args = ["--config", str(EXPERIMENTS / "base.yaml"), "--config", str(EXPERIMENTS / "models/last_frame.yaml"),
-            "--data.sources", json.dumps([{"path": str(trained.root / "toy.npz")}]), "--data.protocol", "gmn",
-            "--data.cache_dir", str(trained.root / "cache"),
-            *[arg for key in ("history", "horizon", "spacing") for arg in (f"--data.{key}", "null")]]  # the preset's
+    args = [
+        "--config",
+        str(EXPERIMENTS / "base.yaml"),
+        "--config",
+        str(EXPERIMENTS / "models/last_frame.yaml"),
+        "--data.sources",
+        json.dumps([{"path": str(trained.root / "toy.npz")}]),
+        "--data.protocol",
+        "gmn",
+        "--data.cache_dir",
+        str(trained.root / "cache"),
+        *[arg for key in ("history", "horizon", "spacing") for arg in (f"--data.{key}", "null")],
+    ]  # the preset's
     checkpoint = tmp_path / "last_frame.ckpt"
     torch.save({"state_dict": from_config(args).model.state_dict()}, checkpoint)
     out = tmp_path / "out" / "pred.npz"
@@ -309,8 +347,13 @@ def test_report_writes_its_folder_and_tensorboard(trained, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert roll(trained, tmp_path / "pred.xyz", "--batch", "2", "--report") == 0
     report = json.loads((tmp_path / "pred_report" / "report.json").read_text())
-    assert report["predicted"] == {"trajectories": 2, "frames": FRAMES, "dt_fs": DT_FS, "duration_fs": FRAMES * DT_FS,
-                                   "nonfinite_frames": 0}
+    assert report["predicted"] == {
+        "trajectories": 2,
+        "frames": FRAMES,
+        "dt_fs": DT_FS,
+        "duration_fs": FRAMES * DT_FS,
+        "nonfinite_frames": 0,
+    }
     assert report["reference"]["frames"] == len(trained.coordinates) and report["reference"]["dt_fs"] == 0.5
     assert report["coordinate_error"] is not None  # the test windows' true continuation was passed on
     assert list((tmp_path / "pred_report").glob("*.png"))

@@ -1,18 +1,20 @@
 """What keeps long rollouts physical: the bonded-geometry projection, the learned noise, the thermostat and the
 removal of rigid motion."""
+
 import numpy as np
 import pytest
 import torch
 from ase.data import atomic_masses
-from helpers import ETHANOL_Z, harmonic_frames
+from test_analysis import ETHANOL, vibrating
 
 from asteroid.errors import ConfigError
 from asteroid.models import LastFrame
 from asteroid.models.bonded import BondedGeometry, bonded_pairs
 from asteroid.models.noise import GaussMarkovNoise, step_energy, thermostat
-from asteroid.module import random_rotations, rotate
 from asteroid.models.rollout import remove_rigid_motion, rollout
-from test_analysis import ETHANOL, vibrating
+from asteroid.module import random_rotations, rotate
+
+from helpers import ETHANOL_Z, harmonic_frames
 
 Z = torch.as_tensor(ETHANOL_Z)
 MASS = torch.as_tensor(atomic_masses[ETHANOL_Z], dtype=torch.float32)
@@ -51,7 +53,7 @@ def test_projection_puts_every_bond_at_its_predicted_length(geometry):
     for lengths in (mean, drawn):
         projected = geometry(frames, lengths)
         assert geometry.violation(projected, lengths).max() <= geometry.tolerance
-        bonds = geometry.distances(projected)[..., :geometry.n_bonds]
+        bonds = geometry.distances(projected)[..., : geometry.n_bonds]
         torch.testing.assert_close(bonds, lengths, atol=geometry.tolerance, rtol=0)
 
 
@@ -62,8 +64,9 @@ def test_projection_leaves_valid_frames_alone_and_is_equivariant(geometry):
     frames = valid + 0.1 * torch.randn_like(valid)
     rotation = random_rotations(1)
     shift = torch.tensor([3.0, -1.0, 2.0])
-    torch.testing.assert_close(geometry(rotate(frames, rotation) + shift), rotate(geometry(frames), rotation) + shift,
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        geometry(rotate(frames, rotation) + shift), rotate(geometry(frames), rotation) + shift, atol=1e-4, rtol=0
+    )
 
 
 def test_length_draws_follow_the_learned_autoregression(geometry):
@@ -74,10 +77,12 @@ def test_length_draws_follow_the_learned_autoregression(geometry):
     try:
         for sign in (1.0, -1.0):
             with torch.no_grad():
-                bias[2 * geometry.horizon:] = 5.0 * sign  # rho = tanh(+-5)
-                bias[geometry.horizon:2 * geometry.horizon] = -3.0  # small steps: no draw reaches the range limits
+                bias[2 * geometry.horizon :] = 5.0 * sign  # rho = tanh(+-5)
+                bias[geometry.horizon : 2 * geometry.horizon] = -3.0  # small steps: no draw reaches the range limits
                 mean, _, rho = geometry.predict_lengths(history)
-                draws = torch.stack([geometry.lengths(history, sample=True) for _ in range(400)]) - mean  # (400, 1, 2, E)
+                draws = (
+                    torch.stack([geometry.lengths(history, sample=True) for _ in range(400)]) - mean
+                )  # (400, 1, 2, E)
             assert torch.allclose(rho, torch.full_like(rho, sign), atol=0.01)  # the weights add a little to the bias
             first, second = draws[:, 0, 0], draws[:, 0, 1]  # (400, E) residuals at steps 1 and 2
             correlation = ((first * second).mean(0) / (first.std(0) * second.std(0))).mean()
@@ -158,12 +163,21 @@ def test_rigid_motion_is_stripped_and_internal_motion_kept():
     # angular momentum from velocities), so a small angle leaves a residue of order angle^2 x radius
     angle = torch.tensor(0.005) * torch.arange(1, 5)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    spin = torch.stack([torch.stack([cos, -sin, 0 * cos], -1), torch.stack([sin, cos, 0 * cos], -1),
-                        torch.tensor([0.0, 0.0, 1.0]).expand(4, 3)], -2)  # (4, 3, 3)
+    spin = torch.stack(
+        [
+            torch.stack([cos, -sin, 0 * cos], -1),
+            torch.stack([sin, cos, 0 * cos], -1),
+            torch.tensor([0.0, 0.0, 1.0]).expand(4, 3),
+        ],
+        -2,
+    )  # (4, 3, 3)
     centre = (previous * MASS[:, None]).sum(-2) / MASS.sum()
-    rigid = torch.einsum("pij,bnj->bpni", spin, previous - centre) + centre + 0.1 * torch.arange(1, 5)[None, :, None, None]
-    torch.testing.assert_close(remove_rigid_motion(previous, rigid, MASS[None]), previous[:, None].expand_as(rigid),
-                               atol=1e-3, rtol=0)
+    rigid = (
+        torch.einsum("pij,bnj->bpni", spin, previous - centre) + centre + 0.1 * torch.arange(1, 5)[None, :, None, None]
+    )
+    torch.testing.assert_close(
+        remove_rigid_motion(previous, rigid, MASS[None]), previous[:, None].expand_as(rigid), atol=1e-3, rtol=0
+    )
     kept = remove_rigid_motion(previous, internal, MASS[None])
     assert (kept - previous[:, None]).norm(dim=-1).mean() > 0.5 * (internal - previous[:, None]).norm(dim=-1).mean()
 
@@ -186,20 +200,23 @@ def test_rollout_strips_a_drifting_forecast_unless_asked_to_keep_it():
 
 # ---- through the commands -------------------------------------------------------------------------------------------
 @pytest.mark.integration
-def test_a_stochastic_constrained_model_trains_reports_its_calibration_and_rolls_out_ensembles(tmp_path, monkeypatch,
-                                                                                               capsys):
+def test_a_stochastic_constrained_model_trains_reports_its_calibration_and_rolls_out_ensembles(
+    tmp_path, monkeypatch, capsys
+):
     import ase.io
 
     from asteroid.cli import main
-    from asteroid.simulate import structure_path
+    from asteroid.xtb_md import structure_path
+
     from helpers import tiny_args
 
     structure = ase.io.read(structure_path("ethanol"))
     vibration = harmonic_frames(600, len(structure))
     coordinates = (structure.positions + 0.5 * (vibration - vibration.mean(axis=0))).astype(np.float32)
     np.savez(tmp_path / "toy.npz", R=coordinates, z=structure.numbers, dt_fs=0.5)
-    args = tiny_args(tmp_path, **{"--trainer.max_epochs": "1", "--model.bond_constraints": "true",
-                                  "--model.stochastic": "true"})
+    args = tiny_args(
+        tmp_path, **{"--trainer.max_epochs": "1", "--model.bond_constraints": "true", "--model.stochastic": "true"}
+    )
     monkeypatch.chdir(tmp_path)
     assert main(["fit", *args]) == 0
     printed = capsys.readouterr().out
@@ -211,8 +228,9 @@ def test_a_stochastic_constrained_model_trains_reports_its_calibration_and_rolls
     assert stored["net.noise.step_energy"] > 0 and len(stored["net.bonded.pairs"]) > 0
 
     def roll(out, *extra):
-        return main(["rollout", *args, "--ckpt_path", str(ckpt), "--out", str(out), "--frames", "40",
-                     "--no-progress", *extra])
+        return main(
+            ["rollout", *args, "--ckpt_path", str(ckpt), "--out", str(out), "--frames", "40", "--no-progress", *extra]
+        )
 
     assert roll(tmp_path / "a.npz", "--samples", "3", "--thermostat", "1") == 0
     assert roll(tmp_path / "b.npz", "--samples", "3", "--thermostat", "1") == 0

@@ -8,10 +8,9 @@ import torch
 
 from asteroid.errors import ConfigError
 from asteroid.models import Asteroid
-from asteroid.models.neighbors import CELL_LIST_MIN_ATOMS, radius_neighbors
 from asteroid.models.asteroid.spatial import DenseAttention, LatentAttention
 from asteroid.models.asteroid.temporal import frame_geometry
-from asteroid.models.neighbors import RadiusGraph
+from asteroid.models.neighbors import CELL_LIST_MIN_ATOMS, RadiusGraph, radius_neighbors
 
 C, HEADS = 16, 2
 TRICLINIC = torch.tensor([[6.0, 0.0, 0.0], [1.0, 5.5, 0.0], [0.5, -0.7, 6.2]])
@@ -23,7 +22,7 @@ def random_frames(M=3, N=40, extent=6.0):
     pos = torch.rand(M, N, 3) * extent - 1.0
     mask = torch.ones(M, N, dtype=torch.bool)
     mask[-1, 0] = False
-    mask[-1, N - 3:] = False
+    mask[-1, N - 3 :] = False
     return pos, mask
 
 
@@ -110,7 +109,6 @@ def test_cell_list_handles_frames_without_pairs_and_fully_padded_frames():
     assert edge_index.shape == (2, 0) and distance.shape == (0,)
 
 
-
 def test_recomputed_local_attention_gives_the_same_values_and_gradients(monkeypatch):
     import asteroid.models.asteroid.spatial as spatial
 
@@ -142,8 +140,9 @@ def test_latent_attention_shapes_padding_and_equivariance():
     s_padded[:, 5:], v_padded[:, 5:] = 100.0, 100.0
     torch.testing.assert_close(attention(s_padded, v_padded, mask, None)[1][:, :5], out_v[:, :5])
     permutation = torch.randperm(7)
-    torch.testing.assert_close(attention(s[:, permutation], v[:, permutation], mask[:, permutation], None)[0],
-                               out_s[:, permutation])
+    torch.testing.assert_close(
+        attention(s[:, permutation], v[:, permutation], mask[:, permutation], None)[0], out_s[:, permutation]
+    )
     q, _ = torch.linalg.qr(torch.randn(3, 3))
     torch.testing.assert_close(attention(s, q @ v, mask, None)[1], q @ out_v, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(out_s[:, 0], out_s[:, 1])  # atoms read different mixtures of the tokens

@@ -1,4 +1,5 @@
 """Budget-shaped schedules: warm-up, cosine decay and the scheduled-sampling ramp end when the CPU budget ends."""
+
 import math
 
 import pytest
@@ -6,6 +7,7 @@ import pytorch_lightning as pl
 
 from asteroid.lightning_cli import from_config
 from asteroid.schedule import CPUTimeBudget, warmup_cosine
+
 from helpers import tiny_args
 
 
@@ -55,14 +57,31 @@ def test_a_cpu_budget_shapes_the_schedule_with_a_fake_clock(tmp_path, monkeypatc
     """6 fake CPU-seconds per step and a 1-minute budget: the run ends at step 10 of max_steps 1000, and its
     learning rate and sampling ramp follow 10 steps, not 1000."""
     monkeypatch.chdir(tmp_path)
-    cli = from_config(tiny_args(tmp_path, **{"--trainer.max_steps": "1000", "--trainer.max_epochs": "-1",
-                                             "--trainer.limit_train_batches": "1.0", "--model.warmup_steps": "200",
-                                             "--model.max_sampling_prob": "0.5", "--model.sampling_ramp": "0.5"}))
+    cli = from_config(
+        tiny_args(
+            tmp_path,
+            **{
+                "--trainer.max_steps": "1000",
+                "--trainer.max_epochs": "-1",
+                "--trainer.limit_train_batches": "1.0",
+                "--model.warmup_steps": "200",
+                "--model.max_sampling_prob": "0.5",
+                "--model.sampling_ramp": "0.5",
+            },
+        )
+    )
     recorder = Recorder()
     trainer = None
     budget = CPUTimeBudget(minutes=1.0, clock=lambda: 6.0 * trainer.global_step)
-    trainer = pl.Trainer(max_steps=1000, callbacks=[budget, recorder], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=1000,
+        callbacks=[budget, recorder],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(cli.model, datamodule=cli.datamodule)
 
     assert trainer.global_step == 10
@@ -81,33 +100,66 @@ def test_a_cpu_budget_shapes_the_schedule_with_a_fake_clock(tmp_path, monkeypatc
 
 def test_without_a_budget_the_schedule_follows_max_steps(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = from_config(tiny_args(tmp_path, **{"--trainer.max_steps": "8", "--trainer.max_epochs": "-1",
-                                             "--trainer.limit_train_batches": "1.0", "--model.warmup_steps": "2"}))
+    cli = from_config(
+        tiny_args(
+            tmp_path,
+            **{
+                "--trainer.max_steps": "8",
+                "--trainer.max_epochs": "-1",
+                "--trainer.limit_train_batches": "1.0",
+                "--model.warmup_steps": "2",
+            },
+        )
+    )
     recorder = Recorder()
-    trainer = pl.Trainer(max_steps=8, callbacks=[recorder], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=8,
+        callbacks=[recorder],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(cli.model, datamodule=cli.datamodule)
     peak = cli.model.hparams.lr
     lrs = [lr for _, lr, _ in recorder.seen]
     # (step + 1) / warmup_steps, then a cosine over (step - warmup_steps) / (max_steps - warmup_steps)
-    assert lrs == pytest.approx([peak * f for f in (0.5, 1.0)] +
-                                [peak * 0.5 * (1 + math.cos(math.pi * (s - 2) / 6)) for s in range(2, 8)])
+    assert lrs == pytest.approx(
+        [peak * f for f in (0.5, 1.0)] + [peak * 0.5 * (1 + math.cos(math.pi * (s - 2) / 6)) for s in range(2, 8)]
+    )
 
 
 def test_the_budget_spent_travels_with_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = tiny_args(tmp_path, **{"--trainer.max_steps": "1000", "--trainer.max_epochs": "-1",
-                                  "--trainer.limit_train_batches": "1.0"})
+    args = tiny_args(
+        tmp_path,
+        **{"--trainer.max_steps": "1000", "--trainer.max_epochs": "-1", "--trainer.limit_train_batches": "1.0"},
+    )
     cli = from_config(args)
     trainer = None
     budget = CPUTimeBudget(minutes=1.0, clock=lambda: 6.0 * trainer.global_step)  # 6 fake CPU-seconds per step
-    trainer = pl.Trainer(max_steps=4, callbacks=[budget], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=4,
+        callbacks=[budget],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(cli.model, datamodule=cli.datamodule)
     trainer.save_checkpoint(tmp_path / "four.ckpt")
     resumed_budget = CPUTimeBudget(minutes=1.0, clock=lambda: 0.0)
-    resumed = pl.Trainer(max_steps=5, callbacks=[resumed_budget], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    resumed = pl.Trainer(
+        max_steps=5,
+        callbacks=[resumed_budget],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     cli = from_config(args)
     resumed.fit(cli.model, datamodule=cli.datamodule, ckpt_path=tmp_path / "four.ckpt")
     assert resumed_budget.spent_before == 24.0  # the four steps before the checkpoint

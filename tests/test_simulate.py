@@ -1,4 +1,5 @@
 """The GFN2-xTB MD generator: physics sanity, the MD17 file layout, exact resume, atomic output, bad input."""
+
 import ctypes
 import itertools
 
@@ -12,13 +13,30 @@ from ase.md.verlet import VelocityVerlet
 from tblite.ase import TBLite
 
 from asteroid.errors import AsteroidError, ConfigError, DataError
-from asteroid.simulate import BUILTIN_MOLECULES, checkpoint_path, main, openmp_threads, simulate, structure_path
+from asteroid.simulate import main
+from asteroid.xtb_md import BUILTIN_MOLECULES, checkpoint_path, openmp_threads, simulate, structure_path
 
 KCAL_MOL = units.kcal / units.mol  # eV
-FORMULAS = {"aspirin": "C9H8O4", "benzene": "C6H6", "ethanol": "C2H6O", "malonaldehyde": "C3H4O2",
-            "naphthalene": "C10H8", "salicylic": "C7H6O3", "toluene": "C7H8", "uracil": "C4H4N2O2"}
-MD17_ATOMS = {"aspirin": 21, "benzene": 12, "ethanol": 9, "malonaldehyde": 9, "naphthalene": 18, "salicylic": 16,
-              "toluene": 15, "uracil": 12}
+FORMULAS = {
+    "aspirin": "C9H8O4",
+    "benzene": "C6H6",
+    "ethanol": "C2H6O",
+    "malonaldehyde": "C3H4O2",
+    "naphthalene": "C10H8",
+    "salicylic": "C7H6O3",
+    "toluene": "C7H8",
+    "uracil": "C4H4N2O2",
+}
+MD17_ATOMS = {
+    "aspirin": 21,
+    "benzene": 12,
+    "ethanol": 9,
+    "malonaldehyde": 9,
+    "naphthalene": 18,
+    "salicylic": 16,
+    "toluene": 15,
+    "uracil": 12,
+}
 # a short run: 40 Langevin steps, then 200 NVE steps of 0.5 fs (100 fs)
 SHORT = dict(molecule="ethanol", frames=201, thermalize_steps=40, seed=0, progress=False)
 
@@ -47,6 +65,7 @@ def count_steps(monkeypatch):
     """A list that gets one entry per MD step (Langevin or NVE) taken from now on."""
     taken = []
     for integrator in (Langevin, VelocityVerlet):
+
         def step(self, *args, original=integrator.step, **kwargs):
             taken.append(type(self).__name__)
             return original(self, *args, **kwargs)
@@ -201,8 +220,11 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         simulate(out, **run)
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match=r"partial\.npz: the checkpoint is of another run \(temperature_K=500\.0 "
-                                          r"there, 400\.0 here\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"partial\.npz: the checkpoint is of another run \(temperature_K=500\.0 "
+        r"there, 400\.0 here\)",
+    ):
         simulate(out, **run, temperature_K=400.0, resume=True)
     checkpoint_path(out).write_bytes(b"not an npz")
     with pytest.raises(DataError, match=r"partial\.npz: not a usable checkpoint.*delete it"):
@@ -210,8 +232,9 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, monkeypatch):
 
 
 def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
-    report = simulate(tmp_path / "fresh.npz", molecule="ethanol", frames=2, thermalize_steps=2, resume=True,
-                      progress=False)
+    report = simulate(
+        tmp_path / "fresh.npz", molecule="ethanol", frames=2, thermalize_steps=2, resume=True, progress=False
+    )
     assert report["n_frames"] == 2 and (tmp_path / "fresh.npz").exists()
 
 
@@ -221,9 +244,16 @@ def test_a_second_run_to_the_same_file_stops_while_the_first_is_making_it(tmp_pa
 
     out = tmp_path / "ethanol.npz"
     # another process holds the file's lock, as a running `asteroid simulate --out` does
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from asteroid.fileio import sole_writer\n"
-                               f"with sole_writer({str(out)!r}):\n print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from asteroid.fileio import sole_writer\n"
+            f"with sole_writer({str(out)!r}):\n print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(AsteroidError, match=r"ethanol\.npz: another process is making this file now"):
@@ -255,14 +285,17 @@ def test_command_line_reports_cost_and_drift(tmp_path, capsys):
     assert out.exists()
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(molecule="caffeine"), DataError, "unknown molecule 'caffeine'"),
-    (dict(structure="nowhere/mol.xyz"), DataError, r"nowhere/mol\.xyz: structure file not found"),
-    (dict(molecule="ethanol", frames=0), ConfigError, "frames must be an integer >= 1, got 0"),
-    (dict(molecule="ethanol", timestep_fs=-0.5), ConfigError, "timestep_fs must be a positive number"),
-    (dict(molecule="ethanol", structure="x.xyz"), ConfigError, "exactly one of"),
-    (dict(), ConfigError, "exactly one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(molecule="caffeine"), DataError, "unknown molecule 'caffeine'"),
+        (dict(structure="nowhere/mol.xyz"), DataError, r"nowhere/mol\.xyz: structure file not found"),
+        (dict(molecule="ethanol", frames=0), ConfigError, "frames must be an integer >= 1, got 0"),
+        (dict(molecule="ethanol", timestep_fs=-0.5), ConfigError, "timestep_fs must be a positive number"),
+        (dict(molecule="ethanol", structure="x.xyz"), ConfigError, "exactly one of"),
+        (dict(), ConfigError, "exactly one of"),
+    ],
+)
 def test_bad_input_is_refused_with_a_message(tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):
         simulate(tmp_path / "out.npz", progress=False, **kwargs)

@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from asteroid.data.windows import (PROTOCOLS, SPLITS, WindowLayout, chronological_starts, count_windows,
-                                   eqmotion_blocks, peer_random_starts)
+from asteroid.data.windows import (
+    PROTOCOLS,
+    SPLITS,
+    WindowLayout,
+    chronological_starts,
+    count_windows,
+    eqmotion_blocks,
+    peer_random_starts,
+)
 from asteroid.errors import ConfigError, DataError
 
 
@@ -57,7 +64,7 @@ def official_peer_split(n_frames, max_samples):
     state = np.random.get_state()
     x = np.arange(n_frames)[:-1]
     np.random.seed(100)
-    _x = x[10000: -10000]
+    _x = x[10000:-10000]
     train_idx = np.random.choice(np.arange(_x.shape[0]), size=int(0.1 * _x.shape[0]), replace=False)
     flag = np.zeros(_x.shape[0])
     for _ in train_idx:
@@ -73,8 +80,9 @@ def official_peer_split(n_frames, max_samples):
     return {name: np.sort(st[:limit]) for name, st, limit in zip(SPLITS, split, max_samples)}
 
 
-@pytest.mark.parametrize("n_frames,limits", [(20401, (500, 2000, 2000)), (21001, (7, 3, 5)),
-                                             (40000, (500, 2000, 2000))])
+@pytest.mark.parametrize(
+    "n_frames,limits", [(20401, (500, 2000, 2000)), (21001, (7, 3, 5)), (40000, (500, 2000, 2000))]
+)
 def test_peer_random_starts_are_the_official_loaders_starts(n_frames, limits):
     ours = peer_random_starts(n_frames, 3001, (0.1, 0.05, 0.05), limits)
     official = official_peer_split(n_frames, limits)

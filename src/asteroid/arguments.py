@@ -1,5 +1,6 @@
 """The subcommands' argument parsing: one parser class and the value types they share, so that a bad option is
 refused at parse time, in one line, with the allowed range."""
+
 import argparse
 
 from asteroid.errors import ConfigError
@@ -22,6 +23,7 @@ def _bounded(kind, allowed, wording: str):
         if not allowed(value):
             raise argparse.ArgumentTypeError(f"must be {wording}, got {text}")
         return value
+
     return parse
 
 

@@ -2,13 +2,14 @@
 
 The fair unit is a simulated picosecond: the MD needs 1000 / 0.5 = 2000 velocity-Verlet steps for it whatever
 the output spacing; the model needs one predicted frame per `spacing` data frames (200 at the shipped spacing
-of 10). In one process, for the same molecule: the MD runs the generator's own code path (`asteroid.simulate`:
+of 10). In one process, for the same molecule: the MD runs the generator's own code path (`asteroid.xtb_md`:
 its tblite calculator, ASE's velocity Verlet, its OpenMP guard) on the CPU; the model rolls out 1 and B
 independent trajectories on the chosen device, with the same number of threads. Speed is printed beside the
 checkpoint's own test MSE (its run's test_metrics.csv), so that it is never shown without the accuracy it buys, and
 beside the FLOPs of one forecast and of one simulated picosecond (torch's FLOP counter: matrix products), which do not
 depend on the machine.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,22 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms, units
-from torch.utils.flop_counter import FlopCounterMode
 from ase.build import molecule
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
+from torch.utils.flop_counter import FlopCounterMode
 
 from asteroid.arguments import CommandParser, positive
 from asteroid.data import load_trajectory
+from asteroid.data.windows import rollout_spacing
 from asteroid.errors import ConfigError, DataError
 from asteroid.fileio import atomic_output, writable_output
 from asteroid.lightning_cli import from_checkpoint_or_config, from_config, load_weights
+from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
 from asteroid.module import REFERENCE_ORDERS
-from asteroid.data.windows import rollout_spacing
-from asteroid.models.rollout import rollout
-from asteroid.rollout import THERMOSTAT_COUPLING
-from asteroid.simulate import (TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path,
-                               xtb_calculator)
+from asteroid.xtb_md import TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path, xtb_calculator
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 WATER_SPACING = 3.1  # Angstrom between the oxygens of a water cluster, about liquid water's density
@@ -105,16 +104,25 @@ def ballistic_history(atoms: Atoms, trajectories: int, frames: int, frame_fs: fl
     return atoms.positions + times[None, :, None, None] * velocities[:, None]  # (B, H, N, 3)
 
 
-def model_seconds_per_ps(net, atoms: Atoms, trajectories: int, forecasts: int, frame_fs: float,
-                         device: torch.device, repeats: int, clock: str) -> float:
+def model_seconds_per_ps(
+    net,
+    atoms: Atoms,
+    trajectories: int,
+    forecasts: int,
+    frame_fs: float,
+    device: torch.device,
+    repeats: int,
+    clock: str,
+) -> float:
     """Seconds per simulated picosecond of one trajectory, rolling out `trajectories` at once.
 
     One untimed forecast warms up; then `repeats` rollouts of `forecasts` whole forecasts each are timed, with the
     settings `asteroid rollout` uses by default.
     `frame_fs` is the time between predicted frames (spacing x data frame time).
     """
-    history = torch.tensor(ballistic_history(atoms, trajectories, net.history, frame_fs), dtype=torch.float32,
-                           device=device)  # (B, H, N, 3)
+    history = torch.tensor(
+        ballistic_history(atoms, trajectories, net.history, frame_fs), dtype=torch.float32, device=device
+    )  # (B, H, N, 3)
     z = torch.as_tensor(atoms.numbers, device=device).expand(trajectories, -1)  # (B, N)
     mask = torch.ones_like(z, dtype=torch.bool)
     frames = forecasts * net.horizon
@@ -180,8 +188,9 @@ def config_molecule(datamodule) -> tuple[str, Atoms, float]:
     source = datamodule.sources[0]
     if source.molecule is not None and not Path(source.path).exists():
         return source.molecule, read_structure(structure_path(source.molecule)), source.dt_fs or TIMESTEP_FS
-    traj = load_trajectory(source.path, topology=source.topology, selection=source.selection,
-                           dt_fs=source.dt_fs, check_order=False)
+    traj = load_trajectory(
+        source.path, topology=source.topology, selection=source.selection, dt_fs=source.dt_fs, check_order=False
+    )
     if source.molecule is not None:
         return source.molecule, read_structure(structure_path(source.molecule)), traj.dt_fs
     return traj.name, Atoms(numbers=traj.z, positions=np.asarray(traj.R[0], dtype=np.float64)), traj.dt_fs
@@ -202,8 +211,17 @@ def load_net(config: Path | None, ckpt_path: str | None, device: torch.device, n
     return module.net.to(device).eval(), datamodule, ckpt_path
 
 
-def benchmark_case(name: str, atoms: Atoms, net, spacing: int, data_fs: float, weights: str, args,
-                   device: torch.device, mse: float | None) -> dict:
+def benchmark_case(
+    name: str,
+    atoms: Atoms,
+    net,
+    spacing: int,
+    data_fs: float,
+    weights: str,
+    args,
+    device: torch.device,
+    mse: float | None,
+) -> dict:
     """One molecule: MD and model timed, their ratios, the model's FLOPs and the test MSE of its checkpoint."""
     frame_fs = spacing * data_fs
     if weights == "untrained":
@@ -213,24 +231,42 @@ def benchmark_case(name: str, atoms: Atoms, net, spacing: int, data_fs: float, w
         net.set_displacement_scale(per_frame * torch.arange(1, net.horizon + 1, dtype=torch.float32, device=device))
     md = md_seconds_per_ps(atoms, args.md_steps, args.md_warmup, args.repeats, args.threads, args.clock)
     single = model_seconds_per_ps(net, atoms, 1, args.forecasts, frame_fs, device, args.repeats, args.clock)
-    batched = model_seconds_per_ps(net, atoms, args.batch, args.forecasts, frame_fs, device, args.repeats,
-                                   args.clock)
+    batched = model_seconds_per_ps(net, atoms, args.batch, args.forecasts, frame_fs, device, args.repeats, args.clock)
     flops = forecast_flops(net, atoms, device)
     flops_per_ps = flops * 1000.0 / (net.horizon * frame_fs)
-    result = dict(molecule=name, n_atoms=len(atoms), spacing=spacing, device=str(device), md_seconds_per_ps=md,
-                  model_seconds_per_ps=single, model_batched_seconds_per_ps=batched, batch=args.batch,
-                  speedup=md / single, speedup_batched=md / batched, flops_per_forecast=flops,
-                  flops_per_ps=flops_per_ps, test_mse=mse, weights=weights, threads=args.threads, clock=args.clock,
-                  compiled=args.compile,
-                  # the rollout's own rates: frames and simulated picoseconds per second, of all trajectories at once
-                  frames_per_second=1000.0 / (frame_fs * single), ps_per_second=1.0 / single,
-                  batched_frames_per_second=1000.0 / (frame_fs * batched), batched_ps_per_second=1.0 / batched)
-    print(f"{name} ({len(atoms)} atoms, spacing {spacing} = {frame_fs:g} fs): MD {md:.4g} s/ps, model {single:.4g} "
-          f"s/ps (batch 1), {batched:.4g} s/ps per trajectory (batch {args.batch}); speedup {md / single:.3g}x, "
-          f"{md / batched:.3g}x batched; {flops / 1e6:.3g} MFLOP per forecast, {flops_per_ps / 1e6:.3g} MFLOP per "
-          f"ps; test MSE {format_mse(mse)} Å²; rollout {result['frames_per_second']:.4g} frames/s = "
-          f"{result['ps_per_second']:.3g} ps/s (batch 1), {result['batched_frames_per_second']:.4g} frames/s = "
-          f"{result['batched_ps_per_second']:.3g} ps/s (batch {args.batch}, all trajectories)", flush=True)
+    result = dict(
+        molecule=name,
+        n_atoms=len(atoms),
+        spacing=spacing,
+        device=str(device),
+        md_seconds_per_ps=md,
+        model_seconds_per_ps=single,
+        model_batched_seconds_per_ps=batched,
+        batch=args.batch,
+        speedup=md / single,
+        speedup_batched=md / batched,
+        flops_per_forecast=flops,
+        flops_per_ps=flops_per_ps,
+        test_mse=mse,
+        weights=weights,
+        threads=args.threads,
+        clock=args.clock,
+        compiled=args.compile,
+        # the rollout's own rates: frames and simulated picoseconds per second, of all trajectories at once
+        frames_per_second=1000.0 / (frame_fs * single),
+        ps_per_second=1.0 / single,
+        batched_frames_per_second=1000.0 / (frame_fs * batched),
+        batched_ps_per_second=1.0 / batched,
+    )
+    print(
+        f"{name} ({len(atoms)} atoms, spacing {spacing} = {frame_fs:g} fs): MD {md:.4g} s/ps, model {single:.4g} "
+        f"s/ps (batch 1), {batched:.4g} s/ps per trajectory (batch {args.batch}); speedup {md / single:.3g}x, "
+        f"{md / batched:.3g}x batched; {flops / 1e6:.3g} MFLOP per forecast, {flops_per_ps / 1e6:.3g} MFLOP per "
+        f"ps; test MSE {format_mse(mse)} Å²; rollout {result['frames_per_second']:.4g} frames/s = "
+        f"{result['ps_per_second']:.3g} ps/s (batch 1), {result['batched_frames_per_second']:.4g} frames/s = "
+        f"{result['batched_ps_per_second']:.3g} ps/s (batch {args.batch}, all trajectories)",
+        flush=True,
+    )
     return result
 
 
@@ -240,16 +276,20 @@ def format_mse(mse: float | None) -> str:
 
 def markdown_table(results: list[dict]) -> str:
     """The results as a markdown table, smallest molecule first."""
-    header = ("| molecule | atoms | spacing | MD s/ps | model s/ps (batch 1) | model s/ps per trajectory (batch B) "
-              "| B | speedup | speedup (batch B) | rollout frames/s (batch 1 / B) | MFLOP per forecast | MFLOP per ps "
-              "| test MSE (Å²) | weights |\n" + "|---" * 14 + "|")
-    rows = [f"| {r['molecule']} | {r['n_atoms']} | {r['spacing']} | {r['md_seconds_per_ps']:.3g} "
-            f"| {r['model_seconds_per_ps']:.3g} | {r['model_batched_seconds_per_ps']:.3g} | {r['batch']} "
-            f"| {r['speedup']:.3g} | {r['speedup_batched']:.3g} "
-            f"| {r.get('frames_per_second', float('nan')):.4g} / {r.get('batched_frames_per_second', float('nan')):.4g} "
-            f"| {r['flops_per_forecast'] / 1e6:.3g} "
-            f"| {r['flops_per_ps'] / 1e6:.3g} | {format_mse(r['test_mse'])} | {r['weights']} |"
-            for r in sorted(results, key=lambda r: r["n_atoms"])]
+    header = (
+        "| molecule | atoms | spacing | MD s/ps | model s/ps (batch 1) | model s/ps per trajectory (batch B) "
+        "| B | speedup | speedup (batch B) | rollout frames/s (batch 1 / B) | MFLOP per forecast | MFLOP per ps "
+        "| test MSE (Å²) | weights |\n" + "|---" * 14 + "|"
+    )
+    rows = [
+        f"| {r['molecule']} | {r['n_atoms']} | {r['spacing']} | {r['md_seconds_per_ps']:.3g} "
+        f"| {r['model_seconds_per_ps']:.3g} | {r['model_batched_seconds_per_ps']:.3g} | {r['batch']} "
+        f"| {r['speedup']:.3g} | {r['speedup_batched']:.3g} "
+        f"| {r.get('frames_per_second', float('nan')):.4g} / {r.get('batched_frames_per_second', float('nan')):.4g} "
+        f"| {r['flops_per_forecast'] / 1e6:.3g} "
+        f"| {r['flops_per_ps'] / 1e6:.3g} | {format_mse(r['test_mse'])} | {r['weights']} |"
+        for r in sorted(results, key=lambda r: r["n_atoms"])
+    ]
     return "\n".join([header, *rows])
 
 
@@ -258,36 +298,71 @@ def main(argv: list[str]) -> int:
     parser = CommandParser(
         prog="asteroid benchmark",
         description="Time per simulated picosecond of GFN2-xTB MD (the generator's code path, CPU) and of the "
-                    "model's rollout (batch 1 and batch B), their ratios, and the model's FLOPs and its checkpoint's test MSE "
-                    "beside them.")
-    parser.add_argument("--config", type=Path, help="experiment config: its molecule, architecture and spacing "
-                                                    "(default with --ckpt_path: the config stored in the checkpoint)")
-    parser.add_argument("--ckpt_path", help="trained checkpoint, or `last`: the newest last.ckpt of the config's run "
-                                            "(default: the config's net untrained; the speed is the same)")
+        "model's rollout (batch 1 and batch B), their ratios, and the model's FLOPs and its checkpoint's test MSE "
+        "beside them.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="experiment config: its molecule, architecture and spacing "
+        "(default with --ckpt_path: the config stored in the checkpoint)",
+    )
+    parser.add_argument(
+        "--ckpt_path",
+        help="trained checkpoint, or `last`: the newest last.ckpt of the config's run "
+        "(default: the config's net untrained; the speed is the same)",
+    )
     parser.add_argument("--name", help="without --config: the run whose newest last.ckpt `--ckpt_path last` is")
-    parser.add_argument("--molecules", nargs="+", default=[],
-                        help="more molecules, each with <experiments>/<name>.yaml and untrained weights")
+    parser.add_argument(
+        "--molecules",
+        nargs="+",
+        default=[],
+        help="more molecules, each with <experiments>/<name>.yaml and untrained weights",
+    )
     parser.add_argument("--experiments", type=Path, default=Path("experiments"), help="where --molecules' configs are")
-    parser.add_argument("--structures", nargs="+", type=Path, default=[],
-                        help="other structure files (ASE-readable), with the net and spacing of --config")
-    parser.add_argument("--water", nargs="+", type=positive(int), default=[], metavar="MOLECULES",
-                        help="water clusters of these many molecules, with the net and spacing of --config")
+    parser.add_argument(
+        "--structures",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="other structure files (ASE-readable), with the net and spacing of --config",
+    )
+    parser.add_argument(
+        "--water",
+        nargs="+",
+        type=positive(int),
+        default=[],
+        metavar="MOLECULES",
+        help="water clusters of these many molecules, with the net and spacing of --config",
+    )
     parser.add_argument("--batch", type=positive(int), default=256, help="independent trajectories (default 256)")
-    parser.add_argument("--forecasts", type=positive(int), default=8,
-                        help="whole forecasts per timed rollout (default 8)")
+    parser.add_argument(
+        "--forecasts", type=positive(int), default=8, help="whole forecasts per timed rollout (default 8)"
+    )
     parser.add_argument("--md-steps", type=positive(int), default=200, help="timed MD steps (default 200)")
     parser.add_argument("--md-warmup", type=int, default=5, help="untimed MD steps first (default 5)")
-    parser.add_argument("--repeats", type=positive(int), default=3,
-                        help="timings of each, the median reported (default 3)")
+    parser.add_argument(
+        "--repeats", type=positive(int), default=3, help="timings of each, the median reported (default 3)"
+    )
     parser.add_argument("--device", default="cpu", help="device of the model (default cpu; the MD runs on the CPU)")
-    parser.add_argument("--threads", type=positive(int), default=1,
-                        help="CPU threads of the MD (OpenMP) and of the model (torch), the same for both (default 1)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall time (default), or the process's CPU time: fairer on a shared machine, "
-                             "the same as wall time on an idle one with one thread")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model first (minutes, not timed; same predictions up to float "
-                             "rounding)")
+    parser.add_argument(
+        "--threads",
+        type=positive(int),
+        default=1,
+        help="CPU threads of the MD (OpenMP) and of the model (torch), the same for both (default 1)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time (default), or the process's CPU time: fairer on a shared machine, "
+        "the same as wall time on an idle one with one thread",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model first (minutes, not timed; same predictions up to float rounding)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here: a list of one object per molecule")
     args = parser.parse_args(argv)
 
@@ -306,14 +381,18 @@ def main(argv: list[str]) -> int:
     if args.clock == "cpu" and device.type != "cpu":
         raise ConfigError(f"--clock cpu measures CPU work; time the model on {device} with --clock wall")
     torch.set_num_threads(args.threads)
-    print(f"model on {device}, MD on the CPU ({cpu_name()}); {args.threads} thread(s), {args.clock} "
-          f"clock; MD {args.md_steps} steps x {args.repeats}; model {args.forecasts} forecasts x {args.repeats}, "
-          f"batch 1 and {args.batch}{', compiled' if args.compile else ''}", flush=True)
+    print(
+        f"model on {device}, MD on the CPU ({cpu_name()}); {args.threads} thread(s), {args.clock} "
+        f"clock; MD {args.md_steps} steps x {args.repeats}; model {args.forecasts} forecasts x {args.repeats}, "
+        f"batch 1 and {args.batch}{', compiled' if args.compile else ''}",
+        flush=True,
+    )
 
     results = []
     own = args.config is not None or args.ckpt_path is not None
-    configs = ([(args.config, args.ckpt_path)] if own else []) + \
-        [(args.experiments / f"{name}.yaml", None) for name in args.molecules]
+    configs = ([(args.config, args.ckpt_path)] if own else []) + [
+        (args.experiments / f"{name}.yaml", None) for name in args.molecules
+    ]
     for index, (config, ckpt_path) in enumerate(configs):
         net, datamodule, ckpt_path = load_net(config, ckpt_path, device, args.name if index == 0 else None)
         if args.compile:
@@ -328,8 +407,9 @@ def main(argv: list[str]) -> int:
             print(f"note: {ckpt_path} has no test_metrics.csv in its run folder: test_mse is null")
         results.append(benchmark_case(name, atoms, net, spacing, data_fs, weights, args, device, mse))
         if index == 0 and own:
-            others = [(path.stem, read_structure(path)) for path in args.structures] + \
-                [(f"water{n}", water_cluster(n)) for n in args.water]
+            others = [(path.stem, read_structure(path)) for path in args.structures] + [
+                (f"water{n}", water_cluster(n)) for n in args.water
+            ]
             for other, structure in others:
                 results.append(benchmark_case(other, structure, net, spacing, data_fs, weights, args, device, None))
     print()

@@ -1,4 +1,5 @@
 """Trainer callbacks the `asteroid` command adds to every run."""
+
 from __future__ import annotations
 
 import signal
@@ -15,6 +16,7 @@ from asteroid.checkpoints import CONFIG_KEY, RUN_CONFIG_KEY
 from asteroid.data.datamodule import collate_windows
 from asteroid.fileio import atomic_output
 from asteroid.module import run_dir
+
 
 class ConfigInCheckpoint(Callback):
     """Stores the run's config in every checkpoint: its model section, so that a later `--ckpt_path` can be checked
@@ -50,8 +52,10 @@ class CheckpointOnInterrupt(Callback):
             raise KeyboardInterrupt
         self.signum = signal.SIGINT
         trainer._signal_connector.received_sigterm = True  # Lightning checks it after each step (and on all ranks)
-        print("\nasteroid: Ctrl+C: stopping after this step to save a checkpoint (Ctrl+C again stops at once)",
-              file=sys.stderr)
+        print(
+            "\nasteroid: Ctrl+C: stopping after this step to save a checkpoint (Ctrl+C again stops at once)",
+            file=sys.stderr,
+        )
 
     def teardown(self, trainer, pl_module, stage):
         if self._previous_handler is not None:
@@ -62,15 +66,19 @@ class CheckpointOnInterrupt(Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return
         exception.signum = self.signum  # the exit status (cli.main)
-        last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor is None),
-                    None)
+        last = next(
+            (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor is None), None
+        )
         if last is None or last.dirpath is None:
             return
         path = Path(last.dirpath) / f"{last.filename}{last.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            print(f"asteroid: {signal.Signals(self.signum).name} at step {trainer.global_step}: saved {path}; "
-                  "resume with --ckpt_path last", file=sys.stderr)
+            print(
+                f"asteroid: {signal.Signals(self.signum).name} at step {trainer.global_step}: saved {path}; "
+                "resume with --ckpt_path last",
+                file=sys.stderr,
+            )
 
 
 class ValidateLastStep(Callback):
@@ -101,8 +109,9 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
         if not trainer.is_global_zero or not predictions:
             return
-        windows = [{key: value[i] for key, value in batch.items()} for batch in predictions
-                   for i in range(len(batch["pred"]))]
+        windows = [
+            {key: value[i] for key, value in batch.items()} for batch in predictions for i in range(len(batch["pred"]))
+        ]
         arrays = {key: value.numpy() for key, value in collate_windows(windows).items()}
         path = (run_dir(trainer) or Path(".")) / "predictions.npz"
         with atomic_output(path) as handle:

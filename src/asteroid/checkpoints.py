@@ -1,4 +1,5 @@
 """Checkpoint files: finding one (`last`), reading it, and refusing one trained with other settings."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,10 @@ def check_checkpoint_config(checkpoint: dict, ckpt_path, model_config: dict) -> 
     """Refuse a checkpoint trained with model settings other than the config's (Lightning would use them silently)."""
     conflicts = sorted(_differences(checkpoint.get(CONFIG_KEY, {}), model_config))
     if conflicts:
-        raise ConfigError(f"{ckpt_path} was trained with other model settings ({'; '.join(conflicts)}); "
-                          "Lightning would silently use the checkpoint's values: make the config match")
+        raise ConfigError(
+            f"{ckpt_path} was trained with other model settings ({'; '.join(conflicts)}); "
+            "Lightning would silently use the checkpoint's values: make the config match"
+        )
 
 
 def resolve_ckpt_path(ckpt_path: str | None, name: str) -> str | None:
@@ -25,8 +28,10 @@ def resolve_ckpt_path(ckpt_path: str | None, name: str) -> str | None:
     if ckpt_path == "last":
         last = latest_checkpoint(name)
         if last is None:
-            raise ConfigError(f"--ckpt_path last: no {ROOT / name}/version_*/checkpoints/{LAST} to resume from "
-                              f"(is --name {name} the run you mean?)")
+            raise ConfigError(
+                f"--ckpt_path last: no {ROOT / name}/version_*/checkpoints/{LAST} to resume from "
+                f"(is --name {name} the run you mean?)"
+            )
         return str(last)
     if ckpt_path not in (None, "best") and not Path(ckpt_path).is_file():
         problem = "is a directory, not a checkpoint file" if Path(ckpt_path).is_dir() else "checkpoint file not found"
@@ -55,6 +60,8 @@ def stored_config(ckpt_path: str | Path) -> str:
     """The whole config a checkpoint was trained with, as YAML text (`--config` takes it as it takes a file)."""
     text = read_checkpoint(ckpt_path).get(RUN_CONFIG_KEY)
     if text is None:
-        raise ConfigError(f"{ckpt_path}: made before checkpoints stored their config; give the run's config with "
-                          "--config (runs/<name>/version_N/config.yaml)")
+        raise ConfigError(
+            f"{ckpt_path}: made before checkpoints stored their config; give the run's config with "
+            "--config (runs/<name>/version_N/config.yaml)"
+        )
     return text

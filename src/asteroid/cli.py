@@ -1,4 +1,5 @@
 """The `asteroid` command: Lightning's fit / validate / test / predict, plus our own subcommands."""
+
 from __future__ import annotations
 
 import importlib
@@ -8,7 +9,6 @@ import sys
 from argparse import ArgumentError
 
 import torch
-
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -25,7 +25,7 @@ COMMANDS = {
     "inspect": ("asteroid.data.inspect", "summarise a trajectory file: frames, atoms, dt, time order"),
     "compare": ("asteroid.compare", "train models side by side on the same windows; write the accuracy table"),
     "rollout": ("asteroid.rollout", "iterate a trained model into a long trajectory file (xyz, dcd, pdb, h5, npz)"),
-    "analyze": ("asteroid.analysis", "physical checks of a predicted trajectory against a reference one"),
+    "analyze": ("asteroid.analysis.command", "physical checks of a predicted trajectory against a reference one"),
     "benchmark": ("asteroid.benchmark", "wall time per simulated picosecond: GFN2-xTB MD against the model"),
 }
 
@@ -70,9 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             choose_threads()
         expanded = with_base_configs(with_checkpoint_config(argv))
         try:
-            AsteroidCLI(ForecastModule, TrajectoryDataModule, subclass_mode_model=False,
-                        save_config_kwargs={"overwrite": True},
-                        parser_kwargs={"exit_on_error": False, "allow_abbrev": False}, args=expanded)
+            AsteroidCLI(
+                ForecastModule,
+                TrajectoryDataModule,
+                subclass_mode_model=False,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
+                args=expanded,
+            )
         except ArgumentError as error:  # jsonargparse: an unknown option or a value of the wrong type
             raise ConfigError(describe_parse_error(str(error), expanded)) from None
         except MisconfigurationException as error:  # Lightning's word for a Trainer option that cannot work

@@ -1,4 +1,5 @@
 """Config files: `extends` chains, YAML that refuses a key given twice, jsonargparse's complaints in one line."""
+
 from __future__ import annotations
 
 import logging
@@ -103,7 +104,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark)
+                    None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -120,8 +122,10 @@ def _config_chain(path: Path, seen: tuple = ()) -> list[Path]:
     if content is None:
         raise ConfigError(f"{path}: the config file is empty")
     if not isinstance(content, dict):
-        raise ConfigError(f"{path}: a config file holds keys and values (`trainer:`, `model:`, `data:`), not "
-                          f"{type(content).__name__} {content!r:.40}")
+        raise ConfigError(
+            f"{path}: a config file holds keys and values (`trainer:`, `model:`, `data:`), not "
+            f"{type(content).__name__} {content!r:.40}"
+        )
     base = content.get("extends")
     if base is not None and not isinstance(base, str):
         raise ConfigError(f"{path}: `extends` names one config file, got {base!r}")
@@ -133,8 +137,11 @@ def _config_chain(path: Path, seen: tuple = ()) -> list[Path]:
 def quiet_lightning() -> None:
     # Lightning's start-up lines (GPU/TPU available, tips, "Seed set to 0", how it counts batches) say nothing a
     # user of ours acts on; its warnings stay.
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed",
-                 "lightning_fabric.utilities.rank_zero"):
+    for name in (
+        "pytorch_lightning.utilities.rank_zero",
+        "lightning_fabric.utilities.seed",
+        "lightning_fabric.utilities.rank_zero",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     # We hand LightningCLI the command line ourselves (configs expanded), which it warns about by default;
     # the second is Lightning's own use of a deprecated torch API, noise to our users.

@@ -3,6 +3,7 @@
 Figures are built on matplotlib's Agg canvas without pyplot, so no global figure state is touched and nothing has
 to be closed; the caller owns the returned Figure.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,9 @@ def _figure(**kwargs) -> Figure:
     return figure
 
 
-def error_vs_horizon(per_step: dict, dt_fs_per_step: float | None = None, title: str = "",
-                     ylabel: str = "error") -> Figure:
+def error_vs_horizon(
+    per_step: dict, dt_fs_per_step: float | None = None, title: str = "", ylabel: str = "error"
+) -> Figure:
     """One line per entry of per_step (name -> (P,) errors: one per metric or one per model) against the horizon
     step 1..P; with dt_fs_per_step, a second x axis on top gives the lead time in fs."""
     figure = _figure(figsize=(6, 4), layout="constrained")
@@ -36,23 +38,24 @@ def error_vs_horizon(per_step: dict, dt_fs_per_step: float | None = None, title:
     ax.set_xlabel("horizon step")
     ax.set_ylabel(ylabel)
     if dt_fs_per_step is not None:
-        top = ax.secondary_xaxis("top", functions=(lambda step: step * dt_fs_per_step,
-                                                   lambda fs: fs / dt_fs_per_step))
+        top = ax.secondary_xaxis("top", functions=(lambda step: step * dt_fs_per_step, lambda fs: fs / dt_fs_per_step))
         top.set_xlabel("lead time (fs)")
     ax.legend()
     ax.set_title(title)
     return figure
 
 
-def trajectory_traces(pred, target, history, atoms=None, title: str = "",
-                      dt_fs_per_step: float | None = None) -> Figure:
+def trajectory_traces(
+    pred, target, history, atoms=None, title: str = "", dt_fs_per_step: float | None = None
+) -> Figure:
     """x, y, z panels of a few atoms' coordinates (default: the first three, or all of a smaller molecule) against
     time: history (H, N, 3) and true frames target (P, N, 3) solid, pred (P, N, 3) dashed from the last history
     frame on, one colour per atom. Time 0 is the last history frame; in steps, or in fs with dt_fs_per_step."""
     pred, target, history = _numpy(pred), _numpy(target), _numpy(history)
     if pred.shape != target.shape or pred.shape[1:] != history.shape[1:]:
-        raise ValueError(f"pred {pred.shape} and target {target.shape} must match, and share (N, 3) with history "
-                         f"{history.shape}")
+        raise ValueError(
+            f"pred {pred.shape} and target {target.shape} must match, and share (N, 3) with history {history.shape}"
+        )
     n_atoms = pred.shape[1]
     atoms = tuple(range(min(3, n_atoms))) if atoms is None else atoms
     if any(not 0 <= atom < n_atoms for atom in atoms):
@@ -74,8 +77,10 @@ def trajectory_traces(pred, target, history, atoms=None, title: str = "",
         ax.set_ylabel(f"{'xyz'[dim]} (A)")
     axes[-1].set_xlabel("time (steps)" if dt_fs_per_step is None else "time (fs)")
     legend = [Line2D([], [], color=f"C{n}", label=f"atom {atom}") for n, atom in enumerate(atoms)]
-    legend += [Line2D([], [], color="k", label="reference"), Line2D([], [], color="k", linestyle="--",
-                                                                    label="predicted")]
+    legend += [
+        Line2D([], [], color="k", label="reference"),
+        Line2D([], [], color="k", linestyle="--", label="predicted"),
+    ]
     axes[0].legend(handles=legend, ncols=min(len(legend), 5), fontsize="small")
     figure.suptitle(title)
     return figure

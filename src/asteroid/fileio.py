@@ -1,4 +1,5 @@
 """Writing outputs so that a file is either complete or absent, never half-written."""
+
 from __future__ import annotations
 
 import errno

@@ -7,6 +7,7 @@
 
 `ForecastDynamics` drives an `ase.Atoms` the way ASE's MD classes do (attach observers, a trajectory file).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -21,7 +22,7 @@ from ase.md.md import MolecularDynamics
 from asteroid.checkpoints import CONFIG_KEY, read_checkpoint
 from asteroid.data.windows import WindowLayout, rollout_spacing
 from asteroid.errors import ConfigError, DataError
-from asteroid.models.rollout import rollout
+from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
 from asteroid.module import DATA_KEY, ForecastModule
 from asteroid.runs import ROOT, latest_checkpoint
 
@@ -35,8 +36,10 @@ class Frames:
     z: np.ndarray
 
     def to_atoms(self) -> list[Atoms]:
-        return [Atoms(numbers=self.z, positions=frame, info={"time_fs": float(t)})
-                for frame, t in zip(self.positions, self.times_fs)]
+        return [
+            Atoms(numbers=self.z, positions=frame, info={"time_fs": float(t)})
+            for frame, t in zip(self.positions, self.times_fs)
+        ]
 
 
 def load(checkpoint: str | Path, device: str = "cpu") -> Forecaster:
@@ -48,8 +51,10 @@ def load(checkpoint: str | Path, device: str = "cpu") -> Forecaster:
         raise ConfigError(f"{checkpoint}: no such checkpoint file, nor a run {ROOT / str(checkpoint)} with one")
     stored = read_checkpoint(path)
     if CONFIG_KEY not in stored or not (stored.get(DATA_KEY) or {}).get("atoms"):
-        raise ConfigError(f"{path}: made before checkpoints stored their model and atoms; load it with "
-                          "asteroid.lightning_cli.load_trained(path, ['--config', CONFIG])")
+        raise ConfigError(
+            f"{path}: made before checkpoints stored their model and atoms; load it with "
+            "asteroid.lightning_cli.load_trained(path, ['--config', CONFIG])"
+        )
     config, data = dict(stored[CONFIG_KEY]), stored[DATA_KEY]
     layout = WindowLayout(tuple(data["history_offsets"]), tuple(data["target_offsets"]))
     net = _instantiate(config.pop("net"), history=len(layout.history_offsets), horizon=len(layout.target_offsets))
@@ -61,8 +66,11 @@ def load(checkpoint: str | Path, device: str = "cpu") -> Forecaster:
 def _instantiate(spec: dict, **linked):
     """A class from its {class_path, init_args} (as jsonargparse writes it), nested specs included."""
     module_name, _, class_name = spec["class_path"].rpartition(".")
-    args = {key: _instantiate(value) if isinstance(value, dict) and "class_path" in value else value
-            for key, value in (spec.get("init_args") or {}).items() if value is not None}
+    args = {
+        key: _instantiate(value) if isinstance(value, dict) and "class_path" in value else value
+        for key, value in (spec.get("init_args") or {}).items()
+        if value is not None
+    }
     return getattr(importlib.import_module(module_name), class_name)(**args, **linked)
 
 
@@ -86,8 +94,10 @@ class Forecaster:
         self.stochastic = net.noise is not None
 
     def __repr__(self) -> str:
-        return (f"Forecaster({type(self.net).__name__} from {self.checkpoint}: {self.history_frames} frames in, "
-                f"{self.horizon} out, {self.frame_fs} fs apart, {'stochastic' if self.stochastic else 'mean'})")
+        return (
+            f"Forecaster({type(self.net).__name__} from {self.checkpoint}: {self.history_frames} frames in, "
+            f"{self.horizon} out, {self.frame_fs} fs apart, {'stochastic' if self.stochastic else 'mean'})"
+        )
 
     def forecast(self, history, z=None, sample: bool = False, seed: int | None = None) -> Frames:
         """The next `horizon` frames after `history` ((T, N, 3) Angstrom or ase.Atoms frames): the forecast mean,
@@ -99,16 +109,23 @@ class Forecaster:
         offsets = np.asarray(self.layout.target_offsets) - self.layout.history_offsets[-1]
         return Frames(pred[0].cpu().numpy(), offsets * self.dt_fs, z)
 
-    def rollout(self, history, frames: int, z=None, sample: bool | None = None, keep_rigid_motion: bool = False,
-                thermostat: float | None = None, seed: int = 0, generator: torch.Generator | None = None) -> Frames:
+    def rollout(
+        self,
+        history,
+        frames: int,
+        z=None,
+        sample: bool | None = None,
+        keep_rigid_motion: bool = False,
+        thermostat: float | None = None,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> Frames:
         """`frames` frames after `history`, each forecast fed back as history, as `asteroid rollout` does.
 
         sample: draw from the learned distribution (default: if the model has one); thermostat: Berendsen coupling
         toward the training temperature in forecasts (default 4 when sampling; 0 off); rigid motion is stripped
         unless keep_rigid_motion.
         """
-        from asteroid.rollout import THERMOSTAT_COUPLING  # the command's default, one source for both
-
         if self.spacing is None:
             rollout_spacing(self.layout)  # says why
         if frames < 1:
@@ -117,9 +134,16 @@ class Forecaster:
         coupling = (THERMOSTAT_COUPLING if sample and self.stochastic else 0.0) if thermostat is None else thermostat
         history_frames, z = self._history(history, z)
         generator = generator or torch.Generator(self._device).manual_seed(seed)
-        predicted = rollout(self.net, history_frames, *self._atoms(z), frames, sample=sample,
-                            keep_rigid_motion=keep_rigid_motion, thermostat_coupling=coupling or None,
-                            generator=generator)
+        predicted = rollout(
+            self.net,
+            history_frames,
+            *self._atoms(z),
+            frames,
+            sample=sample,
+            keep_rigid_motion=keep_rigid_motion,
+            thermostat_coupling=coupling or None,
+            generator=generator,
+        )
         return Frames(predicted[0].cpu().numpy(), self.frame_fs * np.arange(1, frames + 1), z)
 
     @property
@@ -140,8 +164,9 @@ class Forecaster:
         if history.ndim != 3 or history.shape[-1] != 3:
             raise DataError(f"history must be frames (T, N, 3) Angstrom, got shape {history.shape}")
         if len(history) < self.history_frames:
-            raise DataError(f"history has {len(history)} frames; the model needs {self.history_frames}, "
-                            f"{self.frame_fs} fs apart")
+            raise DataError(
+                f"history has {len(history)} frames; the model needs {self.history_frames}, {self.frame_fs} fs apart"
+            )
         if z is None:
             if len(self.molecules) != 1:
                 raise DataError("the model was trained on several molecules: give z (the atomic numbers)")
@@ -153,7 +178,7 @@ class Forecaster:
             raise DataError(f"history has {history.shape[1]} atoms, z {len(z)}")
         if not np.isfinite(history).all():
             raise DataError("history holds NaN or infinity")
-        frames = torch.as_tensor(history[-self.history_frames:], dtype=torch.float32, device=self._device)
+        frames = torch.as_tensor(history[-self.history_frames :], dtype=torch.float32, device=self._device)
         return frames[None], z
 
 
@@ -165,21 +190,36 @@ class ForecastDynamics(MolecularDynamics):
     history: the last frames (ase.Atoms, oldest first, `frame_fs` apart); the driven Atoms is a copy of the last.
     """
 
-    def __init__(self, forecaster: Forecaster, history: list[Atoms], trajectory=None, loginterval: int = 1,
-                 sample: bool | None = None, seed: int = 0, **rollout_options):
+    def __init__(
+        self,
+        forecaster: Forecaster,
+        history: list[Atoms],
+        trajectory=None,
+        loginterval: int = 1,
+        sample: bool | None = None,
+        seed: int = 0,
+        **rollout_options,
+    ):
         if forecaster.spacing is None:
             rollout_spacing(forecaster.layout)  # says why
-        super().__init__(history[-1].copy(), forecaster.frame_fs * units.fs, trajectory=trajectory,
-                         loginterval=loginterval)
+        super().__init__(
+            history[-1].copy(), forecaster.frame_fs * units.fs, trajectory=trajectory, loginterval=loginterval
+        )
         self.forecaster, self.sample, self.rollout_options = forecaster, sample, rollout_options
         self.generator = torch.Generator(forecaster._device).manual_seed(seed)
-        self.history = np.stack([atoms.positions for atoms in history])[-forecaster.history_frames:]  # (H, N, 3)
+        self.history = np.stack([atoms.positions for atoms in history])[-forecaster.history_frames :]  # (H, N, 3)
         self._pending: list[np.ndarray] = []
 
     def step(self):
         if not self._pending:
-            forecast = self.forecaster.rollout(self.history, self.forecaster.horizon, z=self.atoms.numbers,
-                                               sample=self.sample, generator=self.generator, **self.rollout_options)
+            forecast = self.forecaster.rollout(
+                self.history,
+                self.forecaster.horizon,
+                z=self.atoms.numbers,
+                sample=self.sample,
+                generator=self.generator,
+                **self.rollout_options,
+            )
             self._pending = list(forecast.positions)
         frame = self._pending.pop(0)
         self.atoms.set_velocities((frame - self.history[-1]) / self.dt)

@@ -1,4 +1,5 @@
 """LightningCLI with our defaults, and building a model and its data from configs or from a checkpoint alone."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,13 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
 
-from asteroid.callbacks import (CheckpointOnInterrupt, ConfigInCheckpoint, PredictionWriter, RunProgressBar,
-                                ValidateLastStep)
+from asteroid.callbacks import (
+    CheckpointOnInterrupt,
+    ConfigInCheckpoint,
+    PredictionWriter,
+    RunProgressBar,
+    ValidateLastStep,
+)
 from asteroid.checkpoints import check_checkpoint_config, read_checkpoint, resolve_ckpt_path, stored_config
 from asteroid.config import option_value, quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
@@ -27,13 +33,21 @@ class AsteroidCLI(LightningCLI):
     and no silent overrides."""
 
     def add_arguments_to_parser(self, parser):
-        parser.add_argument("--extends", default=None,
-                            help="in a config file: the base config it builds on (see `with_base_configs`)")
-        parser.add_argument("--name", default="asteroid",
-                            help="run name: each run writes logs, tables and checkpoints in its own "
-                                 "runs/<name>/version_N; --ckpt_path last resumes the newest one")
-        parser.add_argument("--test_after_fit", type=bool, default=True,
-                            help="after `fit`, run `test` on the best checkpoint and print the table")
+        parser.add_argument(
+            "--extends", default=None, help="in a config file: the base config it builds on (see `with_base_configs`)"
+        )
+        parser.add_argument(
+            "--name",
+            default="asteroid",
+            help="run name: each run writes logs, tables and checkpoints in its own "
+            "runs/<name>/version_N; --ckpt_path last resumes the newest one",
+        )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="after `fit`, run `test` on the best checkpoint and print the table",
+        )
         for key in LINKED:
             parser.link_arguments(f"data.{key}", f"model.net.init_args.{key}", apply_on="instantiate")
 
@@ -55,8 +69,10 @@ class AsteroidCLI(LightningCLI):
         for key, given in self._user_linked.items():
             actual = getattr(self.datamodule, key)
             if given != actual:
-                raise ConfigError(f"model.net.init_args.{key}={given} conflicts with the data windows "
-                                  f"({key}={actual}); it is set from data.{key}: remove it from the model")
+                raise ConfigError(
+                    f"model.net.init_args.{key}={given} conflicts with the data windows "
+                    f"({key}={actual}); it is set from data.{key}: remove it from the model"
+                )
 
     def _parse_ckpt_path(self):
         """`last` becomes the newest last.ckpt of the run; and where Lightning lets a checkpoint's stored
@@ -91,8 +107,9 @@ class AsteroidCLI(LightningCLI):
         trainer_config = {**config.get("trainer", {}), **kwargs}
         interval = trainer_config.get("val_check_interval")
         if interval is not None and not interval > 0:  # Lightning takes 0 and fails at the first validation
-            raise ConfigError(f"trainer.val_check_interval must be > 0 (training steps, or a fraction of an epoch), "
-                              f"got {interval}")
+            raise ConfigError(
+                f"trainer.val_check_interval must be > 0 (training steps, or a fraction of an epoch), got {interval}"
+            )
         if trainer_config.get("logger") in (None, True):
             # a fit resumed from one of the run's checkpoints goes on in that run's directory; all else starts one
             ckpt_path = config.get("ckpt_path") if self.subcommand == "fit" else None
@@ -107,18 +124,26 @@ class AsteroidCLI(LightningCLI):
             trainer_config["plugins"] = plugins + [AtomicCheckpointIO()]
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         callbacks = list(trainer_config.get("callbacks") or []) + [c for c in extra if c is not None]
-        if trainer_config.get("enable_checkpointing", True) is not False and \
-                not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        if trainer_config.get("enable_checkpointing", True) is not False and not any(
+            isinstance(c, ModelCheckpoint) for c in callbacks
+        ):
             # In the logger's version_N/checkpoints. Two callbacks: Lightning's save_last only writes last.ckpt
             # when the best one changes. A resumed run that saves a step again replaces its file (no "-v1" copy).
-            callbacks.append(ModelCheckpoint(monitor="val/mse_mean", filename="best-epoch{epoch:03d}-step{step}",
-                                             auto_insert_metric_name=False, enable_version_counter=False))
+            callbacks.append(
+                ModelCheckpoint(
+                    monitor="val/mse_mean",
+                    filename="best-epoch{epoch:03d}-step{step}",
+                    auto_insert_metric_name=False,
+                    enable_version_counter=False,
+                )
+            )
             callbacks.append(ModelCheckpoint(filename=Path(LAST).stem, enable_version_counter=False))
         callbacks.append(ConfigInCheckpoint(self._model_config(self.subcommand), self._run_config(self.subcommand)))
         if self.subcommand == "fit":
             callbacks += [ValidateLastStep(), CheckpointOnInterrupt()]
-        if trainer_config.get("enable_progress_bar", True) is not False and \
-                not any(isinstance(c, ProgressBar) for c in callbacks):
+        if trainer_config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
             callbacks.append(RunProgressBar())
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter())
@@ -143,8 +168,9 @@ class AsteroidCLI(LightningCLI):
 def from_config(config_args: list[str]) -> AsteroidCLI:
     """Model, data module and trainer of `--config ...` arguments, built but not run (for our own subcommands)."""
     quiet_lightning()
-    return AsteroidCLI(ForecastModule, TrajectoryDataModule, subclass_mode_model=False, run=False,
-                       args=with_base_configs(config_args))
+    return AsteroidCLI(
+        ForecastModule, TrajectoryDataModule, subclass_mode_model=False, run=False, args=with_base_configs(config_args)
+    )
 
 
 def from_checkpoint_or_config(args: list[str], ckpt_path: str) -> tuple[AsteroidCLI, str]:
@@ -174,14 +200,21 @@ def load_weights(cli: AsteroidCLI, ckpt_path: str | Path) -> tuple[ForecastModul
         raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint (no state_dict)")
     check_checkpoint_config(checkpoint, ckpt_path, cli._model_config(None))
     cli.datamodule.check_signature(checkpoint.get(DATA_KEY), str(ckpt_path))  # the layout; atoms once set up
-    broken = [name for name, value in checkpoint["state_dict"].items()
-              if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
+    broken = [
+        name
+        for name, value in checkpoint["state_dict"].items()
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
     if broken:
-        raise DivergedError(f"{ckpt_path}: {len(broken)} weight tensor(s) hold NaN or infinity (the first: "
-                            f"{broken[0]}): the run diverged; train again with a lower model.lr")
+        raise DivergedError(
+            f"{ckpt_path}: {len(broken)} weight tensor(s) hold NaN or infinity (the first: "
+            f"{broken[0]}): the run diverged; train again with a lower model.lr"
+        )
     try:
         cli.model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:  # shapes or keys: the config describes another network
-        raise ConfigError(f"{ckpt_path}: its weights do not fit the config's model "
-                          f"({str(error).splitlines()[1].strip() if chr(10) in str(error) else error})") from None
+        raise ConfigError(
+            f"{ckpt_path}: its weights do not fit the config's model "
+            f"({str(error).splitlines()[1].strip() if chr(10) in str(error) else error})"
+        ) from None
     return cli.model.eval(), cli.datamodule

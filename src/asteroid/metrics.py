@@ -1,4 +1,5 @@
 """Forecast accuracy per horizon step: coordinate errors, Kabsch RMSD, ADE/FDE and covalent bond-length errors."""
+
 from __future__ import annotations
 
 import torch
@@ -88,16 +89,21 @@ class ForecastMetrics(Metric):
         for name in ("n_atoms", "n_windows", "n_bonds"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, z: torch.Tensor,
-               reference: torch.Tensor) -> None:
+    def update(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, z: torch.Tensor, reference: torch.Tensor
+    ) -> None:
         """pred, target: (B, P, N, 3) Angstrom; mask, z: (B, N); reference: (B, N, 3), the last history frame."""
         B, P, N, _ = pred.shape
         if P != self.horizon or target.shape != pred.shape:
-            raise ValueError(f"expected pred and target of shape (B, {self.horizon}, N, 3), "
-                             f"got {tuple(pred.shape)} and {tuple(target.shape)}")
+            raise ValueError(
+                f"expected pred and target of shape (B, {self.horizon}, N, 3), "
+                f"got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
         if mask.shape != (B, N) or z.shape != (B, N) or reference.shape != (B, N, 3):
-            raise ValueError(f"mask, z, reference must be ({B}, {N}), ({B}, {N}), ({B}, {N}, 3), got "
-                             f"{tuple(mask.shape)}, {tuple(z.shape)}, {tuple(reference.shape)}")
+            raise ValueError(
+                f"mask, z, reference must be ({B}, {N}), ({B}, {N}), ({B}, {N}, 3), got "
+                f"{tuple(mask.shape)}, {tuple(z.shape)}, {tuple(reference.shape)}"
+            )
         mask = mask.bool()
         pred, target = pred.double(), target.double()
         err = torch.where(mask[:, None, :, None], pred - target, 0.0)  # (B, P, N, 3)
@@ -129,8 +135,10 @@ class ForecastMetrics(Metric):
 
 def with_step_axis(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ForecastMetrics.compute() with its per-step entries as (P,) even for P = 1 (torchmetrics squeezes to 0-d)."""
-    return {name: value.reshape(-1) if name in ("mse", "mae", "rmsd", "ade", "bond") else value
-            for name, value in values.items()}
+    return {
+        name: value.reshape(-1) if name in ("mse", "mae", "rmsd", "ade", "bond") else value
+        for name, value in values.items()
+    }
 
 
 class SpreadSkill(Metric):
@@ -158,8 +166,9 @@ class SpreadSkill(Metric):
         self.variance += (draws.var(dim=0) * real).sum((0, 2, 3))
         self.squared_error += ((draws.mean(dim=0) - target.double()).square() * real).sum((0, 2, 3))
         self.count += 3 * real.sum()
-        self.draws = torch.maximum(self.draws, torch.tensor(float(len(draws)), dtype=torch.float64,
-                                                            device=self.draws.device))
+        self.draws = torch.maximum(
+            self.draws, torch.tensor(float(len(draws)), dtype=torch.float64, device=self.draws.device)
+        )
 
     def compute(self) -> dict[str, torch.Tensor]:
         spread = (self.variance / self.count).sqrt()

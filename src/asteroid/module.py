@@ -1,4 +1,5 @@
 """The LightningModule around any forecaster: losses, scheduled sampling, augmentation, metrics, dashboards."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ from asteroid.figures import error_vs_horizon, trajectory_traces
 from asteroid.fileio import atomic_output
 from asteroid.metrics import ForecastMetrics, SpreadSkill, with_step_axis
 from asteroid.models.base import ForecastModel
+from asteroid.models.baselines.extrapolation import extrapolate
 from asteroid.models.bonded import BondedGeometry
 from asteroid.models.noise import GaussMarkovNoise, windows_step_energy
-from asteroid.models.baselines.extrapolation import extrapolate
 from asteroid.report import format_table, metrics_table, write_csv
 from asteroid.schedule import training_progress, warmup_cosine
 
@@ -88,11 +89,22 @@ class ForecastModule(pl.LightningModule):
     against the error of their mean (spread-skill, 1 = calibrated).
     """
 
-    def __init__(self, net: ForecastModel, lr: float = 1e-3, weight_decay: float = 1e-2, warmup_steps: int = 100,
-                 lr_schedule: str = "cosine", aux_loss_weights: dict[str, float] | None = None,
-                 max_sampling_prob: float = 0.5, sampling_ramp: float = 0.5, rotation_augmentation: bool = True,
-                 history_noise: float = 0.0, bond_constraints: bool = False, stochastic: bool = False,
-                 test_samples: int = 8):
+    def __init__(
+        self,
+        net: ForecastModel,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        warmup_steps: int = 100,
+        lr_schedule: str = "cosine",
+        aux_loss_weights: dict[str, float] | None = None,
+        max_sampling_prob: float = 0.5,
+        sampling_ramp: float = 0.5,
+        rotation_augmentation: bool = True,
+        history_noise: float = 0.0,
+        bond_constraints: bool = False,
+        stochastic: bool = False,
+        test_samples: int = 8,
+    ):
         super().__init__()
         if not lr > 0:
             raise ConfigError(f"model.lr must be a positive number, got {lr}")
@@ -106,8 +118,9 @@ class ForecastModule(pl.LightningModule):
             raise ConfigError(f"model.sampling_ramp must be >= 0 (a fraction of the run), got {sampling_ramp}")
         negative = {k: v for k, v in (aux_loss_weights or {}).items() if v < 0}
         if negative:
-            raise ConfigError(f"model.aux_loss_weights.{next(iter(negative))} must be >= 0, got "
-                              f"{next(iter(negative.values()))}")
+            raise ConfigError(
+                f"model.aux_loss_weights.{next(iter(negative))} must be >= 0, got {next(iter(negative.values()))}"
+            )
         if history_noise < 0:
             raise ConfigError(f"model.history_noise must be >= 0 Angstrom, got {history_noise}")
         if test_samples < 2:
@@ -122,8 +135,7 @@ class ForecastModule(pl.LightningModule):
             net.noise = GaussMarkovNoise(net.history, net.horizon)
         # Nets without parameters (the extrapolation baselines) go through `fit` for validation and test only.
         self.automatic_optimization = any(p.requires_grad for p in net.parameters())
-        self.aux_loss_weights = aux_loss_weights or {"sti_primary": 1.0, "sti_consistency": 0.1,
-                                                     "sti_conjugate": 0.1}
+        self.aux_loss_weights = aux_loss_weights or {"sti_primary": 1.0, "sti_consistency": 0.1, "sti_conjugate": 0.1}
         self.val_metrics = ForecastMetrics(net.horizon)
         self.test_metrics = torch.nn.ModuleDict({"model": ForecastMetrics(net.horizon)})
         # RMS over atoms and steps of f(rotated window) - rotated f(window): how far from rotation-equivariant
@@ -140,16 +152,20 @@ class ForecastModule(pl.LightningModule):
         if datamodule is None:
             return
         if (datamodule.history, datamodule.horizon) != (self.net.history, self.net.horizon):
-            raise ConfigError(f"the net forecasts {self.net.history} -> {self.net.horizon} frames but the data "
-                              f"windows are {datamodule.history} -> {datamodule.horizon}")
+            raise ConfigError(
+                f"the net forecasts {self.net.history} -> {self.net.horizon} frames but the data "
+                f"windows are {datamodule.history} -> {datamodule.horizon}"
+            )
         self.layout = datamodule.layout
         # A checkpoint loaded after setup restores its own scale, so this only matters for a fresh net.
         self.net.set_displacement_scale(datamodule.displacement_scale.to(self.device))
         if self.net.noise is not None:
             energy = windows_step_energy(datamodule.datasets["train"], seed=datamodule.seed)
             if not energy < torch.finfo(torch.float32).max:
-                raise DataError(f"training windows: the mean square frame-to-frame step is {energy:.3g} amu A^2, "
-                                "beyond float32; are the coordinates in Angstrom?")
+                raise DataError(
+                    f"training windows: the mean square frame-to-frame step is {energy:.3g} amu A^2, "
+                    "beyond float32; are the coordinates in Angstrom?"
+                )
             self.net.noise.step_energy.fill_(energy)
         if self.net.bonded is not None:  # refitted from the same training frames, or replaced by a checkpoint's
             z, frames = datamodule.training_frames()
@@ -192,11 +208,14 @@ class ForecastModule(pl.LightningModule):
             self._rng_state_to_restore = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["torch_rng_state"] = (torch.get_rng_state() if self._training_rng_state is None
-                                         else self._training_rng_state)
+        checkpoint["torch_rng_state"] = (
+            torch.get_rng_state() if self._training_rng_state is None else self._training_rng_state
+        )
         fit_loop = self.trainer.fit_loop  # the epoch begun last: current_epoch already counts it once it has ended
-        checkpoint[TRAIN_POSITION_KEY] = {"epoch": fit_loop.epoch_progress.current.started - 1,
-                                          "batches": fit_loop.epoch_loop.batch_progress.current.processed}
+        checkpoint[TRAIN_POSITION_KEY] = {
+            "epoch": fit_loop.epoch_progress.current.started - 1,
+            "batches": fit_loop.epoch_loop.batch_progress.current.processed,
+        }
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             checkpoint[DATA_KEY] = datamodule.signature()
@@ -248,8 +267,10 @@ class ForecastModule(pl.LightningModule):
             aux["noise_nll"] = self.net.noise.nll(history, batch["z"], mask, pred, target, self.net.displacement_scale)
         loss = forecast + sum(aux.values())
         if not torch.isfinite(loss):  # stop here: a NaN run must never reach a checkpoint, let alone `best`
-            raise DivergedError(f"training diverged at step {self.global_step}: the loss is {loss.item()} (forecast "
-                                f"{forecast.item()}); lower model.lr (now {self.hparams.lr}) or check the data")
+            raise DivergedError(
+                f"training diverged at step {self.global_step}: the loss is {loss.item()} (forecast "
+                f"{forecast.item()}); lower model.lr (now {self.hparams.lr}) or check the data"
+            )
         size = len(history)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/forecast", forecast, batch_size=size)
@@ -280,8 +301,10 @@ class ForecastModule(pl.LightningModule):
         val_loss = None if self.trainer.sanity_checking else self.val_loss.compute()
         if val_loss is not None and not torch.isfinite(val_loss):
             # raised before the checkpoint callbacks run, so these weights are saved as neither last nor best
-            raise DivergedError(f"training diverged by step {self.global_step}: the validation loss is "
-                                f"{val_loss.item()}; lower model.lr (now {self.hparams.lr})")
+            raise DivergedError(
+                f"training diverged by step {self.global_step}: the validation loss is "
+                f"{val_loss.item()}; lower model.lr (now {self.hparams.lr})"
+            )
         values = with_step_axis(self.val_metrics.compute())
         self.val_metrics.reset()
         self._log_per_step("val", values)
@@ -298,8 +321,12 @@ class ForecastModule(pl.LightningModule):
         real = batch["mask"][:, None, :].expand_as(mismatch)
         self.rotation_error.update(((mismatch * real).sum((1, 2)) / real.sum((1, 2))).sqrt())
         if self.net.noise is not None:
-            draws = torch.stack([self.net.generate(batch["history"], batch["z"], batch["mask"], box=batch.get("box"),
-                                                   sample=True) for _ in range(self.hparams.test_samples)])
+            draws = torch.stack(
+                [
+                    self.net.generate(batch["history"], batch["z"], batch["mask"], box=batch.get("box"), sample=True)
+                    for _ in range(self.hparams.test_samples)
+                ]
+            )
             self.spread_skill.update(draws, batch["target"], batch["mask"])
         for name, order in REFERENCE_ORDERS.items():
             if name in self.test_metrics:
@@ -328,22 +355,34 @@ class ForecastModule(pl.LightningModule):
 
     @rank_zero_only
     def _report_test(self, rows, rotation_error, calibration=None):
-        print("\n" + format_table(rows, title="test windows: error per horizon step (MSE = mean over atoms and "
-                                              "x, y, z components)"))
-        print("RMSD: after optimal superposition (Kabsch); ADE: mean atom displacement error; bond: mean |error| "
-              "of the covalent bond lengths")
-        print(f"rotation error: {rotation_error:.3g} Å RMS (forecast of a rotated window against the rotated "
-              "forecast)")
+        print(
+            "\n"
+            + format_table(
+                rows, title="test windows: error per horizon step (MSE = mean over atoms and x, y, z components)"
+            )
+        )
+        print(
+            "RMSD: after optimal superposition (Kabsch); ADE: mean atom displacement error; bond: mean |error| "
+            "of the covalent bond lengths"
+        )
+        print(f"rotation error: {rotation_error:.3g} Å RMS (forecast of a rotated window against the rotated forecast)")
         if calibration is not None:
-            print(f"sampled forecasts ({self.hparams.test_samples} draws per window), spread-skill ratio per step "
-                  "(1 = spread matches the error of the draws' mean): "
-                  + " ".join(f"{value:.2f}" for value in calibration["ratio"].tolist()))
+            print(
+                f"sampled forecasts ({self.hparams.test_samples} draws per window), spread-skill ratio per step "
+                "(1 = spread matches the error of the draws' mean): "
+                + " ".join(f"{value:.2f}" for value in calibration["ratio"].tolist())
+            )
         if self.run_dir is not None:
             write_csv(rows, self.run_dir / "test_metrics.csv")
             print(f"test table written to {self.run_dir / 'test_metrics.csv'}")
             if calibration is not None:
-                write_csv([{"step": k + 1, **{key: float(value[k]) for key, value in calibration.items()}}
-                           for k in range(self.net.horizon)], self.run_dir / "spread_skill.csv")
+                write_csv(
+                    [
+                        {"step": k + 1, **{key: float(value[k]) for key, value in calibration.items()}}
+                        for k in range(self.net.horizon)
+                    ],
+                    self.run_dir / "spread_skill.csv",
+                )
 
     def predict_step(self, batch, batch_idx):
         return {"pred": self(batch).float(), **batch}
@@ -366,12 +405,17 @@ class ForecastModule(pl.LightningModule):
             step_fs = float(self.trainer.datamodule.lead_times_fs[0])
         experiment = self.logger.experiment
         per_step = {"MSE (A^2)": values["mse"].cpu(), "RMSD (A)": values["rmsd"].cpu()}
-        experiment.add_figure("val/error_vs_horizon", error_vs_horizon(per_step, step_fs, title="validation"),
-                              self.global_step)
+        experiment.add_figure(
+            "val/error_vs_horizon", error_vs_horizon(per_step, step_fs, title="validation"), self.global_step
+        )
         b = self._first_val_batch
-        experiment.add_figure("val/predicted_vs_true", trajectory_traces(b["pred"], b["target"], b["history"],
-                                                                         title="first validation window",
-                                                                         dt_fs_per_step=step_fs), self.global_step)
+        experiment.add_figure(
+            "val/predicted_vs_true",
+            trajectory_traces(
+                b["pred"], b["target"], b["history"], title="first validation window", dt_fs_per_step=step_fs
+            ),
+            self.global_step,
+        )
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -384,5 +428,6 @@ class ForecastModule(pl.LightningModule):
         warmup = min(self.hparams.warmup_steps / total, 0.5)
         # The factor ignores the step count LambdaLR passes: a CPU budget may end the run before max_steps.
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda _: warmup_cosine(self.progress, warmup, step_share=1 / total))
+            optimizer, lambda _: warmup_cosine(self.progress, warmup, step_share=1 / total)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,4 +1,5 @@
 """The end-of-test table: per-horizon-step errors, printed on the console and written as CSV."""
+
 from __future__ import annotations
 
 import csv

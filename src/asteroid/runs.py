@@ -10,6 +10,7 @@ test_metrics.csv) and its `checkpoints/` (last.ckpt and the best one by validati
 - a checkpoint is written to a temporary file beside it and renamed over it: a kill while saving leaves the
   previous checkpoint whole.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -33,8 +34,11 @@ VERSION = re.compile(r"version_(\d+)")
 
 def latest_checkpoint(name: str) -> Path | None:
     """runs/<name>/version_N/checkpoints/last.ckpt of the highest N that has one."""
-    found = [(int(match[1]), path) for path in (ROOT / name).glob(f"version_*/checkpoints/{LAST}")
-             if (match := VERSION.fullmatch(path.parent.parent.name))]
+    found = [
+        (int(match[1]), path)
+        for path in (ROOT / name).glob(f"version_*/checkpoints/{LAST}")
+        if (match := VERSION.fullmatch(path.parent.parent.name))
+    ]
     return max(found)[1] if found else None
 
 
@@ -82,8 +86,9 @@ class RunLogger(TensorBoardLogger):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(lock)
-            raise ConfigError(f"{directory}: another process is still writing this run; wait for it to end or "
-                              "stop it before resuming") from None
+            raise ConfigError(
+                f"{directory}: another process is still writing this run; wait for it to end or stop it before resuming"
+            ) from None
         self._release = weakref.finalize(self, os.close, lock)  # closing the descriptor drops the lock
         # what a killed run was writing when it died: nobody else writes here while we hold the lock
         for partial in directory.glob("checkpoints/.*.tmp"):

@@ -5,6 +5,7 @@ learning-rate warm-up and cosine decay and the scheduled-sampling ramp follow th
 ends its schedule when its run ends: under `asteroid compare`'s equal budget a slow model anneals like a fast one,
 instead of being cut off at step ~900 of a 3000-step cosine with its learning rate still high.
 """
+
 from __future__ import annotations
 
 import math

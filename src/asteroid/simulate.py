@@ -1,340 +1,9 @@
-"""`asteroid simulate`: GFN2-xTB molecular dynamics (tblite + ASE) written as an MD17-format .npz.
+"""`asteroid simulate`: generate a GFN2-xTB MD trajectory (the engine is asteroid.xtb_md)."""
 
-The MD17 protocol with GFN2-xTB in place of DFT: relax, Langevin thermalisation at the target
-temperature, removal of the net linear and angular momentum, then NVE velocity Verlet (500 K, 0.5 fs).
-A run checkpoints its whole dynamical state, and a resumed run gives the very frames an uninterrupted
-one would have.
-"""
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import dataclasses
-import hashlib
-import json
-import sys
-import time
-from pathlib import Path
-
-import ase.io
-import numpy as np
-from ase import Atoms, units
-from ase.calculators.calculator import CalculatorError
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, ZeroRotation
-from ase.md.verlet import VelocityVerlet
-from ase.optimize import BFGS
-from tblite.ase import TBLite
-from tqdm import tqdm
-
 from asteroid.arguments import CommandParser
-from asteroid.errors import AsteroidError, ConfigError, DataError
-from asteroid.fileio import atomic_output, sole_writer, writable_output
-
-BUILTIN_MOLECULES: tuple[str, ...] = (
-    "aspirin", "benzene", "ethanol", "malonaldehyde", "naphthalene", "salicylic", "toluene", "uracil")
-ALIASES = {"salicylic_acid": "salicylic"}
-METHOD = "GFN2-xTB/tblite"
-EV_PER_KCAL_MOL = units.kcal / units.mol
-RELAX_FMAX = 0.05  # eV/A: takes the strain out of a hand-made structure; the thermostat does the rest
-RELAX_MAX_STEPS = 500
-TEMPERATURE_K, TIMESTEP_FS = 500.0, 0.5  # the MD17 settings
-
-
-def structure_path(name: str) -> Path:
-    """The shipped starting structure (.xyz) of a built-in MD17 molecule; 'salicylic acid' is 'salicylic'."""
-    key = name.strip().lower().replace(" ", "_").replace("-", "_")
-    key = ALIASES.get(key, key)
-    if key not in BUILTIN_MOLECULES:
-        raise DataError(f"unknown molecule {name!r}: the built-in molecules are {', '.join(BUILTIN_MOLECULES)} "
-                        "(pass a structure file for any other)")
-    return Path(__file__).with_name("structures") / f"{key}.xyz"
-
-
-def checkpoint_path(out: str | Path) -> Path:
-    """Where a run writing `out` keeps its checkpoint until the output is complete."""
-    out = Path(out)
-    return out.with_name(out.name + ".partial.npz")
-
-
-def read_structure(path: str | Path) -> Atoms:
-    """A molecule in vacuum from any ASE-readable file (the last frame if it holds several)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: " + ("is a directory, not a structure file" if path.is_dir() else
-                                       "structure file not found"))
-    try:
-        atoms = ase.io.read(path)
-    except Exception as exc:  # ASE's readers raise whatever their parser hits on a malformed file
-        raise DataError(f"{path}: cannot read a structure from it ({type(exc).__name__}: {exc})") from exc
-    if len(atoms) < 2:
-        raise DataError(f"{path}: molecular dynamics needs at least 2 atoms, the file has {len(atoms)}")
-    return Atoms(numbers=atoms.numbers, positions=atoms.positions)
-
-
-@dataclasses.dataclass(frozen=True)
-class MDSettings:
-    """Everything that decides the trajectory; a checkpoint only resumes a run with the same settings."""
-
-    name: str
-    structure: str  # digest of the starting atoms and coordinates
-    temperature_K: float
-    timestep_fs: float
-    every: int
-    thermalize_steps: int
-    friction: float  # 1/fs
-    seed: int
-    keep_rotation: bool
-
-
-class PositionOnlyTBLite(TBLite):
-    """tblite's ASE calculator with each SCF started from the same guess.
-
-    TBLite restarts the SCF from the previous step's wavefunction, which leaves ~1e-4 eV/A of history in
-    the forces: a run resumed from a checkpoint would part from the uninterrupted one. Starting afresh
-    each step (~15% slower) makes energy and forces a function of the positions alone.
-    """
-
-    def calculate(self, *args, **kwargs):
-        self._xtb = self._res = None
-        super().calculate(*args, **kwargs)
-
-
-def xtb_calculator() -> PositionOnlyTBLite:
-    """The generator's GFN2-xTB calculator (tblite, quiet, each SCF from the same guess)."""
-    return PositionOnlyTBLite(method="GFN2-xTB", verbosity=0)
-
-
-@contextlib.contextmanager
-def openmp_threads(count: int = 1):
-    """Run tblite on `count` OpenMP threads while inside.
-
-    The generator uses one: threaded sums differ in the last bits from call to call, which chaos amplifies
-    into different trajectories; for molecules of MD17 size one thread is also as fast as two.
-    """
-    try:
-        gomp = ctypes.CDLL("libgomp.so.1")  # the loaded GNU OpenMP runtime, shared with tblite (and torch)
-    except OSError:  # another OpenMP runtime: tblite runs as its build decides
-        yield
-        return
-    before = gomp.omp_get_max_threads()
-    gomp.omp_set_num_threads(count)
-    try:
-        yield
-    finally:
-        gomp.omp_set_num_threads(before)
-
-
-def kinetic_dof(atoms: Atoms, keep_rotation: bool) -> int:
-    """Degrees of freedom that carry kinetic energy: all of them, or the internal ones after momentum removal."""
-    if keep_rotation:
-        return 3 * len(atoms)
-    moments = atoms.get_moments_of_inertia()
-    return 3 * len(atoms) - 3 - int((moments > 1e-6 * moments.max()).sum())  # a linear molecule has 2 rotations
-
-
-def start_nve(atoms: Atoms, temperature_K: float, keep_rotation: bool, relaxed_energy: float) -> None:
-    """Remove the net momenta the thermostat left, then scale the momenta so the NVE run has the target temperature.
-
-    A small molecule's NVE temperature is set by the one total energy it starts with; keeping the
-    thermostat's last kinetic energy gives runs anywhere from 380 to 680 K at 500 K (ethanol, 10 seeds).
-    So the total energy is set to its canonical mean in the harmonic approximation, kT per vibration
-    plus kT/2 per rotation or translation kept, leaving at least half the mean kinetic energy.
-    """
-    if not keep_rotation:
-        Stationary(atoms, preserve_temperature=False)
-        ZeroRotation(atoms, preserve_temperature=False)
-    kT, dof = units.kB * temperature_K, kinetic_dof(atoms, keep_rotation)
-    total = relaxed_energy + 0.5 * (kinetic_dof(atoms, keep_rotation=False) + dof) * kT
-    kinetic = max(total - atoms.get_potential_energy(), 0.25 * dof * kT)
-    atoms.set_momenta(atoms.get_momenta() * np.sqrt(kinetic / atoms.get_kinetic_energy()))
-
-
-class Frames:
-    """Recorded frames in MD17 units: R (Angstrom), E and E_kin (kcal/mol), F (kcal/mol/Angstrom)."""
-
-    KEYS = ("R", "E", "F", "E_kin")
-
-    def __init__(self, arrays: dict | None = None):
-        self.lists = {key: list(arrays[key]) if arrays else [] for key in self.KEYS}
-
-    def __len__(self) -> int:
-        return len(self.lists["R"])
-
-    def record(self, atoms: Atoms) -> None:
-        self.lists["R"].append(atoms.get_positions())
-        self.lists["E"].append(atoms.get_potential_energy() / EV_PER_KCAL_MOL)
-        self.lists["F"].append(atoms.get_forces() / EV_PER_KCAL_MOL)
-        self.lists["E_kin"].append(atoms.get_kinetic_energy() / EV_PER_KCAL_MOL)
-
-    def arrays(self, n_atoms: int) -> dict[str, np.ndarray]:
-        shapes = {"R": (-1, n_atoms, 3), "E": (-1,), "F": (-1, n_atoms, 3), "E_kin": (-1,)}
-        return {key: np.asarray(values, dtype=np.float64).reshape(shapes[key]) for key, values in self.lists.items()}
-
-
-@dataclasses.dataclass
-class RunState:
-    """The dynamical state besides the positions and momenta on the Atoms; with them, what a checkpoint holds."""
-
-    step: int  # MD steps done, Langevin and NVE
-    frames: Frames
-    rng: np.random.Generator
-    relaxed_energy: float  # eV: the minimum the NVE total energy is set from
-
-
-def save_checkpoint(path: Path, atoms: Atoms, state: RunState, settings: MDSettings) -> None:
-    """Write the whole state (float64, bit for bit) and the settings it belongs to."""
-    with atomic_output(path) as handle:
-        np.savez(handle, **state.frames.arrays(len(atoms)), positions=atoms.get_positions(),
-                 momenta=atoms.get_momenta(), step=state.step, rng_state=json.dumps(state.rng.bit_generator.state),
-                 relaxed_energy=state.relaxed_energy, settings=json.dumps(dataclasses.asdict(settings)))
-
-
-def load_checkpoint(path: Path, atoms: Atoms, settings: MDSettings) -> RunState:
-    """Put the checkpointed positions and momenta on `atoms`; returns the rest of the state."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            saved = {key: data[key] for key in data.files}
-        stored = json.loads(str(saved["settings"]))
-        rng = np.random.default_rng()
-        rng.bit_generator.state = json.loads(str(saved["rng_state"]))
-        state = RunState(step=int(saved["step"]), frames=Frames(saved), rng=rng,
-                         relaxed_energy=float(saved["relaxed_energy"]))
-        positions, momenta = saved["positions"], saved["momenta"]
-    except Exception as exc:  # zipfile, numpy, json: a checkpoint of another program or version
-        raise DataError(f"{path}: not a usable checkpoint of `asteroid simulate` ({type(exc).__name__}: {exc}); "
-                        "delete it to start over") from exc
-    differing = [f"{key}={stored.get(key)!r} there, {value!r} here"
-                 for key, value in dataclasses.asdict(settings).items() if stored.get(key) != value]
-    if differing:
-        raise ConfigError(f"{path}: the checkpoint is of another run ({'; '.join(differing)}); run with its "
-                          "settings to resume it, or delete it to start over")
-    atoms.set_positions(positions)
-    atoms.set_momenta(momenta)
-    return state
-
-
-def energy_drift(e_total_meV_per_atom: np.ndarray, dt_fs: float) -> dict[str, float]:
-    """NVE sanity: slope of the total energy (least squares) and its largest deviation from frame 0."""
-    t_ps = np.arange(len(e_total_meV_per_atom)) * dt_fs / 1000.0
-    slope = np.polyfit(t_ps, e_total_meV_per_atom, 1)[0] if len(t_ps) > 1 else 0.0
-    return {"drift_meV_per_atom_per_ps": float(slope),
-            "max_dE_meV_per_atom": float(np.abs(e_total_meV_per_atom - e_total_meV_per_atom[0]).max())}
-
-
-def check_options(frames, temperature_K, timestep_fs, every, thermalize_steps, friction, checkpoint_every):
-    """Refuse option values no run can use, naming the option."""
-    for name, value, minimum in (("frames", frames, 1), ("every", every, 1), ("thermalize_steps", thermalize_steps, 0),
-                                 ("checkpoint_every", checkpoint_every, 1)):
-        if not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    for name, value in (("temperature_K", temperature_K), ("timestep_fs", timestep_fs), ("friction", friction)):
-        if not (np.isfinite(value) and value > 0):
-            raise ConfigError(f"{name} must be a positive number, got {value!r}")
-
-
-def simulate(out: str | Path, *, molecule: str | None = None, structure: str | Path | None = None,
-             frames: int = 20000, temperature_K: float = TEMPERATURE_K, timestep_fs: float = TIMESTEP_FS,
-             every: int = 1, thermalize_steps: int = 500, friction: float = 0.02, seed: int = 0,
-             keep_rotation: bool = False, resume: bool = False, checkpoint_every: int = 2000,
-             progress: bool = True) -> dict:
-    """Run GFN2-xTB MD and write `out` as MD17-format .npz; returns a report (frames, atoms, ms/step, drift).
-
-    Exactly one of `molecule` (a built-in MD17 name) and `structure` (any ASE-readable file). The molecule
-    is relaxed, thermalised for `thermalize_steps` Langevin steps (`friction` in 1/fs), its net linear and
-    angular momentum removed (unless `keep_rotation`) and its momenta scaled so the NVE run is at
-    `temperature_K` (see `start_nve`); then `(frames - 1) * every` NVE velocity-Verlet steps of `timestep_fs`
-    are run and every `every`-th recorded, frame 0 being the start of NVE.
-    Every `checkpoint_every` steps the state goes to `checkpoint_path(out)`; with `resume` a run continues
-    from that checkpoint (and starts afresh where there is none). `out` appears only when complete.
-    """
-    check_options(frames, temperature_K, timestep_fs, every, thermalize_steps, friction, checkpoint_every)
-    if (molecule is None) == (structure is None):
-        raise ConfigError("give exactly one of a built-in molecule (--molecule) and a structure file (--structure)")
-    source = structure_path(molecule) if molecule is not None else Path(structure)
-    atoms = read_structure(source)
-    name = source.stem
-    digest = hashlib.sha1(atoms.numbers.astype(np.int64).tobytes() + atoms.positions.tobytes()).hexdigest()[:16]
-    settings = MDSettings(name=name, structure=digest, temperature_K=float(temperature_K),
-                          timestep_fs=float(timestep_fs), every=int(every), thermalize_steps=int(thermalize_steps),
-                          friction=float(friction), seed=int(seed), keep_rotation=bool(keep_rotation))
-    out, partial = writable_output(out), checkpoint_path(out)  # found now, not after the whole run
-    with sole_writer(out):  # taken first: the checkpoint of a run still going is not one to resume
-        if partial.exists() and not resume:
-            raise AsteroidError(f"{partial}: a checkpoint of an unfinished run is in the way; pass --resume "
-                                "(resume=True) to continue it, or delete it to start over")
-        atoms.calc = xtb_calculator()
-        try:
-            with openmp_threads(1):
-                recorded, ms_per_step = run_md(atoms, settings, frames, partial, checkpoint_every, progress)
-        except CalculatorError as exc:
-            raise AsteroidError(f"{source}: GFN2-xTB (tblite) failed: {exc}") from exc
-        report = write_trajectory(out, partial, atoms, settings, recorded, frames, name)
-    return dict(report, ms_per_step=ms_per_step)
-
-
-def write_trajectory(out: Path, partial: Path, atoms: Atoms, settings: MDSettings, recorded: Frames, frames: int,
-                     name: str) -> dict:
-    """The finished run as MD17-format .npz (atomically), its checkpoint removed; returns the report."""
-    n_atoms, dt_fs = len(atoms), settings.every * settings.timestep_fs
-    arrays = {key: value[:frames] for key, value in recorded.arrays(n_atoms).items()}
-    e_total = (arrays["E"] + arrays["E_kin"]) * EV_PER_KCAL_MOL * 1000.0 / n_atoms
-    drift = energy_drift(e_total, dt_fs)
-    dof = kinetic_dof(atoms, settings.keep_rotation)
-    mean_temperature = 2 * arrays["E_kin"].mean() * EV_PER_KCAL_MOL / (dof * units.kB)
-    with atomic_output(out) as handle:
-        np.savez(handle, **arrays, z=atoms.numbers.astype(np.int64), dt_fs=dt_fs, temperature=settings.temperature_K,
-                 timestep_fs=settings.timestep_fs, seed=settings.seed, method=METHOD, name=name, **drift)
-    partial.unlink(missing_ok=True)
-    return dict(path=str(out), name=name, n_frames=len(arrays["R"]), n_atoms=n_atoms, dt_fs=dt_fs,
-                temperature_K=settings.temperature_K, mean_temperature_K=float(mean_temperature), **drift)
-
-
-def run_md(atoms: Atoms, settings: MDSettings, n_frames: int, partial: Path, checkpoint_every: int,
-           progress: bool) -> tuple[Frames, float]:
-    """Thermalise, then run NVE until `n_frames` are recorded; returns them and the NVE cost in ms/step."""
-    if partial.exists():
-        state = load_checkpoint(partial, atoms, settings)
-    else:
-        BFGS(atoms, logfile=None).run(fmax=RELAX_FMAX, steps=RELAX_MAX_STEPS)
-        state = RunState(step=0, frames=Frames(), rng=np.random.default_rng(settings.seed),
-                         relaxed_energy=atoms.get_potential_energy())
-        kT = units.kB * settings.temperature_K
-        atoms.set_momenta(np.sqrt(atoms.get_masses() * kT)[:, None] * state.rng.standard_normal((len(atoms), 3)))
-    dt = settings.timestep_fs * units.fs
-    langevin = Langevin(atoms, dt, temperature_K=settings.temperature_K, friction=settings.friction / units.fs,
-                        fixcm=False, rng=state.rng)
-    verlet = VelocityVerlet(atoms, dt)
-    frames, thermalized = state.frames, settings.thermalize_steps
-
-    def count_step():
-        state.step += 1
-        if state.step % checkpoint_every == 0:
-            save_checkpoint(partial, atoms, state, settings)
-
-    bar_options = dict(file=sys.stderr, dynamic_ncols=True)
-    with tqdm(total=thermalized, initial=min(state.step, thermalized), unit="step", desc=f"{settings.name}: Langevin",
-              disable=not progress or state.step >= thermalized, **bar_options) as bar:
-        while state.step < thermalized:
-            langevin.step()
-            count_step()
-            bar.update()
-    if not frames:
-        start_nve(atoms, settings.temperature_K, settings.keep_rotation, state.relaxed_energy)
-        frames.record(atoms)
-    nve_seconds, nve_steps = 0.0, 0
-    with tqdm(total=n_frames, initial=min(len(frames), n_frames), unit="frame", desc=f"{settings.name}: NVE",
-              disable=not progress, **bar_options) as bar:
-        while len(frames) < n_frames:
-            started = time.perf_counter()
-            verlet.step()
-            nve_seconds, nve_steps = nve_seconds + time.perf_counter() - started, nve_steps + 1
-            if (state.step + 1 - thermalized) % settings.every == 0:
-                frames.record(atoms)
-                bar.set_postfix_str(f"{1000 * nve_seconds / nve_steps:.2f} ms/step", refresh=False)
-                bar.update()
-            count_step()
-    return frames, (1000 * nve_seconds / nve_steps if nve_steps else float("nan"))
+from asteroid.xtb_md import BUILTIN_MOLECULES, TEMPERATURE_K, TIMESTEP_FS, run_summary, simulate
 
 
 def main(argv: list[str]) -> int:
@@ -342,35 +11,50 @@ def main(argv: list[str]) -> int:
     parser = CommandParser(
         prog="asteroid simulate",
         description="GFN2-xTB molecular dynamics (tblite + ASE) in the MD17 protocol, written as MD17-format .npz: "
-                    "R (frames, atoms, 3) Angstrom, z, E kcal/mol, F kcal/mol/Angstrom (all float64), dt_fs.")
+        "R (frames, atoms, 3) Angstrom, z, E kcal/mol, F kcal/mol/Angstrom (all float64), dt_fs.",
+    )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--molecule", help=f"built-in MD17 molecule: {', '.join(BUILTIN_MOLECULES)}")
     what.add_argument("--structure", help="starting structure of any other molecule (an ASE-readable file, e.g. .xyz)")
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("--frames", type=int, default=20000, help="frames to record (default 20000)")
-    parser.add_argument("--temperature", type=float, default=TEMPERATURE_K,
-                        help=f"temperature in K (default {TEMPERATURE_K:g}, as MD17)")
-    parser.add_argument("--timestep", type=float, default=TIMESTEP_FS,
-                        help=f"MD time step in fs (default {TIMESTEP_FS:g}, as MD17)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=TEMPERATURE_K,
+        help=f"temperature in K (default {TEMPERATURE_K:g}, as MD17)",
+    )
+    parser.add_argument(
+        "--timestep", type=float, default=TIMESTEP_FS, help=f"MD time step in fs (default {TIMESTEP_FS:g}, as MD17)"
+    )
     parser.add_argument("--every", type=int, default=1, help="record every this many steps (default 1)")
     parser.add_argument("--thermalize-steps", type=int, default=500, help="Langevin steps before NVE (default 500)")
     parser.add_argument("--friction", type=float, default=0.02, help="Langevin friction in 1/fs (default 0.02)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial velocities and the thermostat")
-    parser.add_argument("--keep-rotation", action="store_true",
-                        help="keep the net linear and angular momentum the thermostat leaves (default: remove them)")
+    parser.add_argument(
+        "--keep-rotation",
+        action="store_true",
+        help="keep the net linear and angular momentum the thermostat leaves (default: remove them)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint <out>.partial.npz")
     parser.add_argument("--checkpoint-every", type=int, default=2000, help="steps between checkpoints (default 2000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    report = simulate(args.out, molecule=args.molecule, structure=args.structure, frames=args.frames,
-                      temperature_K=args.temperature, timestep_fs=args.timestep, every=args.every,
-                      thermalize_steps=args.thermalize_steps, friction=args.friction, seed=args.seed,
-                      keep_rotation=args.keep_rotation, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                      progress=not args.no_progress)
-    print(f"{report['path']}: {report['n_frames']} frames x {report['n_atoms']} atoms of {report['name']}, "
-          f"{report['dt_fs']:g} fs apart ({METHOD}, NVE at {report['temperature_K']:g} K, "
-          f"mean kinetic temperature {report['mean_temperature_K']:.0f} K)")
-    print(f"cost: {report['ms_per_step']:.2f} ms/step")
-    print(f"NVE total-energy drift: {report['drift_meV_per_atom_per_ps']:+.4f} meV/atom/ps, "
-          f"max |E_tot - E_tot(0)| {report['max_dE_meV_per_atom']:.4f} meV/atom")
+    report = simulate(
+        args.out,
+        molecule=args.molecule,
+        structure=args.structure,
+        frames=args.frames,
+        temperature_K=args.temperature,
+        timestep_fs=args.timestep,
+        every=args.every,
+        thermalize_steps=args.thermalize_steps,
+        friction=args.friction,
+        seed=args.seed,
+        keep_rotation=args.keep_rotation,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress,
+    )
+    print(run_summary(report))
     return 0

@@ -35,18 +35,41 @@ Definitions (constants in the submodules; report.json repeats them under "defini
   are GFN2-xTB ones (files of `asteroid simulate`), else against single points of K evenly spaced reference frames:
   MD17's DFT energies lie on another absolute scale. kcal/mol.
 """
+
 from asteroid.analysis.checks import physical_report, target_verdict
-from asteroid.analysis.command import Predicted, continuation_from, load_predicted, main
 from asteroid.analysis.curves import coordinate_error, deviation, time_bins
 from asteroid.analysis.distributions import compare_distributions, jensen_shannon, shared_histogram
 from asteroid.analysis.energy import energy_comparison, gfn2_energies, xtb_energies
-from asteroid.analysis.geometry import (UNITS, Topology, bond_angles, bond_lengths, dihedral_angles,
-                                        radius_of_gyration)
+from asteroid.analysis.geometry import UNITS, Topology, bond_angles, bond_lengths, dihedral_angles, radius_of_gyration
+from asteroid.analysis.predicted import Predicted, continuation_from, load_predicted
 from asteroid.analysis.report import NAMES, format_report, report_figures, save_report
 from asteroid.analysis.unphysical import Limits, unphysical_summary
 
-__all__ = ["NAMES", "UNITS", "Limits", "Predicted", "Topology", "bond_angles", "bond_lengths", "compare_distributions",
-           "continuation_from", "coordinate_error", "deviation", "dihedral_angles", "energy_comparison",
-           "format_report", "gfn2_energies", "jensen_shannon", "load_predicted", "main", "physical_report",
-           "radius_of_gyration", "report_figures", "save_report", "shared_histogram", "target_verdict", "time_bins",
-           "unphysical_summary", "xtb_energies"]
+__all__ = [
+    "NAMES",
+    "UNITS",
+    "Limits",
+    "Predicted",
+    "Topology",
+    "bond_angles",
+    "bond_lengths",
+    "compare_distributions",
+    "continuation_from",
+    "coordinate_error",
+    "deviation",
+    "dihedral_angles",
+    "energy_comparison",
+    "format_report",
+    "gfn2_energies",
+    "jensen_shannon",
+    "load_predicted",
+    "physical_report",
+    "radius_of_gyration",
+    "report_figures",
+    "save_report",
+    "shared_histogram",
+    "target_verdict",
+    "time_bins",
+    "unphysical_summary",
+    "xtb_energies",
+]

@@ -1,5 +1,6 @@
 """Curves against time after the start: the coordinate error against the continuation and the deviation of
 features, binned over geometrically growing time bins."""
+
 from __future__ import annotations
 
 import math
@@ -56,12 +57,18 @@ def coordinate_error(predicted: np.ndarray, continuation: np.ndarray, reference:
     independent = kabsch_rmsd(first, second, torch.ones(INDEPENDENT_PAIRS, N, dtype=torch.bool)).numpy()
     level = float(np.quantile(independent, DECORRELATION_QUANTILE))
     times, kabsch_binned = binned(kabsch, dt_fs)
-    return {"frames": F_c, "time_fs": times, "kabsch_rmsd": kabsch_binned, "rmsd": binned(plain, dt_fs)[1],
-            "independent_kabsch_rmsd": float(independent.mean()), "decorrelation_level": level,
-            "independent_rmsd": (first - second).square().sum(-1).mean(-1).sqrt().mean().item(),
-            # a diverged (NaN) trajectory counts as decorrelated
-            "decorrelation_time_fs": _first_reaching(kabsch.mean(0), level, dt_fs),
-            "decorrelation_time_fs_per_trajectory": [_first_reaching(row, level, dt_fs) for row in kabsch]}
+    return {
+        "frames": F_c,
+        "time_fs": times,
+        "kabsch_rmsd": kabsch_binned,
+        "rmsd": binned(plain, dt_fs)[1],
+        "independent_kabsch_rmsd": float(independent.mean()),
+        "decorrelation_level": level,
+        "independent_rmsd": (first - second).square().sum(-1).mean(-1).sqrt().mean().item(),
+        # a diverged (NaN) trajectory counts as decorrelated
+        "decorrelation_time_fs": _first_reaching(kabsch.mean(0), level, dt_fs),
+        "decorrelation_time_fs_per_trajectory": [_first_reaching(row, level, dt_fs) for row in kabsch],
+    }
 
 
 def deviation(predicted: np.ndarray, continuation: np.ndarray | None, reference: np.ndarray, dt_fs: float) -> dict:
@@ -69,12 +76,15 @@ def deviation(predicted: np.ndarray, continuation: np.ndarray | None, reference:
     reference mean (reference (F_ref, K)), with the reference's own RMS fluctuation about its mean."""
     mean = reference.mean(0)
     times, against_mean = binned(((predicted - mean) ** 2).mean(-1), dt_fs)
-    result = {"reference_fluctuation": float(np.sqrt(((reference - mean) ** 2).mean())),
-              "vs_reference_mean": {"time_fs": times, "rms": [None if v is None else math.sqrt(v)
-                                                              for v in against_mean]},
-              "vs_continuation": None}
+    result = {
+        "reference_fluctuation": float(np.sqrt(((reference - mean) ** 2).mean())),
+        "vs_reference_mean": {"time_fs": times, "rms": [None if v is None else math.sqrt(v) for v in against_mean]},
+        "vs_continuation": None,
+    }
     if continuation is not None:
-        times, against_true = binned(((predicted[:, :continuation.shape[1]] - continuation) ** 2).mean(-1), dt_fs)
-        result["vs_continuation"] = {"time_fs": times, "rms": [None if v is None else math.sqrt(v)
-                                                              for v in against_true]}
+        times, against_true = binned(((predicted[:, : continuation.shape[1]] - continuation) ** 2).mean(-1), dt_fs)
+        result["vs_continuation"] = {
+            "time_fs": times,
+            "rms": [None if v is None else math.sqrt(v) for v in against_true],
+        }
     return result

@@ -1,5 +1,6 @@
 """Distributions of a predicted feature against the reference's: shared histograms and the Jensen-Shannon
 divergence."""
+
 from __future__ import annotations
 
 import math
@@ -50,26 +51,43 @@ def _circular_stats(degrees: np.ndarray) -> tuple[float, float]:
     return math.degrees(math.atan2(mean_vector.imag, mean_vector.real)), math.degrees(spread)
 
 
-def compare_distributions(predicted: np.ndarray, reference: np.ndarray, labels: list[str],
-                          periodic: bool = False) -> dict:
+def compare_distributions(
+    predicted: np.ndarray, reference: np.ndarray, labels: list[str], periodic: bool = False
+) -> dict:
     """JSD and moments of each column of predicted (M, K) against reference (M_ref, K); histograms for the figures."""
+
     def stats(x):
         return _circular_stats(x) if periodic else (float(x.mean()), float(x.std()))
 
     items = []
     for k, label in enumerate(labels):
         pred, ref = predicted[:, k], reference[:, k]
-        item = {"label": label, "reference_mean": None, "reference_std": None, "predicted_mean": None,
-                "predicted_std": None, "jsd": None}
+        item = {
+            "label": label,
+            "reference_mean": None,
+            "reference_std": None,
+            "predicted_mean": None,
+            "predicted_std": None,
+            "jsd": None,
+        }
         item["reference_mean"], item["reference_std"] = stats(ref)
         if len(pred):
             (lo, hi), p, q = shared_histogram(pred, ref, periodic)
             item["predicted_mean"], item["predicted_std"] = stats(pred)
-            item |= {"jsd": jensen_shannon(p, q), "range": [lo, hi],
-                     # fractions per bin (overflow bins first and last), rounded: they are for the figures
-                     "predicted": np.round(p / p.sum(), 6).tolist(), "reference": np.round(q / q.sum(), 6).tolist()}
+            item |= {
+                "jsd": jensen_shannon(p, q),
+                "range": [lo, hi],
+                # fractions per bin (overflow bins first and last), rounded: they are for the figures
+                "predicted": np.round(p / p.sum(), 6).tolist(),
+                "reference": np.round(q / q.sum(), 6).tolist(),
+            }
         items.append(item)
     jsds = [item["jsd"] for item in items if item["jsd"] is not None]
     worst = max(items, key=lambda item: -1 if item["jsd"] is None else item["jsd"])["label"] if jsds else None
-    return {"count": len(items), "jsd_mean": float(np.mean(jsds)) if jsds else None,
-            "jsd_max": max(jsds) if jsds else None, "worst": worst, "items": items}
+    return {
+        "count": len(items),
+        "jsd_mean": float(np.mean(jsds)) if jsds else None,
+        "jsd_max": max(jsds) if jsds else None,
+        "worst": worst,
+        "items": items,
+    }

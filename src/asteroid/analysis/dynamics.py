@@ -1,5 +1,6 @@
 """Motion checks that a frozen or noise-driven trajectory fails: step size, kinetic temperature and vibrational
 spectrum, each from finite differences at the predicted frame spacing, for predicted and reference alike."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +44,7 @@ def vibrational_spectrum(R: np.ndarray, z: np.ndarray, dt_fs: float, segment: in
     power = np.zeros(length // 2 + 1)
     for trajectory in v:
         for start in range(0, len(trajectory) - length + 1, length // 2):  # half-overlapping segments
-            chunk = trajectory[start:start + length]
+            chunk = trajectory[start : start + length]
             chunk = (chunk - chunk.mean(0)) * window
             power += (weights * np.abs(np.fft.rfft(chunk, axis=0)) ** 2).sum((1, 2))
     wavenumbers = np.fft.rfftfreq(length, d=dt_fs) / SPEED_OF_LIGHT_CM_PER_FS

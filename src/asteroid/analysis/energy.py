@@ -1,4 +1,5 @@
 """Optional GFN2-xTB energies of predicted frames against the reference's."""
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ def xtb_energies(z: np.ndarray, frames: np.ndarray) -> np.ndarray:
     from ase import Atoms
     from ase.calculators.calculator import CalculatorError
 
-    from asteroid.simulate import EV_PER_KCAL_MOL, openmp_threads, xtb_calculator  # tblite loads only if asked
+    from asteroid.xtb_md import EV_PER_KCAL_MOL, openmp_threads, xtb_calculator  # tblite loads only if asked
 
     atoms = Atoms(numbers=z)
     atoms.calc = xtb_calculator()
@@ -35,8 +36,13 @@ def evenly_spaced(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(np.int64))
 
 
-def energy_comparison(predicted: np.ndarray, z: np.ndarray, reference: np.ndarray, samples: int,
-                      reference_energies: np.ndarray | None = None) -> dict:
+def energy_comparison(
+    predicted: np.ndarray,
+    z: np.ndarray,
+    reference: np.ndarray,
+    samples: int,
+    reference_energies: np.ndarray | None = None,
+) -> dict:
     """GFN2-xTB energies of `samples` frames evenly spaced through the finite frames of predicted (B, F, N, 3),
     against reference_energies (kcal/mol, GFN2-xTB) or, without them, single points of as many reference frames
     (F_ref, N, 3). Means, standard deviations and the JSD (sqrt(samples) bins, 5 to 64) in kcal/mol."""
@@ -52,20 +58,34 @@ def energy_comparison(predicted: np.ndarray, z: np.ndarray, reference: np.ndarra
     else:
         ref, source = np.asarray(reference_energies, np.float64).reshape(-1), "the reference file's GFN2-xTB energies"
     ok, ref = pred[np.isfinite(pred)], ref[np.isfinite(ref)]
-    result = {"unit": "kcal/mol", "samples": len(pred), "failed": int((~np.isfinite(pred)).sum()),
-              "reference_source": source, "reference_count": len(ref),
-              "reference_mean": float(ref.mean()), "reference_std": float(ref.std()),
-              "predicted_mean": None, "predicted_std": None, "jsd": None}
+    result = {
+        "unit": "kcal/mol",
+        "samples": len(pred),
+        "failed": int((~np.isfinite(pred)).sum()),
+        "reference_source": source,
+        "reference_count": len(ref),
+        "reference_mean": float(ref.mean()),
+        "reference_std": float(ref.std()),
+        "predicted_mean": None,
+        "predicted_std": None,
+        "jsd": None,
+    }
     if len(ok):
         (lo, hi), p, q = shared_histogram(ok, ref, bins=int(np.clip(round(math.sqrt(len(ok))), 5, HIST_BINS)))
-        result |= {"predicted_mean": float(ok.mean()), "predicted_std": float(ok.std()), "jsd": jensen_shannon(p, q),
-                   "range": [lo, hi], "predicted": (p / p.sum()).tolist(), "reference": (q / q.sum()).tolist()}
+        result |= {
+            "predicted_mean": float(ok.mean()),
+            "predicted_std": float(ok.std()),
+            "jsd": jensen_shannon(p, q),
+            "range": [lo, hi],
+            "predicted": (p / p.sum()).tolist(),
+            "reference": (q / q.sum()).tolist(),
+        }
     return jsonable(result)
 
 
 def gfn2_energies(path: Path, trajectory) -> np.ndarray | None:
     """The reference's energies when its file says they are GFN2-xTB ones (written by `asteroid simulate`)."""
-    from asteroid.simulate import METHOD
+    from asteroid.xtb_md import METHOD
 
     if path.suffix.lower() != ".npz" or trajectory.E is None:
         return None

@@ -1,5 +1,6 @@
 """Geometry of frames (..., N, 3) Angstrom: bond lengths, angles, dihedrals, radius of gyration, and the topology
 that says which atoms form them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,8 +58,12 @@ class Topology:
         for i, j in bonds:
             neighbours[i].append(j)
             neighbours[j].append(i)
-        angles = [(i, j, k) for j, around in enumerate(neighbours) for n, i in enumerate(sorted(around))
-                  for k in sorted(around)[n + 1:]]
+        angles = [
+            (i, j, k)
+            for j, around in enumerate(neighbours)
+            for n, i in enumerate(sorted(around))
+            for k in sorted(around)[n + 1 :]
+        ]
 
         def heaviest(candidates):
             return min(candidates, key=lambda a: (-z[a], a)) if candidates else None
@@ -70,8 +75,12 @@ class Topology:
                 l = heaviest([a for a in neighbours[k] if a not in (j, i)])  # not i: a three-membered ring
                 if i is not None and l is not None:
                     dihedrals.append((i, j, k, l))
-        return cls(np.asarray(z), bonds.astype(np.int64), np.array(angles, dtype=np.int64).reshape(-1, 3),
-                   np.array(dihedrals, dtype=np.int64).reshape(-1, 4))
+        return cls(
+            np.asarray(z),
+            bonds.astype(np.int64),
+            np.array(angles, dtype=np.int64).reshape(-1, 3),
+            np.array(dihedrals, dtype=np.int64).reshape(-1, 4),
+        )
 
     def labels(self, atoms: np.ndarray) -> list[str]:
         """'C0-C1', 'C1-C0-H3', ... for rows of atom indices."""
@@ -79,13 +88,20 @@ class Topology:
 
     def features(self, R: np.ndarray) -> dict[str, np.ndarray]:
         """(M, K) bond lengths, angles, dihedrals and (M, 1) radius of gyration of frames R (M, N, 3)."""
-        return {"bond_length": bond_lengths(R, self.bonds), "angle": bond_angles(R, self.angles),
-                "dihedral": dihedral_angles(R, self.dihedrals),
-                "radius_of_gyration": radius_of_gyration(R, self.z)[:, None]}
+        return {
+            "bond_length": bond_lengths(R, self.bonds),
+            "angle": bond_angles(R, self.angles),
+            "dihedral": dihedral_angles(R, self.dihedrals),
+            "radius_of_gyration": radius_of_gyration(R, self.z)[:, None],
+        }
 
     def feature_labels(self) -> dict[str, list[str]]:
-        return {"bond_length": self.labels(self.bonds), "angle": self.labels(self.angles),
-                "dihedral": self.labels(self.dihedrals), "radius_of_gyration": ["Rg"]}
+        return {
+            "bond_length": self.labels(self.bonds),
+            "angle": self.labels(self.angles),
+            "dihedral": self.labels(self.dihedrals),
+            "radius_of_gyration": ["Rg"],
+        }
 
 
 UNITS = {"bond_length": "A", "angle": "deg", "dihedral": "deg", "radius_of_gyration": "A"}

@@ -1,4 +1,5 @@
 """The report on the console, as figures, and in files: report.json, PNGs and TensorBoard."""
+
 from __future__ import annotations
 
 import json
@@ -13,46 +14,69 @@ from asteroid.analysis.geometry import UNITS
 from asteroid.fileio import atomic_output
 from asteroid.report import format_table
 
-NAMES = {"bond_length": "bond length", "angle": "angle", "dihedral": "dihedral",
-         "radius_of_gyration": "radius of gyration"}
+NAMES = {
+    "bond_length": "bond length",
+    "angle": "angle",
+    "dihedral": "dihedral",
+    "radius_of_gyration": "radius of gyration",
+}
 
 
 def _sample_rows(curve: dict, columns: dict[str, str], rows: int = 8) -> list[dict]:
     """A few rows (bins spread over the curve) of a binned curve's columns {key: header}, for the console."""
     picks = evenly_spaced(len(curve["time_fs"]), rows)
-    return [{"time fs": curve["time_fs"][i], **{header: curve[key][i] for key, header in columns.items()}}
-            for i in picks]
+    return [
+        {"time fs": curve["time_fs"][i], **{header: curve[key][i] for key, header in columns.items()}} for i in picks
+    ]
 
 
 def format_report(report: dict) -> str:
     """The report as console text: tables and one-line verdicts."""
+
     def num(value, fmt=".4g"):
         return "-" if value is None else format(value, fmt)
 
     p, r = report["predicted"], report["reference"]
-    lines = [f"predicted: {p['trajectories']} trajectory(ies) x {p['frames']} frames, {p['dt_fs']:g} fs apart "
-             f"({p['duration_fs'] / 1000:.4g} ps each); reference: {r['frames']} frames, {r['dt_fs']:g} fs apart "
-             f"({r['duration_fs'] / 1000:.4g} ps); {report['atoms']} atoms",
-             f"topology (reference frame 0): {len(report['topology']['bonds'])} bonds, "
-             f"{len(report['topology']['angles'])} angles, {len(report['topology']['dihedrals'])} main dihedrals "
-             f"({', '.join(report['topology']['dihedrals']) or 'none'})", ""]
+    lines = [
+        f"predicted: {p['trajectories']} trajectory(ies) x {p['frames']} frames, {p['dt_fs']:g} fs apart "
+        f"({p['duration_fs'] / 1000:.4g} ps each); reference: {r['frames']} frames, {r['dt_fs']:g} fs apart "
+        f"({r['duration_fs'] / 1000:.4g} ps); {report['atoms']} atoms",
+        f"topology (reference frame 0): {len(report['topology']['bonds'])} bonds, "
+        f"{len(report['topology']['angles'])} angles, {len(report['topology']['dihedrals'])} main dihedrals "
+        f"({', '.join(report['topology']['dihedrals']) or 'none'})",
+        "",
+    ]
     unphysical = report["unphysical"]
     thresholds = unphysical["thresholds"]
-    lines.append(f"unphysical frames (bond outside {thresholds['compress']}-{thresholds['stretch']} x reference "
-                 f"median, non-bonded atoms closer than {thresholds['overlap']} x covalent radii sum, non-finite):")
+    lines.append(
+        f"unphysical frames (bond outside {thresholds['compress']}-{thresholds['stretch']} x reference "
+        f"median, non-bonded atoms closer than {thresholds['overlap']} x covalent radii sum, non-finite):"
+    )
     if not unphysical["any"]:
         lines.append(f"  none in {p['trajectories']} x {p['frames']} frames")
     for b, t in enumerate(unphysical["trajectories"]):
         if t["first_frame"] is not None:
-            lines.append(f"  trajectory {b}: first at frame {t['first_frame']} ({t['first_time_fs']:g} fs): "
-                         f"{t['reason']}; {t['unphysical_frames']} of {p['frames']} frames unphysical")
-    rows = [{"quantity": f"{NAMES[name]} ({UNITS[name]})", "count": d["count"], "JSD mean": num(d["jsd_mean"]),
-             "JSD max": num(d["jsd_max"]), "worst": d["worst"] or "-"}
-            for name, d in report["distributions"].items()]
+            lines.append(
+                f"  trajectory {b}: first at frame {t['first_frame']} ({t['first_time_fs']:g} fs): "
+                f"{t['reason']}; {t['unphysical_frames']} of {p['frames']} frames unphysical"
+            )
+    rows = [
+        {
+            "quantity": f"{NAMES[name]} ({UNITS[name]})",
+            "count": d["count"],
+            "JSD mean": num(d["jsd_mean"]),
+            "JSD max": num(d["jsd_max"]),
+            "worst": d["worst"] or "-",
+        }
+        for name, d in report["distributions"].items()
+    ]
     lines += ["", format_table(rows, "distributions against the reference (Jensen-Shannon divergence, base 2)")]
     columns = ("reference_mean", "reference_std", "predicted_mean", "predicted_std", "jsd")
-    bond_rows = [{"what": item["label"], **{c.replace("_", " "): num(item[c]) for c in columns}}
-                 for name in ("bond_length", "radius_of_gyration") for item in report["distributions"][name]["items"]]
+    bond_rows = [
+        {"what": item["label"], **{c.replace("_", " "): num(item[c]) for c in columns}}
+        for name in ("bond_length", "radius_of_gyration")
+        for item in report["distributions"][name]["items"]
+    ]
     if bond_rows:
         lines += ["", format_table(bond_rows, "bond lengths and radius of gyration (A)")]
     error = report["coordinate_error"]
@@ -61,47 +85,79 @@ def format_report(report: dict) -> str:
     else:
         columns = {"kabsch_rmsd": "Kabsch RMSD A", "rmsd": "RMSD A"}
         table = [{k: num(v) for k, v in row.items()} for row in _sample_rows(error, columns)]
-        lines += ["", format_table(table, f"coordinate error against the continuation ({error['frames']} frames), A"),
-                  f"independent reference frames: Kabsch RMSD {error['independent_kabsch_rmsd']:.4g} A (5th "
-                  f"percentile {error['decorrelation_level']:.4g} A), RMSD {error['independent_rmsd']:.4g} A; " + (
-                      "still correlated at the end" if error["decorrelation_time_fs"] is None
-                      else f"decorrelated after {error['decorrelation_time_fs']:g} fs")]
+        lines += [
+            "",
+            format_table(table, f"coordinate error against the continuation ({error['frames']} frames), A"),
+            f"independent reference frames: Kabsch RMSD {error['independent_kabsch_rmsd']:.4g} A (5th "
+            f"percentile {error['decorrelation_level']:.4g} A), RMSD {error['independent_rmsd']:.4g} A; "
+            + (
+                "still correlated at the end"
+                if error["decorrelation_time_fs"] is None
+                else f"decorrelated after {error['decorrelation_time_fs']:g} fs"
+            ),
+        ]
     for name, d in report["deviation"].items():
         if d is None:
             continue
         last_mean = next((v for v in reversed(d["vs_reference_mean"]["rms"]) if v is not None), None)
-        text = (f"{NAMES[name]} RMS deviation from the reference mean: {num(last_mean)} {UNITS[name]} at the end "
-                f"(reference fluctuation {d['reference_fluctuation']:.4g})")
+        text = (
+            f"{NAMES[name]} RMS deviation from the reference mean: {num(last_mean)} {UNITS[name]} at the end "
+            f"(reference fluctuation {d['reference_fluctuation']:.4g})"
+        )
         if d["vs_continuation"] is not None:
             text += f"; from the continuation: {num(d['vs_continuation']['rms'][0])} at first"
         lines.append(text)
     energy = report.get("energy")
     if energy and energy.get("samples"):
-        lines += ["", f"GFN2-xTB energies (kcal/mol): predicted {num(energy['predicted_mean'], '.2f')} +- "
-                      f"{num(energy['predicted_std'], '.2f')} ({energy['samples']} frames, {energy['failed']} failed); "
-                      f"reference {energy['reference_mean']:.2f} +- {energy['reference_std']:.2f} "
-                      f"({energy['reference_source']}); JSD {num(energy['jsd'], '.3f')}"]
+        lines += [
+            "",
+            f"GFN2-xTB energies (kcal/mol): predicted {num(energy['predicted_mean'], '.2f')} +- "
+            f"{num(energy['predicted_std'], '.2f')} ({energy['samples']} frames, {energy['failed']} failed); "
+            f"reference {energy['reference_mean']:.2f} +- {energy['reference_std']:.2f} "
+            f"({energy['reference_source']}); JSD {num(energy['jsd'], '.3f')}",
+        ]
     motion = report.get("motion")
     if motion is not None:
-        rows = [{"quantity": label, "predicted": num(motion[key]["predicted"]), "reference": num(motion[key]["reference"]),
-                 "ratio": num(motion[key]["predicted"] / motion[key]["reference"], ".3f")}
-                for key, label in (("mean_step", "mean step per frame (A)"),
-                                   ("kinetic_temperature", "kinetic temperature, finite differences (K)"))]
-        lines += ["", format_table(rows, "motion at the predicted frame spacing"),
-                  f"vibrational spectrum overlap with the reference: {motion['spectrum']['overlap']:.3f}"]
+        rows = [
+            {
+                "quantity": label,
+                "predicted": num(motion[key]["predicted"]),
+                "reference": num(motion[key]["reference"]),
+                "ratio": num(motion[key]["predicted"] / motion[key]["reference"], ".3f"),
+            }
+            for key, label in (
+                ("mean_step", "mean step per frame (A)"),
+                ("kinetic_temperature", "kinetic temperature, finite differences (K)"),
+            )
+        ]
+        lines += [
+            "",
+            format_table(rows, "motion at the predicted frame spacing"),
+            f"vibrational spectrum overlap with the reference: {motion['spectrum']['overlap']:.3f}",
+        ]
         times = motion["dihedral_correlation_time_fs"]
         if times["labels"]:
-            lines.append("dihedral autocorrelation time (fs), predicted / reference: " + ", ".join(
-                f"{label} {num(p, '.0f')} / {num(r, '.0f')}"
-                for label, p, r in zip(times["labels"], times["predicted"], times["reference"])))
+            lines.append(
+                "dihedral autocorrelation time (fs), predicted / reference: "
+                + ", ".join(
+                    f"{label} {num(p, '.0f')} / {num(r, '.0f')}"
+                    for label, p, r in zip(times["labels"], times["predicted"], times["reference"])
+                )
+            )
     options = report.get("rollout_options")
     if options:
-        lines += ["", "rollout options: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in options.items())]
+        lines += [
+            "",
+            "rollout options: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in options.items()),
+        ]
     target = report["target"]
     verdict = "MET" if target["met"] else "NOT MET: " + "; ".join(target["unmet"])
     ceilings = ", ".join(f"{NAMES[name]} {value:.3g}" for name, value in target["jsd_ceilings"].items())
-    lines += ["", f"target (no unphysical frame; largest JSD within {ceilings}; mean step and temperature within "
-                  f"{target['motion_tolerance']:.0%}; spectrum overlap >= {target['spectrum_overlap_min']}): {verdict}"]
+    lines += [
+        "",
+        f"target (no unphysical frame; largest JSD within {ceilings}; mean step and temperature within "
+        f"{target['motion_tolerance']:.0%}; spectrum overlap >= {target['spectrum_overlap_min']}): {verdict}",
+    ]
     return "\n".join(lines)
 
 
@@ -117,10 +173,12 @@ def _histogram_grid(distribution: dict, unit: str) -> Figure:
             fractions = np.asarray(item[key])
             ax.stairs(fractions[1:-1] / np.diff(edges), edges, label=key, **style)
         outside = item["predicted"][0] + item["predicted"][-1]
-        ax.set_title(f"{item['label']}  JSD {item['jsd']:.3f}" + (f", {outside:.1%} outside" if outside else ""),
-                     fontsize="small")
+        ax.set_title(
+            f"{item['label']}  JSD {item['jsd']:.3f}" + (f", {outside:.1%} outside" if outside else ""),
+            fontsize="small",
+        )
         ax.set_xlabel(unit, fontsize="small")
-    for ax in list(figure.axes)[len(items):]:
+    for ax in list(figure.axes)[len(items) :]:
         ax.set_visible(False)
     figure.axes[0].legend(fontsize="small")
     return figure
@@ -134,29 +192,52 @@ def report_figures(report: dict) -> dict[str, Figure]:
         figure = Figure(figsize=(9, 4), layout="constrained")
         ax = figure.add_subplot()
         for key, label, colour in (("kabsch_rmsd", "Kabsch RMSD", "C0"), ("rmsd", "RMSD", "C1")):
-            ax.plot(error["time_fs"], [np.nan if v is None else v for v in error[key]], marker="o", markersize=3,
-                    color=colour, label=label)
+            ax.plot(
+                error["time_fs"],
+                [np.nan if v is None else v for v in error[key]],
+                marker="o",
+                markersize=3,
+                color=colour,
+                label=label,
+            )
             ax.axhline(error[f"independent_{key}"], color=colour, linestyle=":", label=f"{label}, independent frames")
-        ax.axhline(error["decorrelation_level"], color="C0", linestyle="-.", linewidth=0.8,
-                   label="Kabsch RMSD, independent frames, 5th percentile")
+        ax.axhline(
+            error["decorrelation_level"],
+            color="C0",
+            linestyle="-.",
+            linewidth=0.8,
+            label="Kabsch RMSD, independent frames, 5th percentile",
+        )
         if error["decorrelation_time_fs"] is not None:
             ax.axvline(error["decorrelation_time_fs"], color="0.5", linewidth=0.8, label="decorrelated")
-        ax.set(xscale="log", xlabel="time after the start (fs)", ylabel="Angstrom",
-               title="coordinate error against the continuation")
+        ax.set(
+            xscale="log",
+            xlabel="time after the start (fs)",
+            ylabel="Angstrom",
+            title="coordinate error against the continuation",
+        )
         figure.legend(loc="outside right upper", fontsize="small")
         figures["coordinate_error"] = figure
     deviations = {name: d for name, d in report["deviation"].items() if d is not None}
     if deviations:
         figure = Figure(figsize=(6, 3.2 * len(deviations)), layout="constrained")
         for ax, (name, d) in zip(figure.subplots(len(deviations), 1, squeeze=False)[:, 0], deviations.items()):
-            for key, label in (("vs_continuation", "from the continuation"), ("vs_reference_mean",
-                                                                              "from the reference mean")):
+            for key, label in (
+                ("vs_continuation", "from the continuation"),
+                ("vs_reference_mean", "from the reference mean"),
+            ):
                 if d[key] is not None:
-                    ax.plot(d[key]["time_fs"], [np.nan if v is None else v for v in d[key]["rms"]], marker="o",
-                            markersize=3, label=label)
+                    ax.plot(
+                        d[key]["time_fs"],
+                        [np.nan if v is None else v for v in d[key]["rms"]],
+                        marker="o",
+                        markersize=3,
+                        label=label,
+                    )
             ax.axhline(d["reference_fluctuation"], color="k", linestyle=":", label="reference fluctuation")
-            ax.set(xscale="log", xlabel="time after the start (fs)", ylabel=f"RMS {NAMES[name]} deviation "
-                                                                            f"({UNITS[name]})")
+            ax.set(
+                xscale="log", xlabel="time after the start (fs)", ylabel=f"RMS {NAMES[name]} deviation ({UNITS[name]})"
+            )
             ax.legend(fontsize="small")
         figures["deviation"] = figure
     for name, distribution in report["distributions"].items():
@@ -169,8 +250,11 @@ def report_figures(report: dict) -> dict[str, Figure]:
         spectrum = motion["spectrum"]
         for key, style in (("reference", dict(color="k")), ("predicted", dict(color="C1", linestyle="--"))):
             ax.plot(spectrum["wavenumber"], spectrum[key], label=key, **style)
-        ax.set(xlabel="wavenumber (cm$^{-1}$)", ylabel="share of the power",
-               title=f"vibrational density of states, overlap {spectrum['overlap']:.3f}")
+        ax.set(
+            xlabel="wavenumber (cm$^{-1}$)",
+            ylabel="share of the power",
+            title=f"vibrational density of states, overlap {spectrum['overlap']:.3f}",
+        )
         ax.legend(fontsize="small")
         figures["spectrum"] = figure
     energy = report.get("energy")

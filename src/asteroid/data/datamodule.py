@@ -3,6 +3,7 @@
 Each trajectory is stored once, as a memory-mapped float32 `.npy` cache; a sample is an index view
 (trajectory, start frame) that gathers its H + P frames only when asked for.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,17 +15,24 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from ase.data import chemical_symbols
 from ase.formula import Formula
-import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from asteroid.data.md17 import DATASETS, resolve_dataset
 from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset, protein_files
 from asteroid.data.readers import load_trajectory
-from asteroid.data.windows import (PEER_SEED, PROTOCOLS, SPLITS, WindowLayout, chronological_starts,
-                                   eqmotion_blocks, peer_random_starts)
+from asteroid.data.windows import (
+    PEER_SEED,
+    PROTOCOLS,
+    SPLITS,
+    WindowLayout,
+    chronological_starts,
+    eqmotion_blocks,
+    peer_random_starts,
+)
 from asteroid.errors import ConfigError, DataError
 from asteroid.fileio import atomic_output
 
@@ -66,8 +74,14 @@ def _with_dataset_topology(source: TrajectorySource) -> TrajectorySource:
 class WindowDataset(Dataset):
     """Windows (trajectory, start) over memory-mapped coordinate caches; nothing is copied up front."""
 
-    def __init__(self, coordinate_files: list[Path], numbers: list[np.ndarray], index: np.ndarray,
-                 layout: WindowLayout, box_files: list[Path | None] | None = None):
+    def __init__(
+        self,
+        coordinate_files: list[Path],
+        numbers: list[np.ndarray],
+        index: np.ndarray,
+        layout: WindowLayout,
+        box_files: list[Path | None] | None = None,
+    ):
         self.coordinate_files, self.numbers, self.index, self.layout = coordinate_files, numbers, index, layout
         self.box_files = box_files or [None] * len(coordinate_files)
         self.offsets = np.asarray(layout.history_offsets + layout.target_offsets)
@@ -196,10 +210,21 @@ class TrajectoryDataModule(pl.LightningDataModule):
     splits' subsampling; the GMN/EGNO/ESTAG splits use the peers' own fixed seed.
     """
 
-    def __init__(self, sources: list[TrajectorySource], protocol: str = "default", history: int | None = None,
-                 horizon: int | None = None, spacing: int | None = None, stride: int | None = None,
-                 split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), heavy_atoms: bool | None = None,
-                 batch_size: int = 32, num_workers: int = 0, cache_dir: str = "data/cache", seed: int = 0):
+    def __init__(
+        self,
+        sources: list[TrajectorySource],
+        protocol: str = "default",
+        history: int | None = None,
+        horizon: int | None = None,
+        spacing: int | None = None,
+        stride: int | None = None,
+        split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        heavy_atoms: bool | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        cache_dir: str = "data/cache",
+        seed: int = 0,
+    ):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
@@ -209,8 +234,10 @@ class TrajectoryDataModule(pl.LightningDataModule):
         given = {k: v for k, v in dict(history=history, horizon=horizon, spacing=spacing).items() if v is not None}
         fixed = [*given, *(["stride"] if stride is not None else [])]
         if self.protocol.layout is not None and fixed:
-            raise ConfigError(f"protocol {protocol!r} fixes the window layout; remove {', '.join(fixed)} "
-                              f"(data.{fixed[0]}) or use protocol 'default'")
+            raise ConfigError(
+                f"protocol {protocol!r} fixes the window layout; remove {', '.join(fixed)} "
+                f"(data.{fixed[0]}) or use protocol 'default'"
+            )
         self.layout = self.protocol.layout or WindowLayout.regular(**{**DEFAULT_LAYOUT, **given})
         stride = self.protocol.stride or (1 if stride is None else stride)
         if stride < 1:
@@ -247,15 +274,28 @@ class TrajectoryDataModule(pl.LightningDataModule):
         if source.path.lower() in PROTEIN_DATASETS:
             return fetch_protein_dataset(source.path, root="data")[0]
         if source.path.lower() not in DATASETS:
-            raise DataError(f"{path}: file not found (set `molecule` in the source to generate it, or name a known "
-                            f"dataset such as md17:ethanol)")
+            raise DataError(
+                f"{path}: file not found (set `molecule` in the source to generate it, or name a known "
+                f"dataset such as md17:ethanol)"
+            )
         return resolve_dataset(source.path, root="data")
 
     def _cache_paths(self, source: TrajectorySource) -> tuple[Path, Path]:
         path = self._file(source)
         stat = path.stat()
-        key = json.dumps([CACHE_VERSION, str(path.resolve()), stat.st_size, stat.st_mtime_ns, source.topology,
-                          source.selection, source.dt_fs, source.periodic, self.heavy_atoms])
+        key = json.dumps(
+            [
+                CACHE_VERSION,
+                str(path.resolve()),
+                stat.st_size,
+                stat.st_mtime_ns,
+                source.topology,
+                source.selection,
+                source.dt_fs,
+                source.periodic,
+                self.heavy_atoms,
+            ]
+        )
         stem = f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
         return self.cache_dir / f"{stem}.npy", self.cache_dir / f"{stem}.json"
 
@@ -264,11 +304,11 @@ class TrajectoryDataModule(pl.LightningDataModule):
         for source in self.sources:
             path = self._file(source)
             if not path.exists():
-                from asteroid.simulate import simulate  # imported here: tblite loads only when data must be made
+                from asteroid.xtb_md import run_summary, simulate  # here: tblite loads only when data must be made
 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # resume=True continues an interrupted generation (its checkpoint) and starts afresh otherwise
-                simulate(path, molecule=source.molecule, frames=source.frames, resume=True)
+                print(run_summary(simulate(path, molecule=source.molecule, frames=source.frames, resume=True)))
             coords_file, meta_file = self._cache_paths(source)
             if meta_file.exists():
                 problem = cache_problem(coords_file, json.loads(meta_file.read_text()))
@@ -286,8 +326,17 @@ class TrajectoryDataModule(pl.LightningDataModule):
                 with atomic_output(coords_file) as handle:
                     np.save(handle, np.ascontiguousarray(traj.R, dtype=np.float32))
                 with atomic_output(meta_file, "w") as handle:  # last: its presence says the cache is complete
-                    json.dump(dict(z=traj.z.tolist(), dt_fs=traj.dt_fs, name=traj.name, source=str(path),
-                                   periodic=periodic, **cache_fingerprint(coords_file)), handle)
+                    json.dump(
+                        dict(
+                            z=traj.z.tolist(),
+                            dt_fs=traj.dt_fs,
+                            name=traj.name,
+                            source=str(path),
+                            periodic=periodic,
+                            **cache_fingerprint(coords_file),
+                        ),
+                        handle,
+                    )
             except BaseException:  # a full disk, say: leave no cache without its record, which would fill it still
                 for part in (coords_file, box_file(coords_file), meta_file):
                     part.unlink(missing_ok=True)
@@ -311,8 +360,9 @@ class TrajectoryDataModule(pl.LightningDataModule):
             elif recipe.split == "peer_random":
                 starts = peer_random_starts(n_frames, span, recipe.fractions, recipe.max_windows, source.path)
             else:
-                starts = eqmotion_blocks(n_frames, self.layout, self.stride, recipe.fractions, recipe.max_windows,
-                                         self.seed + i, source.path)
+                starts = eqmotion_blocks(
+                    n_frames, self.layout, self.stride, recipe.fractions, recipe.max_windows, self.seed + i, source.path
+                )
             for name in SPLITS:
                 index[name].append(np.stack([np.full(len(starts[name]), i), starts[name]], axis=1))
             coordinate_files.append(coords_file)
@@ -321,11 +371,14 @@ class TrajectoryDataModule(pl.LightningDataModule):
             self.trajectories.append({**meta, "n_frames": n_frames, "starts": starts})
         periodic = [t["source"] for t in self.trajectories if t["periodic"]]
         if periodic and len(periodic) < len(self.trajectories):
-            raise ConfigError(f"data.sources mixes periodic trajectories ({', '.join(periodic)}) with open ones; "
-                              "a batch needs one or the other (set periodic: false on a source to ignore its box)")
-        self.datasets = {name: WindowDataset(coordinate_files, numbers, np.concatenate(index[name]), self.layout,
-                                             box_files)
-                         for name in SPLITS}
+            raise ConfigError(
+                f"data.sources mixes periodic trajectories ({', '.join(periodic)}) with open ones; "
+                "a batch needs one or the other (set periodic: false on a source to ignore its box)"
+            )
+        self.datasets = {
+            name: WindowDataset(coordinate_files, numbers, np.concatenate(index[name]), self.layout, box_files)
+            for name in SPLITS
+        }
         self.displacement_scale = self._fit_displacement_scale()
 
     def _fit_displacement_scale(self, max_windows: int = 4096) -> torch.Tensor:
@@ -343,8 +396,10 @@ class TrajectoryDataModule(pl.LightningDataModule):
         cover: what may be learned from the data, never a validation or test frame. One molecule only."""
         molecules = {tuple(t["z"]) for t in self.trajectories}
         if len(molecules) != 1:
-            raise ConfigError(f"the training data holds {len(molecules)} molecules "
-                              f"({', '.join(formula(z) for z in molecules)}); this needs one")
+            raise ConfigError(
+                f"the training data holds {len(molecules)} molecules "
+                f"({', '.join(formula(z) for z in molecules)}); this needs one"
+            )
         train = self.datasets["train"]
         per_trajectory = max(1, max_frames // len(self.trajectories))
         frames = []
@@ -362,8 +417,11 @@ class TrajectoryDataModule(pl.LightningDataModule):
     def signature(self) -> dict:
         """What a model trained on this data depends on: the window layout and the atoms of each trajectory.
         Saved in every checkpoint (ForecastModule) and checked when the checkpoint meets data again."""
-        signature = {"history_offsets": list(self.layout.history_offsets),
-                     "target_offsets": list(self.layout.target_offsets), "heavy_atoms": bool(self.heavy_atoms)}
+        signature = {
+            "history_offsets": list(self.layout.history_offsets),
+            "target_offsets": list(self.layout.target_offsets),
+            "heavy_atoms": bool(self.heavy_atoms),
+        }
         if self.trajectories:  # known once set up; enough to roll out from a user's frames without the data
             signature["atoms"] = [list(t["z"]) for t in self.trajectories]
             signature["dt_fs"] = [t["dt_fs"] for t in self.trajectories]
@@ -379,19 +437,25 @@ class TrajectoryDataModule(pl.LightningDataModule):
         trained = (recorded["history_offsets"], recorded["target_offsets"])
         given = (mine["history_offsets"], mine["target_offsets"])
         if trained != given:
-            raise ConfigError(f"{checkpoint}: trained on windows of frames {trained[0]} -> {trained[1]}, but the data "
-                              f"settings give {given[0]} -> {given[1]}; use the data.spacing, data.history, "
-                              "data.horizon and data.protocol it was trained with")
+            raise ConfigError(
+                f"{checkpoint}: trained on windows of frames {trained[0]} -> {trained[1]}, but the data "
+                f"settings give {given[0]} -> {given[1]}; use the data.spacing, data.history, "
+                "data.horizon and data.protocol it was trained with"
+            )
         if recorded["heavy_atoms"] != mine["heavy_atoms"]:
             kept = "heavy atoms only" if recorded["heavy_atoms"] else "every atom"
-            raise ConfigError(f"{checkpoint}: trained on {kept}, but the data settings keep "
-                              f"{'heavy atoms only' if mine['heavy_atoms'] else 'every atom'}")
+            raise ConfigError(
+                f"{checkpoint}: trained on {kept}, but the data settings keep "
+                f"{'heavy atoms only' if mine['heavy_atoms'] else 'every atom'}"
+            )
         if "atoms" in recorded and "atoms" in mine:
             known = {tuple(z) for z in recorded["atoms"]}
             foreign = [t for t in self.trajectories if tuple(t["z"]) not in known]  # set up: "atoms" in mine
             if foreign:
-                raise DataError(f"{foreign[0]['source']}: its atoms ({formula(foreign[0]['z'])}) are not those of any "
-                                f"trajectory {checkpoint} was trained on ({', '.join(formula(z) for z in known)})")
+                raise DataError(
+                    f"{foreign[0]['source']}: its atoms ({formula(foreign[0]['z'])}) are not those of any "
+                    f"trajectory {checkpoint} was trained on ({', '.join(formula(z) for z in known)})"
+                )
 
     def split_summary(self) -> dict:
         """The split definition, saved with every run so that it can be reproduced and audited."""
@@ -400,23 +464,39 @@ class TrajectoryDataModule(pl.LightningDataModule):
             "description": self.protocol.description,
             "history_offsets": list(self.layout.history_offsets),
             "target_offsets": list(self.layout.target_offsets),
-            "stride": self.stride, "seed": self.seed, "heavy_atoms": self.heavy_atoms,
+            "stride": self.stride,
+            "seed": self.seed,
+            "heavy_atoms": self.heavy_atoms,
             "split_seed": PEER_SEED if self.protocol.split == "peer_random" else self.seed,
             "trajectories": [
-                {"source": t["source"], "n_frames": t["n_frames"], "dt_fs": t["dt_fs"], "periodic": t["periodic"],
-                 **{name: {"windows": len(s), "first_start": int(s[0]), "last_start": int(s[-1])}
-                    for name, s in t["starts"].items()}}
-                for t in self.trajectories],
+                {
+                    "source": t["source"],
+                    "n_frames": t["n_frames"],
+                    "dt_fs": t["dt_fs"],
+                    "periodic": t["periodic"],
+                    **{
+                        name: {"windows": len(s), "first_start": int(s[0]), "last_start": int(s[-1])}
+                        for name, s in t["starts"].items()
+                    },
+                }
+                for t in self.trajectories
+            ],
             "displacement_scale": self.displacement_scale.tolist(),
         }
 
     def _loader(self, split: str, shuffle: bool, sampler=None) -> DataLoader:
         # Its own generator: each iterator draws a seed for its workers, which from the global random state would
         # put a draw between training steps that a resumed run does not repeat (see EpochShuffle).
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=self.num_workers, collate_fn=collate_windows,
-                          persistent_workers=self.num_workers > 0,
-                          generator=torch.Generator().manual_seed(torch.initial_seed()))
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_windows,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(torch.initial_seed()),
+        )
 
     def train_dataloader(self) -> DataLoader:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

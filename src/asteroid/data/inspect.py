@@ -1,7 +1,7 @@
 """`asteroid inspect FILE`: what a trajectory file holds and whether it can be forecast."""
+
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +10,28 @@ from ase.formula import Formula
 
 from asteroid.arguments import CommandParser
 from asteroid.data.readers import load_trajectory, trajectory_format
-from asteroid.data.time_order import (MIN_FRAMES, largest_jump, mean_step_displacement, time_order_ratio,
-                                      time_order_verdict)
+from asteroid.data.time_order import (
+    MIN_FRAMES,
+    largest_jump,
+    mean_step_displacement,
+    time_order_ratio,
+    time_order_verdict,
+)
 
 
-def summarize(path: str | Path, *, topology: str | Path | None = None, selection: str | None = None,
-              dt_fs: float | None = None) -> dict:
+def summarize(
+    path: str | Path, *, topology: str | Path | None = None, selection: str | None = None, dt_fs: float | None = None
+) -> dict:
     """Facts about a trajectory file, as a dict (keys as printed by `asteroid inspect`)."""
     traj = load_trajectory(path, topology=topology, selection=selection, dt_fs=dt_fs, check_order=False)
     formula = Formula.from_list([chemical_symbols[number] for number in traj.z]).format("hill")
     ratio = time_order_ratio(traj.R)
     jump = largest_jump(traj.R)
-    verdict = {True: "time-ordered", False: "looks shuffled",
-               None: "too short to tell" if traj.n_frames < MIN_FRAMES else "cannot tell (frames do not move)"}
+    verdict = {
+        True: "time-ordered",
+        False: "looks shuffled",
+        None: "too short to tell" if traj.n_frames < MIN_FRAMES else "cannot tell (frames do not move)",
+    }
     return {
         "file": str(path),
         "format": trajectory_format(path),
@@ -34,9 +43,12 @@ def summarize(path: str | Path, *, topology: str | Path | None = None, selection
         "duration_ps": (traj.n_frames - 1) * traj.dt_fs / 1000.0,
         "mean_step_angstrom": mean_step_displacement(traj.R),
         "time_order_ratio": ratio,
-        "time_order": verdict[time_order_verdict(ratio)] if jump is None else (
+        "time_order": verdict[time_order_verdict(ratio)]
+        if jump is None
+        else (
             f"discontinuous: atom {jump['atom']} moves {jump['distance']:.3g} A between frames {jump['frame']} and "
-            f"{jump['frame'] + 1} (the fastest atom's typical step: {jump['typical']:.3g} A)"),
+            f"{jump['frame'] + 1} (the fastest atom's typical step: {jump['typical']:.3g} A)"
+        ),
         "energies": traj.E is not None,
         "forces": traj.F is not None,
         # lengths of the first frame's cell vectors (Angstrom), None for open boundaries
@@ -56,13 +68,21 @@ def format_summary(summary: dict) -> str:
         ("dt", f"{summary['dt_fs']:g} fs"),
         ("duration", f"{summary['duration_ps']:g} ps"),
         ("mean step", f"{summary['mean_step_angstrom']:.4g} Angstrom (RMS per atom, consecutive frames)"),
-        ("time order", f"{summary['time_order']} (consecutive/random displacement ratio "
-                       f"{summary['time_order_ratio']:.3f})"),
+        (
+            "time order",
+            f"{summary['time_order']} (consecutive/random displacement ratio {summary['time_order_ratio']:.3f})",
+        ),
         ("energies", "yes" if summary["energies"] else "no"),
         ("forces", "yes" if summary["forces"] else "no"),
-        ("box", "none (open boundaries)" if summary["box_angstrom"] is None else
-         "periodic, cell vectors " + " x ".join(f"{length:g}" for length in summary["box_angstrom"]) + " Angstrom "
-         "(coordinates unwrapped)"),
+        (
+            "box",
+            "none (open boundaries)"
+            if summary["box_angstrom"] is None
+            else "periodic, cell vectors "
+            + " x ".join(f"{length:g}" for length in summary["box_angstrom"])
+            + " Angstrom "
+            "(coordinates unwrapped)",
+        ),
     ]
     return "\n".join(f"{label + ':':<12} {value}" for label, value in rows)
 

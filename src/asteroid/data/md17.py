@@ -1,4 +1,5 @@
 """MD17 and MD22 trajectories by name: a local file, or the official sGDML file, downloaded and checked."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from asteroid.data.readers import MD17_DT_FS, load_trajectory
 from asteroid.data.time_order import time_order_ratio, time_order_verdict
-from asteroid.fileio import atomic_output
 from asteroid.errors import DataError
+from asteroid.fileio import atomic_output
 
 SGDML_URL = "http://www.quantum-machine.org/gdml/data/npz"
 
@@ -27,23 +28,26 @@ class KnownDataset:
 
 # Original MD17 (not the revised rMD17, whose frames are random samples) and MD22; file names as in
 # torch_geometric.datasets.MD17 and torchmd-net's MD22.
-DATASETS = {d.name.lower(): d for d in (
-    KnownDataset("md17:aspirin", "md17_aspirin.npz", 21),
-    KnownDataset("md17:benzene", "md17_benzene2017.npz", 12),
-    KnownDataset("md17:ethanol", "md17_ethanol.npz", 9),
-    KnownDataset("md17:malonaldehyde", "md17_malonaldehyde.npz", 9),
-    KnownDataset("md17:naphthalene", "md17_naphthalene.npz", 18),
-    KnownDataset("md17:salicylic_acid", "md17_salicylic.npz", 16),
-    KnownDataset("md17:toluene", "md17_toluene.npz", 15),
-    KnownDataset("md17:uracil", "md17_uracil.npz", 12),
-    KnownDataset("md22:Ac-Ala3-NHMe", "md22_Ac-Ala3-NHMe.npz", 42),
-    KnownDataset("md22:DHA", "md22_DHA.npz", 56),
-    KnownDataset("md22:stachyose", "md22_stachyose.npz", 87),
-    KnownDataset("md22:AT-AT", "md22_AT-AT.npz", 60),
-    KnownDataset("md22:AT-AT-CG-CG", "md22_AT-AT-CG-CG.npz", 118),
-    KnownDataset("md22:buckyball-catcher", "md22_buckyball-catcher.npz", 148),
-    KnownDataset("md22:dw-nanotube", "md22_dw_nanotube.npz", 370),
-)}
+DATASETS = {
+    d.name.lower(): d
+    for d in (
+        KnownDataset("md17:aspirin", "md17_aspirin.npz", 21),
+        KnownDataset("md17:benzene", "md17_benzene2017.npz", 12),
+        KnownDataset("md17:ethanol", "md17_ethanol.npz", 9),
+        KnownDataset("md17:malonaldehyde", "md17_malonaldehyde.npz", 9),
+        KnownDataset("md17:naphthalene", "md17_naphthalene.npz", 18),
+        KnownDataset("md17:salicylic_acid", "md17_salicylic.npz", 16),
+        KnownDataset("md17:toluene", "md17_toluene.npz", 15),
+        KnownDataset("md17:uracil", "md17_uracil.npz", 12),
+        KnownDataset("md22:Ac-Ala3-NHMe", "md22_Ac-Ala3-NHMe.npz", 42),
+        KnownDataset("md22:DHA", "md22_DHA.npz", 56),
+        KnownDataset("md22:stachyose", "md22_stachyose.npz", 87),
+        KnownDataset("md22:AT-AT", "md22_AT-AT.npz", 60),
+        KnownDataset("md22:AT-AT-CG-CG", "md22_AT-AT-CG-CG.npz", 118),
+        KnownDataset("md22:buckyball-catcher", "md22_buckyball-catcher.npz", 148),
+        KnownDataset("md22:dw-nanotube", "md22_dw_nanotube.npz", 370),
+    )
+}
 
 
 def known_dataset(name: str) -> KnownDataset:
@@ -51,8 +55,10 @@ def known_dataset(name: str) -> KnownDataset:
     try:
         return DATASETS[name.lower()]
     except KeyError:
-        raise DataError(f"{name}: no such file, and not a known dataset name "
-                        f"(known: {', '.join(d.name for d in DATASETS.values())})") from None
+        raise DataError(
+            f"{name}: no such file, and not a known dataset name "
+            f"(known: {', '.join(d.name for d in DATASETS.values())})"
+        ) from None
 
 
 def check_dataset(path: str | Path, name: str) -> None:
@@ -63,8 +69,10 @@ def check_dataset(path: str | Path, name: str) -> None:
         raise DataError(f"{path}: {known.name} has {known.n_atoms} atoms but the file has {traj.n_atoms}")
     ratio = time_order_ratio(traj.R)
     if time_order_verdict(ratio) is not True:
-        raise DataError(f"{path}: the frames of {known.name} do not look time-ordered "
-                        f"(consecutive/random displacement ratio {ratio:.2f}); it cannot be used for forecasting")
+        raise DataError(
+            f"{path}: the frames of {known.name} do not look time-ordered "
+            f"(consecutive/random displacement ratio {ratio:.2f}); it cannot be used for forecasting"
+        )
 
 
 def download_dataset(name: str, target: str | Path, timeout_s: float = 60.0) -> Path:
@@ -81,11 +89,14 @@ def download_dataset(name: str, target: str | Path, timeout_s: float = 60.0) -> 
         except urllib.error.HTTPError as exc:
             raise DataError(f"{url}: the server answered {exc.code} {exc.reason}") from exc
         except urllib.error.URLError as exc:  # no route, DNS failure, connection timeout
-            raise DataError(f"{url}: cannot download, the machine looks offline ({exc.reason}); "
-                            f"download {known.file} elsewhere and pass its local path") from exc
+            raise DataError(
+                f"{url}: cannot download, the machine looks offline ({exc.reason}); "
+                f"download {known.file} elsewhere and pass its local path"
+            ) from exc
         except OSError as exc:  # connection lost or timed out mid-transfer, disk full
-            raise DataError(f"{url}: the download failed ({exc}); "
-                            f"download {known.file} elsewhere and pass its local path") from exc
+            raise DataError(
+                f"{url}: the download failed ({exc}); download {known.file} elsewhere and pass its local path"
+            ) from exc
         out.flush()
         try:
             check_dataset(out.name, known.name)

@@ -4,6 +4,7 @@ MDAnalysisTests ships only a source archive (about 60 MB); `pip download` fetche
 configuration: index, proxy, certificates), and only the named trajectory and its topology are extracted and
 checked against their SHA-256 before they appear under data/mdanalysis/.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,15 +35,22 @@ class ProteinDataset:
     description: str
 
 
-PROTEIN_DATASETS = {d.name: d for d in (
-    # The DCD header: a frame every 10 steps of 1 fs (NSAVC 10, DELTA 0.0204548 AKMA time units).
-    ProteinDataset("mdanalysis:adk_tmd", "adk_gbis_tmd-fast1_NAMD.dcd",
-                   "bd6dbe3fb419f15cc619d806f723675a676a3511252943e7bdbf7284787939ef",
-                   "adk_closed_NAMD.psf", "308a3776cbe2e55622d41042055c401c9d5f872829389b4632475acd244b1bee",
-                   dt_fs=10.0,
-                   description="adenylate kinase (AdK, 214 residues, 3341 atoms), NAMD targeted MD from the closed "
-                               "towards the open state in GBIS implicit solvent: 100 frames 10 fs apart"),
-)}
+PROTEIN_DATASETS = {
+    d.name: d
+    for d in (
+        # The DCD header: a frame every 10 steps of 1 fs (NSAVC 10, DELTA 0.0204548 AKMA time units).
+        ProteinDataset(
+            "mdanalysis:adk_tmd",
+            "adk_gbis_tmd-fast1_NAMD.dcd",
+            "bd6dbe3fb419f15cc619d806f723675a676a3511252943e7bdbf7284787939ef",
+            "adk_closed_NAMD.psf",
+            "308a3776cbe2e55622d41042055c401c9d5f872829389b4632475acd244b1bee",
+            dt_fs=10.0,
+            description="adenylate kinase (AdK, 214 residues, 3341 atoms), NAMD targeted MD from the closed "
+            "towards the open state in GBIS implicit solvent: 100 frames 10 fs apart",
+        ),
+    )
+}
 
 
 def protein_files(name: str, root: str | Path = "data") -> tuple[Path, Path]:
@@ -62,22 +70,39 @@ def fetch_protein_dataset(name: str, root: str | Path = "data") -> tuple[Path, P
     trajectory, topology = protein_files(name, root)
     if trajectory.is_file() and topology.is_file():
         return trajectory, topology
-    by_hand = (f"on a machine with network, `pip download {PACKAGE} --no-deps` and copy {dataset.trajectory} and "
-               f"{dataset.topology} from the archive's MDAnalysisTests/data/ into {trajectory.parent}/")
-    print(f"asteroid: {dataset.name}: fetching {PACKAGE} from PyPI (about 60 MB) for {dataset.trajectory}",
-          file=sys.stderr)
+    by_hand = (
+        f"on a machine with network, `pip download {PACKAGE} --no-deps` and copy {dataset.trajectory} and "
+        f"{dataset.topology} from the archive's MDAnalysisTests/data/ into {trajectory.parent}/"
+    )
+    print(
+        f"asteroid: {dataset.name}: fetching {PACKAGE} from PyPI (about 60 MB) for {dataset.trajectory}",
+        file=sys.stderr,
+    )
     with tempfile.TemporaryDirectory() as directory:
         archive = download_package(Path(directory), by_hand)
-        for member, sha256, target in ((dataset.trajectory, dataset.trajectory_sha256, trajectory),
-                                       (dataset.topology, dataset.topology_sha256, topology)):
+        for member, sha256, target in (
+            (dataset.trajectory, dataset.trajectory_sha256, trajectory),
+            (dataset.topology, dataset.topology_sha256, topology),
+        ):
             extract_checked(archive, member, sha256, target, by_hand)
     return trajectory, topology
 
 
 def download_package(directory: Path, by_hand: str) -> Path:
     """`pip download` the MDAnalysisTests archive into `directory`; its path."""
-    command = [sys.executable, "-m", "pip", "download", PACKAGE, "--no-deps", "--no-binary", ":all:",
-               "--dest", str(directory), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        PACKAGE,
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--dest",
+        str(directory),
+        "--quiet",
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     except subprocess.TimeoutExpired:
@@ -102,5 +127,7 @@ def extract_checked(archive: Path, member: str, sha256: str, target: Path, by_ha
                 digest.update(block)
                 out.write(block)
             if digest.hexdigest() != sha256:
-                raise DataError(f"{archive.name}: {member} does not match its SHA-256 (got {digest.hexdigest()}); "
-                                f"nothing was written; {by_hand}")
+                raise DataError(
+                    f"{archive.name}: {member} does not match its SHA-256 (got {digest.hexdigest()}); "
+                    f"nothing was written; {by_hand}"
+                )

@@ -1,4 +1,5 @@
 """Read a trajectory file of any supported format into a Trajectory (Angstrom, femtoseconds)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -78,8 +79,9 @@ def _mdtraj_quietly():
 
 
 def missing_dt_error(path: Path) -> MissingTimestepError:
-    return MissingTimestepError(f"{path}: the file does not say the time between frames; "
-                                "pass dt_fs (--dt-fs), e.g. 0.5")
+    return MissingTimestepError(
+        f"{path}: the file does not say the time between frames; pass dt_fs (--dt-fs), e.g. 0.5"
+    )
 
 
 def trajectory_format(path: str | Path) -> str:
@@ -101,7 +103,8 @@ def uniform_step_fs(times_fs: np.ndarray, path: Path) -> float:
     if np.abs(steps - dt).max() > tolerance:
         raise DataError(
             f"{path}: frames are not evenly spaced in time (steps from {steps.min():g} to {steps.max():g} fs); "
-            "forecasting needs a constant spacing (pass dt_fs to use the frames anyway)")
+            "forecasting needs a constant spacing (pass dt_fs to use the frames anyway)"
+        )
     return float(dt)
 
 
@@ -144,12 +147,14 @@ def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
         raise DataError(
             f"{path}: this is a revised MD17 (rMD17) file: its frames are random samples, not a time-ordered "
             "trajectory, so it cannot be used for forecasting; use the original MD17 file instead "
-            "(sGDML md17_<molecule>.npz, dataset name md17:<molecule>)")
+            "(sGDML md17_<molecule>.npz, dataset name md17:<molecule>)"
+        )
     missing = [key for key in ("R", "z") if key not in keys]
     if missing:
         raise DataError(
             f"{path}: missing key(s) {', '.join(missing)} in the npz file; found keys {sorted(keys)}, expected "
-            "R (frames, atoms, 3) Angstrom and z (atoms,), optionally E, F, dt_fs and box")
+            "R (frames, atoms, 3) Angstrom and z (atoms,), optionally E, F, dt_fs and box"
+        )
     if dt_fs is None and "dt_fs" in arrays:
         dt_fs = _number(arrays["dt_fs"], "dt_fs", path)
     if dt_fs is None and SGDML_KEYS & keys:
@@ -157,8 +162,16 @@ def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
     if dt_fs is None:
         raise missing_dt_error(path)
     E = arrays.get("E")
-    return Trajectory(R=arrays["R"], z=arrays["z"], dt_fs=dt_fs, name=name, source=str(path),
-                      E=None if E is None else E.reshape(-1), F=arrays.get("F"), box=arrays.get("box"))
+    return Trajectory(
+        R=arrays["R"],
+        z=arrays["z"],
+        dt_fs=dt_fs,
+        name=name,
+        source=str(path),
+        E=None if E is None else E.reshape(-1),
+        F=arrays.get("F"),
+        box=arrays.get("box"),
+    )
 
 
 def _number(value, key: str, path: Path) -> float:
@@ -192,8 +205,10 @@ def _ase_box(frames: list, path: Path) -> np.ndarray | None:
     if not pbc.any():
         return None
     if not pbc.all():
-        raise DataError(f"{path}: periodic in only some directions (pbc {pbc[np.argmin(pbc.all(axis=1))].tolist()});"
-                        " only fully periodic cells or open boundaries are supported")
+        raise DataError(
+            f"{path}: periodic in only some directions (pbc {pbc[np.argmin(pbc.all(axis=1))].tolist()});"
+            " only fully periodic cells or open boundaries are supported"
+        )
     return np.stack([atoms.cell.array for atoms in frames])
 
 
@@ -209,15 +224,25 @@ def _read_ase(path: Path, dt_fs: float | None, name: str) -> Trajectory:
     z = frames[0].numbers
     for t, atoms in enumerate(frames):
         if len(atoms) != len(z) or not np.array_equal(atoms.numbers, z):
-            raise DataError(f"{path}: the atoms change at frame {t} ({len(z)} atoms in frame 0, {len(atoms)} "
-                            f"in frame {t}); a trajectory needs the same atoms in every frame")
+            raise DataError(
+                f"{path}: the atoms change at frame {t} ({len(z)} atoms in frame 0, {len(atoms)} "
+                f"in frame {t}); a trajectory needs the same atoms in every frame"
+            )
     if dt_fs is None:
         dt_fs = _ase_dt_fs(frames, path)
     if dt_fs is None:
         raise missing_dt_error(path)
     R = np.stack([atoms.positions for atoms in frames])  # (T, N, 3) Angstrom
-    return Trajectory(R=R, z=z, dt_fs=dt_fs, name=name, source=str(path),
-                      E=_calc_results(frames, "energy"), F=_calc_results(frames, "forces"), box=_ase_box(frames, path))
+    return Trajectory(
+        R=R,
+        z=z,
+        dt_fs=dt_fs,
+        name=name,
+        source=str(path),
+        E=_calc_results(frames, "energy"),
+        F=_calc_results(frames, "forces"),
+        box=_ase_box(frames, path),
+    )
 
 
 def _dcd_declared_frames(path: Path) -> int:
@@ -244,8 +269,10 @@ def _check_layout(path: Path) -> None:
     suffix = path.suffix.lower()
     size = path.stat().st_size
     if suffix in XDR_SUFFIXES and size % 4:
-        raise DataError(f"{path}: the file is truncated: {size} bytes is not a whole number of 4-byte XDR words, "
-                        "so its last frame is cut off")
+        raise DataError(
+            f"{path}: the file is truncated: {size} bytes is not a whole number of 4-byte XDR words, "
+            "so its last frame is cut off"
+        )
     if suffix == ".pdb":
         with open(path, "rb") as fh:
             records = [line[:6].rstrip() for line in fh]
@@ -253,19 +280,24 @@ def _check_layout(path: Path) -> None:
             raise DataError(f"{path}: no ATOM or HETATM records: the file holds no atoms")
         opened, closed = records.count(b"MODEL"), records.count(b"ENDMDL")
         if opened > closed:
-            raise DataError(f"{path}: the file is truncated: {opened} MODEL records but {closed} ENDMDL, "
-                            "so its last model is cut off")
+            raise DataError(
+                f"{path}: the file is truncated: {opened} MODEL records but {closed} ENDMDL, "
+                "so its last model is cut off"
+            )
 
 
-def _read_mdtraj(path: Path, topology: str | Path | None, selection: str | None, dt_fs: float | None,
-                 name: str) -> Trajectory:
+def _read_mdtraj(
+    path: Path, topology: str | Path | None, selection: str | None, dt_fs: float | None, name: str
+) -> Trajectory:
     import mdtraj as md
 
     suffix = path.suffix.lower()
     topology_file = topology if topology is not None else path if suffix in SELF_TOPOLOGY_SUFFIXES else None
     if topology_file is None:
-        raise DataError(f"{path}: a {suffix} file holds only coordinates; pass a topology file "
-                        "(--topology, e.g. .pdb, .psf, .gro, .prmtop)")
+        raise DataError(
+            f"{path}: a {suffix} file holds only coordinates; pass a topology file "
+            "(--topology, e.g. .pdb, .psf, .gro, .prmtop)"
+        )
     if Path(topology_file).is_dir():
         raise DataError(f"{topology_file}: is a directory, not a topology file")
     _check_layout(path)
@@ -285,19 +317,29 @@ def _read_mdtraj(path: Path, topology: str | Path | None, selection: str | None,
         raise DataError(f"{path}: cannot read the file with mdtraj ({_one_line(exc)})") from exc
     declared = _dcd_declared_frames(path) if suffix == ".dcd" else 0
     if declared > traj.n_frames:  # mdtraj silently drops a cut-off last frame
-        raise DataError(f"{path}: the file is truncated: its header declares {declared} frames "
-                        f"but only {traj.n_frames} could be read")
+        raise DataError(
+            f"{path}: the file is truncated: its header declares {declared} frames "
+            f"but only {traj.n_frames} could be read"
+        )
     z = np.array([0 if atom.element is None else atom.element.number for atom in traj.topology.atoms])
     if (z < 1).any():
         names = [str(atom) for atom, number in zip(traj.topology.atoms, z) if number < 1][:5]
-        raise DataError(f"{topology_file}: no chemical element for atom(s) {', '.join(names)} "
-                        "(virtual sites?); leave them out with a selection")
+        raise DataError(
+            f"{topology_file}: no chemical element for atom(s) {', '.join(names)} "
+            "(virtual sites?); leave them out with a selection"
+        )
     if dt_fs is None and suffix in TIMED_SUFFIXES and traj.n_frames > 1:
         dt_fs = uniform_step_fs(np.asarray(traj.time, dtype=np.float64) * 1000.0, path)  # ps -> fs
     if dt_fs is None:
         raise missing_dt_error(path)
-    return Trajectory(R=traj.xyz * 10.0, z=z, dt_fs=dt_fs, name=name, source=str(path),  # nm -> Angstrom
-                      box=_mdtraj_box(traj.unitcell_vectors))
+    return Trajectory(
+        R=traj.xyz * 10.0,
+        z=z,
+        dt_fs=dt_fs,
+        name=name,
+        source=str(path),  # nm -> Angstrom
+        box=_mdtraj_box(traj.unitcell_vectors),
+    )
 
 
 def _mdtraj_box(vectors_nm: np.ndarray | None) -> np.ndarray | None:
@@ -324,20 +366,35 @@ def warn_if_shuffled(traj: Trajectory) -> None:
     """Warn (TimeOrderWarning) when the frames of `traj` look shuffled rather than time-ordered, or jump."""
     ratio = time_order_ratio(traj.R)
     if ratio >= THRESHOLD:  # False for nan: too short to tell
-        warnings.warn(TimeOrderWarning(
-            f"{traj.source}: frames look shuffled, not time-ordered (consecutive frames are {ratio:.2f} times "
-            "as far apart as random frames); forecasting needs consecutive MD frames"), stacklevel=3)
+        warnings.warn(
+            TimeOrderWarning(
+                f"{traj.source}: frames look shuffled, not time-ordered (consecutive frames are {ratio:.2f} times "
+                "as far apart as random frames); forecasting needs consecutive MD frames"
+            ),
+            stacklevel=3,
+        )
         return
     jump = largest_jump(traj.R)
     if jump is not None:
-        warnings.warn(TimeOrderWarning(
-            f"{traj.source}: atom {jump['atom']} jumps {jump['distance']:.3g} A between frames {jump['frame']} and "
-            f"{jump['frame'] + 1} (the fastest atom's typical step is {jump['typical']:.3g} A): the frames are not "
-            "one continuous trajectory there"), stacklevel=3)
+        warnings.warn(
+            TimeOrderWarning(
+                f"{traj.source}: atom {jump['atom']} jumps {jump['distance']:.3g} A between frames {jump['frame']} and "
+                f"{jump['frame'] + 1} (the fastest atom's typical step is {jump['typical']:.3g} A): the frames are not "
+                "one continuous trajectory there"
+            ),
+            stacklevel=3,
+        )
 
 
-def load_trajectory(path: str | Path, *, topology: str | Path | None = None, selection: str | None = None,
-                    dt_fs: float | None = None, name: str | None = None, check_order: bool = True) -> Trajectory:
+def load_trajectory(
+    path: str | Path,
+    *,
+    topology: str | Path | None = None,
+    selection: str | None = None,
+    dt_fs: float | None = None,
+    name: str | None = None,
+    check_order: bool = True,
+) -> Trajectory:
     """Read a trajectory file, choosing the reader by suffix.
 
     .npz (MD17/MD22 sGDML layout or our generator), .extxyz/.xyz/.traj (ASE), .dcd/.xtc/.trr/.nc/.h5
@@ -354,8 +411,10 @@ def load_trajectory(path: str | Path, *, topology: str | Path | None = None, sel
         traj = _read_mdtraj(path, topology, selection, dt_fs, name)
     else:
         if topology is not None:
-            raise DataError(f"{path}: a topology is only used with mdtraj formats "
-                            f"({', '.join(sorted(MDTRAJ_SUFFIXES))}); this file names its atoms itself")
+            raise DataError(
+                f"{path}: a topology is only used with mdtraj formats "
+                f"({', '.join(sorted(MDTRAJ_SUFFIXES))}); this file names its atoms itself"
+            )
         read = _read_npz if path.suffix.lower() == ".npz" else _read_ase
         traj = read(path, dt_fs, name)
         if selection is not None:

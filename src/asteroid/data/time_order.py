@@ -6,6 +6,7 @@ between random pairs of frames. For frames in time order the ratio is small; for
 A time series can still break at one frame (an atom wrapped into the box, two runs concatenated):
 `largest_jump` finds the step whose fastest atom moves furthest against the typical step.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,7 +46,7 @@ def mean_step_displacement(R: np.ndarray, chunk: int = 4096) -> float:
     total = 0.0
     for start in range(0, T - 1, chunk):  # chunks keep memory flat on long memory-mapped trajectories
         stop = min(start + chunk, T - 1)
-        total += rms_displacement(R[start + 1:stop + 1], R[start:stop]).sum()
+        total += rms_displacement(R[start + 1 : stop + 1], R[start:stop]).sum()
     return total / (T - 1)
 
 
@@ -92,8 +93,9 @@ def largest_jump(R: np.ndarray, chunk: int = 4096) -> dict | None:
     which = np.empty(T - 1, dtype=np.int64)
     for start in range(0, T - 1, chunk):
         stop = min(start + chunk, T - 1)
-        moves = np.linalg.norm(np.asarray(R[start + 1:stop + 1], np.float64) - np.asarray(R[start:stop], np.float64),
-                               axis=-1)  # (K, N)
+        moves = np.linalg.norm(
+            np.asarray(R[start + 1 : stop + 1], np.float64) - np.asarray(R[start:stop], np.float64), axis=-1
+        )  # (K, N)
         fastest[start:stop], which[start:stop] = moves.max(-1), moves.argmax(-1)
     step = int(fastest.argmax())
     typical = float(np.median(fastest))

@@ -1,4 +1,5 @@
 """The one in-memory form of every trajectory, whatever file it came from."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from asteroid.errors import DataError
-
 
 # Coordinates are kept as float32; beyond 8192 Angstrom its spacing exceeds 1e-3 Angstrom, a sizeable share of a
 # 5 fs step (0.1 A), so a trajectory offset that far is refused rather than silently rounded.
@@ -56,8 +56,10 @@ class Trajectory:
             fail(f"{int(bad.sum())} frame(s) contain NaN or inf coordinates (first: frame {int(np.argmax(bad))})")
         reach = float(np.abs(R).max())
         if reach >= FLOAT32_REACH:
-            fail(f"coordinates reach {reach:.3g} Angstrom, where float32 (in which they are kept) rounds to "
-                 f"{np.spacing(np.float32(reach)):.2g} Angstrom; centre the trajectory (subtract its mean position)")
+            fail(
+                f"coordinates reach {reach:.3g} Angstrom, where float32 (in which they are kept) rounds to "
+                f"{np.spacing(np.float32(reach)):.2g} Angstrom; centre the trajectory (subtract its mean position)"
+            )
         z = np.asarray(self.z)
         if z.ndim != 1 or len(z) != R.shape[1]:
             fail(f"atomic numbers z have shape {tuple(z.shape)} but the coordinates have {R.shape[1]} atoms")
@@ -73,8 +75,10 @@ class Trajectory:
             if arr is not None and not np.issubdtype(np.asarray(arr).dtype, np.number):
                 fail(f"{key} must be numbers, got dtype {np.asarray(arr).dtype}")
             if arr is not None and np.asarray(arr).reshape(-1).size != int(np.prod(shape)):
-                fail(f"{key} has shape {np.asarray(arr).shape}, which does not match {R.shape[0]} frames "
-                     f"of {R.shape[1]} atoms")
+                fail(
+                    f"{key} has shape {np.asarray(arr).shape}, which does not match {R.shape[0]} frames "
+                    f"of {R.shape[1]} atoms"
+                )
         self.R, self.z, self.dt_fs = R, z, float(self.dt_fs)
         if self.box is not None:
             self.box = self._checked_box(np.asarray(self.box), fail)
@@ -109,9 +113,14 @@ class Trajectory:
         if len(index) == 0:
             raise DataError(f"{self.source}: the atom selection matches no atom")
         return Trajectory(
-            R=np.ascontiguousarray(self.R[:, index]), z=self.z[index], dt_fs=self.dt_fs,
-            name=self.name, source=self.source,
-            E=self.E, F=None if self.F is None else np.asarray(self.F)[:, index], box=self.box,
+            R=np.ascontiguousarray(self.R[:, index]),
+            z=self.z[index],
+            dt_fs=self.dt_fs,
+            name=self.name,
+            source=self.source,
+            E=self.E,
+            F=None if self.F is None else np.asarray(self.F)[:, index],
+            box=self.box,
         )
 
     def unwrapped(self) -> "Trajectory":

@@ -7,6 +7,7 @@ protocols are presets written from their official loaders' code (GMN, EGNO and E
 `md17/preprocess.py`) and pinned by tests against a line-by-line transcription of it; three of them draw start
 frames at random from one stretch of trajectory, so their test windows overlap training windows in time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ class WindowLayout:
     def regular(cls, history: int, horizon: int, spacing: int) -> "WindowLayout":
         if history < 1 or horizon < 1 or spacing < 1:
             raise ConfigError(f"history, horizon and spacing must be >= 1, got {history}, {horizon}, {spacing}")
-        return cls(tuple(range(0, history * spacing, spacing)),
-                   tuple(range(history * spacing, (history + horizon) * spacing, spacing)))
+        return cls(
+            tuple(range(0, history * spacing, spacing)),
+            tuple(range(history * spacing, (history + horizon) * spacing, spacing)),
+        )
 
     @property
     def history(self) -> int:
@@ -73,38 +76,67 @@ class Protocol:
     overlap: str = ""  # how test windows relate to training windows in time
 
 
-PEER_OVERLAP = ("test windows are drawn at random from the same stretch of trajectory as the training windows, so "
-                "they overlap training windows in time, as in the peers' papers: not leak-free, only comparable with "
-                "the peers' published numbers (our default protocol is the leak-free one)")
+PEER_OVERLAP = (
+    "test windows are drawn at random from the same stretch of trajectory as the training windows, so "
+    "they overlap training windows in time, as in the peers' papers: not leak-free, only comparable with "
+    "the peers' published numbers (our default protocol is the leak-free one)"
+)
 PEER_DRAW = "starts drawn as the official loader draws them (x[:-1], x[10000:-10000], np.random.seed(100), 10/5/5%)"
 PROTOCOLS = {
-    "default": Protocol(None, "chronological", description="ours: chronological 80/10/10 blocks, one-window gaps",
-                        overlap="no frame of a test window is in, or within one window of, any training window: "
-                        "leak-free"),
-    "gmn": Protocol(WindowLayout((0, 1), (3000,)), "peer_random", fractions=(0.1, 0.05, 0.05),
-                    max_windows=(500, 2000, 2000), heavy_atoms=True, overlap=PEER_OVERLAP,
-                    description=f"GMN (hanjq17/GMN md17/dataset.py): heavy atoms; x_t and v_t = x_t+1 - x_t -> "
-                    f"x_t+3000; {PEER_DRAW}; 500/2000/2000 windows at most", scored="the one target frame"),
-    "egno": Protocol(WindowLayout((0, 1), tuple(375 * i for i in range(1, 9))), "peer_random",
-                     fractions=(0.1, 0.05, 0.05), max_windows=(500, 2000, 2000), heavy_atoms=True,
-                     overlap=PEER_OVERLAP,
-                     description=f"EGNO (MinkaiXu/EGNO md17/dataset.py, MD17DynamicsDataset): heavy atoms; x_t and "
-                     f"v_t = x_t+1 - x_t -> x_t+375i, i = 1..8; {PEER_DRAW}; 500/2000/2000 windows at most",
-                     scored="EGNO reports the last frame (S2S: the step-8 column) and trains on the mean over its 8 "
-                     "(S2T: the mean column)"),
-    "estag": Protocol(WindowLayout(tuple(range(0, 100, 10)), (100,)), "peer_random", fractions=(0.1, 0.05, 0.05),
-                      max_windows=(500, 2000, 2000), heavy_atoms=True, overlap=PEER_OVERLAP,
-                      description=f"ESTAG (GLAD-RUC/ESTAG md17/dataset.py): heavy atoms; x_t, x_t+10, ..., x_t+90 -> "
-                      f"x_t+100 (positions only); {PEER_DRAW}; 500/2000/2000 windows at most",
-                      scored="the one target frame"),
-    "eqmotion": Protocol(WindowLayout.regular(10, 10, 20), "eqmotion_blocks", fractions=(5, 1, 2),
-                         max_windows=(5000, 2000, 2000), stride=20, heavy_atoms=True,
-                         overlap="chronological 5:1:2 blocks with no gap: splits share no frame but adjacent blocks "
-                         "touch, so the first test windows follow the last validation frames directly",
-                         description="EqMotion (MediaBrain-SJTU/EqMotion md17/preprocess.py): heavy atoms; 10 frames "
-                         "20 apart -> the next 10; x[:-1] cut into 5:1:2 blocks, a window every 20 frames, "
-                         "int((block - 400) / 20) windows per block; 5000/2000/2000 windows at most",
-                         scored="every target frame; EqMotion reports ADE (mean over its 10) and FDE (the last)"),
+    "default": Protocol(
+        None,
+        "chronological",
+        description="ours: chronological 80/10/10 blocks, one-window gaps",
+        overlap="no frame of a test window is in, or within one window of, any training window: leak-free",
+    ),
+    "gmn": Protocol(
+        WindowLayout((0, 1), (3000,)),
+        "peer_random",
+        fractions=(0.1, 0.05, 0.05),
+        max_windows=(500, 2000, 2000),
+        heavy_atoms=True,
+        overlap=PEER_OVERLAP,
+        description=f"GMN (hanjq17/GMN md17/dataset.py): heavy atoms; x_t and v_t = x_t+1 - x_t -> "
+        f"x_t+3000; {PEER_DRAW}; 500/2000/2000 windows at most",
+        scored="the one target frame",
+    ),
+    "egno": Protocol(
+        WindowLayout((0, 1), tuple(375 * i for i in range(1, 9))),
+        "peer_random",
+        fractions=(0.1, 0.05, 0.05),
+        max_windows=(500, 2000, 2000),
+        heavy_atoms=True,
+        overlap=PEER_OVERLAP,
+        description=f"EGNO (MinkaiXu/EGNO md17/dataset.py, MD17DynamicsDataset): heavy atoms; x_t and "
+        f"v_t = x_t+1 - x_t -> x_t+375i, i = 1..8; {PEER_DRAW}; 500/2000/2000 windows at most",
+        scored="EGNO reports the last frame (S2S: the step-8 column) and trains on the mean over its 8 "
+        "(S2T: the mean column)",
+    ),
+    "estag": Protocol(
+        WindowLayout(tuple(range(0, 100, 10)), (100,)),
+        "peer_random",
+        fractions=(0.1, 0.05, 0.05),
+        max_windows=(500, 2000, 2000),
+        heavy_atoms=True,
+        overlap=PEER_OVERLAP,
+        description=f"ESTAG (GLAD-RUC/ESTAG md17/dataset.py): heavy atoms; x_t, x_t+10, ..., x_t+90 -> "
+        f"x_t+100 (positions only); {PEER_DRAW}; 500/2000/2000 windows at most",
+        scored="the one target frame",
+    ),
+    "eqmotion": Protocol(
+        WindowLayout.regular(10, 10, 20),
+        "eqmotion_blocks",
+        fractions=(5, 1, 2),
+        max_windows=(5000, 2000, 2000),
+        stride=20,
+        heavy_atoms=True,
+        overlap="chronological 5:1:2 blocks with no gap: splits share no frame but adjacent blocks "
+        "touch, so the first test windows follow the last validation frames directly",
+        description="EqMotion (MediaBrain-SJTU/EqMotion md17/preprocess.py): heavy atoms; 10 frames "
+        "20 apart -> the next 10; x[:-1] cut into 5:1:2 blocks, a window every 20 frames, "
+        "int((block - 400) / 20) windows per block; 5000/2000/2000 windows at most",
+        scored="every target frame; EqMotion reports ADE (mean over its 10) and FDE (the last)",
+    ),
 }
 
 
@@ -127,7 +159,8 @@ def chronological_starts(n_frames: int, span: int, stride: int, fractions, gap: 
         need = int(np.ceil(span * fractions.sum() / fractions.min())) + 2 * gap
         raise DataError(
             f"{source}: trajectory too short: {n_frames} frames, but one window spans {span} frames and the "
-            f"{'/'.join(f'{f:g}' for f in fractions)} split with gaps of {gap} needs at least {need} frames")
+            f"{'/'.join(f'{f:g}' for f in fractions)} split with gaps of {gap} needs at least {need} frames"
+        )
     starts, block_start = {}, 0
     for name, length in zip(SPLITS, lengths):
         starts[name] = block_start + stride * np.arange(count_windows(length, span, stride))
@@ -150,9 +183,11 @@ def peer_random_starts(n_frames: int, span: int, fractions, max_windows, source:
     usable = n_frames - 1 - 2 * PEER_MARGIN
     sizes = [int(f * usable) for f in fractions] if usable > 0 else [0, 0, 0]
     if min(sizes) < 1:
-        raise DataError(f"{source}: trajectory too short for this protocol: {n_frames} frames leave "
-                        f"{max(usable, 0)} start frames after dropping the last frame and {PEER_MARGIN} at each end, "
-                        f"too few to draw {'/'.join(f'{f:g}' for f in fractions)} of them")
+        raise DataError(
+            f"{source}: trajectory too short for this protocol: {n_frames} frames leave "
+            f"{max(usable, 0)} start frames after dropping the last frame and {PEER_MARGIN} at each end, "
+            f"too few to draw {'/'.join(f'{f:g}' for f in fractions)} of them"
+        )
     if span > PEER_MARGIN:
         raise ConfigError(f"a window of {span} frames does not fit in the {PEER_MARGIN} frames the peers leave out")
     rng = np.random.RandomState(PEER_SEED)
@@ -165,8 +200,9 @@ def peer_random_starts(n_frames: int, span: int, fractions, max_windows, source:
     return starts
 
 
-def eqmotion_blocks(n_frames: int, layout: WindowLayout, stride: int, proportions, max_windows, seed: int,
-                    source: str = "trajectory"):
+def eqmotion_blocks(
+    n_frames: int, layout: WindowLayout, stride: int, proportions, max_windows, seed: int, source: str = "trajectory"
+):
     """Start frames of each split as EqMotion's md17/preprocess.py cuts them.
 
     Its code: drop the last frame, cut the rest into consecutive blocks of int(T * p / 8) frames for p = 5, 1, 2,
@@ -180,9 +216,11 @@ def eqmotion_blocks(n_frames: int, layout: WindowLayout, stride: int, proportion
     reserved = (layout.history + layout.horizon) * (layout.target_offsets[0] - layout.history_offsets[-1])
     counts = [max(0, int((length - reserved) / stride)) for length in lengths]
     if min(counts) < 1:
-        raise DataError(f"{source}: trajectory too short for this protocol: {n_frames} frames give "
-                        f"{'/'.join(map(str, counts))} train/val/test windows (each block needs over {reserved} "
-                        "frames)")
+        raise DataError(
+            f"{source}: trajectory too short for this protocol: {n_frames} frames give "
+            f"{'/'.join(map(str, counts))} train/val/test windows (each block needs over {reserved} "
+            "frames)"
+        )
     rng = np.random.default_rng(seed)
     starts, block_start = {}, 0
     for name, length, count, limit in zip(SPLITS, lengths, counts, max_windows):
@@ -200,7 +238,9 @@ def rollout_spacing(layout: WindowLayout) -> int:
     offsets = layout.history_offsets + layout.target_offsets
     spacing = offsets[1] - offsets[0] if len(offsets) > 1 else 1
     if offsets[0] != 0 or any(b - a != spacing for a, b in zip(offsets, offsets[1:])):
-        raise ConfigError(f"cannot roll out this window layout (history offsets {layout.history_offsets}, target "
-                          f"offsets {layout.target_offsets}): history and targets must be evenly spaced, as in "
-                          "the default protocol")
+        raise ConfigError(
+            f"cannot roll out this window layout (history offsets {layout.history_offsets}, target "
+            f"offsets {layout.target_offsets}): history and targets must be evenly spaced, as in "
+            "the default protocol"
+        )
     return spacing

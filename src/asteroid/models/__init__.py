@@ -9,5 +9,16 @@ from asteroid.models.baselines.extrapolation import LastFrame, LinearExtrapolati
 from asteroid.models.baselines.sequence import LSTMForecaster, TransformerForecaster
 from asteroid.models.neighbors import radius_neighbors
 
-__all__ = ["Asteroid", "EGNN", "EGNO", "ESTAG", "ForecastModel", "LSTMForecaster", "LastFrame", "LinearExtrapolation",
-           "QuadraticExtrapolation", "TransformerForecaster", "radius_neighbors"]
+__all__ = [
+    "Asteroid",
+    "EGNN",
+    "EGNO",
+    "ESTAG",
+    "ForecastModel",
+    "LSTMForecaster",
+    "LastFrame",
+    "LinearExtrapolation",
+    "QuadraticExtrapolation",
+    "TransformerForecaster",
+    "radius_neighbors",
+]

@@ -122,8 +122,9 @@ class ForecastModel(nn.Module):
         """
         return history[:, -1:] + self.displacement_scale[None, :, None, None] * output
 
-    def constrain(self, frames: Tensor, z: Tensor, history: Tensor, sample: bool = False,
-                  generator: torch.Generator | None = None) -> Tensor:
+    def constrain(
+        self, frames: Tensor, z: Tensor, history: Tensor, sample: bool = False, generator: torch.Generator | None = None
+    ) -> Tensor:
         """frames (B, P, N, 3) projected onto the bond lengths predicted from history (B, H, N, 3), drawn when
         sample=True, and the angle ranges, when the model has a bonded geometry (else unchanged)."""
         if self.bonded is None or not self.bonded.fitted:
@@ -131,8 +132,15 @@ class ForecastModel(nn.Module):
         self.bonded.check(z)
         return self.bonded(frames, self.bonded.lengths(history, sample, generator))
 
-    def generate(self, history: Tensor, z: Tensor, mask: Tensor, box: Tensor | None = None, sample: bool = False,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def generate(
+        self,
+        history: Tensor,
+        z: Tensor,
+        mask: Tensor,
+        box: Tensor | None = None,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """The next P frames (B, P, N, 3) after history (B, H, N, 3): the forecast mean, or with sample=True a draw
         from the learned distribution around it (the mean for a model without one); projected onto the bonded
         geometry when the model has one."""

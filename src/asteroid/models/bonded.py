@@ -7,6 +7,7 @@ are (the mean position of a rotating hydrogen lies inside its circle: MSE foreca
 learned spread restores the stretch vibrations that averaging removes. Projecting onto fixed lengths instead keeps
 rollouts intact but freezes them (0.004 A/frame against the data's 0.124, issue 15).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,9 @@ def bonded_pairs(z: Tensor, frame: Tensor) -> tuple[Tensor, int]:
         neighbours[i].add(j)
         neighbours[j].add(i)
     bonded = {tuple(pair) for pair in bonds.tolist()}
-    angle_pairs = sorted({(min(i, k), max(i, k)) for around in neighbours for i in around for k in around if i != k}
-                         - bonded)
+    angle_pairs = sorted(
+        {(min(i, k), max(i, k)) for around in neighbours for i in around for k in around if i != k} - bonded
+    )
     return torch.cat([bonds, torch.tensor(angle_pairs, dtype=torch.int64).reshape(-1, 2)]), len(bonds)
 
 
@@ -55,18 +57,37 @@ class BondedGeometry(nn.Module):
     E(3)-equivariant; it is plain tensor algebra, so gradients flow through it in training.
     """
 
-    def __init__(self, history: int, horizon: int, hidden: int = 32, max_z: int = 100, tolerance: float = 1e-3,
-                 max_iterations: int = 200, check_every: int = 10):
+    def __init__(
+        self,
+        history: int,
+        horizon: int,
+        hidden: int = 32,
+        max_z: int = 100,
+        tolerance: float = 1e-3,
+        max_iterations: int = 200,
+        check_every: int = 10,
+    ):
         super().__init__()
         self.horizon = horizon
         self.tolerance, self.max_iterations, self.check_every = tolerance, max_iterations, check_every
-        for name, dtype in (("z", torch.int64), ("pairs", torch.int64), ("lower", torch.float32),
-                            ("upper", torch.float32), ("inverse_mass", torch.float32), ("length_mean", torch.float32),
-                            ("length_std", torch.float32)):
+        for name, dtype in (
+            ("z", torch.int64),
+            ("pairs", torch.int64),
+            ("lower", torch.float32),
+            ("upper", torch.float32),
+            ("inverse_mass", torch.float32),
+            ("length_mean", torch.float32),
+            ("length_std", torch.float32),
+        ):
             self.register_buffer(name, torch.zeros((0, 2) if name == "pairs" else (0,), dtype=dtype))
         self.embed = nn.Embedding(max_z + 1, hidden)
-        self.length_head = nn.Sequential(nn.Linear(hidden + history, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
-                                         nn.SiLU(), nn.Linear(hidden, 3 * horizon))
+        self.length_head = nn.Sequential(
+            nn.Linear(hidden + history, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, 3 * horizon),
+        )
 
     @property
     def fitted(self) -> bool:
@@ -85,8 +106,10 @@ class BondedGeometry(nn.Module):
         frames = torch.as_tensor(frames, dtype=torch.float64)
         pairs, bonds = bonded_pairs(z, frames[0])
         if not len(pairs):
-            raise DataError(f"model.bond_constraints: the training molecule (z = {z.tolist()}) has no covalent bond "
-                            "to keep; turn the constraints off")
+            raise DataError(
+                f"model.bond_constraints: the training molecule (z = {z.tolist()}) has no covalent bond "
+                "to keep; turn the constraints off"
+            )
         lengths = (frames[:, pairs[:, 1]] - frames[:, pairs[:, 0]]).norm(dim=-1)  # (T, K)
         self.z, self.pairs = z, pairs
         self.lower, self.upper = lengths.min(0).values.float(), lengths.max(0).values.float()
@@ -104,8 +127,10 @@ class BondedGeometry(nn.Module):
     def check(self, z: Tensor) -> None:
         """Refuse frames of another molecule than the one the geometry was fitted on; z (B, N)."""
         if self.fitted and (z.shape[-1] != len(self.z) or not (z == self.z.to(z.device)).all()):
-            raise ConfigError(f"model.bond_constraints: the constraints were fitted on z = {self.z.tolist()}, but "
-                              f"the frames hold z = {z[0].tolist()}; bond constraints need one molecule")
+            raise ConfigError(
+                f"model.bond_constraints: the constraints were fitted on z = {self.z.tolist()}, but "
+                f"the frames hold z = {z[0].tolist()}; bond constraints need one molecule"
+            )
 
     def distances(self, frames: Tensor) -> Tensor:
         """(..., K) distance of every pair in frames (..., N, 3)."""
@@ -125,7 +150,7 @@ class BondedGeometry(nn.Module):
         """Mean negative log-likelihood of the true bond lengths of target (B, P, N, 3) under the predicted
         autoregression, in units of each bond's training spread."""
         mean, log_std, rho = self.predict_lengths(history)
-        residual = (self.distances(target)[..., :self.n_bonds] - mean) / self.length_std  # (B, P, E)
+        residual = (self.distances(target)[..., : self.n_bonds] - mean) / self.length_std  # (B, P, E)
         before = torch.cat([torch.zeros_like(residual[:, :1]), residual[:, :-1]], dim=1)  # r_(p-1), r_0 = 0
         innovation = residual - rho * before
         return (0.5 * innovation.square() * torch.exp(-2 * log_std) + log_std).mean() + 0.5 * math.log(2 * math.pi)
@@ -155,7 +180,10 @@ class BondedGeometry(nn.Module):
         lower, upper = self.lower.expand(*frames.shape[:-2], -1), self.upper.expand(*frames.shape[:-2], -1)
         if lengths is None:
             return lower, upper
-        return (torch.cat([lengths, lower[..., self.n_bonds:]], -1), torch.cat([lengths, upper[..., self.n_bonds:]], -1))
+        return (
+            torch.cat([lengths, lower[..., self.n_bonds :]], -1),
+            torch.cat([lengths, upper[..., self.n_bonds :]], -1),
+        )
 
     def forward(self, frames: Tensor, lengths: Tensor | None = None) -> Tensor:
         """frames (..., N, 3) Angstrom -> the same with every bond at `lengths` (..., E) (when given) and every pair

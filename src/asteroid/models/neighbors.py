@@ -33,8 +33,9 @@ class Neighbors(NamedTuple):
     image: Tensor  # (E, 3) translation from the source to that image: a sum of cell vectors; zeros without a box
 
 
-def radius_neighbors(pos: Tensor, mask: Tensor, cutoff: float, box: Tensor | None = None,
-                     method: str = "auto") -> Neighbors:
+def radius_neighbors(
+    pos: Tensor, mask: Tensor, cutoff: float, box: Tensor | None = None, method: str = "auto"
+) -> Neighbors:
     """All ordered pairs of real atoms of the same frame closer than ``cutoff``.
 
     pos (M, N, 3), mask (M, N) bool, box (M, 3, 3) periodic cell vectors as rows (Angstrom) or None (open
@@ -64,16 +65,19 @@ def radius_neighbors(pos: Tensor, mask: Tensor, cutoff: float, box: Tensor | Non
 def perpendicular_widths(box: Tensor) -> Tensor:
     """(M, 3, 3) cell vectors as rows -> (M, 3) distance between opposite faces of each cell."""
     volume = torch.linalg.det(box).abs()  # (M,)
-    areas = torch.stack([torch.linalg.cross(box[:, (k + 1) % 3], box[:, (k + 2) % 3]).norm(dim=-1)
-                         for k in range(3)], dim=-1)  # (M, 3)
+    areas = torch.stack(
+        [torch.linalg.cross(box[:, (k + 1) % 3], box[:, (k + 2) % 3]).norm(dim=-1) for k in range(3)], dim=-1
+    )  # (M, 3)
     return volume[:, None] / areas
 
 
 def _check_box(box: Tensor, cutoff: float) -> None:
     narrowest = float(perpendicular_widths(box.double()).min())
     if not narrowest >= cutoff:  # also catches a degenerate (flat, zero or NaN) box
-        raise ConfigError(f"model: the cutoff of {cutoff} Angstrom exceeds the periodic box's narrowest width "
-                          f"({narrowest:.3g} Angstrom); a neighbour could then be its own image")
+        raise ConfigError(
+            f"model: the cutoff of {cutoff} Angstrom exceeds the periodic box's narrowest width "
+            f"({narrowest:.3g} Angstrom); a neighbour could then be its own image"
+        )
 
 
 def _sorted(frame: Tensor, target: Tensor, source: Tensor, shift: Tensor, N: int):

@@ -5,6 +5,7 @@ determine, and a rollout fed its own means damps out (hydrogen steps of 0.03 A/f
 15). Sampling the rest back restores the amplitude: if the mean is the conditional mean, mean-square step of sample =
 mean-square step of mean + variance of the residual, which is the data's.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,13 @@ class GaussMarkovNoise(nn.Module):
         super().__init__()
         self.horizon = horizon
         self.embed = nn.Embedding(max_z + 1, hidden)
-        self.mlp = nn.Sequential(nn.Linear(hidden + history + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
-                                 nn.SiLU(), nn.Linear(hidden, horizon))
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden + history + 1, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, horizon),
+        )
         # Mass-weighted mean square step between consecutive frames of the training data, amu A^2 per atom: the
         # training temperature in the rollout's own units, which `thermostat` steers sampled rollouts toward.
         self.register_buffer("step_energy", torch.zeros(()))
@@ -59,8 +65,9 @@ class GaussMarkovNoise(nn.Module):
         weights = mask[:, None, :].expand_as(per_atom).to(per_atom.dtype)
         return (per_atom * weights).sum() / (3 * weights.sum()) + 0.5 * math.log(2 * math.pi)
 
-    def sample(self, history: Tensor, z: Tensor, mean: Tensor, scale: Tensor,
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, history: Tensor, z: Tensor, mean: Tensor, scale: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """One draw (B, P, N, 3) around the forecast mean (B, P, N, 3)."""
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         steps = eps * torch.exp(self.log_scale(history, z, scale))[..., None]  # (B, P, N, 3)

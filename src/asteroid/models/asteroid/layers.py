@@ -65,8 +65,9 @@ class EquivariantAttention(nn.Module):
             packed.append(positions[:, :, None].expand(X, S, self.heads, 3))
         return keys.transpose(1, 2), torch.cat(packed, dim=-1).transpose(1, 2)
 
-    def attend(self, s: Tensor, context: tuple[Tensor, Tensor], mask: Tensor | None = None,
-               positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def attend(
+        self, s: Tensor, context: tuple[Tensor, Tensor], mask: Tensor | None = None, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """s (X, Sq, C) queries, context from keys_values, mask (X, Sk) bool (True = attend), positions (X, Sq, 3)
         of the queries when built with positions -> scalar update (X, Sq, C), vector update (X, Sq, 3, Cv)."""
         X, Sq, C = s.shape
@@ -84,8 +85,9 @@ class EquivariantAttention(nn.Module):
             vectors = vectors + self.position_out(relative.transpose(2, 3))
         return scalars, vectors
 
-    def forward(self, s: Tensor, v: Tensor, mask: Tensor | None = None,
-                positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, s: Tensor, v: Tensor, mask: Tensor | None = None, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Self-attention: s (X, S, C), v (X, S, 3, Cv), mask (X, S), positions (X, S, 3) -> updates of s and v."""
         return self.attend(s, self.keys_values(s, v, positions), mask, positions)
 
@@ -108,5 +110,6 @@ class EquivariantFeedForward(nn.Module):
         """s (..., C), v (..., 3, Cv) -> same shapes."""
         u, w = self.mix(v).split(self.vector_dim, dim=-1)  # (..., 3, Cv) each
         update, gate = self.net(torch.cat([s, self.dot_norm((u * w).sum(dim=-2))], dim=-1)).split(
-            [s.shape[-1], self.vector_dim], dim=-1)
+            [s.shape[-1], self.vector_dim], dim=-1
+        )
         return self.norm(s + update), v + gate[..., None, :] * w

@@ -58,14 +58,19 @@ class Asteroid(ForecastModel):
         if not (local_attention or global_attention):
             raise ConfigError("model: local_attention and global_attention are both off; enable at least one")
         if min(hidden, temporal_hidden, vector_channels, heads, num_rbf) < 1:
-            raise ConfigError(f"model: hidden={hidden}, temporal_hidden={temporal_hidden}, vector_channels="
-                              f"{vector_channels}, heads={heads} and num_rbf={num_rbf} must all be >= 1")
+            raise ConfigError(
+                f"model: hidden={hidden}, temporal_hidden={temporal_hidden}, vector_channels="
+                f"{vector_channels}, heads={heads} and num_rbf={num_rbf} must all be >= 1"
+            )
         if hidden % heads or temporal_hidden % heads or vector_channels % heads:
-            raise ConfigError(f"model: hidden={hidden}, temporal_hidden={temporal_hidden} and vector_channels="
-                              f"{vector_channels} must all be divisible by heads={heads}")
+            raise ConfigError(
+                f"model: hidden={hidden}, temporal_hidden={temporal_hidden} and vector_channels="
+                f"{vector_channels} must all be divisible by heads={heads}"
+            )
         if temporal_layers < 0 or spatial_layers < 1:
-            raise ConfigError(f"model: temporal_layers={temporal_layers} must be >= 0 and spatial_layers="
-                              f"{spatial_layers} >= 1")
+            raise ConfigError(
+                f"model: temporal_layers={temporal_layers} must be >= 0 and spatial_layers={spatial_layers} >= 1"
+            )
         if cutoff <= 0:
             raise ConfigError(f"model: cutoff={cutoff} Angstrom must be positive")
         if latent_tokens is not None and latent_tokens < 1:
@@ -76,11 +81,33 @@ class Asteroid(ForecastModel):
             raise ConfigError(f"model: sti_delay={sti_delay} must be >= horizon + 1 = {horizon + 1}")
         self.max_z = max_z
         self.radius_graph = RadiusGraph(cutoff, num_rbf) if local_attention else None
-        self.encoder = TemporalEncoder(history, hidden, temporal_hidden, vector_channels, heads, temporal_layers,
-                                       spatial_layers, num_rbf, local_attention, global_attention, max_z, latent_tokens)
+        self.encoder = TemporalEncoder(
+            history,
+            hidden,
+            temporal_hidden,
+            vector_channels,
+            heads,
+            temporal_layers,
+            spatial_layers,
+            num_rbf,
+            local_attention,
+            global_attention,
+            max_z,
+            latent_tokens,
+        )
         if autoregressive:
-            self.decoder = StepwiseDecoder(horizon, hidden, temporal_hidden, vector_channels, heads, num_rbf,
-                                           local_attention, global_attention, max_z, latent_tokens)
+            self.decoder = StepwiseDecoder(
+                horizon,
+                hidden,
+                temporal_hidden,
+                vector_channels,
+                heads,
+                num_rbf,
+                local_attention,
+                global_attention,
+                max_z,
+                latent_tokens,
+            )
         else:
             self.decoder = DirectDecoder(horizon, hidden, temporal_hidden, vector_channels, heads)
         self.sti_head = STIHead(temporal_hidden, vector_channels, sti_delay) if sti else None
@@ -91,7 +118,12 @@ class Asteroid(ForecastModel):
         return isinstance(self.decoder, StepwiseDecoder)
 
     def forward(
-        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0,
+        self,
+        history: Tensor,
+        z: Tensor,
+        mask: Tensor,
+        target: Tensor | None = None,
+        sampling_prob: float = 0.0,
         box: Tensor | None = None,
     ) -> dict:
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), target (B, P, N, 3) or None, box (B, 3, 3) or None
@@ -111,7 +143,7 @@ class Asteroid(ForecastModel):
             delays = self.sti_head(memory.s, memory.v, batch=B)  # (B, H, N, L, 3)
             seed = atoms_to_sequences(antidiagonal_mean(delays)[:, H : H + self.horizon])  # (B*N, P, 3)
             if target is not None:  # the losses are training terms: a forecast needs only the seed
-                target_offset = (target.masked_fill(~mask[:, None, :, None], 0.0) - centroid - frames[:, -1:])
+                target_offset = target.masked_fill(~mask[:, None, :, None], 0.0) - centroid - frames[:, -1:]
                 known = torch.cat([offset, target_offset / sti_unit], dim=1)  # (B, H+P, N, 3)
                 losses["sti_primary"] = primary_loss(delays, known, mask)
                 losses["sti_consistency"] = consistency_loss(delays, mask)
@@ -119,10 +151,20 @@ class Asteroid(ForecastModel):
 
         if self.autoregressive:
             target_frames = None if target is None else target.masked_fill(~mask[:, None, :, None], 0.0) - centroid
-            output = self.decoder(memory, z, mask, frames[:, -1], velocity[:, -1], scale, seed, self.radius_graph,
-                                  box, target_frames, sampling_prob)
+            output = self.decoder(
+                memory,
+                z,
+                mask,
+                frames[:, -1],
+                velocity[:, -1],
+                scale,
+                seed,
+                self.radius_graph,
+                box,
+                target_frames,
+                sampling_prob,
+            )
         else:
             output = self.decoder(memory, seed)
         # From the centred frames, whose padded atoms are zeroed, so padding never yields NaN.
         return {"pred": self.displace(frames + centroid, sequences_to_atoms(output, B)), "losses": losses}
-

@@ -45,12 +45,14 @@ class LocalAttention(nn.Module):
         C = s.shape[-1]
         recompute = torch.is_grad_enabled() and len(relative) * C >= RECOMPUTE_MIN_EDGE_VALUES
         parts = (s, v, graph.edge_index, graph.rbf, graph.envelope, relative)
-        s_update, v_update = checkpoint(self._attend, *parts, use_reentrant=False) if recompute else \
-            self._attend(*parts)
+        s_update, v_update = (
+            checkpoint(self._attend, *parts, use_reentrant=False) if recompute else self._attend(*parts)
+        )
         return self.out(s_update), self.vector_out(v_update)
 
-    def _attend(self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor,
-                relative: Tensor) -> tuple[Tensor, Tensor]:
+    def _attend(
+        self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor, relative: Tensor
+    ) -> tuple[Tensor, Tensor]:
         V, C = s.shape
         source, target = edge_index
         query, key = self.query_key(s).view(V, 2, self.heads, -1).unbind(1)  # (V, h, d) each
@@ -62,8 +64,10 @@ class LocalAttention(nn.Module):
         vector_weight = weight.repeat_interleave(self.vector_dim // self.heads, dim=1)[:, None]  # (E, 1, Cv)
         vectors = along_vectors[:, None] * self.vector_value(v).index_select(0, source)
         vectors = (vectors + relative[:, :, None] * along_bond[:, None]) * vector_weight  # (E, 3, Cv)
-        return (scatter(scalars, target, dim=0, dim_size=V, reduce="sum"),
-                scatter(vectors, target, dim=0, dim_size=V, reduce="sum"))
+        return (
+            scatter(scalars, target, dim=0, dim_size=V, reduce="sum"),
+            scatter(vectors, target, dim=0, dim_size=V, reduce="sum"),
+        )
 
 
 class LatentAttention(nn.Module):
@@ -113,8 +117,16 @@ class SpatialBlock(nn.Module):
     tokens (linear in the number of atoms, for large systems). Post-norm on the scalars.
     """
 
-    def __init__(self, dim: int, vector_dim: int, heads: int, num_rbf: int, local: bool = True,
-                 global_: bool = True, latent_tokens: int | None = None):
+    def __init__(
+        self,
+        dim: int,
+        vector_dim: int,
+        heads: int,
+        num_rbf: int,
+        local: bool = True,
+        global_: bool = True,
+        latent_tokens: int | None = None,
+    ):
         super().__init__()
         if not (local or global_):
             raise ValueError("a spatial block needs local or global attention")
@@ -122,14 +134,24 @@ class SpatialBlock(nn.Module):
         self.local_attention = LocalAttention(dim, vector_dim, heads, num_rbf) if local else None
         self.global_attention = None
         if global_:
-            self.global_attention = DenseAttention(dim, vector_dim, heads) if latent_tokens is None else \
-                LatentAttention(dim, vector_dim, heads, latent_tokens)
+            self.global_attention = (
+                DenseAttention(dim, vector_dim, heads)
+                if latent_tokens is None
+                else LatentAttention(dim, vector_dim, heads, latent_tokens)
+            )
         self.gate = nn.Linear(dim, dim + vector_dim) if local and global_ else None
         self.norm = nn.LayerNorm(dim)
         self.feed_forward = EquivariantFeedForward(dim, vector_dim)
 
-    def forward(self, s: Tensor, v: Tensor, mask: Tensor, graph: LocalGraph | None, relative: Tensor | None,
-                positions: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        s: Tensor,
+        v: Tensor,
+        mask: Tensor,
+        graph: LocalGraph | None,
+        relative: Tensor | None,
+        positions: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
         """s (M, N, C), v (M, N, 3, Cv), mask (M, N), graph and relative (see LocalAttention; None when local
         attention is off), positions (see DenseAttention) -> same shapes."""
         M, N, C = s.shape

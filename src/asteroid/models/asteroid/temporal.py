@@ -51,12 +51,20 @@ class MotionEmbedding(nn.Module):
         self.invariants = nn.Linear(4, dim)
         self.vectors = vector_linear(2, vector_dim)
 
-    def forward(self, z: Tensor, velocity: Tensor, offset: Tensor, present_velocity: Tensor,
-                times: slice) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, z: Tensor, velocity: Tensor, offset: Tensor, present_velocity: Tensor, times: slice
+    ) -> tuple[Tensor, Tensor]:
         """z (B, N); velocity, offset (B, T, N, 3) in units; present_velocity (B, 1, N, 3); times: which rows of
         the time table -> s (B*N, T, C), v (B*N, T, 3, Cv)."""
-        invariants = torch.stack([velocity.square().sum(-1), offset.square().sum(-1), (velocity * offset).sum(-1),
-                                  (velocity * present_velocity).sum(-1)], dim=-1)  # (B, T, N, 4)
+        invariants = torch.stack(
+            [
+                velocity.square().sum(-1),
+                offset.square().sum(-1),
+                (velocity * offset).sum(-1),
+                (velocity * present_velocity).sum(-1),
+            ],
+            dim=-1,
+        )  # (B, T, N, 4)
         s = self.atom_type(z)[:, None] + self.time[times, None] + self.invariants(invariants)  # (B, T, N, C)
         v = self.vectors(torch.stack([velocity, offset], dim=-1))  # (B, T, N, 3, Cv)
         return atoms_to_sequences(s), atoms_to_sequences(v)
@@ -81,20 +89,35 @@ class TemporalEncoder(nn.Module):
     and they describe one atom's motion at one frame, while the spatial state carries its whole environment.
     """
 
-    def __init__(self, history: int, dim: int, temporal_dim: int, vector_dim: int, heads: int, temporal_layers: int,
-                 spatial_layers: int, num_rbf: int, local: bool, global_: bool, max_z: int,
-                 latent_tokens: int | None):
+    def __init__(
+        self,
+        history: int,
+        dim: int,
+        temporal_dim: int,
+        vector_dim: int,
+        heads: int,
+        temporal_layers: int,
+        spatial_layers: int,
+        num_rbf: int,
+        local: bool,
+        global_: bool,
+        max_z: int,
+        latent_tokens: int | None,
+    ):
         super().__init__()
         self.embedding = MotionEmbedding(temporal_dim, vector_dim, max_z, history)
         self.temporal = nn.ModuleList(
-            EquivariantAttention(temporal_dim, vector_dim, heads) for _ in range(temporal_layers))
+            EquivariantAttention(temporal_dim, vector_dim, heads) for _ in range(temporal_layers)
+        )
         self.temporal_norms = nn.ModuleList(nn.LayerNorm(temporal_dim) for _ in range(temporal_layers))
         self.temporal_feed_forward = nn.ModuleList(
-            EquivariantFeedForward(temporal_dim, vector_dim) for _ in range(temporal_layers))
+            EquivariantFeedForward(temporal_dim, vector_dim) for _ in range(temporal_layers)
+        )
         self.lift = nn.Linear(temporal_dim, dim)
         self.history_vectors = vector_linear(2 * history, vector_dim)
         self.spatial = nn.ModuleList(
-            SpatialBlock(dim, vector_dim, heads, num_rbf, local, global_, latent_tokens) for _ in range(spatial_layers))
+            SpatialBlock(dim, vector_dim, heads, num_rbf, local, global_, latent_tokens) for _ in range(spatial_layers)
+        )
         self.broadcast = nn.Linear(dim, temporal_dim)
         self.vector_broadcast = vector_linear(vector_dim, vector_dim)
 
@@ -102,8 +125,8 @@ class TemporalEncoder(nn.Module):
         """z (B, N); velocity, offset (B, H, N, 3) in units; geometry of the present frame -> Memory."""
         B, H, N, _ = velocity.shape
         s, v = self.embedding(z, velocity, offset, velocity[:, -1:], slice(0, H))  # (B*N, H, Ct), (B*N, H, 3, Cv)
-        for attention, norm, feed_forward in zip(self.temporal, self.temporal_norms, self.temporal_feed_forward):
-            update_s, update_v = attention(s, v)
+        for temporal, norm, feed_forward in zip(self.temporal, self.temporal_norms, self.temporal_feed_forward):
+            update_s, update_v = temporal(s, v)
             s, v = feed_forward(norm(s + update_s), v + update_v)
         # Every history velocity and offset also reaches the present vectors straight, by a learned filter over
         # time: a linear predictor that the attention and the invariant gates downstream adapt per atom.
@@ -111,8 +134,9 @@ class TemporalEncoder(nn.Module):
         present_s = self.lift(s[:, -1]).view(B, N, -1)
         present_v = v[:, -1].view(B, N, 3, -1) + self.history_vectors(motion)
         for block in self.spatial:
-            present_s, present_v = block(present_s, present_v, geometry.mask, geometry.graph, geometry.relative,
-                                         geometry.positions)
+            present_s, present_v = block(
+                present_s, present_v, geometry.mask, geometry.graph, geometry.relative, geometry.positions
+            )
         present_s, present_v = present_s.view(B * N, -1), present_v.view(B * N, 3, -1)
         s = s + self.broadcast(present_s)[:, None]
         v = v + self.vector_broadcast(present_v)[:, None]
@@ -158,8 +182,19 @@ class StepwiseDecoder(nn.Module):
     frame's geometry; its displacement is an invariant-weighted sum of its vectors and the STI seed. P spatial
     passes per forecast instead of none: the costlier of the two decoders."""
 
-    def __init__(self, horizon: int, dim: int, temporal_dim: int, vector_dim: int, heads: int, num_rbf: int,
-                 local: bool, global_: bool, max_z: int, latent_tokens: int | None):
+    def __init__(
+        self,
+        horizon: int,
+        dim: int,
+        temporal_dim: int,
+        vector_dim: int,
+        heads: int,
+        num_rbf: int,
+        local: bool,
+        global_: bool,
+        max_z: int,
+        latent_tokens: int | None,
+    ):
         super().__init__()
         self.horizon = horizon
         self.embedding = MotionEmbedding(dim, vector_dim, max_z, horizon)
@@ -169,9 +204,20 @@ class StepwiseDecoder(nn.Module):
         self.spatial = SpatialBlock(dim, vector_dim, heads, num_rbf, local, global_, latent_tokens)
         self.readout = nn.Linear(dim, vector_dim + 1)
 
-    def forward(self, memory: Memory, z: Tensor, mask: Tensor, last_frame: Tensor,
-                last_velocity: Tensor, scale: Tensor, seed: Tensor | None, radius_graph: RadiusGraph | None,
-                box: Tensor | None, target: Tensor | None = None, sampling_prob: float = 0.0) -> Tensor:
+    def forward(
+        self,
+        memory: Memory,
+        z: Tensor,
+        mask: Tensor,
+        last_frame: Tensor,
+        last_velocity: Tensor,
+        scale: Tensor,
+        seed: Tensor | None,
+        radius_graph: RadiusGraph | None,
+        box: Tensor | None,
+        target: Tensor | None = None,
+        sampling_prob: float = 0.0,
+    ) -> Tensor:
         """memory as the encoder returns it; last_frame, last_velocity (B, N, 3) centred Angstrom; scale (P,)
         displacement scale; seed (B*N, P, 3) or None; target (B, P, N, 3) centred like last_frame
         -> displacements (B*N, P, 3) in units of scale."""
@@ -181,8 +227,9 @@ class StepwiseDecoder(nn.Module):
         outputs = []
         for k in range(self.horizon):
             offset = (frame - last_frame) / scale.max()
-            s, v = self.embedding(z, (velocity / scale[0])[:, None], offset[:, None],
-                                  (last_velocity / scale[0])[:, None], slice(k, k + 1))
+            s, v = self.embedding(
+                z, (velocity / scale[0])[:, None], offset[:, None], (last_velocity / scale[0])[:, None], slice(k, k + 1)
+            )
             s, v = s + memory.present_s[:, None], v + memory.present_v[:, None]  # (B*N, 1, C), (B*N, 1, 3, Cv)
             step_context = self.attention.keys_values(s, v)
             context = tuple(torch.cat([past, new], dim=2) for past, new in zip(context, step_context))

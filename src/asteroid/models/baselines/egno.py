@@ -60,8 +60,9 @@ class EGNO(GraphForecaster):
         max_modes = horizon // 2 + 1
         modes = max_modes if modes is None else modes
         if not 0 <= modes <= max_modes:
-            raise ConfigError(f"model: modes={modes} must be between 0 (no time convolution) and horizon // 2 + 1 = "
-                              f"{max_modes}")
+            raise ConfigError(
+                f"model: modes={modes} must be between 0 (no time convolution) and horizon // 2 + 1 = {max_modes}"
+            )
         if layers < 1:
             raise ConfigError(f"model: layers={layers} must be >= 1")
         self.time_embedding = nn.Embedding(horizon, hidden)
@@ -71,7 +72,12 @@ class EGNO(GraphForecaster):
         self.feature_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(convolved))
 
     def forward(
-        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0,
+        self,
+        history: Tensor,
+        z: Tensor,
+        mask: Tensor,
+        target: Tensor | None = None,
+        sampling_prob: float = 0.0,
         box: Tensor | None = None,
     ) -> dict:
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) or None

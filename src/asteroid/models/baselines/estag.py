@@ -91,7 +91,12 @@ class ESTAG(GraphForecaster):
         self.head = MultiStepHead(hidden, edge_dim, cutoff, horizon)
 
     def forward(
-        self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None, sampling_prob: float = 0.0,
+        self,
+        history: Tensor,
+        z: Tensor,
+        mask: Tensor,
+        target: Tensor | None = None,
+        sampling_prob: float = 0.0,
         box: Tensor | None = None,
     ) -> dict:
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) or None

@@ -1,4 +1,5 @@
 """Polynomial extrapolation of the last history frames: the forecasts any learned model must beat."""
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -16,7 +17,7 @@ def extrapolate(history: Tensor, history_offsets, target_offsets, order: int) ->
     """
     if order + 1 > history.shape[1]:
         raise ValueError(f"order {order} extrapolation needs {order + 1} history frames, got {history.shape[1]}")
-    times = np.asarray(history_offsets[-(order + 1):], dtype=np.float64)
+    times = np.asarray(history_offsets[-(order + 1) :], dtype=np.float64)
     targets = np.asarray(target_offsets, dtype=np.float64)
     # Lagrange weights: prediction at each target time is a fixed combination of the fitted frames.
     weights = np.ones((len(targets), order + 1))
@@ -25,7 +26,7 @@ def extrapolate(history: Tensor, history_offsets, target_offsets, order: int) ->
             if m != j:
                 weights[:, j] *= (targets - times[m]) / (times[j] - times[m])
     weights = torch.as_tensor(weights, dtype=history.dtype, device=history.device)  # (P, order+1)
-    return torch.einsum("pj,bjnc->bpnc", weights, history[:, -(order + 1):])
+    return torch.einsum("pj,bjnc->bpnc", weights, history[:, -(order + 1) :])
 
 
 class PolynomialExtrapolation(ForecastModel):
@@ -41,8 +42,13 @@ class PolynomialExtrapolation(ForecastModel):
 
     order: int  # set by each subclass
 
-    def __init__(self, history: int, horizon: int, history_offsets: list[int] | None = None,
-                 target_offsets: list[int] | None = None):
+    def __init__(
+        self,
+        history: int,
+        horizon: int,
+        history_offsets: list[int] | None = None,
+        target_offsets: list[int] | None = None,
+    ):
         super().__init__(history, horizon)
         name = type(self).__name__
         if self.order + 1 > history:
@@ -50,15 +56,26 @@ class PolynomialExtrapolation(ForecastModel):
         history_offsets = list(range(history)) if history_offsets is None else list(history_offsets)
         target_offsets = list(range(history, history + horizon)) if target_offsets is None else list(target_offsets)
         if len(history_offsets) != history or len(target_offsets) != horizon:
-            raise ConfigError(f"model: {name} got {len(history_offsets)} history_offsets and {len(target_offsets)} "
-                              f"target_offsets for history={history}, horizon={horizon}")
+            raise ConfigError(
+                f"model: {name} got {len(history_offsets)} history_offsets and {len(target_offsets)} "
+                f"target_offsets for history={history}, horizon={horizon}"
+            )
         if np.any(np.diff(history_offsets + target_offsets) <= 0):
-            raise ConfigError(f"model: {name} offsets must increase strictly, history then targets; got "
-                              f"{history_offsets} -> {target_offsets}")
+            raise ConfigError(
+                f"model: {name} offsets must increase strictly, history then targets; got "
+                f"{history_offsets} -> {target_offsets}"
+            )
         self.history_offsets, self.target_offsets = history_offsets, target_offsets
 
-    def forward(self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None,
-                sampling_prob: float = 0.0, box: Tensor | None = None) -> dict:
+    def forward(
+        self,
+        history: Tensor,
+        z: Tensor,
+        mask: Tensor,
+        target: Tensor | None = None,
+        sampling_prob: float = 0.0,
+        box: Tensor | None = None,
+    ) -> dict:
         """history (B, H, N, 3) Angstrom, mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}.
 
         A periodic box changes nothing: each atom's unwrapped path is extrapolated on its own."""

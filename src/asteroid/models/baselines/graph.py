@@ -94,9 +94,7 @@ class EGNNLayer(nn.Module):
         self.node = nn.Sequential(nn.Linear(2 * dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(
-        self, h: Tensor, x: Tensor, velocity: Tensor, edges: Edges, unit: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, x: Tensor, velocity: Tensor, edges: Edges, unit: Tensor) -> tuple[Tensor, Tensor]:
         """h (V, T, C), x (V, T, 3), velocity (V, T or 1, 3) -> updated h, x."""
         messages, directions = self.messages(h, x, edges)
         pairwise = aggregate(directions * self.coordinate_weight(messages), edges)  # (V, T, 3)

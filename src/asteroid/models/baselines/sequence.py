@@ -47,8 +47,15 @@ class FlattenedSeriesForecaster(ForecastModel):
         steps = velocities / self.displacement_scale[0]
         return torch.cat([positions, steps], dim=-1).flatten(-2)
 
-    def forward(self, history: Tensor, z: Tensor, mask: Tensor, target: Tensor | None = None,
-                sampling_prob: float = 0.0, box: Tensor | None = None) -> dict:
+    def forward(
+        self,
+        history: Tensor,
+        z: Tensor,
+        mask: Tensor,
+        target: Tensor | None = None,
+        sampling_prob: float = 0.0,
+        box: Tensor | None = None,
+    ) -> dict:
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), target (B, P, N, 3) or None
         -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}.
 
@@ -56,8 +63,10 @@ class FlattenedSeriesForecaster(ForecastModel):
         B, H, N, _ = history.shape
         self.check_inputs(history, z, target)
         if N > self.n_atoms:
-            raise ConfigError(f"model: the batch has {N} atoms but {type(self).__name__} was built for "
-                              f"n_atoms={self.n_atoms}; set model.net.init_args.n_atoms to the largest molecule")
+            raise ConfigError(
+                f"model: the batch has {N} atoms but {type(self).__name__} was built for "
+                f"n_atoms={self.n_atoms}; set model.net.init_args.n_atoms to the largest molecule"
+            )
         frames, centroid = self.center(history, mask)  # (B, H, N, 3), (B, 1, 1, 3)
         # Padding at zero rather than at -centroid, so that it carries no information about the real atoms.
         atom_mask = mask[:, None, :, None]  # (B, 1, N, 1)
@@ -114,17 +123,18 @@ class TransformerForecaster(FlattenedSeriesForecaster):
     autoregressive decoding share one code path. See FlattenedSeriesForecaster for inputs and outputs.
     """
 
-    def __init__(self, history: int, horizon: int, n_atoms: int, hidden: int = 128, heads: int = 4,
-                 layers: int = 2):
+    def __init__(self, history: int, horizon: int, n_atoms: int, hidden: int = 128, heads: int = 4, layers: int = 2):
         super().__init__(history, horizon, n_atoms)
         if hidden % heads:
             raise ConfigError(f"model: hidden={hidden} is not divisible by heads={heads}")
         self.frame_embedding = nn.Linear(self.feature_dim, hidden)
         self.time_embedding = nn.Embedding(history + horizon - 1, hidden)
-        options = dict(d_model=hidden, nhead=heads, dim_feedforward=4 * hidden, dropout=0.0, batch_first=True,
-                       norm_first=True)
-        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**options), layers, nn.LayerNorm(hidden),
-                                             enable_nested_tensor=False)
+        options = dict(
+            d_model=hidden, nhead=heads, dim_feedforward=4 * hidden, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(**options), layers, nn.LayerNorm(hidden), enable_nested_tensor=False
+        )
         self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**options), layers, nn.LayerNorm(hidden))
         self.head = nn.Linear(hidden, 3 * n_atoms)
 
