@@ -163,9 +163,14 @@ def test_every_format_reads_back_in_mdtraj_and_ase(trained, reference, suffix, t
         images = ase.io.read(out, index=":")
         assert len(images) == FRAMES and all(np.array_equal(atoms.numbers, z) for atoms in images)
         np.testing.assert_allclose(np.stack([atoms.positions for atoms in images]), expected, atol=TOLERANCE[suffix])
-    if suffix in (".xyz", ".xtc", ".h5"):  # formats that store time: the frame spacing comes back
-        topology = str(topology_file) if suffix == ".xtc" else None
+    # every format states the frame spacing (PDB in a REMARK, DCD in its header's time step), read back without flags
+    topology = str(topology_file) if suffix in (".xtc", ".dcd") else None
+    if suffix != ".npz":
         assert load_trajectory(out, topology=topology).dt_fs == pytest.approx(DT_FS, rel=1e-4)
+    if suffix in (".pdb", ".h5", ".dcd", ".xtc"):  # atoms named by element and count, as viewers label them
+        assert [atom.name for atom in traj.topology.atoms][:4] == ["C1", "C2", "O1", "H1"]
+    if suffix == ".pdb":
+        assert [line.split()[1] for line in out.read_text().splitlines() if line.startswith("MODEL")][:2] == ["1", "2"]
 
 
 @pytest.mark.integration
@@ -237,7 +242,7 @@ def test_init_rolls_out_from_the_checkpoint_alone_with_the_data_files_removed(tr
             (hidden / path.name).rename(path)
     with np.load(tmp_path / "with_data.npz") as a, np.load(tmp_path / "without.npz") as b:
         np.testing.assert_array_equal(a["R"], b["R"])
-    report = json.loads((tmp_path / "without_report" / "report.json").read_text())
+    report = json.loads((tmp_path / "without_npz_report" / "report.json").read_text())
     assert report["reference"]["frames"] == 61 and report["rollout_options"]["sampled"] is True
 
 
@@ -346,7 +351,7 @@ def test_report_writes_its_folder_and_tensorboard(trained, tmp_path, monkeypatch
     pytest.importorskip("asteroid.analysis")
     monkeypatch.chdir(tmp_path)
     assert roll(trained, tmp_path / "pred.xyz", "--batch", "2", "--report") == 0
-    report = json.loads((tmp_path / "pred_report" / "report.json").read_text())
+    report = json.loads((tmp_path / "pred_xyz_report" / "report.json").read_text())
     assert report["predicted"] == {
         "trajectories": 2,
         "frames": FRAMES,
@@ -356,5 +361,22 @@ def test_report_writes_its_folder_and_tensorboard(trained, tmp_path, monkeypatch
     }
     assert report["reference"]["frames"] == len(trained.coordinates) and report["reference"]["dt_fs"] == 0.5
     assert report["coordinate_error"] is not None  # the test windows' true continuation was passed on
-    assert list((tmp_path / "pred_report").glob("*.png"))
+    assert list((tmp_path / "pred_xyz_report").glob("*.png"))
+    assert roll(trained, tmp_path / "pred.pdb", "--report") == 0  # same stem, another format: its own report
+    assert (tmp_path / "pred_pdb_report" / "report.json").is_file() and (tmp_path / "pred_xyz_report").is_dir()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "runs" / "tiny" / "rollout" / "pred.pdb")).Reload()
+    assert {"analysis/first_unphysical_frame", "analysis/jsd_max/bond_length"} <= set(events.Tags()["scalars"])
     assert list((tmp_path / "runs" / "tiny" / "rollout").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("suffix", [".xyz", ".pdb", ".dcd", ".xtc", ".h5"])
+def test_analyze_reads_every_rollout_format_without_flags(trained, tmp_path, suffix):
+    out = tmp_path / f"pred{suffix}"
+    assert roll(trained, out, "--no-progress") == 0
+    report_dir = tmp_path / "report"
+    assert main(["analyze", str(out), "--reference", str(trained.root / "toy.npz"), "--out", str(report_dir)]) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["predicted"]["frames"] == FRAMES and report["predicted"]["dt_fs"] == pytest.approx(DT_FS, rel=1e-4)

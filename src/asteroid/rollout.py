@@ -7,6 +7,7 @@ trajectory as a file that mdtraj, ASE, VMD and PyMOL open.
 from __future__ import annotations
 
 import dataclasses
+import struct
 import sys
 import time
 from contextlib import ExitStack
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from asteroid.arguments import CommandParser, non_negative
 from asteroid.checkpoints import read_checkpoint
 from asteroid.data import load_trajectory
-from asteroid.data.readers import element_topology
+from asteroid.data.readers import AKMA_FS, PDB_TIME_STEP, element_topology
 from asteroid.data.windows import rollout_spacing
 from asteroid.errors import ConfigError, DataError, MissingTimestepError
 from asteroid.fileio import atomic_output, writable_output
@@ -31,6 +32,7 @@ from asteroid.lightning_cli import from_checkpoint_or_config, load_weights
 from asteroid.metrics import covalent_bonds
 from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
 from asteroid.module import DATA_KEY
+from asteroid.runs import ROOT
 
 # ---- `asteroid rollout` ----------------------------------------------------------------------------------------
 OUTPUT_FORMATS = {
@@ -206,20 +208,33 @@ def write_rollout(out: Path, predicted: np.ndarray, start: InitialConditions, sp
             trajectory = md.Trajectory(frames / 10.0, topology, time=times_fs / 1000.0)  # nm, ps
             if cell is not None:
                 trajectory.unitcell_vectors = np.broadcast_to(cell / 10.0, (F, 3, 3))
-            save_mdtraj(trajectory, temporary(path).name)
+            save_mdtraj(trajectory, temporary(path).name, start.dt_fs)
         if suffix in NEEDS_TOPOLOGY_FILE:  # the structure the rollout starts from
             paths.append(out.with_name(f"{out.stem}_topology.pdb"))
             save_mdtraj(md.Trajectory(start.history[0, -1:] / 10.0, topology), temporary(paths[-1]).name)
     return paths
 
 
-def save_mdtraj(trajectory, path: str) -> None:
-    """Save in the format of `path`'s suffix."""
+def save_mdtraj(trajectory, path: str, dt_fs: float | None = None) -> None:
+    """Save in the format of `path`'s suffix, with the time between frames where the format holds it: XTC and HDF5
+    store frame times; into PDB goes a REMARK and into a DCD header its time step (mdtraj writes neither), which
+    `load_trajectory` (and so `asteroid analyze`) reads back."""
     trajectory.save(path)
-    if path.lower().endswith(".pdb"):
+    suffix = Path(path).suffix.lower()
+    if suffix == ".pdb":
         # mdtraj ends with END after the last ENDMDL, which ASE reads as one more, empty, model; viewers need neither
-        text = Path(path).read_text()
-        Path(path).write_text(text[: -len("END\n")] if text.endswith("\nEND\n") else text)
+        lines = Path(path).read_text().splitlines(keepends=True)
+        if lines and lines[-1] == "END\n":
+            lines = lines[:-1]
+        models = iter(range(1, len(lines) + 1))  # mdtraj counts models from 0; the PDB format and viewers from 1
+        lines = [f"MODEL     {next(models):4d}\n" if line.startswith("MODEL") else line for line in lines]
+        if dt_fs is not None:
+            lines.insert(1 if lines and lines[0].startswith("REMARK") else 0, f"{PDB_TIME_STEP} {dt_fs:g}\n")
+        Path(path).write_text("".join(lines))
+    if suffix == ".dcd" and dt_fs is not None:
+        with open(path, "r+b") as fh:  # header: NSAVC 1 (mdtraj's), DELTA the frame spacing in AKMA units
+            fh.seek(44)
+            fh.write(struct.pack("<f", dt_fs / AKMA_FS))
 
 
 def repeat_starts(start: InitialConditions, samples: int) -> InitialConditions:
@@ -246,7 +261,13 @@ def physical_checks(predicted: np.ndarray, start: InitialConditions, out: Path, 
         predicted, start.z, start.dt_fs, np.asarray(start.reference), start.reference_dt_fs, start.continuation
     )
     report["rollout_options"] = options
-    save_report(report, Path(f"{out.with_suffix('')}_report"), Path("runs") / run_name / "rollout")
+    # one folder and one TensorBoard run per output file: pred.pdb and pred.dcd do not overwrite each other
+    save_report(report, report_folder(out), ROOT / run_name / "rollout" / out.name)
+
+
+def report_folder(out: Path) -> Path:
+    """pred.xyz -> pred_xyz_report/ beside it."""
+    return out.with_name(f"{out.stem}_{out.suffix.lstrip('.').lower()}_report")
 
 
 def main(argv: list[str]) -> int:
@@ -323,7 +344,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--report",
         action="store_true",
-        help="physical checks against the reference trajectory, in <out>_report/ and TensorBoard",
+        help="physical checks against the reference trajectory, in <stem>_<suffix>_report/ beside --out (pred.xyz: "
+        "pred_xyz_report/) and TensorBoard (runs/<name>/rollout/<out file name>)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args, overrides = parser.parse_known_args(argv)

@@ -23,10 +23,13 @@ class Predicted:
 
 def load_predicted(path: str | Path, dt_fs: float | None = None) -> Predicted:
     """An `asteroid rollout` .npz (R (B, F, N, 3) or (F, N, 3), z, dt_fs, optionally start_frame and source), or any
-    trajectory file `load_trajectory` reads. dt_fs, when given, overrides the file's spacing."""
+    trajectory file `load_trajectory` reads (a DCD or XTC with the `<name>_topology.pdb` that `asteroid rollout`
+    writes beside it). dt_fs, when given, overrides the file's spacing."""
     path = Path(path)
     if path.suffix.lower() != ".npz":
-        trajectory = load_trajectory(path, dt_fs=dt_fs, check_order=False)
+        beside = path.with_name(f"{path.stem}_topology.pdb")  # what `asteroid rollout` writes with a DCD or XTC
+        topology = beside if path.suffix.lower() in (".dcd", ".xtc") and beside.is_file() else None
+        trajectory = load_trajectory(path, topology=topology, dt_fs=dt_fs, check_order=False)
         return Predicted(np.asarray(trajectory.R, np.float64)[None], trajectory.z, trajectory.dt_fs, None, None)
     if not path.is_file():
         raise DataError(f"{path}: no such file")

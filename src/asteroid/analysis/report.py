@@ -287,4 +287,30 @@ def save_report(report: dict, out_dir: Path, tensorboard_dir: Path | None = None
         writer = SummaryWriter(str(tensorboard_dir))
         for name, figure in figures.items():
             writer.add_figure(f"analysis/{name}", figure, close=False)
+        for name, value in report_scalars(report).items():
+            writer.add_scalar(f"analysis/{name}", value)
         writer.close()
+    where = f"; TensorBoard: {tensorboard_dir}" if tensorboard_dir is not None else ""
+    print(f"report written to {out_dir / 'report.json'} with {len(figures)} figures ({', '.join(figures)}){where}")
+
+
+def report_scalars(report: dict) -> dict[str, float]:
+    """The report's headline numbers, for TensorBoard: unphysical frames, the first one (-1: none), the largest JSD
+    of each distribution, motion against the reference, and whether the targets are met."""
+    trajectories = report["unphysical"]["trajectories"]
+    first = [t["first_frame"] for t in trajectories if t["first_frame"] is not None]
+    scalars = {
+        "unphysical_fraction": float(report["unphysical"]["fraction"]),
+        "first_unphysical_frame": float(min(first)) if first else -1.0,
+        "target_met": float(report["target"]["met"]),
+    }
+    for name, summary in (report.get("distributions") or {}).items():
+        if summary and summary.get("jsd_max") is not None:
+            scalars[f"jsd_max/{name}"] = float(summary["jsd_max"])
+    motion = report.get("motion") or {}
+    for key in ("mean_step", "kinetic_temperature"):
+        if key in motion and motion[key]["reference"]:
+            scalars[f"{key}_ratio"] = float(motion[key]["predicted"] / motion[key]["reference"])
+    if "spectrum" in motion:
+        scalars["spectrum_overlap"] = float(motion["spectrum"]["overlap"])
+    return scalars

@@ -109,15 +109,46 @@ def uniform_step_fs(times_fs: np.ndarray, path: Path) -> float:
 
 
 def element_topology(z: np.ndarray):
-    """An mdtraj Topology for bare atomic numbers: one residue, atoms named by their element symbol."""
+    """An mdtraj Topology for bare atomic numbers: one residue, atoms named by element and count (C1, C2, O1, H1)."""
     import mdtraj as md
 
     topology = md.Topology()
-    residue = topology.add_residue("MOL", topology.add_chain())
+    residue = topology.add_residue("MOL", topology.add_chain(), resSeq=1)
+    counts: dict[str, int] = {}
     for number in z:
         element = md.element.Element.getByAtomicNumber(int(number))
-        topology.add_atom(element.symbol, element, residue)
+        counts[element.symbol] = counts.get(element.symbol, 0) + 1
+        topology.add_atom(f"{element.symbol}{counts[element.symbol]}", element, residue)
     return topology
+
+
+AKMA_FS = 48.88821  # CHARMM's time unit, in which a DCD header states its time step
+PDB_TIME_STEP = "REMARK   1 TIME STEP (FS)"  # how `asteroid rollout` states the spacing in a PDB
+
+
+def stated_dt_fs(path: Path) -> float | None:
+    """The time between frames that a PDB or DCD file states, or None.
+
+    PDB: the REMARK `asteroid rollout` writes. DCD: the header's NSAVC x DELTA (as NAMD and CHARMM write them),
+    except DELTA 1.0, which mdtraj writes whatever the time step.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".pdb":
+        with open(path, "rb") as fh:
+            for line in fh:
+                if line.startswith(PDB_TIME_STEP.encode()):
+                    return _number(line[len(PDB_TIME_STEP) :].strip().decode(), "the REMARK's time step", path)
+                if line.startswith((b"MODEL", b"ATOM", b"HETATM")):
+                    return None
+    if suffix == ".dcd":
+        with open(path, "rb") as fh:
+            header = fh.read(48)
+        if len(header) == 48 and header[4:8] == b"CORD":
+            every = struct.unpack("<i", header[16:20])[0]  # NSAVC: MD steps between saved frames
+            delta = struct.unpack("<f", header[44:48])[0]  # DELTA: the MD time step, AKMA units
+            if delta != 1.0 and delta > 0 and every > 0:
+                return round(every * delta * AKMA_FS, 6)  # float32 DELTA: 5 fs comes back as 4.9999999
+    return None
 
 
 def select_atoms(topology, selection: str, path: Path) -> np.ndarray:
@@ -330,6 +361,8 @@ def _read_mdtraj(
         )
     if dt_fs is None and suffix in TIMED_SUFFIXES and traj.n_frames > 1:
         dt_fs = uniform_step_fs(np.asarray(traj.time, dtype=np.float64) * 1000.0, path)  # ps -> fs
+    if dt_fs is None:
+        dt_fs = stated_dt_fs(path)
     if dt_fs is None:
         raise missing_dt_error(path)
     return Trajectory(
