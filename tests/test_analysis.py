@@ -15,6 +15,7 @@ from asteroid.analysis import (
     bond_angles,
     dihedral_angles,
     energy_comparison,
+    format_report,
     gfn2_energies,
     jensen_shannon,
     physical_report,
@@ -265,12 +266,26 @@ def test_reference_energies_only_when_they_are_gfn2(tmp_path):
 @pytest.mark.integration
 def test_gfn2_energies_of_a_water_molecule():
     water = np.array([[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]])
-    frames = np.stack([water, water + [[0, 0, 0.02], [0, 0, 0], [0, 0, 0]]])  # (2, 3, 3)
+    frames = np.stack([water + [[0, 0, 0.01 * k], [0, 0, 0], [0, 0, 0]] for k in range(5)])  # (5, 3, 3)
     z = np.array([8, 1, 1])
-    energy = energy_comparison(frames[None], z, frames, samples=2)
-    assert energy["samples"] == 2 and energy["failed"] == 0 and energy["reference_count"] == 2
+    energy = energy_comparison(frames[None], z, frames, samples=5)
+    assert energy["samples"] == 5 and energy["failed"] == 0 and energy["reference_count"] == 5
     # the same two frames on both sides: GFN2-xTB water is about -5.07 Hartree = -3183 kcal/mol
     assert energy["predicted_mean"] == pytest.approx(energy["reference_mean"]) and energy["jsd"] == 0.0
     assert -3250 < energy["reference_mean"] < -3100 and energy["reference_std"] > 0
-    given = energy_comparison(frames[None], z, frames, samples=2, reference_energies=np.array([-3180.0, -3190.0]))
+    given = energy_comparison(frames[None], z, frames, samples=5, reference_energies=np.array([-3180.0, -3190.0]))
     assert given["reference_mean"] == -3185.0 and "file" in given["reference_source"]
+
+
+def test_too_few_frames_with_an_energy_give_no_statistic(monkeypatch):
+    # 4 of 5 predicted frames break the SCF (NaN): one energy is no distribution
+    monkeypatch.setattr(
+        "asteroid.analysis.energy.xtb_energies", lambda z, frames: np.array([-3180.0] + [np.nan] * (len(frames) - 1))
+    )
+    frames = np.zeros((5, 3, 3))
+    energy = energy_comparison(frames[None], np.array([8, 1, 1]), frames, 5, reference_energies=np.full(5, -3181.0))
+    assert energy["failed"] == 4 and energy["jsd"] is None and energy["predicted_mean"] is None
+    assert "only 1 of 5 predicted frames have an energy" in energy["note"]
+    reference = vibrating(200)
+    report = physical_report(reference[None, 1:], ETHANOL_Z, DT, reference, DT) | {"energy": energy}
+    assert "only 1 of 5 predicted frames have an energy" in format_report(report)

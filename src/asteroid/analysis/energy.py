@@ -10,6 +10,8 @@ import numpy as np
 from asteroid.analysis.checks import jsonable
 from asteroid.analysis.distributions import HIST_BINS, jensen_shannon, shared_histogram
 
+MIN_FRAMES = 5  # fewer frames with an energy give no mean, spread or distribution: a JSD of one frame says nothing
+
 
 def xtb_energies(z: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """GFN2-xTB single-point energies (kcal/mol) of frames (M, N, 3), NaN where the SCF fails (a broken geometry)."""
@@ -70,7 +72,12 @@ def energy_comparison(
         "predicted_std": None,
         "jsd": None,
     }
-    if len(ok):
+    if len(ok) < MIN_FRAMES:
+        result["note"] = (
+            f"only {len(ok)} of {len(pred)} predicted frames have an energy (the SCF failed on the "
+            f"others): too few for statistics (at least {MIN_FRAMES})"
+        )
+    else:
         (lo, hi), p, q = shared_histogram(ok, ref, bins=int(np.clip(round(math.sqrt(len(ok))), 5, HIST_BINS)))
         result |= {
             "predicted_mean": float(ok.mean()),

@@ -115,7 +115,7 @@ def format_report(report: dict) -> str:
             f"{num(energy['predicted_std'], '.2f')} ({energy['samples']} frames, {energy['failed']} failed); "
             f"reference {energy['reference_mean']:.2f} +- {energy['reference_std']:.2f} "
             f"({energy['reference_source']}); JSD {num(energy['jsd'], '.3f')}",
-        ]
+        ] + ([f"  {energy['note']}"] if energy.get("note") else [])
     motion = report.get("motion")
     if motion is not None:
         rows = [
