@@ -26,10 +26,11 @@ def _figure(**kwargs) -> Figure:
 
 
 def error_vs_horizon(
-    per_step: dict, dt_fs_per_step: float | None = None, title: str = "", ylabel: str = "error"
+    per_step: dict, dt_fs_per_step: float | None = None, title: str = "", ylabel: str = "error", log_y: bool = False
 ) -> Figure:
     """One line per entry of per_step (name -> (P,) errors: one per metric or one per model) against the horizon
-    step 1..P; with dt_fs_per_step, a second x axis on top gives the lead time in fs."""
+    step 1..P; with dt_fs_per_step, a second x axis on top gives the lead time in fs. log_y: errors that span
+    decades (a model against the constant and linear extrapolations)."""
     figure = _figure(figsize=(6, 4), layout="constrained")
     ax = figure.add_subplot()
     for name, errors in per_step.items():
@@ -37,6 +38,8 @@ def error_vs_horizon(
         ax.plot(np.arange(1, len(errors) + 1), errors, marker="o", markersize=3, label=name)
     ax.set_xlabel("horizon step")
     ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
     if dt_fs_per_step is not None:
         top = ax.secondary_xaxis("top", functions=(lambda step: step * dt_fs_per_step, lambda fs: fs / dt_fs_per_step))
         top.set_xlabel("lead time (fs)")
@@ -74,7 +77,7 @@ def trajectory_traces(
             ax.plot(t_future, true_future[:, atom, dim], color=colour, linewidth=1)
             ax.plot(t_future, pred_future[:, atom, dim], color=colour, linewidth=1.5, linestyle="--")
         ax.axvline(0, color="0.6", linewidth=0.8)
-        ax.set_ylabel(f"{'xyz'[dim]} (A)")
+        ax.set_ylabel(f"{'xyz'[dim]} (Å)")
     axes[-1].set_xlabel("time (steps)" if dt_fs_per_step is None else "time (fs)")
     legend = [Line2D([], [], color=f"C{n}", label=f"atom {atom}") for n, atom in enumerate(atoms)]
     legend += [

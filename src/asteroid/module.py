@@ -138,6 +138,7 @@ class ForecastModule(pl.LightningModule):
         self.aux_loss_weights = aux_loss_weights or {"sti_primary": 1.0, "sti_consistency": 0.1, "sti_conjugate": 0.1}
         self.val_metrics = ForecastMetrics(net.horizon)
         self.test_metrics = torch.nn.ModuleDict({"model": ForecastMetrics(net.horizon)})
+        self.val_reference_metrics = torch.nn.ModuleDict()  # constant and linear on the validation windows: figures
         # RMS over atoms and steps of f(rotated window) - rotated f(window): how far from rotation-equivariant
         self.rotation_error = MeanMetric()
         self._training_rng_state = self._rng_state_to_restore = None  # see on_validation_start
@@ -174,6 +175,7 @@ class ForecastModule(pl.LightningModule):
         for name, order in REFERENCE_ORDERS.items():
             if order < self.net.history and name not in self.test_metrics:
                 self.test_metrics[name] = ForecastMetrics(self.net.horizon).to(self.device)
+                self.val_reference_metrics[name] = ForecastMetrics(self.net.horizon).to(self.device)
 
     @property
     def run_dir(self) -> Path | None:
@@ -293,6 +295,11 @@ class ForecastModule(pl.LightningModule):
         self.val_loss.update(self.forecast_loss(pred, batch["target"], batch["mask"]), weight=len(pred))
         self.log("val/loss", self.val_loss)
         self._update(self.val_metrics, pred, batch)
+        for name, metric in self.val_reference_metrics.items():
+            guess = extrapolate(
+                batch["history"], self.layout.history_offsets, self.layout.target_offsets, REFERENCE_ORDERS[name]
+            )
+            self._update(metric, guess, batch)
         if batch_idx == 0:
             self._first_val_batch = {k: batch[k][0].detach().cpu() for k in ("history", "target")}
             self._first_val_batch["pred"] = pred[0].detach().float().cpu()
@@ -307,10 +314,14 @@ class ForecastModule(pl.LightningModule):
             )
         values = with_step_axis(self.val_metrics.compute())
         self.val_metrics.reset()
+        references = {}
+        for name, metric in self.val_reference_metrics.items():
+            references[name] = with_step_axis(metric.compute())["mse"].cpu()
+            metric.reset()
         self._log_per_step("val", values)
         if self.trainer.sanity_checking:
             return
-        self._log_figures(values)
+        self._log_figures(values, references)
 
     def test_step(self, batch, batch_idx):
         pred = self(batch)
@@ -397,17 +408,18 @@ class ForecastModule(pl.LightningModule):
                 self.log(f"{split}_{name}_per_step/step_{k + 1:02d}", v.float(), sync_dist=True)
 
     @rank_zero_only
-    def _log_figures(self, values):
+    def _log_figures(self, values, references: dict):
         if not isinstance(self.logger, TensorBoardLogger) or self._first_val_batch is None:
             return
         step_fs = None
         if self.layout is not None and getattr(self.trainer, "datamodule", None) is not None:
             step_fs = float(self.trainer.datamodule.lead_times_fs[0])
         experiment = self.logger.experiment
-        per_step = {"MSE (A^2)": values["mse"].cpu(), "RMSD (A)": values["rmsd"].cpu()}
-        experiment.add_figure(
-            "val/error_vs_horizon", error_vs_horizon(per_step, step_fs, title="validation"), self.global_step
+        per_step = {type(self.net).__name__: values["mse"].cpu(), **references}  # MSE, Angstrom^2
+        figure = error_vs_horizon(
+            per_step, step_fs, title=f"validation, step {self.global_step}", ylabel="MSE (Å²)", log_y=True
         )
+        experiment.add_figure("val/error_vs_horizon", figure, self.global_step)
         b = self._first_val_batch
         experiment.add_figure(
             "val/predicted_vs_true",

@@ -252,7 +252,9 @@ def repeat_starts(start: InitialConditions, samples: int) -> InitialConditions:
     )
 
 
-def physical_checks(predicted: np.ndarray, start: InitialConditions, out: Path, run_name: str, options: dict) -> None:
+def physical_checks(
+    predicted: np.ndarray, start: InitialConditions, out: Path, run_name: str, options: dict, checkpoint: str
+) -> None:
     """`--report`: bond lengths, distributions and stability against the reference, in <out>_report/ and TensorBoard
     (runs/<run_name>/rollout)."""
     from asteroid.analysis import physical_report, save_report
@@ -261,6 +263,8 @@ def physical_checks(predicted: np.ndarray, start: InitialConditions, out: Path, 
         predicted, start.z, start.dt_fs, np.asarray(start.reference), start.reference_dt_fs, start.continuation
     )
     report["rollout_options"] = options
+    B, F = predicted.shape[:2]
+    report["title"] = f"{Path(start.source).stem}: {B} x {F} frames rolled out by {checkpoint}"
     # one folder and one TensorBoard run per output file: pred.pdb and pred.dcd do not overwrite each other
     save_report(report, report_folder(out), ROOT / run_name / "rollout" / out.name)
 
@@ -447,5 +451,5 @@ def main(argv: list[str]) -> int:
     }
     print("rollout options: " + ", ".join(f"{key} {value}" for key, value in options.items()))
     if args.report:
-        physical_checks(predicted, start, out, run_name, options)
+        physical_checks(predicted, start, out, run_name, options, str(ckpt_path))
     return 0

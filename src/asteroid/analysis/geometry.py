@@ -104,4 +104,4 @@ class Topology:
         }
 
 
-UNITS = {"bond_length": "A", "angle": "deg", "dihedral": "deg", "radius_of_gyration": "A"}
+UNITS = {"bond_length": "Å", "angle": "deg", "dihedral": "deg", "radius_of_gyration": "Å"}

@@ -78,7 +78,7 @@ def format_report(report: dict) -> str:
         for item in report["distributions"][name]["items"]
     ]
     if bond_rows:
-        lines += ["", format_table(bond_rows, "bond lengths and radius of gyration (A)")]
+        lines += ["", format_table(bond_rows, "bond lengths and radius of gyration (Å)")]
     error = report["coordinate_error"]
     if error is None:
         lines += ["", "coordinate error: no continuation known (no true frames after the start)"]
@@ -126,7 +126,7 @@ def format_report(report: dict) -> str:
                 "ratio": num(motion[key]["predicted"] / motion[key]["reference"], ".3f"),
             }
             for key, label in (
-                ("mean_step", "mean step per frame (A)"),
+                ("mean_step", "mean step per frame (Å)"),
                 ("kinetic_temperature", "kinetic temperature, finite differences (K)"),
             )
         ]
@@ -267,6 +267,9 @@ def report_figures(report: dict) -> dict[str, Figure]:
         ax.set(xlabel="GFN2-xTB energy (kcal/mol)", title=f"energies, JSD {energy['jsd']:.3f}")
         ax.legend(fontsize="small")
         figures["energy"] = figure
+    if report.get("title"):  # what the figures are of: molecule, checkpoint, frames
+        for figure in figures.values():
+            figure.suptitle(report["title"], fontsize="small")
     return figures
 
 
