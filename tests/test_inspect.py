@@ -89,3 +89,26 @@ def test_main_options_and_errors(md_files, capsys):  # noqa: F811 (pytest fixtur
         main([str(tmp_path / "run.dcd"), "--topology", str(tmp_path / "top.pdb")])
     with pytest.raises(DataError, match=r"nothing\.npz: no such file"):
         main([str(tmp_path / "nothing.npz")])
+
+
+def test_the_generators_record_is_shown(ethanol, tmp_path, capsys):
+    path, R = ethanol
+    assert summarize(path)["generated_by"] is None  # an MD17 file says nothing of how it was made
+    ours = tmp_path / "ours.npz"
+    np.savez(
+        ours,
+        R=R,
+        z=ETHANOL_Z,
+        dt_fs=0.5,
+        method="GFN2-xTB/tblite",
+        temperature=500.0,
+        timestep_fs=0.5,
+        seed=3,
+        drift_meV_per_atom_per_ps=0.0029,
+    )
+    assert summarize(ours)["generated_by"]["temperature"] == 500.0
+    assert main([str(ours)]) == 0
+    assert (
+        "made by:     GFN2-xTB/tblite, NVE after thermalising at 500 K, 0.5 fs steps, total-energy drift "
+        "+0.0029 meV/atom/ps, seed 3"
+    ) in capsys.readouterr().out

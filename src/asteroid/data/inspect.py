@@ -53,7 +53,35 @@ def summarize(
         "forces": traj.F is not None,
         # lengths of the first frame's cell vectors (Angstrom), None for open boundaries
         "box_angstrom": None if traj.box is None else np.linalg.norm(traj.box[0], axis=1).round(4).tolist(),
+        "generated_by": generator_record(Path(path)),
     }
+
+
+GENERATOR_KEYS = ("method", "temperature", "timestep_fs", "seed", "drift_meV_per_atom_per_ps", "max_dE_meV_per_atom")
+
+
+def generator_record(path: Path) -> dict | None:
+    """What `asteroid simulate` stored about how it made an .npz (method, temperature, drift...), or None."""
+    if path.suffix.lower() != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        record = {key: data[key].item() for key in GENERATOR_KEYS if key in data.files and data[key].ndim == 0}
+    return record if "method" in record else None
+
+
+def _generator_line(record: dict | None) -> str:
+    if record is None:
+        return "not recorded in the file"
+    parts = [str(record["method"])]
+    if "temperature" in record:
+        parts.append(f"NVE after thermalising at {record['temperature']:g} K")
+    if "timestep_fs" in record:
+        parts.append(f"{record['timestep_fs']:g} fs steps")
+    if "drift_meV_per_atom_per_ps" in record:
+        parts.append(f"total-energy drift {record['drift_meV_per_atom_per_ps']:+.4f} meV/atom/ps")
+    if "seed" in record:
+        parts.append(f"seed {record['seed']}")
+    return ", ".join(parts)
 
 
 def format_summary(summary: dict) -> str:
@@ -72,6 +100,7 @@ def format_summary(summary: dict) -> str:
             "time order",
             f"{summary['time_order']} (consecutive/random displacement ratio {summary['time_order_ratio']:.3f})",
         ),
+        ("made by", _generator_line(summary["generated_by"])),
         ("energies", "yes" if summary["energies"] else "no"),
         ("forces", "yes" if summary["forces"] else "no"),
         (
