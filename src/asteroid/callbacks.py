@@ -15,7 +15,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from asteroid.checkpoints import CONFIG_KEY, RUN_CONFIG_KEY
 from asteroid.data.datamodule import collate_windows
 from asteroid.fileio import atomic_output
-from asteroid.module import run_dir
+from asteroid.runs import run_dir
 
 
 class ConfigInCheckpoint(Callback):

@@ -33,10 +33,10 @@ from asteroid.data.windows import PROTOCOLS
 from asteroid.errors import AsteroidError, ConfigError
 from asteroid.fileio import atomic_output, sole_writer, writable_output
 from asteroid.models.baselines.extrapolation import PolynomialExtrapolation
+from asteroid.module import REFERENCE_ORDERS
 
 COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
 STEPS_COLUMNS = ["molecule", "model", "seed", "steps"]  # optimizer steps each run reached within the budget
-REFERENCE_LABELS = ("constant", "linear")  # rows the test table adds beside every model
 
 
 def experiment_files(experiments: Path, names: list[str], kind: str) -> dict[str, Path]:
@@ -187,7 +187,7 @@ def trained_steps(name: str) -> int | None:
 
 def model_rows(test_metrics: Path) -> list[dict]:
     """The trained model's per-step rows of a run's test table (not the reference forecasts, not the mean)."""
-    return [r for r in read_rows(test_metrics) if r["model"] not in REFERENCE_LABELS and r["step"] != "mean"]
+    return [r for r in read_rows(test_metrics) if r["model"] not in REFERENCE_ORDERS and r["step"] != "mean"]
 
 
 def backfill(rows: list[dict], trained: dict, protocol: str, equal_steps: bool, group: str = "compare") -> None:

@@ -72,17 +72,26 @@ def sole_writer(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_file = path.with_name(f".{path.name}.lock")
-    lock = os.open(lock_file, os.O_CREAT | os.O_RDWR, 0o666 & ~_umask())
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock)
-        raise AsteroidError(f"{path}: another process is making this file now; wait for it to finish") from None
+    lock = exclusive_lock(lock_file, os.O_CREAT | os.O_RDWR)
+    if lock is None:
+        raise AsteroidError(f"{path}: another process is making this file now; wait for it to finish")
     try:
         yield
     finally:
         lock_file.unlink(missing_ok=True)  # while held: whoever opened it before gets it only once this one is done
         os.close(lock)
+
+
+def exclusive_lock(path: Path, flags: int = os.O_RDONLY) -> int | None:
+    """An open descriptor of `path` holding its exclusive flock, or None if another process holds it. The system
+    drops the lock when the descriptor is closed or the process dies (SIGKILL included)."""
+    lock = os.open(path, flags, 0o666 & ~_umask())
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        return None
+    return lock
 
 
 def _umask() -> int:

@@ -21,8 +21,8 @@ from asteroid.checkpoints import check_checkpoint_config, read_checkpoint, resol
 from asteroid.config import option_value, quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError, DivergedError
-from asteroid.module import DATA_KEY, ForecastModule, run_dir
-from asteroid.runs import LAST, AtomicCheckpointIO, RunLogger, checkpoint_version
+from asteroid.module import DATA_KEY, ForecastModule
+from asteroid.runs import LAST, AtomicCheckpointIO, RunLogger, checkpoint_version, run_dir
 
 # values the data module decides and the net must agree with
 LINKED = ("history", "horizon")

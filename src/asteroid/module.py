@@ -19,8 +19,9 @@ from asteroid.models.base import ForecastModel
 from asteroid.models.baselines.extrapolation import extrapolate
 from asteroid.models.bonded import BondedGeometry
 from asteroid.models.noise import GaussMarkovNoise, windows_step_energy
-from asteroid.report import format_table, metrics_table, write_csv
+from asteroid.runs import run_dir
 from asteroid.schedule import training_progress, warmup_cosine
+from asteroid.test_table import format_table, metrics_table, write_csv
 
 # Forecasts with no parameters, scored on the same test windows as the trained model.
 REFERENCE_ORDERS = {"constant": 0, "linear": 1}
@@ -54,15 +55,6 @@ def random_walk_noise(history: torch.Tensor, std: float) -> torch.Tensor:
     """
     steps = torch.randn_like(history) * (std / history.shape[1] ** 0.5)
     return steps.cumsum(dim=1)
-
-
-def run_dir(trainer: pl.Trainer) -> Path | None:
-    """The run's log directory, or None without a logger.
-
-    Not `trainer.log_dir`: under DDP that is a broadcast, which hangs when only rank 0 asks.
-    """
-    log_dir = getattr(trainer.logger, "log_dir", None)
-    return Path(log_dir) if log_dir else None
 
 
 DATA_KEY = "asteroid_data"  # a checkpoint's record of the windows and atoms it was trained on

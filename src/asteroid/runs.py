@@ -13,7 +13,6 @@ test_metrics.csv) and its `checkpoints/` (last.ckpt and the best one by validati
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import weakref
@@ -25,11 +24,20 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from asteroid.errors import ConfigError
-from asteroid.fileio import atomic_output
+from asteroid.fileio import atomic_output, exclusive_lock
 
 ROOT = Path("runs")
 LAST = "last.ckpt"
 VERSION = re.compile(r"version_(\d+)")
+
+
+def run_dir(trainer) -> Path | None:
+    """The run's log directory, or None without a logger.
+
+    Not `trainer.log_dir`: under DDP that is a broadcast, which hangs when only rank 0 asks.
+    """
+    log_dir = getattr(trainer.logger, "log_dir", None)
+    return Path(log_dir) if log_dir else None
 
 
 def latest_checkpoint(name: str) -> Path | None:
@@ -81,14 +89,11 @@ class RunLogger(TensorBoardLogger):
             return
         directory = Path(self.root_dir, f"version_{version}")
         directory.mkdir(parents=True, exist_ok=True)
-        lock = os.open(directory, os.O_RDONLY)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock)
+        lock = exclusive_lock(directory)
+        if lock is None:
             raise ConfigError(
                 f"{directory}: another process is still writing this run; wait for it to end or stop it before resuming"
-            ) from None
+            )
         self._release = weakref.finalize(self, os.close, lock)  # closing the descriptor drops the lock
         # what a killed run was writing when it died: nobody else writes here while we hold the lock
         for partial in directory.glob("checkpoints/.*.tmp"):

@@ -14,6 +14,7 @@ from asteroid.arguments import CommandParser
 from asteroid.data import load_trajectory
 from asteroid.errors import ConfigError, DataError
 from asteroid.fileio import writable_output
+from asteroid.runs import ROOT
 
 MIN_REFERENCE_FRAMES = 10
 
@@ -87,7 +88,7 @@ def main(argv: list[str]) -> int:
         report["energy"] = energy_comparison(
             predicted.R, predicted.z, reference.R, args.energies, gfn2_energies(reference_path, reference)
         )
-    out = writable_output(Path(args.out) if args.out else Path("runs") / "analysis" / predicted_path.stem, "folder")
+    out = writable_output(Path(args.out) if args.out else ROOT / "analysis" / predicted_path.stem, "folder")
     save_report(report, out, None if args.tensorboard is None else Path(args.tensorboard))
     print(f"\nreport: {out / 'report.json'}, figures: {out}/*.png")
     return 0

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from asteroid.analysis.energy import evenly_spaced
 from asteroid.analysis.geometry import UNITS
 from asteroid.fileio import atomic_output
-from asteroid.report import format_table
+from asteroid.test_table import format_table
 
 NAMES = {
     "bond_length": "bond length",
