@@ -137,7 +137,7 @@ def test_datamodule_reads_the_dataset_name_with_its_topology_and_spacing(tmp_pat
     )
     dm.prepare_data()
     dm.setup("fit")
-    assert dm.trajectories[0]["dt_fs"] == ADK.dt_fs
+    assert dm.trajectories[0].dt_fs == ADK.dt_fs
     window = dm.datasets["train"][0]
     assert window["history"].shape == (2, len(RESIDUES), 3) and (window["z"] == 6).all()
     assert isinstance(dm.datasets["train"]._coordinates[0], np.memmap)  # windows stream from the cache

@@ -84,7 +84,7 @@ def data_facts(molecule_file: Path, protocol: str, extra: list[str]) -> dict:
     dm.prepare_data()
     dm.setup("fit")
     return {
-        "n_atoms": max(len(t["z"]) for t in dm.trajectories),
+        "n_atoms": max(len(t.z) for t in dm.trajectories),
         "history_offsets": list(dm.layout.history_offsets),
         "target_offsets": list(dm.layout.target_offsets),
     }

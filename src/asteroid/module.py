@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
@@ -22,6 +23,9 @@ from asteroid.models.noise import GaussMarkovNoise, windows_step_energy
 from asteroid.runs import run_dir
 from asteroid.schedule import training_progress, warmup_cosine
 from asteroid.test_table import format_table, metrics_table, write_csv
+
+if TYPE_CHECKING:
+    from asteroid.data.datamodule import Window
 
 # Forecasts with no parameters, scored on the same test windows as the trained model.
 REFERENCE_ORDERS = {"constant": 0, "linear": 1}
@@ -241,7 +245,7 @@ class ForecastModule(pl.LightningModule):
         weights = mask[:, None, :].expand_as(err).to(err.dtype)
         return (err * weights).sum() / (3 * weights.sum())
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Window, batch_idx: int):
         if self.hparams.rotation_augmentation:
             batch = rotate_windows(batch, random_rotations(len(batch["history"]), self.device, batch["history"].dtype))
         history, target, mask = batch["history"], batch["target"], batch["mask"]
@@ -274,14 +278,14 @@ class ForecastModule(pl.LightningModule):
         return loss
 
     # ---- evaluation --------------------------------------------------------------------------------------------
-    def forward(self, batch) -> torch.Tensor:
+    def forward(self, batch: Window) -> torch.Tensor:
         """(B, P, N, 3) forecast mean of a batch of windows, feeding the model's own predictions (inference)."""
         return self.net.generate(batch["history"], batch["z"], batch["mask"], box=batch.get("box"))
 
     def _update(self, metric, pred, batch):
         metric.update(pred, batch["target"], batch["mask"], batch["z"], batch["history"][:, -1])
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Window, batch_idx: int):
         pred = self(batch)
         # A metric object, so that devices holding different numbers of windows are weighted by their windows
         self.val_loss.update(self.forecast_loss(pred, batch["target"], batch["mask"]), weight=len(pred))
@@ -315,7 +319,7 @@ class ForecastModule(pl.LightningModule):
             return
         self._log_figures(values, references)
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: Window, batch_idx: int):
         pred = self(batch)
         self._update(self.test_metrics["model"], pred, batch)
         rotation = random_rotations(len(pred), pred.device, batch["history"].dtype)

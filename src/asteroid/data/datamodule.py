@@ -12,6 +12,7 @@ import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pytorch_lightning as pl
@@ -71,6 +72,16 @@ def _with_dataset_topology(source: TrajectorySource) -> TrajectorySource:
     return dataclasses.replace(source, topology=topology, dt_fs=source.dt_fs or dataset.dt_fs)
 
 
+class Window(TypedDict, total=False):
+    """The keys of one window, and of a batch of them (collate_windows adds the leading B axis), named once."""
+
+    history: torch.Tensor  # (H, N, 3) Angstrom
+    target: torch.Tensor  # (P, N, 3) Angstrom
+    z: torch.Tensor  # (N,) int64 atomic numbers, 0 on padding
+    mask: torch.Tensor  # (N,) bool, False on padding
+    box: torch.Tensor  # (3, 3) cell vectors of the last history frame, rows, Angstrom; periodic windows only
+
+
 class WindowDataset(Dataset):
     """Windows (trajectory, start) over memory-mapped coordinate caches; nothing is copied up front."""
 
@@ -93,7 +104,7 @@ class WindowDataset(Dataset):
     def __getstate__(self):
         return {**self.__dict__, "_coordinates": None, "_boxes": None}
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> Window:
         if self._coordinates is None:
             self._coordinates = [np.load(f, mmap_mode="r") for f in self.coordinate_files]
             self._boxes = [None if f is None else np.load(f, mmap_mode="r") for f in self.box_files]
@@ -101,7 +112,7 @@ class WindowDataset(Dataset):
         frames = torch.from_numpy(np.ascontiguousarray(self._coordinates[traj][start + self.offsets]))  # (H+P, N, 3)
         z = torch.from_numpy(self.numbers[traj])
         H = self.layout.history
-        window = {"history": frames[:H], "target": frames[H:], "z": z, "mask": torch.ones(len(z), dtype=torch.bool)}
+        window = Window(history=frames[:H], target=frames[H:], z=z, mask=torch.ones(len(z), dtype=torch.bool))
         if self._boxes[traj] is not None:  # the cell of the last history frame, (3, 3)
             window["box"] = torch.from_numpy(np.array(self._boxes[traj][start + self.offsets[H - 1]]))
         return window
@@ -115,10 +126,10 @@ def box_file(coords_file: Path) -> Path:
 ATOM_AXIS = {"history": 1, "target": 1, "z": 0, "mask": 0}  # the axis over atoms of each per-atom window entry
 
 
-def collate_windows(samples: list[dict]) -> dict:
+def collate_windows(samples: list[Window]) -> Window:
     """Stack windows, padding molecules of different sizes to the largest (mask False, z 0 on padding)."""
     n_max = max(len(s["z"]) for s in samples)
-    batch = {}
+    batch = Window()
     for key in samples[0]:
         tensors = []
         for s in samples:
@@ -167,6 +178,19 @@ def cache_problem(coords_file: Path, meta: dict) -> str | None:
         if found[key]["crc32"] != recorded["crc32"]:
             return f"its {key} file does not match the checksum written with it (changed or corrupted)"
     return None
+
+
+@dataclass(frozen=True)
+class CachedTrajectory:
+    """One trajectory as the data module holds it: atoms, frame spacing, origin, and where its windows start."""
+
+    z: list[int]
+    dt_fs: float
+    name: str
+    source: str
+    periodic: bool
+    n_frames: int
+    starts: dict[str, np.ndarray]  # split -> window start frames
 
 
 class EpochShuffle(Sampler[int]):
@@ -253,7 +277,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
         self.datasets: dict[str, WindowDataset] = {}
         self._train_sampler: EpochShuffle | None = None
         self._resume_position = (None, 0)
-        self.trajectories: list[dict] = []
+        self.trajectories: list[CachedTrajectory] = []
         self.displacement_scale: torch.Tensor | None = None
 
     @property
@@ -368,8 +392,12 @@ class TrajectoryDataModule(pl.LightningDataModule):
             coordinate_files.append(coords_file)
             box_files.append(box_file(coords_file) if meta["periodic"] else None)
             numbers.append(np.asarray(meta["z"], dtype=np.int64))
-            self.trajectories.append({**meta, "n_frames": n_frames, "starts": starts})
-        periodic = [t["source"] for t in self.trajectories if t["periodic"]]
+            self.trajectories.append(
+                CachedTrajectory(
+                    meta["z"], meta["dt_fs"], meta["name"], meta["source"], meta["periodic"], n_frames, starts
+                )
+            )
+        periodic = [t.source for t in self.trajectories if t.periodic]
         if periodic and len(periodic) < len(self.trajectories):
             raise ConfigError(
                 f"data.sources mixes periodic trajectories ({', '.join(periodic)}) with open ones; "
@@ -394,7 +422,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
     def training_frames(self, max_frames: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
         """z (N,) and up to max_frames frames (T, N, 3) Angstrom spread evenly over the frames the training windows
         cover: what may be learned from the data, never a validation or test frame. One molecule only."""
-        molecules = {tuple(t["z"]) for t in self.trajectories}
+        molecules = {tuple(t.z) for t in self.trajectories}
         if len(molecules) != 1:
             raise ConfigError(
                 f"the training data holds {len(molecules)} molecules "
@@ -404,15 +432,15 @@ class TrajectoryDataModule(pl.LightningDataModule):
         per_trajectory = max(1, max_frames // len(self.trajectories))
         frames = []
         for coords_file, t in zip(train.coordinate_files, self.trajectories):
-            covered = np.unique((t["starts"]["train"][:, None] + train.offsets[None]).ravel())
+            covered = np.unique((t.starts["train"][:, None] + train.offsets[None]).ravel())
             picks = covered[np.linspace(0, len(covered) - 1, min(per_trajectory, len(covered))).round().astype(int)]
             frames.append(np.load(coords_file, mmap_mode="r")[picks])
-        return np.asarray(self.trajectories[0]["z"]), np.concatenate(frames)
+        return np.asarray(self.trajectories[0].z), np.concatenate(frames)
 
     @property
     def lead_times_fs(self) -> np.ndarray:
         """(P,) time of each target frame after the last history frame, femtoseconds (first trajectory's dt)."""
-        return self.layout.lead_frames() * self.trajectories[0]["dt_fs"]
+        return self.layout.lead_frames() * self.trajectories[0].dt_fs
 
     def signature(self) -> dict:
         """What a model trained on this data depends on: the window layout and the atoms of each trajectory.
@@ -423,9 +451,9 @@ class TrajectoryDataModule(pl.LightningDataModule):
             "heavy_atoms": bool(self.heavy_atoms),
         }
         if self.trajectories:  # known once set up; enough to roll out from a user's frames without the data
-            signature["atoms"] = [list(t["z"]) for t in self.trajectories]
-            signature["dt_fs"] = [t["dt_fs"] for t in self.trajectories]
-            signature["periodic"] = [bool(t["periodic"]) for t in self.trajectories]
+            signature["atoms"] = [list(t.z) for t in self.trajectories]
+            signature["dt_fs"] = [t.dt_fs for t in self.trajectories]
+            signature["periodic"] = [bool(t.periodic) for t in self.trajectories]
         return signature
 
     def check_signature(self, recorded: dict | None, checkpoint: str) -> None:
@@ -450,7 +478,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
             )
         if "atoms" in recorded and "atoms" in mine:
             known = {tuple(z) for z in recorded["atoms"]}
-            foreign = [t for t in self.trajectories if tuple(t["z"]) not in known]  # set up: "atoms" in mine
+            foreign = [t for t in self.trajectories if tuple(t.z) not in known]  # set up: "atoms" in mine
             if foreign:
                 raise DataError(
                     f"{foreign[0]['source']}: its atoms ({formula(foreign[0]['z'])}) are not those of any "
@@ -470,13 +498,13 @@ class TrajectoryDataModule(pl.LightningDataModule):
             "split_seed": PEER_SEED if self.protocol.split == "peer_random" else self.seed,
             "trajectories": [
                 {
-                    "source": t["source"],
-                    "n_frames": t["n_frames"],
-                    "dt_fs": t["dt_fs"],
-                    "periodic": t["periodic"],
+                    "source": t.source,
+                    "n_frames": t.n_frames,
+                    "dt_fs": t.dt_fs,
+                    "periodic": t.periodic,
                     **{
                         name: {"windows": len(s), "first_start": int(s[0]), "last_start": int(s[-1])}
-                        for name, s in t["starts"].items()
+                        for name, s in t.starts.items()
                     },
                 }
                 for t in self.trajectories

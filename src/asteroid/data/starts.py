@@ -35,7 +35,7 @@ def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -
     picks = np.linspace(0, len(test) - 1, batch).round().astype(int)
     rows = test.index[picks]  # (B, 2) trajectory, window start
     meta = [datamodule.trajectories[t] for t in rows[:, 0]]
-    if any(m["z"] != meta[0]["z"] or m["dt_fs"] != meta[0]["dt_fs"] for m in meta):
+    if any(m.z != meta[0].z or m.dt_fs != meta[0].dt_fs for m in meta):
         raise ConfigError(
             f"--batch {batch}: the test windows span trajectories of different molecules or frame "
             "spacings; roll out one at a time (choose it with --data.sources)"
@@ -47,14 +47,14 @@ def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -
     windows = [test[i] for i in picks]
     return InitialConditions(
         history=np.stack([w["history"].numpy() for w in windows]),
-        z=np.asarray(meta[0]["z"]),
-        dt_fs=spacing * meta[0]["dt_fs"],
+        z=np.asarray(meta[0].z),
+        dt_fs=spacing * meta[0].dt_fs,
         start_frame=last,
-        source=meta[0]["source"],
+        source=meta[0].source,
         reference=coordinates[0],
-        reference_dt_fs=meta[0]["dt_fs"],
+        reference_dt_fs=meta[0].dt_fs,
         continuation=np.stack([frames[:kept] for frames in following]) if kept else None,
-        box=np.stack([w["box"].numpy() for w in windows]) if meta[0]["periodic"] else None,
+        box=np.stack([w["box"].numpy() for w in windows]) if meta[0].periodic else None,
     )
 
 
