@@ -24,7 +24,7 @@ test: install ## Run the whole test suite (unit and integration; ruff's lint and
 	$(BIN)/python -m pytest -q
 
 test-unit: install ## Run only the fast unit tests
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q tests/unit -m "not integration"
 
 lint: install ## Lint with ruff (the tests run it too)
 	$(BIN)/ruff check
@@ -35,7 +35,7 @@ format: install ## Format the code and sort imports with ruff
 	$(BIN)/ruff format
 
 reliability-report: install ## Run the reliability sweep and rewrite docs/reliability.md from its outcomes
-	ASTEROID_RELIABILITY_REPORT=1 $(BIN)/python -m pytest -q tests/test_reliability.py
+	ASTEROID_RELIABILITY_REPORT=1 $(BIN)/python -m pytest -q tests/integration/test_reliability.py
 
 train: install ## Train, test and report an experiment: make train EXP=ethanol ARGS="--trainer.max_steps 500"
 	$(BIN)/asteroid fit --config experiments/$(EXP).yaml $(ARGS)

@@ -14,7 +14,7 @@ import pytest
 from asteroid.arguments import CommandParser
 from asteroid.cli import COMMANDS, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 

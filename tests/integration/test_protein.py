@@ -21,7 +21,7 @@ import asteroid.data.mdanalysis as mdanalysis
 from asteroid.data import TrajectoryDataModule, load_trajectory
 from asteroid.errors import DataError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 EXCERPT, EXCERPT_TOP = DATA / "adk_tmd_excerpt.dcd", DATA / "adk_tmd_excerpt.psf"
 ADK = mdanalysis.PROTEIN_DATASETS["mdanalysis:adk_tmd"]
 RESIDUES = ["MET", "ARG", "ILE", "ILE", "LEU", "LEU"]
@@ -150,7 +150,7 @@ def test_protein_experiment_runs_on_the_excerpt(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(mdanalysis, "download_package", refuse_network)
     local_copy(tmp_path / "data")
-    config = Path(__file__).resolve().parents[1] / "experiments" / "adk.yaml"
+    config = Path(__file__).resolve().parents[2] / "experiments" / "adk.yaml"
     code = main(
         [
             "fit",

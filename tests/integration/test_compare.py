@@ -12,7 +12,7 @@ from helpers import write_toy_trajectory
 
 pytestmark = pytest.mark.integration
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 TINY = [
     "--",
     "--trainer.max_steps",

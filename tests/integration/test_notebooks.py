@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 # notebook -> files (globs under its work folder) that a complete run leaves behind
 EXPECTED_FILES = {
     "01_quickstart.ipynb": [

@@ -10,7 +10,7 @@ from asteroid.cli import main
 
 pytestmark = pytest.mark.integration
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 # The molecules, whose data the generator makes; the protein (adk.yaml) runs on its excerpt in test_protein.py.
 CONFIGS = sorted(p for p in EXPERIMENTS.glob("*.yaml") if p.name not in ("base.yaml", "adk.yaml"))
 

@@ -32,11 +32,11 @@ from asteroid.errors import DataError
 from asteroid.xtb_md import checkpoint_path, simulate
 
 from helpers import harmonic_frames, md_topology, tiny_args, write_toy_trajectory
-from sweep import Report, isolated, time_limit
+from helpers.sweep import Report, isolated, time_limit
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*netCDF4")  # mdtraj writing .nc through scipy: slower, not wrong
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/: helpers importable in the processes it starts
 DOC = TESTS.parent / "docs" / "reliability.md"
 Z = np.array([8, 6, 1, 1, 1])  # O C H H H: the atoms of helpers.md_topology
 R = harmonic_frames()  # (60, 5, 3) Angstrom
@@ -999,7 +999,7 @@ def report(tmp_path_factory):
             if case_id not in FAULTS and case_id not in FUZZ
         )
         intro = (
-            f"Written by `make reliability-report` (the sweep of `tests/test_reliability.py`); change the "
+            f"Written by `make reliability-report` (the sweep of `tests/integration/test_reliability.py`); change the "
             f"cases there, not here. {bad} bad-input cases ({len(BAD_FILES)} files, {len(BAD_CONFIGS)} "
             f"configs; how they ended: {', '.join(f'{n} {how}' for how, n in sorted(ended.items()))}), "
             f"{len(FUZZ)} fuzz properties of {FUZZ_SETTINGS.max_examples} generated files each, and "

@@ -13,7 +13,7 @@ import torch
 
 from asteroid.runs import LAST, AtomicCheckpointIO
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 ETHANOL_Z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
 
 

@@ -29,7 +29,7 @@ from asteroid.xtb_md import TIMESTEP_FS, read_structure, structure_path
 
 from helpers import ETHANOL_Z, write_toy_trajectory
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 KEYS = {
     "molecule",
     "n_atoms",

@@ -1,6 +1,6 @@
 """runs/<name>/version_N: claimed atomically, locked while in use, found by `--ckpt_path last`; atomic checkpoints.
 
-The same with real processes killed and run side by side: the fault cases of tests/test_reliability.py."""
+The same with real processes killed and run side by side: the fault cases of tests/integration/test_reliability.py."""
 
 from pathlib import Path
 

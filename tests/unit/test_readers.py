@@ -1,7 +1,7 @@
 """Trajectory readers: round trips for every format, the time-order check, MD17/MD22 resolution.
 
 Bad files of every format (truncated, wrong dtypes, NaN, mismatched atoms, empty, directories) are the table of
-tests/test_reliability.py."""
+tests/integration/test_reliability.py."""
 
 import io
 import urllib.error

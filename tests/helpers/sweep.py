@@ -1,5 +1,5 @@
-"""Machinery of the reliability sweep (tests/test_reliability.py): run a case where a crash or a hang cannot take
-the test session with it, and write docs/reliability.md from what the cases did."""
+"""Machinery of the reliability sweep (tests/integration/test_reliability.py): run a case where a crash or a hang
+cannot take the test session with it, and write docs/reliability.md from what the cases did."""
 
 from __future__ import annotations
 
