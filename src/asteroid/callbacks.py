@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n, conver
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from asteroid.checkpoints import CONFIG_KEY, RUN_CONFIG_KEY
-from asteroid.data.datamodule import collate_windows
+from asteroid.data.dataset import collate_windows
 from asteroid.fileio import atomic_output
 from asteroid.runs import run_dir
 

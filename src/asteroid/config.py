@@ -151,6 +151,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     # validate / test / predict take only the weights from --ckpt_path: they have no checkpoint callbacks to restore
     warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
-    # our training order resumes in mid-epoch through the checkpoint (data.datamodule.EpochShuffle), not through
+    # our training order resumes in mid-epoch through the checkpoint (data.dataset.EpochShuffle), not through
     # the loader's state_dict that Lightning looks for
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")

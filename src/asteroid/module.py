@@ -25,7 +25,7 @@ from asteroid.schedule import training_progress, warmup_cosine
 from asteroid.test_table import format_table, metrics_table, write_csv
 
 if TYPE_CHECKING:
-    from asteroid.data.datamodule import Window
+    from asteroid.data.dataset import Window
 
 # Forecasts with no parameters, scored on the same test windows as the trained model.
 REFERENCE_ORDERS = {"constant": 0, "linear": 1}

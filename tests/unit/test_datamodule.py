@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource, collate_windows
+from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource
+from asteroid.data.dataset import collate_windows
 from asteroid.data.windows import SPLITS, count_windows, peer_random_starts
 from asteroid.errors import ConfigError, DataError
 

@@ -176,7 +176,7 @@ def anonymous_memory_mb() -> float:
 def test_windows_stream_from_the_cache_without_loading_the_trajectory(tmp_path):
     """Reading every window of a 240 MB cached trajectory adds little anonymous memory: the frames of a window are
     gathered from the memory map (page cache the system can evict), never the whole trajectory."""
-    from asteroid.data.datamodule import WindowDataset
+    from asteroid.data.dataset import WindowDataset
     from asteroid.data.windows import WindowLayout
 
     T, N = 2000, 10000
