@@ -18,6 +18,7 @@ COMMANDS = {
     "asteroid.compare",
     "asteroid.benchmark",
     "asteroid.analysis.command",
+    "asteroid.data.inspect",
 }
 LOWER_LAYERS = ("models", "data", "analysis")
 
