@@ -347,7 +347,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
             foreign = [t for t in self.trajectories if tuple(t.z) not in known]  # set up: "atoms" in mine
             if foreign:
                 raise DataError(
-                    f"{foreign[0]['source']}: its atoms ({formula(foreign[0]['z'])}) are not those of any "
+                    f"{foreign[0].source}: its atoms ({formula(foreign[0].z)}) are not those of any "
                     f"trajectory {checkpoint} was trained on ({', '.join(formula(z) for z in known)})"
                 )
 
