@@ -969,6 +969,7 @@ FAULTS = {
     "disk-full-checkpoint": "`asteroid fit` whose run folder is on a 256 KiB tmpfs: the logs fit, the first "
     "checkpoint (430 KB) does not",
     "disk-full-simulate": "`asteroid simulate --out` onto a 16 KiB tmpfs",
+    "disk-full-rollout": "`asteroid rollout --out` onto a 16 KiB tmpfs (200 frames of 9 atoms as .xyz, about 60 KB)",
 }
 NOT_DETECTABLE = """## What the readers cannot detect
 
@@ -1457,3 +1458,41 @@ def test_simulate_onto_a_full_disk_exits_with_one_line_and_leaves_nothing(small_
     ]
     assert files_under(disk) == []
     report.record("disk-full-simulate", "exit status 2, `the disk is full; nothing was written`; nothing left")
+
+
+@pytest.mark.integration
+def test_rollout_onto_a_full_disk_exits_with_one_line_and_leaves_nothing(tmp_path, monkeypatch, small_disk, report):
+    monkeypatch.chdir(tmp_path)
+    assert (
+        asteroid(["fit", *tiny_args(tmp_path, name="small"), "--trainer.max_epochs", "1", "--test_after_fit", "false"])
+        == 0
+    )
+    disk = small_disk(16)
+    out = disk / "pred.xyz"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asteroid.cli",
+            "rollout",
+            "--ckpt_path",
+            "last",
+            "--name",
+            "small",
+            "--frames",
+            "200",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    errors = [line for line in run.stderr.splitlines() if line.startswith("asteroid: error:")]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert errors == [f"asteroid: error: {out}: the disk is full; nothing was written (free space and run again)"]
+    assert files_under(disk) == []
+    report.record("disk-full-rollout", "exit status 2, `pred.xyz: the disk is full; nothing was written`; nothing left")
