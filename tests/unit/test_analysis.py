@@ -64,10 +64,10 @@ def test_dihedral_angle_and_radius_of_gyration_on_constructed_geometries():
 def test_ethanol_topology():
     topology = Topology.of(ETHANOL_Z, ETHANOL)
     labels = topology.feature_labels()
-    assert labels["bond_length"] == ["C0-C1", "C0-H3", "C0-H4", "C0-H5", "C1-O2", "C1-H6", "C1-H7", "O2-H8"]
-    assert len(labels["angle"]) == 13 and "C0-C1-O2" in labels["angle"] and "C1-O2-H8" in labels["angle"]
+    assert labels["bond_length"] == ["C1-C2", "C1-H1", "C1-H2", "C1-H3", "C2-O1", "C2-H4", "C2-H5", "O1-H6"]
+    assert len(labels["angle"]) == 13 and "C1-C2-O1" in labels["angle"] and "C2-O1-H6" in labels["angle"]
     # the methyl and the hydroxyl rotor, each once, through the heaviest neighbours
-    assert labels["dihedral"] == ["H3-C0-C1-O2", "C0-C1-O2-H8"]
+    assert labels["dihedral"] == ["H1-C1-C2-O1", "C1-C2-O1-H6"]
 
 
 # ---- Jensen-Shannon divergence -------------------------------------------------------------------------------------
@@ -138,22 +138,22 @@ def test_stretched_bond_flags_its_first_frame(reference):
     k, dt = 37, 5.0
     predicted = reference[None, 100:300].copy()
     c0, h3 = predicted[0, k:, 0], predicted[0, k:, 3]
-    predicted[0, k:, 3] = c0 + 2 * (h3 - c0)  # C0-H3 twice as long from frame k on
+    predicted[0, k:, 3] = c0 + 2 * (h3 - c0)  # C1-H1 twice as long from frame k on
     unphysical = physical_report(predicted, ETHANOL_Z, dt, reference, DT)["unphysical"]
     first = unphysical["trajectories"][0]
     assert first["first_frame"] == k and first["first_time_fs"] == (k + 1) * dt
-    assert first["reason"].startswith("bond C0-H3") and first["unphysical_frames"] == 200 - k
+    assert first["reason"].startswith("bond C1-H1") and first["unphysical_frames"] == 200 - k
     assert unphysical["any"] and unphysical["fraction"] == pytest.approx((200 - k) / 200)
 
 
 def test_overlapping_atoms_and_nonfinite_frames_are_flagged(reference):
     predicted = np.stack([reference[:50], reference[50:100]])  # (2, 50, 9, 3)
-    predicted[0, 20, 3] = predicted[0, 20, 4] + [0.2, 0.0, 0.0]  # H3 onto H4: C0-H3 stays a normal length
+    predicted[0, 20, 3] = predicted[0, 20, 4] + [0.2, 0.0, 0.0]  # H1 onto H2: C1-H1 stays a normal length
     predicted[1, 10:] = np.nan
     report = physical_report(predicted, ETHANOL_Z, DT, reference, DT)
     first, second = report["unphysical"]["trajectories"]
     assert (first["first_frame"], first["unphysical_frames"]) == (20, 1)
-    assert first["reason"].startswith("non-bonded H3-H4 0.200 A")
+    assert first["reason"].startswith("non-bonded H1-H2 0.200 A")
     assert (second["first_frame"], second["reason"]) == (10, "non-finite coordinates")
     assert report["predicted"]["nonfinite_frames"] == 40
     json.dumps(report, allow_nan=False)  # the NaN frames leave no NaN in the report
@@ -166,7 +166,7 @@ def test_reference_geometries_are_never_unphysical():
     report = physical_report(reference[None], ETHANOL_Z, DT, reference, DT)
     assert not report["unphysical"]["any"]
     limits = {item["bond"]: item for item in report["unphysical"]["bond_limits"]}
-    assert limits["O2-H8"]["upper"] > 1.6 and limits["C0-C1"]["upper"] == pytest.approx(1.5 * 1.52, rel=0.02)
+    assert limits["O1-H6"]["upper"] > 1.6 and limits["C1-C2"]["upper"] == pytest.approx(1.5 * 1.52, rel=0.02)
 
 
 def test_decorrelation_time_is_when_the_error_reaches_independent_frames(reference):
@@ -187,7 +187,7 @@ def test_save_report_writes_json_figures_and_tensorboard(reference, tmp_path, ca
     report = physical_report(reference[None, 1:301], ETHANOL_Z, DT, reference, DT, reference[None, 1:101])
     save_report(report, tmp_path / "out", tmp_path / "tb")
     printed = capsys.readouterr().out
-    assert "Jensen-Shannon" in printed and "C0-H3" in printed and "target" in printed
+    assert "Jensen-Shannon" in printed and "C1-H1" in printed and "target" in printed
     stored = json.loads((tmp_path / "out" / "report.json").read_text())
     assert stored["unphysical"]["any"] is False and stored["coordinate_error"]["frames"] == 100
     assert set(stored["distributions"]) == {"bond_length", "angle", "dihedral", "radius_of_gyration"}

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from ase.data import atomic_masses, chemical_symbols
+from ase.data import atomic_masses
 
+from asteroid.data.readers import atom_names
 from asteroid.metrics import covalent_bonds
 
 
@@ -83,8 +84,9 @@ class Topology:
         )
 
     def labels(self, atoms: np.ndarray) -> list[str]:
-        """'C0-C1', 'C1-C0-H3', ... for rows of atom indices."""
-        return ["-".join(f"{chemical_symbols[self.z[a]]}{a}" for a in row) for row in atoms]
+        """'C1-C2', 'C2-C1-H1', ... for rows of atom indices (atoms named as in our PDB files: `atom_names`)."""
+        names = atom_names(self.z)
+        return ["-".join(names[a] for a in row) for row in atoms]
 
     def features(self, R: np.ndarray) -> dict[str, np.ndarray]:
         """(M, K) bond lengths, angles, dihedrals and (M, 1) radius of gyration of frames R (M, N, 3)."""

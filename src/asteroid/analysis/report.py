@@ -169,9 +169,16 @@ def _histogram_grid(distribution: dict, unit: str) -> Figure:
     figure = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
     for ax, item in zip(figure.subplots(rows, cols, squeeze=False).flat, items):
         edges = np.linspace(*item["range"], len(item["predicted"]) - 1)
+        # what falls outside the reference's range drawn as one wide bin on each side, so that a predicted
+        # distribution mostly outside it does not look flat
+        lo, hi = edges[0], edges[-1]
+        tail = 0.15 * (hi - lo)
+        edges = np.concatenate([[lo - tail], edges, [hi + tail]])
         for key, style in (("reference", dict(color="k")), ("predicted", dict(color="C1", linestyle="--"))):
             fractions = np.asarray(item[key])
-            ax.stairs(fractions[1:-1] / np.diff(edges), edges, label=key, **style)
+            ax.stairs(fractions / np.diff(edges), edges, label=key, **style)
+        ax.axvspan(lo - tail, lo, color="0.9", zorder=0)
+        ax.axvspan(hi, hi + tail, color="0.9", zorder=0)
         outside = item["predicted"][0] + item["predicted"][-1]
         ax.set_title(
             f"{item['label']}  JSD {item['jsd']:.3f}" + (f", {outside:.1%} outside" if outside else ""),

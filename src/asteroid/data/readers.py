@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from asteroid.data.time_order import THRESHOLD, TimeOrderWarning, largest_jump, time_order_ratio
 from asteroid.data.trajectory import Trajectory
@@ -108,17 +109,25 @@ def uniform_step_fs(times_fs: np.ndarray, path: Path) -> float:
     return float(dt)
 
 
+def atom_names(z) -> list[str]:
+    """Atoms named by element and count, as viewers label them and our files and reports name them: C1, C2, O1, H1."""
+    counts: dict[str, int] = {}
+    names = []
+    for number in z:
+        symbol = chemical_symbols[int(number)]
+        counts[symbol] = counts.get(symbol, 0) + 1
+        names.append(f"{symbol}{counts[symbol]}")
+    return names
+
+
 def element_topology(z: np.ndarray):
-    """An mdtraj Topology for bare atomic numbers: one residue, atoms named by element and count (C1, C2, O1, H1)."""
+    """An mdtraj Topology for bare atomic numbers: one residue, atoms named by `atom_names`."""
     import mdtraj as md
 
     topology = md.Topology()
     residue = topology.add_residue("MOL", topology.add_chain(), resSeq=1)
-    counts: dict[str, int] = {}
-    for number in z:
-        element = md.element.Element.getByAtomicNumber(int(number))
-        counts[element.symbol] = counts.get(element.symbol, 0) + 1
-        topology.add_atom(f"{element.symbol}{counts[element.symbol]}", element, residue)
+    for number, name in zip(z, atom_names(z)):
+        topology.add_atom(name, md.element.Element.getByAtomicNumber(int(number)), residue)
     return topology
 
 
