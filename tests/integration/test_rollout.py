@@ -12,7 +12,7 @@ from ase import Atoms
 
 from asteroid.cli import main
 from asteroid.data import load_trajectory
-from asteroid.data.readers import element_topology
+from asteroid.data.mdtraj_files import element_topology
 from asteroid.errors import DivergedError
 from asteroid.lightning_cli import from_config
 from asteroid.metrics import covalent_bonds

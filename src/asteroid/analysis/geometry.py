@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase.data import atomic_masses
 
-from asteroid.data.readers import atom_names
+from asteroid.data.mdtraj_files import atom_names
 from asteroid.metrics import covalent_bonds
 
 
