@@ -2,7 +2,7 @@
 
 The fair unit is a simulated picosecond: the MD needs 1000 / 0.5 = 2000 velocity-Verlet steps for it whatever
 the output spacing; the model needs one predicted frame per `spacing` data frames (200 at the shipped spacing
-of 10). In one process, for the same molecule: the MD runs the generator's own code path (`asteroid.xtb_md`:
+of 10). In one process, for the same molecule: the MD runs the generator's own code path (`asteroid.xtb`:
 its tblite calculator, ASE's velocity Verlet, its OpenMP guard) on the CPU; the model rolls out 1 and B
 independent trajectories on the chosen device, with the same number of threads. Speed is printed beside the
 checkpoint's own test MSE (its run's test_metrics.csv), so that it is never shown without the accuracy it buys, and
@@ -35,7 +35,7 @@ from asteroid.fileio import atomic_output, writable_output
 from asteroid.lightning_cli import from_checkpoint_or_config, from_config, load_weights
 from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
 from asteroid.module import REFERENCE_ORDERS
-from asteroid.xtb_md import TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path, xtb_calculator
+from asteroid.xtb import TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path, xtb_calculator
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 WATER_SPACING = 3.1  # Angstrom between the oxygens of a water cluster, about liquid water's density

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from asteroid.arguments import CommandParser
-from asteroid.xtb_md import BUILTIN_MOLECULES, TEMPERATURE_K, TIMESTEP_FS, run_summary, simulate
+from asteroid.xtb import BUILTIN_MOLECULES, TEMPERATURE_K, TIMESTEP_FS
+from asteroid.xtb_md import run_summary, simulate
 
 
 def main(argv: list[str]) -> int:

@@ -25,7 +25,7 @@ from asteroid.cli import main as cli_main
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError, DataError
 from asteroid.models import Asteroid
-from asteroid.xtb_md import TIMESTEP_FS, read_structure, structure_path
+from asteroid.xtb import TIMESTEP_FS, read_structure, structure_path
 
 from helpers import ETHANOL_Z, write_toy_trajectory
 

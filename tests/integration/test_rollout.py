@@ -18,7 +18,7 @@ from asteroid.lightning_cli import from_config
 from asteroid.metrics import covalent_bonds
 from asteroid.models import LastFrame, LinearExtrapolation
 from asteroid.models.rollout import rollout
-from asteroid.xtb_md import structure_path
+from asteroid.xtb import structure_path
 
 from helpers import EXPERIMENTS, harmonic_frames, tiny_args
 

@@ -14,7 +14,8 @@ from tblite.ase import TBLite
 
 from asteroid.errors import AsteroidError, ConfigError, DataError
 from asteroid.simulate import main
-from asteroid.xtb_md import BUILTIN_MOLECULES, checkpoint_path, openmp_threads, simulate, structure_path
+from asteroid.xtb import BUILTIN_MOLECULES, openmp_threads, structure_path
+from asteroid.xtb_md import checkpoint_path, simulate
 
 KCAL_MOL = units.kcal / units.mol  # eV
 FORMULAS = {

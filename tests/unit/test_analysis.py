@@ -253,7 +253,7 @@ def test_analyze_refuses_bad_input_in_one_line(files, tmp_path, capsys, problem,
 
 
 def test_reference_energies_only_when_they_are_gfn2(tmp_path):
-    from asteroid.xtb_md import METHOD
+    from asteroid.xtb import METHOD
 
     R = vibrating(20)
     np.savez(tmp_path / "ours.npz", R=R, z=ETHANOL_Z, dt_fs=DT, E=np.arange(20.0), method=METHOD)

@@ -206,7 +206,7 @@ def test_a_stochastic_constrained_model_trains_reports_its_calibration_and_rolls
     import ase.io
 
     from asteroid.cli import main
-    from asteroid.xtb_md import structure_path
+    from asteroid.xtb import structure_path
 
     from helpers import tiny_args
 
