@@ -1,0 +1,146 @@
+"""Timing forecasts against the MD that made the data, per simulated picosecond (the measurements of
+`asteroid benchmark`): MD steps through the generator's own code path, model rollouts at batch 1 and B, FLOPs, and
+water clusters of any size to time larger systems."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.build import molecule
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.verlet import VelocityVerlet
+from torch.utils.flop_counter import FlopCounterMode
+
+from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
+from asteroid.xtb import TEMPERATURE_K, TIMESTEP_FS, openmp_threads, xtb_calculator
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+WATER_SPACING = 3.1  # Angstrom between the oxygens of a water cluster, about liquid water's density
+
+
+def cpu_name() -> str:
+    """The processor's model name, for the record."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def seconds_per_ps(seconds: float, frames: int, frame_fs: float, trajectories: int = 1) -> float:
+    """Cost of one simulated picosecond of one trajectory: `seconds` made `frames` frames `frame_fs` apart each."""
+    return seconds / (frames * frame_fs / 1000.0) / trajectories
+
+
+def measure(clock: str, run, repeats: int) -> float:
+    """Median over `repeats` calls of run(), in seconds of the clock: the median shrugs off a disturbed call."""
+    now = CLOCKS[clock]
+    times = []
+    for _ in range(repeats):
+        start = now()
+        run()
+        times.append(now() - start)
+    return statistics.median(times)
+
+
+def md_seconds_per_ps(atoms: Atoms, steps: int, warmup: int, repeats: int, threads: int, clock: str) -> float:
+    """The generator's NVE: its calculator, velocity Verlet at its time step, from Maxwell-Boltzmann velocities.
+
+    `steps` steps after `warmup` untimed ones, `repeats` times; the median is scaled to a simulated picosecond.
+    """
+    atoms = atoms.copy()
+    atoms.calc = xtb_calculator()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=TEMPERATURE_K, rng=np.random.default_rng(0))
+    verlet = VelocityVerlet(atoms, TIMESTEP_FS * units.fs)
+
+    def run_steps(count: int) -> None:
+        for _ in range(count):
+            verlet.step()
+
+    with openmp_threads(threads):
+        run_steps(warmup)
+        seconds = measure(clock, lambda: run_steps(steps), repeats)
+    return seconds_per_ps(seconds, steps, TIMESTEP_FS)
+
+
+def thermal_speed(atoms: Atoms) -> np.ndarray:
+    """(N,) Angstrom/fs: standard deviation of each velocity component at the generator's temperature."""
+    return np.sqrt(units.kB * TEMPERATURE_K / atoms.get_masses()) * units.fs
+
+
+def ballistic_history(atoms: Atoms, trajectories: int, frames: int, frame_fs: float, seed: int = 0) -> np.ndarray:
+    """(B, H, N, 3) Angstrom: the structure moved along Maxwell-Boltzmann velocities (one draw per trajectory),
+    `frame_fs` apart and ending at the structure itself.
+
+    The model's cost depends on the atom count and the neighbours within its cutoff, not on where the atoms go,
+    so the history need only be the molecule's geometry with thermal motion of the right size.
+    """
+    rng = np.random.default_rng(seed)
+    velocities = thermal_speed(atoms)[:, None] * rng.standard_normal((trajectories, len(atoms), 3))  # (B, N, 3)
+    times = (np.arange(frames) - (frames - 1)) * frame_fs  # (H,) fs, the last frame at 0
+    return atoms.positions + times[None, :, None, None] * velocities[:, None]  # (B, H, N, 3)
+
+
+def model_seconds_per_ps(
+    net,
+    atoms: Atoms,
+    trajectories: int,
+    forecasts: int,
+    frame_fs: float,
+    device: torch.device,
+    repeats: int,
+    clock: str,
+) -> float:
+    """Seconds per simulated picosecond of one trajectory, rolling out `trajectories` at once.
+
+    One untimed forecast warms up; then `repeats` rollouts of `forecasts` whole forecasts each are timed, with the
+    settings `asteroid rollout` uses by default.
+    `frame_fs` is the time between predicted frames (spacing x data frame time).
+    """
+    history = torch.tensor(
+        ballistic_history(atoms, trajectories, net.history, frame_fs), dtype=torch.float32, device=device
+    )  # (B, H, N, 3)
+    z = torch.as_tensor(atoms.numbers, device=device).expand(trajectories, -1)  # (B, N)
+    mask = torch.ones_like(z, dtype=torch.bool)
+    frames = forecasts * net.horizon
+
+    # what `asteroid rollout` does by default: draws, projected, rigid motion stripped, the thermostat on
+    trained_noise = net.noise is not None and net.noise.step_energy > 0
+    coupling = THERMOSTAT_COUPLING if trained_noise else None
+
+    def run(n_frames: int) -> None:
+        rollout(net, history, z, mask, n_frames, thermostat_coupling=coupling)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    run(net.horizon)
+    return seconds_per_ps(measure(clock, lambda: run(frames), repeats), frames, frame_fs, trajectories)
+
+
+def water_cluster(molecules: int, seed: int = 0) -> Atoms:
+    """`molecules` waters, randomly oriented, on the smallest cubic grid that holds them, WATER_SPACING apart."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(molecules ** (1 / 3) - 1e-9))
+    sites = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)[:molecules]
+    cluster = Atoms()
+    for site in sites:
+        water = molecule("H2O")
+        water.rotate(rng.uniform(0, 360), rng.normal(size=3), center="COP")
+        water.translate(site * WATER_SPACING - water.get_center_of_mass())
+        cluster += water
+    return cluster
+
+
+def forecast_flops(net, atoms: Atoms, device: torch.device) -> int:
+    """FLOPs of one forecast of one trajectory (torch's FLOP counter: matrix products and attention)."""
+    history = torch.tensor(ballistic_history(atoms, 1, net.history, 1.0), dtype=torch.float32, device=device)
+    z = torch.as_tensor(atoms.numbers, device=device)[None]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(history, z, torch.ones_like(z, dtype=torch.bool))
+    return counter.get_total_flops()
