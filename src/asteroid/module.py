@@ -12,6 +12,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
+from asteroid.augment import random_rotations, random_walk_noise, rotate, rotate_windows
 from asteroid.errors import ConfigError, DataError, DivergedError
 from asteroid.figures import error_vs_horizon, trajectory_traces
 from asteroid.fileio import atomic_output
@@ -22,43 +23,13 @@ from asteroid.models.bonded import BondedGeometry
 from asteroid.models.noise import GaussMarkovNoise, windows_step_energy
 from asteroid.runs import run_dir
 from asteroid.schedule import training_progress, warmup_cosine
-from asteroid.test_table import format_table, metrics_table, write_csv
+from asteroid.test_table import metrics_table, report_test
 
 if TYPE_CHECKING:
     from asteroid.data.dataset import Window
 
 # Forecasts with no parameters, scored on the same test windows as the trained model.
 REFERENCE_ORDERS = {"constant": 0, "linear": 1}
-
-
-def random_rotations(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(n, 3, 3) rotation matrices drawn uniformly (QR of a Gaussian matrix, sign-fixed, det +1)."""
-    q, r = torch.linalg.qr(torch.randn(n, 3, 3, device=device, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
-    q[torch.det(q) < 0, :, 0] *= -1
-    return q.to(dtype)
-
-
-def rotate(vectors: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """vectors (B, ..., 3), e.g. frames (B, T, N, 3) or cells (B, 3, 3), rotated by rotation (B, 3, 3) about the
-    origin."""
-    return torch.einsum("bij,b...j->b...i", rotation, vectors)
-
-
-def rotate_windows(batch: dict, rotation: torch.Tensor) -> dict:
-    """The batch with its history, target and periodic cell (when it has one) rotated together."""
-    return {**batch, **{key: rotate(batch[key], rotation) for key in ("history", "target", "box") if key in batch}}
-
-
-def random_walk_noise(history: torch.Tensor, std: float) -> torch.Tensor:
-    """(B, H, N, 3) noise that accumulates over the history frames and reaches `std` Angstrom on the last one.
-
-    Added to the history in training (targets untouched), it teaches the model to pull a perturbed history back
-    toward the truth: a rollout feeds the model its own slightly wrong predictions, and without this their errors
-    compound (the noise model of Sanchez-Gonzalez et al. 2020, learned simulators).
-    """
-    steps = torch.randn_like(history) * (std / history.shape[1] ** 0.5)
-    return steps.cumsum(dim=1)
 
 
 DATA_KEY = "asteroid_data"  # a checkpoint's record of the windows and atoms it was trained on
@@ -362,34 +333,7 @@ class ForecastModule(pl.LightningModule):
 
     @rank_zero_only
     def _report_test(self, rows, rotation_error, calibration=None):
-        print(
-            "\n"
-            + format_table(
-                rows, title="test windows: error per horizon step (MSE = mean over atoms and x, y, z components)"
-            )
-        )
-        print(
-            "RMSD: after optimal superposition (Kabsch); ADE: mean atom displacement error; bond: mean |error| "
-            "of the covalent bond lengths"
-        )
-        print(f"rotation error: {rotation_error:.3g} Å RMS (forecast of a rotated window against the rotated forecast)")
-        if calibration is not None:
-            print(
-                f"sampled forecasts ({self.hparams.test_samples} draws per window), spread-skill ratio per step "
-                "(1 = spread matches the error of the draws' mean): "
-                + " ".join(f"{value:.2f}" for value in calibration["ratio"].tolist())
-            )
-        if self.run_dir is not None:
-            write_csv(rows, self.run_dir / "test_metrics.csv")
-            print(f"test table written to {self.run_dir / 'test_metrics.csv'}")
-            if calibration is not None:
-                write_csv(
-                    [
-                        {"step": k + 1, **{key: float(value[k]) for key, value in calibration.items()}}
-                        for k in range(self.net.horizon)
-                    ],
-                    self.run_dir / "spread_skill.csv",
-                )
+        report_test(rows, rotation_error, calibration, self.hparams.test_samples, self.run_dir)
 
     def predict_step(self, batch, batch_idx):
         return {"pred": self(batch).float(), **batch}

@@ -60,3 +60,31 @@ def write_csv(rows: list[dict], path) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def report_test(rows: list[dict], rotation_error: float, calibration: dict | None, samples: int, run_dir) -> None:
+    """Print the test table with what its columns mean, the rotation error and the spread-skill ratios; write
+    test_metrics.csv (and spread_skill.csv) into the run's folder when it has one."""
+    title = "test windows: error per horizon step (MSE = mean over atoms and x, y, z components)"
+    print("\n" + format_table(rows, title=title))
+    print(
+        "RMSD: after optimal superposition (Kabsch); ADE: mean atom displacement error; bond: mean |error| "
+        "of the covalent bond lengths"
+    )
+    print(f"rotation error: {rotation_error:.3g} Å RMS (forecast of a rotated window against the rotated forecast)")
+    if calibration is not None:
+        print(
+            f"sampled forecasts ({samples} draws per window), spread-skill ratio per step "
+            "(1 = spread matches the error of the draws' mean): "
+            + " ".join(f"{value:.2f}" for value in calibration["ratio"].tolist())
+        )
+    if run_dir is None:
+        return
+    write_csv(rows, run_dir / "test_metrics.csv")
+    print(f"test table written to {run_dir / 'test_metrics.csv'}")
+    if calibration is not None:
+        steps = len(calibration["ratio"])
+        per_step = [
+            {"step": k + 1, **{key: float(value[k]) for key, value in calibration.items()}} for k in range(steps)
+        ]
+        write_csv(per_step, run_dir / "spread_skill.csv")

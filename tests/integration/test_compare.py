@@ -149,7 +149,7 @@ def test_compare_unknown_model(experiments, tmp_path, capsys):
 
 def test_frames_lengthens_generated_trajectories_into_their_own_files(tmp_path):
     from asteroid.compare import lengthened_sources
-    from asteroid.data.datamodule import TrajectorySource
+    from asteroid.data.sources import TrajectorySource
 
     override = lengthened_sources(
         [TrajectorySource("data/ethanol_xtb.npz", molecule="ethanol")], 30000, Path("ethanol.yaml")

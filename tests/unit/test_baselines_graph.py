@@ -6,7 +6,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource
+from asteroid.data.datamodule import TrajectoryDataModule
+from asteroid.data.sources import TrajectorySource
 from asteroid.errors import ConfigError, DataError
 from asteroid.models.baselines.egnn import EGNN
 from asteroid.models.baselines.egno import EGNO, EquivariantTimeConvolution

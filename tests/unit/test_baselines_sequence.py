@@ -2,7 +2,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource
+from asteroid.data.datamodule import TrajectoryDataModule
+from asteroid.data.sources import TrajectorySource
 from asteroid.errors import ConfigError
 from asteroid.models.baselines.extrapolation import LastFrame, LinearExtrapolation, QuadraticExtrapolation
 from asteroid.models.baselines.sequence import LSTMForecaster, TransformerForecaster

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from asteroid.data.datamodule import TrajectoryDataModule, TrajectorySource
+from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.data.dataset import collate_windows
+from asteroid.data.sources import TrajectorySource
 from asteroid.data.windows import SPLITS, count_windows, peer_random_starts
 from asteroid.errors import ConfigError, DataError
 

@@ -7,12 +7,12 @@ import torch
 from ase.data import atomic_masses
 from test_analysis import ETHANOL, vibrating
 
+from asteroid.augment import random_rotations, rotate
 from asteroid.errors import ConfigError
 from asteroid.models import LastFrame
 from asteroid.models.bonded import BondedGeometry, bonded_pairs
 from asteroid.models.noise import GaussMarkovNoise, step_energy, thermostat
 from asteroid.models.rollout import remove_rigid_motion, rollout
-from asteroid.module import random_rotations, rotate
 
 from helpers import ETHANOL_Z, harmonic_frames
 

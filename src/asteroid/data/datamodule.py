@@ -6,7 +6,6 @@ Each trajectory is stored once, as a memory-mapped float32 `.npy` cache; a sampl
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ from torch.utils.data import DataLoader
 from asteroid.data.cache import box_file, cache_fingerprint, cache_problem
 from asteroid.data.dataset import EpochShuffle, WindowDataset, collate_windows
 from asteroid.data.md17 import DATASETS, resolve_dataset
-from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset, protein_files
+from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset
 from asteroid.data.readers import load_trajectory
+from asteroid.data.sources import TrajectorySource, with_dataset_topology
 from asteroid.data.windows import (
     PEER_SEED,
     PROTOCOLS,
@@ -39,37 +39,6 @@ from asteroid.fileio import atomic_output
 
 DEFAULT_LAYOUT = dict(history=8, horizon=8, spacing=10)
 CACHE_VERSION = 2  # part of every cache file's name: raise it when what the cache holds changes (2: periodic cells)
-
-
-@dataclass
-class TrajectorySource:
-    """One trajectory file, and how to make it if it is missing.
-
-    path: the trajectory (any format `asteroid.data.load_trajectory` reads), or a known dataset name such as
-        "md17:ethanol" or "mdanalysis:adk_tmd" (a protein, with its topology and frame spacing), downloaded into
-        data/ when missing.
-    molecule: a built-in molecule (e.g. "ethanol"); when `path` is missing, GFN2-xTB MD generates it there.
-    frames: frames to generate. topology / selection / dt_fs: passed to the reader.
-    periodic: use the file's periodic cell when it has one (neighbours then reach periodic images); false treats
-        the system as open whatever the file says.
-    """
-
-    path: str
-    molecule: str | None = None
-    frames: int = 20000
-    topology: str | None = None
-    selection: str | None = None
-    dt_fs: float | None = None
-    periodic: bool = True
-
-
-def _with_dataset_topology(source: TrajectorySource) -> TrajectorySource:
-    """A source naming a protein dataset, with the dataset's topology file and frame spacing where it gives none."""
-    dataset = PROTEIN_DATASETS.get(source.path.lower())
-    if dataset is None:
-        return source
-    topology = source.topology or str(protein_files(dataset.name, root="data")[1])
-    return dataclasses.replace(source, topology=topology, dt_fs=source.dt_fs or dataset.dt_fs)
 
 
 def formula(z) -> str:
@@ -136,7 +105,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
-        self.sources = [_with_dataset_topology(TrajectorySource(**s) if isinstance(s, dict) else s) for s in sources]
+        self.sources = [with_dataset_topology(TrajectorySource(**s) if isinstance(s, dict) else s) for s in sources]
         self.stride, self.split_fractions, self.seed = stride, tuple(split_fractions), seed
         self.heavy_atoms = self.protocol.heavy_atoms if heavy_atoms is None else heavy_atoms
         self.batch_size, self.num_workers, self.cache_dir = batch_size, num_workers, Path(cache_dir)
