@@ -15,7 +15,8 @@ from tblite.ase import TBLite
 from asteroid.errors import AsteroidError, ConfigError, DataError
 from asteroid.simulate import main
 from asteroid.xtb import BUILTIN_MOLECULES, openmp_threads, structure_path
-from asteroid.xtb_md import checkpoint_path, simulate
+from asteroid.xtb_md import simulate
+from asteroid.xtb_state import checkpoint_path
 
 KCAL_MOL = units.kcal / units.mol  # eV
 FORMULAS = {
