@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from pathlib import Path
+
+import numpy as np
+
+from asteroid.data.trajectory import Trajectory
+from asteroid.fileio import atomic_output
 
 
 def box_file(coords_file: Path) -> Path:
@@ -39,3 +45,21 @@ def cache_problem(coords_file: Path, meta: dict) -> str | None:
         if found[key]["crc32"] != recorded["crc32"]:
             return f"its {key} file does not match the checksum written with it (changed or corrupted)"
     return None
+
+
+def write_cache(traj: Trajectory, coords_file: Path, meta_file: Path, periodic: bool, source: Path) -> None:
+    """A trajectory's coordinates as float32 `.npy` (and its cells, if periodic), then the record that vouches for
+    them; on any failure (a full disk, say) nothing is left, as a cache without its record would fill the disk still."""
+    try:
+        if periodic:
+            with atomic_output(box_file(coords_file)) as handle:
+                np.save(handle, traj.box)
+        with atomic_output(coords_file) as handle:
+            np.save(handle, np.ascontiguousarray(traj.R, dtype=np.float32))
+        with atomic_output(meta_file, "w") as handle:  # last: its presence says the cache is complete
+            record = dict(z=traj.z.tolist(), dt_fs=traj.dt_fs, name=traj.name, source=str(source), periodic=periodic)
+            json.dump({**record, **cache_fingerprint(coords_file)}, handle)
+    except BaseException:
+        for part in (coords_file, box_file(coords_file), meta_file):
+            part.unlink(missing_ok=True)
+        raise

@@ -19,7 +19,7 @@ from ase.formula import Formula
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from asteroid.data.cache import box_file, cache_fingerprint, cache_problem
+from asteroid.data.cache import box_file, cache_problem, write_cache
 from asteroid.data.dataset import EpochShuffle, WindowDataset, collate_windows
 from asteroid.data.md17 import DATASETS, resolve_dataset
 from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset
@@ -35,7 +35,6 @@ from asteroid.data.windows import (
     peer_random_starts,
 )
 from asteroid.errors import ConfigError, DataError
-from asteroid.fileio import atomic_output
 
 DEFAULT_LAYOUT = dict(history=8, horizon=8, spacing=10)
 CACHE_VERSION = 2  # part of every cache file's name: raise it when what the cache holds changes (2: periodic cells)
@@ -177,29 +176,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
             traj = load_trajectory(path, topology=source.topology, selection=source.selection, dt_fs=source.dt_fs)
             if self.heavy_atoms:
                 traj = traj.select_atoms(np.flatnonzero(traj.z > 1))
-            periodic = source.periodic and traj.box is not None
-            try:
-                if periodic:
-                    with atomic_output(box_file(coords_file)) as handle:
-                        np.save(handle, traj.box)
-                with atomic_output(coords_file) as handle:
-                    np.save(handle, np.ascontiguousarray(traj.R, dtype=np.float32))
-                with atomic_output(meta_file, "w") as handle:  # last: its presence says the cache is complete
-                    json.dump(
-                        dict(
-                            z=traj.z.tolist(),
-                            dt_fs=traj.dt_fs,
-                            name=traj.name,
-                            source=str(path),
-                            periodic=periodic,
-                            **cache_fingerprint(coords_file),
-                        ),
-                        handle,
-                    )
-            except BaseException:  # a full disk, say: leave no cache without its record, which would fill it still
-                for part in (coords_file, box_file(coords_file), meta_file):
-                    part.unlink(missing_ok=True)
-                raise
+            write_cache(traj, coords_file, meta_file, periodic=source.periodic and traj.box is not None, source=path)
 
     # ---- windows -----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
