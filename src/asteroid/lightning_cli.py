@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
 
@@ -145,6 +145,9 @@ class AsteroidCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in callbacks
         ):
             callbacks.append(RunProgressBar())
+        if self.subcommand == "fit" and trainer_config.get("enable_model_summary", True) is not False:
+            if not any(isinstance(c, ModelSummary) for c in callbacks):
+                callbacks.append(ModelSummary())  # plain text: Lightning's rich one leaves escape codes in notebooks
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter())
         if trainer_config["logger"] is not False:

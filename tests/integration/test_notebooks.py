@@ -72,6 +72,13 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
         assert text in printed, f"{name} printed no {text!r}"
     images = [out for out in outputs(nb, "display_data") if "image/png" in out.data]
     assert images, f"{name} showed no figure"
+    shown = [
+        out.get("text", "") + out.get("data", {}).get("text/plain", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+    ]
+    assert not any("\x1b[" in text for text in shown), f"{name} printed terminal escape codes (unreadable here)"
 
 
 def test_committed_notebooks_are_clean():
