@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from ase.data import chemical_symbols
-from ase.formula import Formula
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
@@ -24,6 +21,7 @@ from asteroid.data.dataset import EpochShuffle, WindowDataset, collate_windows
 from asteroid.data.md17 import DATASETS, resolve_dataset
 from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset
 from asteroid.data.readers import load_trajectory
+from asteroid.data.signature import CachedTrajectory, check_signature, data_signature, formula
 from asteroid.data.sources import TrajectorySource, with_dataset_topology
 from asteroid.data.windows import (
     PEER_SEED,
@@ -38,24 +36,6 @@ from asteroid.errors import ConfigError, DataError
 
 DEFAULT_LAYOUT = dict(history=8, horizon=8, spacing=10)
 CACHE_VERSION = 2  # part of every cache file's name: raise it when what the cache holds changes (2: periodic cells)
-
-
-def formula(z) -> str:
-    """Hill formula of atomic numbers, e.g. C2H6O."""
-    return Formula.from_list([chemical_symbols[int(number)] for number in z]).format("hill")
-
-
-@dataclass(frozen=True)
-class CachedTrajectory:
-    """One trajectory as the data module holds it: atoms, frame spacing, origin, and where its windows start."""
-
-    z: list[int]
-    dt_fs: float
-    name: str
-    source: str
-    periodic: bool
-    n_frames: int
-    starts: dict[str, np.ndarray]  # split -> window start frames
 
 
 class TrajectoryDataModule(pl.LightningDataModule):
@@ -255,47 +235,13 @@ class TrajectoryDataModule(pl.LightningDataModule):
         return self.layout.lead_frames() * self.trajectories[0].dt_fs
 
     def signature(self) -> dict:
-        """What a model trained on this data depends on: the window layout and the atoms of each trajectory.
-        Saved in every checkpoint (ForecastModule) and checked when the checkpoint meets data again."""
-        signature = {
-            "history_offsets": list(self.layout.history_offsets),
-            "target_offsets": list(self.layout.target_offsets),
-            "heavy_atoms": bool(self.heavy_atoms),
-        }
-        if self.trajectories:  # known once set up; enough to roll out from a user's frames without the data
-            signature["atoms"] = [list(t.z) for t in self.trajectories]
-            signature["dt_fs"] = [t.dt_fs for t in self.trajectories]
-            signature["periodic"] = [bool(t.periodic) for t in self.trajectories]
-        return signature
+        """What a model trained on this data depends on (`data.signature`): saved in every checkpoint and checked
+        when the checkpoint meets data again."""
+        return data_signature(self.layout, self.heavy_atoms, self.trajectories)
 
     def check_signature(self, recorded: dict | None, checkpoint: str) -> None:
-        """Refuse data other than what `checkpoint` was trained on (recorded: its signature(); None for checkpoints
-        older than the record, which cannot be checked)."""
-        if not recorded:
-            return
-        mine = self.signature()
-        trained = (recorded["history_offsets"], recorded["target_offsets"])
-        given = (mine["history_offsets"], mine["target_offsets"])
-        if trained != given:
-            raise ConfigError(
-                f"{checkpoint}: trained on windows of frames {trained[0]} -> {trained[1]}, but the data "
-                f"settings give {given[0]} -> {given[1]}; use the data.spacing, data.history, "
-                "data.horizon and data.protocol it was trained with"
-            )
-        if recorded["heavy_atoms"] != mine["heavy_atoms"]:
-            kept = "heavy atoms only" if recorded["heavy_atoms"] else "every atom"
-            raise ConfigError(
-                f"{checkpoint}: trained on {kept}, but the data settings keep "
-                f"{'heavy atoms only' if mine['heavy_atoms'] else 'every atom'}"
-            )
-        if "atoms" in recorded and "atoms" in mine:
-            known = {tuple(z) for z in recorded["atoms"]}
-            foreign = [t for t in self.trajectories if tuple(t.z) not in known]  # set up: "atoms" in mine
-            if foreign:
-                raise DataError(
-                    f"{foreign[0].source}: its atoms ({formula(foreign[0].z)}) are not those of any "
-                    f"trajectory {checkpoint} was trained on ({', '.join(formula(z) for z in known)})"
-                )
+        """Refuse data other than what `checkpoint` was trained on (None: a checkpoint older than the record)."""
+        check_signature(recorded, self.signature(), self.trajectories, checkpoint)
 
     def split_summary(self) -> dict:
         """The split definition, saved with every run so that it can be reproduced and audited."""
