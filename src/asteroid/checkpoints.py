@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from asteroid.errors import ConfigError
+from asteroid.config import option_value
+from asteroid.errors import ConfigError, DivergedError
 from asteroid.runs import LAST, ROOT, latest_checkpoint
 
 CONFIG_KEY = "asteroid_model_config"  # the model section of the run's config (see lightning_cli.ConfigInCheckpoint)
@@ -65,3 +66,28 @@ def stored_config(ckpt_path: str | Path) -> str:
             "--config (runs/<name>/version_N/config.yaml)"
         )
     return text
+
+
+def names_a_config(args: list[str]) -> bool:
+    return any(arg == "--config" or arg.startswith("--config=") for arg in args)
+
+
+def with_stored_config(args: list[str], ckpt_path: str) -> tuple[list[str], str]:
+    """For `args` that name no --config: `--config <the config stored in the checkpoint>` before them, and the
+    checkpoint file `ckpt_path` stands for (`last`: the newest last.ckpt of `--name`)."""
+    ckpt_path = resolve_ckpt_path(ckpt_path, option_value(args, "--name", default="asteroid"))
+    return ["--config", stored_config(ckpt_path), *args], ckpt_path
+
+
+def check_finite_weights(state_dict: dict, ckpt_path) -> None:
+    """DivergedError for a checkpoint whose weights hold NaN or infinity (a diverged run)."""
+    broken = [
+        name
+        for name, value in state_dict.items()
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+    if broken:
+        raise DivergedError(
+            f"{ckpt_path}: {len(broken)} weight tensor(s) hold NaN or infinity (the first: "
+            f"{broken[0]}): the run diverged; train again with a lower model.lr"
+        )

@@ -12,7 +12,7 @@ import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from asteroid.checkpoints import resolve_ckpt_path, stored_config
+from asteroid.checkpoints import names_a_config, with_stored_config
 from asteroid.config import describe_parse_error, option_value, quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import AsteroidError, ConfigError
@@ -45,13 +45,10 @@ def choose_threads() -> None:
 
 def with_checkpoint_config(argv: list[str]) -> list[str]:
     """`asteroid test --ckpt_path CKPT` with no --config: the config stored in the checkpoint, before the rest."""
-    if len(argv) < 2 or any(arg == "--config" or arg.startswith("--config=") for arg in argv):
-        return argv
     ckpt_path = option_value(argv, "--ckpt_path", default=None)
-    if ckpt_path is None:
+    if len(argv) < 2 or names_a_config(argv) or ckpt_path is None:
         return argv
-    ckpt_path = resolve_ckpt_path(ckpt_path, option_value(argv, "--name", default="asteroid"))
-    return [argv[0], "--config", stored_config(ckpt_path), *argv[1:]]
+    return [argv[0], *with_stored_config(argv[1:], ckpt_path)[0]]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import torch
 from ase import Atoms, units
 from ase.md.md import MolecularDynamics
 
-from asteroid.checkpoints import CONFIG_KEY, read_checkpoint
+from asteroid.checkpoints import CONFIG_KEY, check_finite_weights, read_checkpoint
 from asteroid.data.windows import WindowLayout, rollout_spacing
 from asteroid.errors import ConfigError, DataError
 from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
@@ -45,8 +45,8 @@ class Frames:
 def load(checkpoint: str | Path, device: str = "cpu") -> Forecaster:
     """The model of a checkpoint file, or of a run name (its newest version's last.ckpt), ready to forecast."""
     path = Path(checkpoint)
-    if not path.is_file() and not path.suffix and latest_checkpoint(str(checkpoint)) is not None:
-        path = latest_checkpoint(str(checkpoint))
+    if not path.is_file() and not path.suffix:
+        path = latest_checkpoint(str(checkpoint)) or path
     if not path.is_file():
         raise ConfigError(f"{checkpoint}: no such checkpoint file, nor a run {ROOT / str(checkpoint)} with one")
     stored = read_checkpoint(path)
@@ -55,6 +55,7 @@ def load(checkpoint: str | Path, device: str = "cpu") -> Forecaster:
             f"{path}: made before checkpoints stored their model and atoms; load it with "
             "asteroid.lightning_cli.load_trained(path, ['--config', CONFIG])"
         )
+    check_finite_weights(stored["state_dict"], path)
     config, data = dict(stored[CONFIG_KEY]), stored[DATA_KEY]
     layout = WindowLayout(tuple(data["history_offsets"]), tuple(data["target_offsets"]))
     net = _instantiate(config.pop("net"), history=len(layout.history_offsets), horizon=len(layout.target_offsets))

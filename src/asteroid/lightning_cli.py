@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar
 from pytorch_lightning.cli import LightningCLI
@@ -17,10 +16,17 @@ from asteroid.callbacks import (
     RunProgressBar,
     ValidateLastStep,
 )
-from asteroid.checkpoints import check_checkpoint_config, read_checkpoint, resolve_ckpt_path, stored_config
-from asteroid.config import option_value, quiet_lightning, with_base_configs
+from asteroid.checkpoints import (
+    check_checkpoint_config,
+    check_finite_weights,
+    names_a_config,
+    read_checkpoint,
+    resolve_ckpt_path,
+    with_stored_config,
+)
+from asteroid.config import quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
-from asteroid.errors import ConfigError, DivergedError
+from asteroid.errors import ConfigError
 from asteroid.module import DATA_KEY, ForecastModule
 from asteroid.runs import LAST, AtomicCheckpointIO, RunLogger, checkpoint_version, run_dir
 
@@ -179,11 +185,11 @@ def from_config(config_args: list[str]) -> AsteroidCLI:
 def from_checkpoint_or_config(args: list[str], ckpt_path: str) -> tuple[AsteroidCLI, str]:
     """`from_config(args)` and the checkpoint file `ckpt_path` stands for; where `args` name no --config, the config
     is the one stored in the checkpoint (`last`: the newest last.ckpt of `--name`), with `args` as overrides."""
-    if any(arg == "--config" or arg.startswith("--config=") for arg in args):
+    if names_a_config(args):
         cli = from_config(args)
         return cli, resolve_ckpt_path(ckpt_path, cli.config.name)
-    ckpt_path = resolve_ckpt_path(ckpt_path, option_value(args, "--name", default="asteroid"))
-    return from_config(["--config", stored_config(ckpt_path), *args]), ckpt_path
+    args, ckpt_path = with_stored_config(args, ckpt_path)
+    return from_config(args), ckpt_path
 
 
 def load_trained(ckpt_path: str | Path, config_args: list[str] = ()) -> tuple[ForecastModule, TrajectoryDataModule]:
@@ -203,16 +209,7 @@ def load_weights(cli: AsteroidCLI, ckpt_path: str | Path) -> tuple[ForecastModul
         raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint (no state_dict)")
     check_checkpoint_config(checkpoint, ckpt_path, cli._model_config(None))
     cli.datamodule.check_signature(checkpoint.get(DATA_KEY), str(ckpt_path))  # the layout; atoms once set up
-    broken = [
-        name
-        for name, value in checkpoint["state_dict"].items()
-        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()
-    ]
-    if broken:
-        raise DivergedError(
-            f"{ckpt_path}: {len(broken)} weight tensor(s) hold NaN or infinity (the first: "
-            f"{broken[0]}): the run diverged; train again with a lower model.lr"
-        )
+    check_finite_weights(checkpoint["state_dict"], ckpt_path)
     try:
         cli.model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:  # shapes or keys: the config describes another network

@@ -98,6 +98,12 @@ def test_a_run_name_loads_its_newest_checkpoint_and_bad_input_is_one_line(traine
         model.forecast(R[:6, :3], z=[1, 1, 8])
     with pytest.raises(AsteroidError, match="nope: no such checkpoint file, nor a run runs/nope with one"):
         asteroid.load("nope")
+    checkpoint = torch.load(folder / "runs/tiny/version_0/checkpoints/last.ckpt", weights_only=True)
+    name = next(key for key, value in checkpoint["state_dict"].items() if value.is_floating_point())
+    checkpoint["state_dict"][name] = torch.full_like(checkpoint["state_dict"][name], float("nan"))
+    torch.save(checkpoint, folder / "diverged.ckpt")
+    with pytest.raises(AsteroidError, match="diverged.ckpt: 1 weight tensor\\(s\\) hold NaN or infinity"):
+        asteroid.load(folder / "diverged.ckpt")
 
 
 @pytest.mark.integration
