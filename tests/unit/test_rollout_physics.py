@@ -1,6 +1,8 @@
 """What keeps long rollouts physical: the bonded-geometry projection, the learned noise, the thermostat and the
 removal of rigid motion."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from asteroid.augment import random_rotations, rotate
 from asteroid.errors import ConfigError
 from asteroid.models import LastFrame
 from asteroid.models.bonded import BondedGeometry, bonded_pairs
-from asteroid.models.noise import GaussMarkovNoise, step_energy, thermostat
+from asteroid.models.noise import GaussMarkovNoise, factor_nll, lower_triangular, step_energy, thermostat
 from asteroid.models.rollout import remove_rigid_motion, rollout
 
 from helpers import ETHANOL_Z, harmonic_frames
@@ -69,27 +71,36 @@ def test_projection_leaves_valid_frames_alone_and_is_equivariant(geometry):
     )
 
 
-def test_length_draws_follow_the_learned_autoregression(geometry):
-    """A stiff bond keeps its phase over the horizon (rho near 1), a fast one may swing back (rho near -1)."""
+def test_length_draws_carry_the_learned_correlation_over_the_horizon(geometry):
+    """A bond that keeps its phase over the horizon draws steps that follow each other, one that swings back draws
+    steps of opposite sign: the coupling below the diagonal of the residual's factor sets which."""
     history = torch.as_tensor(vibrating(40, seed=4)[::10][-3:], dtype=torch.float32)[None]  # (1, 3, 9, 3)
     bias = geometry.length_head[-1].bias
+    P = geometry.horizon
     saved = bias.detach().clone()
     try:
         for sign in (1.0, -1.0):
             with torch.no_grad():
-                bias[2 * geometry.horizon :] = 5.0 * sign  # rho = tanh(+-5)
-                bias[geometry.horizon : 2 * geometry.horizon] = -3.0  # small steps: no draw reaches the range limits
-                mean, _, rho = geometry.predict_lengths(history)
-                draws = (
-                    torch.stack([geometry.lengths(history, sample=True) for _ in range(400)]) - mean
-                )  # (400, 1, 2, E)
-            assert torch.allclose(rho, torch.full_like(rho, sign), atol=0.01)  # the weights add a little to the bias
+                bias[2 * P :] = 5.0 * sign  # step 2 follows step 1's innovation with 5x its own scale
+                bias[P : 2 * P] = -3.0  # small steps: no draw reaches the range limits
+                mean, factor = geometry.predict_lengths(history)
+                draws = torch.stack([geometry.lengths(history, sample=True) for _ in range(400)]) - mean
+            assert factor.shape == (1, geometry.n_bonds, P, P) and (factor.triu(1) == 0).all()
             first, second = draws[:, 0, 0], draws[:, 0, 1]  # (400, E) residuals at steps 1 and 2
             correlation = ((first * second).mean(0) / (first.std(0) * second.std(0))).mean()
-            assert correlation * sign > 0.5, (sign, correlation)
+            assert correlation * sign > 0.9, (sign, correlation)  # 5 / sqrt(26) = 0.98 without the weights' part
     finally:
         with torch.no_grad():
             bias.copy_(saved)
+
+
+def test_the_factor_likelihood_is_the_multivariate_normal_density():
+    torch.manual_seed(0)
+    factor = lower_triangular(0.3 * torch.randn(4, 5), torch.randn(4, 10))  # (4, 5, 5)
+    values = torch.randn(4, 5, 2)
+    expected = -torch.distributions.MultivariateNormal(torch.zeros(5), scale_tril=factor[:, None]).log_prob(values.mT)
+    nll = factor_nll(values, factor).sum(-2) + 5 * 0.5 * math.log(2 * math.pi)  # (4, 2)
+    torch.testing.assert_close(nll, expected)
 
 
 def test_projection_gradients_are_finite(geometry):

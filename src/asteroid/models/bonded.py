@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from asteroid.errors import ConfigError, DataError
 from asteroid.metrics import covalent_bonds
+from asteroid.models.noise import factor_nll, lower_triangular
 
 
 def bonded_pairs(z: Tensor, frame: Tensor) -> tuple[Tensor, int]:
@@ -45,11 +46,12 @@ class BondedGeometry(nn.Module):
 
     Empty (a no-op) until `fit` gives it a molecule; its buffers then travel in checkpoints, sized on loading. The
     length head reads, per bond, its atoms' types and its lengths over the history (in units of the bond's training
-    mean and spread) and gives, per horizon step, the mean length and the residual about it as a first-order
-    autoregression, r_p = rho_p r_(p-1) + s_p eps_p from r_0 = 0 at the known last history frame, with rho_p in
-    (-1, 1) and s_p learned: a hydrogen's stretch decorrelates within a frame (rho near 0, or negative when it
-    oscillates about every two frames), a C=O stretch does not, and independent draws for it put stretch power where
-    the data have none (aspirin: 1.31x the temperature, issue 15). The projection is Jacobi-style SHAKE: every
+    mean and spread) and gives, per horizon step, the mean length and a Gaussian over the residuals about it, r = M eps
+    from r_0 = 0 at the known last history frame, M lower triangular (`noise.lower_triangular`: each step's own
+    scale and how it follows the steps before). A hydrogen's stretch decorrelates within a frame, a C=O or ring
+    stretch oscillates over a few frames (aspirin's ring C-C: about 4 frames); independent draws put stretch power
+    where the data have none (aspirin: 1.31x the temperature), and a first-order autoregression, which cannot
+    oscillate, gave ring C-C steps 1.2-1.4x the data's (issue 15). The projection is Jacobi-style SHAKE: every
     pair off its target (a bond) or outside its range (a 1-3 pair) is moved back along its own axis, the correction
     shared by inverse mass and divided among the offending pairs that meet at an atom, so the centre of mass stays
     put; rounds repeat, checked every `check_every`, until every distance is within `tolerance` Angstrom or
@@ -86,7 +88,7 @@ class BondedGeometry(nn.Module):
             nn.SiLU(),
             nn.Linear(hidden, hidden),
             nn.SiLU(),
-            nn.Linear(hidden, 3 * horizon),
+            nn.Linear(hidden, horizon + horizon * (horizon + 1) // 2),
         )
 
     @property
@@ -136,36 +138,31 @@ class BondedGeometry(nn.Module):
         """(..., K) distance of every pair in frames (..., N, 3)."""
         return (frames[..., self.pairs[:, 1], :] - frames[..., self.pairs[:, 0], :]).norm(dim=-1)
 
-    def predict_lengths(self, history: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """history (B, H, N, 3) -> each bond's mean length (B, P, E) Angstrom at each horizon step, and its residual's
-        autoregression: log s (B, P, E) in units of the bond's training spread, and rho (B, P, E)."""
-        E = self.n_bonds
+    def predict_lengths(self, history: Tensor) -> tuple[Tensor, Tensor]:
+        """history (B, H, N, 3) -> each bond's mean length (B, P, E) Angstrom at each horizon step, and the factor
+        (B, E, P, P) of its residual over the horizon, in units of the bond's training spread."""
+        E, P = self.n_bonds, self.horizon
         past = (self.distances(history)[..., :E] - self.length_mean) / self.length_std  # (B, H, E)
         kinds = self.embed(self.z[self.pairs[:E, 0]]) + self.embed(self.z[self.pairs[:E, 1]])  # (E, C), symmetric
         features = torch.cat([kinds.expand(len(history), -1, -1), past.transpose(1, 2)], dim=-1)  # (B, E, C + H)
-        mean, log_std, rho = self.length_head(features).transpose(1, 2).split(self.horizon, dim=1)  # (B, P, E) each
-        return self.length_mean + self.length_std * mean, log_std, torch.tanh(rho)
+        mean, log_std, coupling = self.length_head(features).split([P, P, P * (P - 1) // 2], dim=-1)  # (B, E, ...)
+        return self.length_mean + self.length_std * mean.transpose(1, 2), lower_triangular(log_std, coupling)
 
     def length_nll(self, history: Tensor, target: Tensor) -> Tensor:
         """Mean negative log-likelihood of the true bond lengths of target (B, P, N, 3) under the predicted
-        autoregression, in units of each bond's training spread."""
-        mean, log_std, rho = self.predict_lengths(history)
+        Gaussian, in units of each bond's training spread."""
+        mean, factor = self.predict_lengths(history)
         residual = (self.distances(target)[..., : self.n_bonds] - mean) / self.length_std  # (B, P, E)
-        before = torch.cat([torch.zeros_like(residual[:, :1]), residual[:, :-1]], dim=1)  # r_(p-1), r_0 = 0
-        innovation = residual - rho * before
-        return (0.5 * innovation.square() * torch.exp(-2 * log_std) + log_std).mean() + 0.5 * math.log(2 * math.pi)
+        return factor_nll(residual.transpose(1, 2)[..., None], factor).mean() + 0.5 * math.log(2 * math.pi)
 
     def lengths(self, history: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """(B, P, E) bond lengths for the next P frames: the predicted means, or with sample=True one draw of the
-        autoregression about them, kept within the training range."""
-        mean, log_std, rho = self.predict_lengths(history)
+        Gaussian about them, kept within the training range."""
+        mean, factor = self.predict_lengths(history)
         if sample:
-            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            steps = torch.exp(log_std) * eps  # (B, P, E)
-            residual = [steps[:, 0]]
-            for p in range(1, self.horizon):
-                residual.append(rho[:, p] * residual[-1] + steps[:, p])
-            mean = mean + self.length_std * torch.stack(residual, dim=1)
+            eps = torch.randn(factor.shape[:-1], generator=generator, device=mean.device, dtype=mean.dtype)
+            residual = (factor @ eps[..., None])[..., 0]  # (B, E, P)
+            mean = mean + self.length_std * residual.transpose(1, 2)
         E = self.n_bonds
         return torch.minimum(torch.maximum(mean, self.lower[:E]), self.upper[:E])
 

@@ -18,14 +18,38 @@ from torch import Tensor, nn
 from asteroid.models.base import frame_velocities
 
 
-class GaussMarkovNoise(nn.Module):
-    """The forecast residual as a random walk over the horizon: x_p = mean_p + sum_{q <= p} s_q eps_q, eps ~ N(0, I).
+def lower_triangular(log_std: Tensor, coupling: Tensor) -> Tensor:
+    """The factor M (..., P, P) of a Gaussian over P steps, r = M eps with eps ~ N(0, I): log_std (..., P) the log of
+    each step's own (innovation) scale on the diagonal, coupling (..., P(P-1)/2) how strongly each step follows the
+    innovations of the steps before it (row-major below the diagonal, in units of those innovations' scales). All
+    couplings 0: independent steps; any covariance over the P steps has such a factor (its Cholesky factor)."""
+    P = log_std.shape[-1]
+    std = torch.exp(log_std)
+    rows, cols = torch.tril_indices(P, P, offset=-1, device=log_std.device)
+    factor = torch.diag_embed(std)
+    factor[..., rows, cols] = coupling * std[..., cols]
+    return factor
 
-    The residual starts from zero at the (known) last history frame and its increments are independent, isotropic
-    Gaussians whose scale s_q (per atom and horizon step) an MLP predicts from invariants of the history (atom type,
-    speeds and distance travelled over the history, in units of the first horizon step's RMS displacement). Isotropic
-    scales of invariants make the distribution E(3)-equivariant with the mean. Trained by the exact likelihood of
-    the residual under this model (`nll`, the mean detached: the forecast's own loss is unchanged).
+
+def factor_nll(values: Tensor, factor: Tensor) -> Tensor:
+    """(..., P, D) negative log-likelihood of each entry of values (..., P, D) (D independent columns) under
+    N(0, M M^T) with M = factor (..., P, P) lower triangular, the constant 0.5 log(2 pi) left out."""
+    eps = torch.linalg.solve_triangular(factor, values, upper=False)
+    return 0.5 * eps.square() + torch.log(torch.diagonal(factor, dim1=-2, dim2=-1))[..., None]
+
+
+class GaussMarkovNoise(nn.Module):
+    """The forecast residual as a correlated random walk over the horizon: x_p = mean_p + sum_{q <= p} d_q, with the
+    increments d (per atom, P steps) Gaussian, d = M eps, eps ~ N(0, I), the same for each Cartesian component.
+
+    The residual starts from zero at the (known) last history frame. M is lower triangular (`lower_triangular`): an
+    MLP predicts, from invariants of the history (atom type, speeds and distance travelled over the history, in units
+    of the first horizon step's RMS displacement), each increment's own scale and how it follows the earlier ones.
+    Independent increments (the model before, a plain random walk) are white: every frequency up to the frame rate
+    gets the same power, which put a flat floor between 1900 and 2800 cm^-1 into aspirin's spectrum where the data have
+    none (issue 15); correlated increments can carry the motion's own time structure. Isotropic in space and built
+    from invariants, the distribution is E(3)-equivariant with the mean. Trained by the exact likelihood of the
+    residual (`nll`, the mean detached: the forecast's own loss is unchanged).
     """
 
     def __init__(self, history: int, horizon: int, hidden: int = 32, max_z: int = 100):
@@ -37,41 +61,43 @@ class GaussMarkovNoise(nn.Module):
             nn.SiLU(),
             nn.Linear(hidden, hidden),
             nn.SiLU(),
-            nn.Linear(hidden, horizon),
+            nn.Linear(hidden, horizon * (horizon + 1) // 2),
         )
         # Mass-weighted mean square step between consecutive frames of the training data, amu A^2 per atom: the
         # training temperature in the rollout's own units, which `thermostat` steers sampled rollouts toward.
         self.register_buffer("step_energy", torch.zeros(()))
 
-    def log_scale(self, history: Tensor, z: Tensor, scale: Tensor) -> Tensor:
+    def factor(self, history: Tensor, z: Tensor, scale: Tensor) -> Tensor:
         """history (B, H, N, 3), z (B, N), scale (P,) training RMS displacement per horizon step
-        -> (B, P, N) log of each increment's standard deviation, Angstrom."""
+        -> (B, N, P, P) the increments' factor M, Angstrom."""
         unit = scale[0]
         speed = frame_velocities(history).norm(dim=-1) / unit  # (B, H, N)
         travel = (history[:, -1] - history[:, 0]).norm(dim=-1, keepdim=True) / unit  # (B, N, 1)
         features = torch.cat([self.embed(z), speed.transpose(1, 2), travel], dim=-1)  # (B, N, C + H + 1)
         # centred on the RMS increment of the horizon, so that an untrained head starts at the data's scale
         prior = torch.log(scale.diff(prepend=scale.new_zeros(1)).abs().clamp_min(1e-3 * unit))  # (P,)
-        return (self.mlp(features) + prior).transpose(1, 2)  # (B, P, N)
+        log_std, coupling = self.mlp(features).split(
+            [self.horizon, self.horizon * (self.horizon - 1) // 2], dim=-1
+        )  # (B, N, P), (B, N, P(P-1)/2)
+        return lower_triangular(log_std + prior, coupling)  # (B, N, P, P)
 
     def nll(self, history: Tensor, z: Tensor, mask: Tensor, mean: Tensor, target: Tensor, scale: Tensor) -> Tensor:
         """Mean negative log-likelihood per real atom and component of target (B, P, N, 3) given the forecast mean
         (B, P, N, 3), in units where the first horizon step's RMS displacement is 1 (so it is comparable across
         molecules and spacings)."""
         residual = (target - mean.detach()) / scale[0]  # (B, P, N, 3)
-        increment = residual.diff(dim=1, prepend=torch.zeros_like(residual[:, :1]))
-        log_s = self.log_scale(history, z, scale) - torch.log(scale[0])  # (B, P, N), same units
-        per_atom = 0.5 * increment.square().sum(-1) * torch.exp(-2 * log_s) + 3 * log_s  # (B, P, N)
-        weights = mask[:, None, :].expand_as(per_atom).to(per_atom.dtype)
-        return (per_atom * weights).sum() / (3 * weights.sum()) + 0.5 * math.log(2 * math.pi)
+        increment = residual.diff(dim=1, prepend=torch.zeros_like(residual[:, :1])).transpose(1, 2)  # (B, N, P, 3)
+        per_entry = factor_nll(increment, self.factor(history, z, scale) / scale[0])  # (B, N, P, 3)
+        weights = mask[:, :, None, None].expand_as(per_entry).to(per_entry.dtype)
+        return (per_entry * weights).sum() / weights.sum() + 0.5 * math.log(2 * math.pi)
 
     def sample(
         self, history: Tensor, z: Tensor, mean: Tensor, scale: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """One draw (B, P, N, 3) around the forecast mean (B, P, N, 3)."""
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        steps = eps * torch.exp(self.log_scale(history, z, scale))[..., None]  # (B, P, N, 3)
-        return mean + steps.cumsum(dim=1)
+        eps = torch.randn(mean.transpose(1, 2).shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        steps = self.factor(history, z, scale) @ eps  # (B, N, P, 3)
+        return mean + steps.transpose(1, 2).cumsum(dim=1)
 
 
 def step_energy(frames: Tensor, mass: Tensor) -> Tensor:
