@@ -26,13 +26,21 @@ import numpy as np
 import torch
 import yaml
 
-from asteroid.accuracy_tables import COLUMNS, read_rows, write_markdown, write_rows, write_steps
+from asteroid.accuracy_tables import (
+    COLUMNS,
+    ROLLOUT_COLUMNS,
+    read_rows,
+    write_markdown,
+    write_rows,
+    write_steps,
+)
 from asteroid.arguments import CommandParser, non_negative, positive
 from asteroid.data.windows import PROTOCOLS
 from asteroid.errors import AsteroidError, ConfigError
 from asteroid.fileio import sole_writer, writable_output
 from asteroid.models.baselines.extrapolation import PolynomialExtrapolation
 from asteroid.module import REFERENCE_ORDERS
+from asteroid.peer_rollout import REPORTED_ROUNDS, estag_rollout_mse
 
 
 def experiment_files(experiments: Path, names: list[str], kind: str) -> dict[str, Path]:
@@ -97,27 +105,11 @@ def net_overrides(cls, facts: dict) -> list[str]:
     ]
 
 
-def run_once(
-    molecule_file: Path,
-    model_file: Path,
-    seed: int,
-    budget_minutes: float,
-    protocol: str,
-    extra: list[str],
-    overrides: list[str],
-    name: str,
-) -> Path:
-    """One fit + test in a child process; returns its test_metrics.csv."""
-    budget = (
-        ["--trainer.callbacks+=asteroid.schedule.CPUTimeBudget", f"--trainer.callbacks.minutes={budget_minutes}"]
-        if budget_minutes > 0
-        else []
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "asteroid.cli",
-        "fit",
+def fit_arguments(
+    molecule_file: Path, model_file: Path, seed: int, protocol: str, extra: list[str], overrides: list[str], name: str
+) -> list[str]:
+    """The `asteroid fit` arguments of one run (its budget aside): they also rebuild its model and data."""
+    return [
         "--config",
         str(molecule_file),
         "--config",
@@ -130,11 +122,27 @@ def run_once(
         str(seed),
         "--data.protocol",
         protocol,
+        *overrides,
+        *extra,
+    ]
+
+
+def run_once(arguments: list[str], budget_minutes: float, name: str) -> Path:
+    """One fit + test of `fit_arguments` in a child process; returns its test_metrics.csv."""
+    budget = (
+        ["--trainer.callbacks+=asteroid.schedule.CPUTimeBudget", f"--trainer.callbacks.minutes={budget_minutes}"]
+        if budget_minutes > 0
+        else []
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "asteroid.cli",
+        "fit",
+        *arguments,
         *budget,
         "--trainer.enable_progress_bar",
         "false",
-        *overrides,
-        *extra,
     ]
     print("$ " + shlex.join(command), flush=True)
     # One thread per run, so that CPU time measures the run's own compute. It is still the machine's: two of our
@@ -185,6 +193,28 @@ def backfill(rows: list[dict], trained: dict, protocol: str, equal_steps: bool, 
                 r["ade"] = ade.get(r["step"], "")
 
 
+def estag_rollout_rows(name: str, key: tuple, arguments: list[str]) -> list[dict]:
+    """ESTAG's rollout metric (`peer_rollout`) of run `name` ({molecule, model, seed} = key, trained with
+    `fit_arguments` arguments) with the checkpoint it was tested with, the best one (a model without parameters has
+    none: built from the arguments); no rows when the run's folder is not here."""
+    from asteroid.lightning_cli import from_config, load_trained
+
+    if newest(name, "test_metrics.csv") is None:
+        return []
+    if (best := newest(name, "best-*.ckpt")) is not None:
+        module, data = load_trained(best, arguments)
+    else:
+        cli = from_config(arguments)
+        module, data = cli.model, cli.datamodule
+    data.prepare_data()
+    data.setup("test")
+    mse = estag_rollout_mse(module.net.eval(), data.frames(0), np.asarray(data.trajectories[0].z))
+    molecule, model, seed = key
+    return [
+        {"molecule": molecule, "model": model, "seed": seed, "round": r, "mse": mse[r - 1]} for r in REPORTED_ROUNDS
+    ]
+
+
 def main(argv: list[str]) -> int:
     parser = CommandParser(
         prog="asteroid compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -232,6 +262,7 @@ def main(argv: list[str]) -> int:
     suffix = "" if args.protocol == "default" else f"_{args.protocol}"
     csv_path, md_path = Path(args.out) / f"accuracy{suffix}.csv", Path(args.out) / f"accuracy{suffix}.md"
     steps_path = Path(args.out) / f"accuracy{suffix}_steps.csv"
+    rollout_path = Path(args.out) / f"accuracy{suffix}_rollout.csv" if args.protocol == "estag" else None
     command = "asteroid compare " + shlex.join(argv)
     if args.frames is not None:
         from asteroid.lightning_cli import from_config
@@ -244,42 +275,67 @@ def main(argv: list[str]) -> int:
     else:
         extras = dict.fromkeys(molecules, extra)
     with sole_writer(csv_path):  # a second comparison into the same table would rewrite it from a stale copy
-        return compare(args, molecules, models, extras, command, csv_path, md_path, steps_path)
+        return compare(args, molecules, models, extras, command, csv_path, md_path, steps_path, rollout_path)
 
 
 def compare(
-    args, molecules: dict, models: dict, extras: dict, command: str, csv_path: Path, md_path: Path, steps_path: Path
+    args,
+    molecules: dict,
+    models: dict,
+    extras: dict,
+    command: str,
+    csv_path: Path,
+    md_path: Path,
+    steps_path: Path,
+    rollout_path: Path | None,
 ) -> int:
-    """The runs of `main`, each appended to the table as it finishes; those already in it are skipped."""
+    """The runs of `main`, each appended to the table as it finishes; those already in it are skipped. rollout_path:
+    where ESTAG's rollout metric goes (the `estag` protocol), None for other protocols."""
     rows = read_rows(csv_path)
     done = {(r["molecule"], r["model"], r["seed"]) for r in rows}
     trained = {(r["molecule"], r["model"], r["seed"]): int(r["steps"]) for r in read_rows(steps_path)}
     equal_steps = args.budget_minutes <= 0
     backfill(rows, trained, args.protocol, equal_steps, args.runs)
-    failures, facts = [], {}
+    rollouts = read_rows(rollout_path) if rollout_path else []
+
+    def save() -> None:
+        write_rows(rows, csv_path)
+        write_steps(trained, steps_path)
+        if rollout_path:
+            write_rows(rollouts, rollout_path, ROLLOUT_COLUMNS)
+        write_markdown(rows, command, args.protocol, trained, args.budget_minutes, md_path, rollouts)
+
+    facts = {}
+
+    def arguments(molecule: str, model: str, seed) -> tuple[str, list[str]]:
+        """Run name and `fit_arguments` of one run."""
+        if molecule not in facts:
+            facts[molecule] = data_facts(molecules[molecule], args.protocol, extras[molecule])
+        name = run_name(args.protocol, molecule, model, seed, equal_steps, args.runs)
+        overrides = net_overrides(net_class(models[model]), facts[molecule])
+        return name, fit_arguments(
+            molecules[molecule], models[model], seed, args.protocol, extras[molecule], overrides, name
+        )
+
+    if rollout_path:  # runs tested before the metric was: from their folders, where they are here
+        scored = {(r["molecule"], r["model"], r["seed"]) for r in rollouts}
+        for key in sorted(done - scored):
+            if key[0] in molecules and key[1] in models:
+                name, fit_args = arguments(*key)
+                rollouts += estag_rollout_rows(name, key, fit_args)
+    failures = []
     # Seeds outermost: a comparison stopped part-way leaves whole tables of fewer seeds, not a ragged one.
     for seed in range(args.seeds):
-        for molecule, molecule_file in molecules.items():
+        for molecule in molecules:
             for model, model_file in models.items():
                 if (molecule, model, str(seed)) in done:
                     print(f"{molecule} {model} seed {seed}: done, skipped")
                     continue
                 if seed > 0 and issubclass(net_class(model_file), PolynomialExtrapolation):
                     continue  # no parameters: its seed-0 run stands for every seed
-                if molecule not in facts:
-                    facts[molecule] = data_facts(molecule_file, args.protocol, extras[molecule])
-                name = run_name(args.protocol, molecule, model, seed, equal_steps, args.runs)
+                name, fit_args = arguments(molecule, model, seed)
                 try:
-                    table = run_once(
-                        molecule_file,
-                        model_file,
-                        seed,
-                        args.budget_minutes,
-                        args.protocol,
-                        extras[molecule],
-                        net_overrides(net_class(model_file), facts[molecule]),
-                        name,
-                    )
+                    table = run_once(fit_args, args.budget_minutes, name)
                 except AsteroidError as error:
                     failures.append(str(error))
                     print(f"asteroid compare: {error}", file=sys.stderr)
@@ -292,17 +348,16 @@ def compare(
                 reached = trained_steps(name)
                 if reached is not None:
                     trained[(molecule, model, str(seed))] = reached
-                write_rows(rows, csv_path)
-                write_steps(trained, steps_path)
-                write_markdown(rows, command, args.protocol, trained, args.budget_minutes, md_path)
+                if rollout_path:
+                    rollouts += estag_rollout_rows(name, (molecule, model, str(seed)), fit_args)
+                save()
                 print(
                     f"{molecule} {model} seed {seed}: mean MSE "
                     f"{np.mean([float(r['mse']) for r in new]):.4g} A^2 -> {csv_path}",
                     flush=True,
                 )
     if rows:
-        write_steps(trained, steps_path)
-        write_markdown(rows, command, args.protocol, trained, args.budget_minutes, md_path)
+        save()
     if failures:
         raise AsteroidError(f"{len(failures)} run(s) failed; the first: {failures[0]}")
     return 0

@@ -4,11 +4,13 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from asteroid.cli import main
+from asteroid.peer_rollout import estag_pivot
 
-from helpers import write_toy_trajectory
+from helpers import ETHANOL_Z, write_toy_trajectory
 
 pytestmark = pytest.mark.integration
 
@@ -217,6 +219,16 @@ def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monk
     table = (tmp_path / "results/accuracy_estag.md").read_text()
     assert "Protocol `estag`: ESTAG (GLAD-RUC/ESTAG md17/dataset.py): heavy atoms" in table
     assert "they overlap training windows in time" in table and "our default protocol is the leak-free one" in table
+    # ESTAG's rollout metric: the last frame held from the official pivot, scored at rounds 100 and 200
+    x = np.load(tmp_path / "toy.npz")["R"][:-1][:, np.asarray(ETHANOL_Z) > 1]
+    pivot = estag_pivot(len(x))
+    with open(tmp_path / "results/accuracy_estag_rollout.csv") as handle:
+        rollout = list(csv.DictReader(handle))
+    assert [(r["model"], r["round"]) for r in rollout] == [("last_frame", "100"), ("last_frame", "200")]
+    for r in rollout:
+        truth = x[pivot + 10 * (int(r["round"]) - 1)]
+        np.testing.assert_allclose(float(r["mse"]), ((truth - x[pivot - 10]) ** 2).mean(), rtol=1e-5)
+    assert "ESTAG's rollout metric" in table and "| last_frame | 1 | " in table
 
 
 def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch):

@@ -229,6 +229,10 @@ class TrajectoryDataModule(pl.LightningDataModule):
             frames.append(np.load(coords_file, mmap_mode="r")[picks])
         return np.asarray(self.trajectories[0].z), np.concatenate(frames)
 
+    def frames(self, trajectory: int = 0) -> np.ndarray:
+        """(T, N, 3) Angstrom, every frame of one trajectory as the windows see it (memory-mapped, read-only)."""
+        return np.load(self.datasets["test"].coordinate_files[trajectory], mmap_mode="r")
+
     @property
     def lead_times_fs(self) -> np.ndarray:
         """(P,) time of each target frame after the last history frame, femtoseconds (first trajectory's dt)."""
