@@ -13,6 +13,8 @@ import torch
 
 from asteroid.data.windows import PROTOCOLS
 from asteroid.fileio import atomic_output
+from asteroid.runs import newest, run_name, trained_steps
+from asteroid.test_table import read_model_rows
 
 COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
 STEPS_COLUMNS = ["molecule", "model", "seed", "steps"]  # optimizer steps each run reached within the budget
@@ -175,3 +177,16 @@ def write_markdown(
 ) -> None:
     with atomic_output(path, "w") as handle:
         handle.write(markdown(rows, command, protocol, trained, budget_minutes, rollouts))
+
+
+def backfill(rows: list[dict], trained: dict, protocol: str, equal_steps: bool, group: str = "compare") -> None:
+    """Complete, from the run folders that are here, what older versions did not record: steps and ADE."""
+    for key in {(r["molecule"], r["model"], r["seed"]) for r in rows}:
+        name = run_name(protocol, *key, equal_steps, group)
+        if key not in trained and (reached := trained_steps(name)) is not None:
+            trained[key] = reached
+        lacking = [r for r in rows if (r["molecule"], r["model"], r["seed"]) == key and not r.get("ade")]
+        if lacking and (test_metrics := newest(name, "test_metrics.csv")) is not None:
+            ade = {r["step"]: r["ade"] for r in read_model_rows(test_metrics)}
+            for r in lacking:
+                r["ade"] = ade.get(r["step"], "")

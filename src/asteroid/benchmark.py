@@ -12,7 +12,6 @@ depend on the machine.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -23,10 +22,9 @@ from ase import Atoms
 from asteroid.arguments import CommandParser, positive
 from asteroid.data import load_trajectory
 from asteroid.data.windows import rollout_spacing
-from asteroid.errors import ConfigError, DataError
+from asteroid.errors import ConfigError
 from asteroid.fileio import atomic_output, writable_output
 from asteroid.lightning_cli import from_checkpoint_or_config, from_config, load_weights
-from asteroid.module import REFERENCE_ORDERS
 from asteroid.speed import (
     CLOCKS,
     cpu_name,
@@ -36,6 +34,7 @@ from asteroid.speed import (
     thermal_speed,
     water_cluster,
 )
+from asteroid.test_table import read_model_rows
 from asteroid.xtb import TIMESTEP_FS, read_structure, structure_path
 
 
@@ -47,11 +46,7 @@ def checkpoint_test_mse(ckpt_path: str | None) -> float | None:
     table = Path(ckpt_path).resolve().parent.parent / "test_metrics.csv"
     if not table.is_file():
         return None
-    with table.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not {"model", "step", "mse"} <= set(rows[0]):
-        raise DataError(f"{table}: not a test table (columns model, step, mse, ...)")
-    values = [float(r["mse"]) for r in rows if r["model"] not in REFERENCE_ORDERS and r["step"] != "mean"]
+    values = [float(r["mse"]) for r in read_model_rows(table)]
     return float(np.mean(values)) if values else None
 
 

@@ -23,12 +23,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from asteroid.accuracy_tables import (
     COLUMNS,
     ROLLOUT_COLUMNS,
+    backfill,
     read_rows,
     write_markdown,
     write_rows,
@@ -39,8 +39,9 @@ from asteroid.data.windows import PROTOCOLS
 from asteroid.errors import AsteroidError, ConfigError
 from asteroid.fileio import sole_writer, writable_output
 from asteroid.models.baselines.extrapolation import PolynomialExtrapolation
-from asteroid.module import REFERENCE_ORDERS
-from asteroid.peer_rollout import REPORTED_ROUNDS, estag_rollout_mse
+from asteroid.peer_rollout import estag_rollout_rows
+from asteroid.runs import run_name, trained_steps
+from asteroid.test_table import read_model_rows
 
 
 def experiment_files(experiments: Path, names: list[str], kind: str) -> dict[str, Path]:
@@ -154,65 +155,6 @@ def run_once(arguments: list[str], budget_minutes: float, name: str) -> Path:
         raise AsteroidError(f"{name}: the run failed ({tail})")
     versions = sorted(Path("runs", name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     return versions[-1] / "test_metrics.csv"
-
-
-def run_name(protocol: str, molecule: str, model: str, seed, equal_steps: bool = False, group: str = "compare") -> str:
-    return f"{group}/{protocol}{'-equal-steps' if equal_steps else ''}/{molecule}/{model}/seed{seed}"
-
-
-def newest(name: str, file_name: str) -> Path | None:
-    """The newest `file_name` in run `name`'s folder, or None when the run is not here."""
-    found = sorted(Path("runs", name).glob(f"**/{file_name}"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
-def trained_steps(name: str) -> int | None:
-    """Optimizer steps of run `name` (its newest last.ckpt; 0 when it tested without saving one, as models without
-    parameters do), or None when its folder is not here."""
-    checkpoint = newest(name, "last.ckpt")
-    if checkpoint is None:
-        return 0 if newest(name, "test_metrics.csv") is not None else None
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
-
-
-def model_rows(test_metrics: Path) -> list[dict]:
-    """The trained model's per-step rows of a run's test table (not the reference forecasts, not the mean)."""
-    return [r for r in read_rows(test_metrics) if r["model"] not in REFERENCE_ORDERS and r["step"] != "mean"]
-
-
-def backfill(rows: list[dict], trained: dict, protocol: str, equal_steps: bool, group: str = "compare") -> None:
-    """Complete, from the run folders that are here, what older versions did not record: steps and ADE."""
-    for key in {(r["molecule"], r["model"], r["seed"]) for r in rows}:
-        name = run_name(protocol, *key, equal_steps, group)
-        if key not in trained and (reached := trained_steps(name)) is not None:
-            trained[key] = reached
-        lacking = [r for r in rows if (r["molecule"], r["model"], r["seed"]) == key and not r.get("ade")]
-        if lacking and (test_metrics := newest(name, "test_metrics.csv")) is not None:
-            ade = {r["step"]: r["ade"] for r in model_rows(test_metrics)}
-            for r in lacking:
-                r["ade"] = ade.get(r["step"], "")
-
-
-def estag_rollout_rows(name: str, key: tuple, arguments: list[str]) -> list[dict]:
-    """ESTAG's rollout metric (`peer_rollout`) of run `name` ({molecule, model, seed} = key, trained with
-    `fit_arguments` arguments) with the checkpoint it was tested with, the best one (a model without parameters has
-    none: built from the arguments); no rows when the run's folder is not here."""
-    from asteroid.lightning_cli import from_config, load_trained
-
-    if newest(name, "test_metrics.csv") is None:
-        return []
-    if (best := newest(name, "best-*.ckpt")) is not None:
-        module, data = load_trained(best, arguments)
-    else:
-        cli = from_config(arguments)
-        module, data = cli.model, cli.datamodule
-    data.prepare_data()
-    data.setup("test")
-    mse = estag_rollout_mse(module.net.eval(), data.frames(0), np.asarray(data.trajectories[0].z))
-    molecule, model, seed = key
-    return [
-        {"molecule": molecule, "model": model, "seed": seed, "round": r, "mse": mse[r - 1]} for r in REPORTED_ROUNDS
-    ]
 
 
 def main(argv: list[str]) -> int:
@@ -342,7 +284,7 @@ def compare(
                     continue
                 new = [
                     {"molecule": molecule, "model": model, "seed": seed, **{key: r[key] for key in COLUMNS[3:]}}
-                    for r in model_rows(table)
+                    for r in read_model_rows(table)
                 ]
                 rows += new
                 reached = trained_steps(name)

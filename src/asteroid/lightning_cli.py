@@ -17,6 +17,7 @@ from asteroid.callbacks import (
     ValidateLastStep,
 )
 from asteroid.checkpoints import (
+    DATA_KEY,
     check_checkpoint_config,
     check_finite_weights,
     names_a_config,
@@ -27,7 +28,7 @@ from asteroid.checkpoints import (
 from asteroid.config import quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError
-from asteroid.module import DATA_KEY, ForecastModule
+from asteroid.module import ForecastModule
 from asteroid.runs import LAST, AtomicCheckpointIO, RunLogger, checkpoint_version, run_dir
 
 # values the data module decides and the net must agree with

@@ -16,6 +16,7 @@ import torch
 from asteroid.errors import DataError
 from asteroid.models.base import ForecastModel
 from asteroid.models.rollout import rollout
+from asteroid.runs import newest
 
 NUM_PAST, DELTA = 10, 10  # the preset's history: 10 frames, 10 apart; each round forecasts the frame 10 later
 ROUNDS = 200
@@ -48,3 +49,25 @@ def estag_rollout_mse(net: ForecastModel, frames: np.ndarray, z: np.ndarray, rou
     )[0].numpy()  # (rounds, N, 3)
     truth = x[pivot + DELTA * np.arange(rounds)]
     return ((predicted - truth) ** 2).mean(axis=(1, 2))
+
+
+def estag_rollout_rows(name: str, key: tuple, arguments: list[str]) -> list[dict]:
+    """ESTAG's rollout metric (`peer_rollout`) of run `name` ({molecule, model, seed} = key, trained with
+    `fit_arguments` arguments) with the checkpoint it was tested with, the best one (a model without parameters has
+    none: built from the arguments); no rows when the run's folder is not here."""
+    from asteroid.lightning_cli import from_config, load_trained
+
+    if newest(name, "test_metrics.csv") is None:
+        return []
+    if (best := newest(name, "best-*.ckpt")) is not None:
+        module, data = load_trained(best, arguments)
+    else:
+        cli = from_config(arguments)
+        module, data = cli.model, cli.datamodule
+    data.prepare_data()
+    data.setup("test")
+    mse = estag_rollout_mse(module.net.eval(), data.frames(0), np.asarray(data.trajectories[0].z))
+    molecule, model, seed = key
+    return [
+        {"molecule": molecule, "model": model, "seed": seed, "round": r, "mse": mse[r - 1]} for r in REPORTED_ROUNDS
+    ]

@@ -234,7 +234,7 @@ def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monk
 def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch):
     import torch
 
-    from asteroid.compare import backfill
+    from asteroid.accuracy_tables import backfill
 
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "runs/compare/default/toy/lstm/seed0/version_0"
