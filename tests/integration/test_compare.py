@@ -150,7 +150,7 @@ def test_compare_unknown_model(experiments, tmp_path, capsys):
 
 
 def test_frames_lengthens_generated_trajectories_into_their_own_files(tmp_path):
-    from asteroid.compare import lengthened_sources
+    from asteroid.comparison import lengthened_sources
     from asteroid.data.sources import TrajectorySource
 
     override = lengthened_sources(
@@ -255,7 +255,7 @@ def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch
 
 
 def test_a_model_may_be_a_config_file_named_by_its_stem():
-    from asteroid.compare import experiment_files
+    from asteroid.comparison import experiment_files
 
     files = experiment_files(EXPERIMENTS / "models", ["egnn", str(EXPERIMENTS / "official/estag.yaml")], "model")
     assert files == {"egnn": EXPERIMENTS / "models/egnn.yaml", "estag": EXPERIMENTS / "official/estag.yaml"}
