@@ -13,9 +13,12 @@ import torch
 
 from asteroid.data.windows import PROTOCOLS
 from asteroid.fileio import atomic_output
+from asteroid.runs import newest, run_name, trained_steps
+from asteroid.test_table import read_model_rows
 
 COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
 STEPS_COLUMNS = ["molecule", "model", "seed", "steps"]  # optimizer steps each run reached within the budget
+ROLLOUT_COLUMNS = ["molecule", "model", "seed", "round", "mse"]  # ESTAG's rollout metric (`peer_rollout`)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -38,11 +41,17 @@ def spread(values: np.ndarray) -> str:
 
 
 def markdown(
-    rows: list[dict], command: str, protocol: str = "default", trained: dict | None = None, budget_minutes: float = 5.0
+    rows: list[dict],
+    command: str,
+    protocol: str = "default",
+    trained: dict | None = None,
+    budget_minutes: float = 5.0,
+    rollouts: list[dict] = (),
 ) -> str:
     """Mean +- std over seeds of the MSE per horizon step and averaged; the best mean per molecule in bold.
 
-    trained: {(molecule, model, seed): optimizer steps}, shown as their mean over the seeds that have one."""
+    trained: {(molecule, model, seed): optimizer steps}, shown as their mean over the seeds that have one.
+    rollouts: ESTAG's rollout metric, rows of ROLLOUT_COLUMNS, shown per molecule when given."""
     trained = trained or {}
     recipe = PROTOCOLS[protocol]
     if budget_minutes > 0:
@@ -101,7 +110,31 @@ def markdown(
             reached = f"{np.mean(reached):.0f}" if reached else "?"
             lines.append(f"| {model} | {len(values)} | {reached} | " + " | ".join(cells) + f" | {mean} |")
         lines += [""] + displacement_table(of_molecule, steps[-1])
+        lines += rollout_table([r for r in rollouts if r["molecule"] == molecule])
     return "\n".join(lines)
+
+
+def rollout_table(rollouts: list[dict]) -> list[str]:
+    """ESTAG's rollout metric per model, mean +- std over the seeds scored; no lines when there are none."""
+    if not rollouts:
+        return []
+    rounds = sorted({int(r["round"]) for r in rollouts})
+    table = {}  # model -> {round: [mse per seed]}
+    for r in rollouts:
+        table.setdefault(r["model"], {}).setdefault(int(r["round"]), []).append(float(r["mse"]))
+    lines = [
+        "ESTAG's rollout metric (GLAD-RUC/ESTAG rollout/md_rollout.py, `asteroid.peer_rollout`): from the official "
+        "pivot (np.random.seed(1), anywhere in the trajectory) each forecast fed back as history, the MSE (Angstrom^2) "
+        "against the true frame at rounds " + " and ".join(map(str, rounds)) + " (one round: 10 frames of the file). "
+        "One trajectory per run, so a seed's figure is noisy; seeds: the runs whose folders were here.",
+        "",
+        "| model | seeds | " + " | ".join(f"round {n}" for n in rounds) + " |",
+        "|---|---|" + "---|" * len(rounds),
+    ]
+    for model in sorted(table, key=lambda m: np.mean(table[m][rounds[-1]])):
+        cells = [spread(np.array(table[model][n])) for n in rounds]
+        lines.append(f"| {model} | {len(table[model][rounds[0]])} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def displacement_table(rows: list[dict], last_step: int) -> list[str]:
@@ -134,7 +167,26 @@ def write_steps(trained: dict, path: Path) -> None:
 
 
 def write_markdown(
-    rows: list[dict], command: str, protocol: str, trained: dict, budget_minutes: float, path: Path
+    rows: list[dict],
+    command: str,
+    protocol: str,
+    trained: dict,
+    budget_minutes: float,
+    path: Path,
+    rollouts: list[dict] = (),
 ) -> None:
     with atomic_output(path, "w") as handle:
-        handle.write(markdown(rows, command, protocol, trained, budget_minutes))
+        handle.write(markdown(rows, command, protocol, trained, budget_minutes, rollouts))
+
+
+def backfill(rows: list[dict], trained: dict, protocol: str, equal_steps: bool, group: str = "compare") -> None:
+    """Complete, from the run folders that are here, what older versions did not record: steps and ADE."""
+    for key in {(r["molecule"], r["model"], r["seed"]) for r in rows}:
+        name = run_name(protocol, *key, equal_steps, group)
+        if key not in trained and (reached := trained_steps(name)) is not None:
+            trained[key] = reached
+        lacking = [r for r in rows if (r["molecule"], r["model"], r["seed"]) == key and not r.get("ade")]
+        if lacking and (test_metrics := newest(name, "test_metrics.csv")) is not None:
+            ade = {r["step"]: r["ade"] for r in read_model_rows(test_metrics)}
+            for r in lacking:
+                r["ade"] = ade.get(r["step"], "")

@@ -1,7 +1,9 @@
 """The subcommands' argument parsing: one parser class and the value types they share, so that a bad option is
-refused at parse time, in one line, with the allowed range."""
+refused at parse time, in one line, with the allowed range. What one option alone cannot tell (two options that
+exclude each other, a device that is not there) is checked after parsing, with a ConfigError naming the options."""
 
 import argparse
+from pathlib import Path
 
 from asteroid.errors import ConfigError
 
@@ -23,6 +25,17 @@ def _bounded(kind, allowed, wording: str):
         if not allowed(value):
             raise argparse.ArgumentTypeError(f"must be {wording}, got {text}")
         return value
+
+    return parse
+
+
+def existing_file(what: str = "file"):
+    """argparse type: the path of a file that is there ("x.yaml: config file not found" otherwise)."""
+
+    def parse(text: str) -> str:
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"{text}: {what} not found")
+        return text
 
     return parse
 

@@ -12,6 +12,8 @@ from asteroid.runs import LAST, ROOT, latest_checkpoint
 
 CONFIG_KEY = "asteroid_model_config"  # the model section of the run's config (see lightning_cli.ConfigInCheckpoint)
 RUN_CONFIG_KEY = "asteroid_run_config"  # the whole resolved config, as YAML: the checkpoint alone rebuilds the run
+DATA_KEY = "asteroid_data"  # the record of the windows and atoms it was trained on (data/signature.py)
+TRAIN_POSITION_KEY = "asteroid_train_position"  # epoch and batches trained in it when the checkpoint was saved
 
 
 def check_checkpoint_config(checkpoint: dict, ckpt_path, model_config: dict) -> None:

@@ -21,12 +21,15 @@ from asteroid.module import ForecastModule
 
 # subcommand -> (module with `main(argv) -> int`, one-line help)
 COMMANDS = {
-    "simulate": ("asteroid.simulate", "generate a GFN2-xTB MD trajectory (MD17-format .npz)"),
-    "inspect": ("asteroid.data.inspect", "summarise a trajectory file: frames, atoms, dt, time order"),
-    "compare": ("asteroid.compare", "train models side by side on the same windows; write the accuracy table"),
-    "rollout": ("asteroid.rollout", "iterate a trained model into a long trajectory file (xyz, dcd, pdb, h5, npz)"),
-    "analyze": ("asteroid.analysis.command", "physical checks of a predicted trajectory against a reference one"),
-    "benchmark": ("asteroid.benchmark", "wall time per simulated picosecond: GFN2-xTB MD against the model"),
+    "simulate": ("asteroid.commands.simulate", "generate a GFN2-xTB MD trajectory (MD17-format .npz)"),
+    "inspect": ("asteroid.commands.inspect", "summarise a trajectory file: frames, atoms, dt, time order"),
+    "compare": ("asteroid.commands.compare", "train models side by side on the same windows; write the accuracy table"),
+    "rollout": (
+        "asteroid.commands.rollout",
+        "iterate a trained model into a long trajectory file (xyz, dcd, pdb, h5, npz)",
+    ),
+    "analyze": ("asteroid.commands.analyze", "physical checks of a predicted trajectory against a reference one"),
+    "benchmark": ("asteroid.commands.benchmark", "wall time per simulated picosecond: GFN2-xTB MD against the model"),
 }
 
 

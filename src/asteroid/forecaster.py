@@ -19,11 +19,11 @@ import torch
 from ase import Atoms, units
 from ase.md.md import MolecularDynamics
 
-from asteroid.checkpoints import CONFIG_KEY, check_finite_weights, read_checkpoint
+from asteroid.checkpoints import CONFIG_KEY, DATA_KEY, check_finite_weights, read_checkpoint
 from asteroid.data.windows import WindowLayout, rollout_spacing
 from asteroid.errors import ConfigError, DataError
 from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
-from asteroid.module import DATA_KEY, ForecastModule
+from asteroid.module import ForecastModule
 from asteroid.runs import ROOT, latest_checkpoint
 
 

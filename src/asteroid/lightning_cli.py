@@ -17,6 +17,7 @@ from asteroid.callbacks import (
     ValidateLastStep,
 )
 from asteroid.checkpoints import (
+    DATA_KEY,
     check_checkpoint_config,
     check_finite_weights,
     names_a_config,
@@ -27,7 +28,7 @@ from asteroid.checkpoints import (
 from asteroid.config import quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError
-from asteroid.module import DATA_KEY, ForecastModule
+from asteroid.module import ForecastModule
 from asteroid.runs import LAST, AtomicCheckpointIO, RunLogger, checkpoint_version, run_dir
 
 # values the data module decides and the net must agree with
@@ -130,12 +131,24 @@ class AsteroidCLI(LightningCLI):
             trainer_config["plugins"] = plugins + [AtomicCheckpointIO()]
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         callbacks = list(trainer_config.get("callbacks") or []) + [c for c in extra if c is not None]
-        if trainer_config.get("enable_checkpointing", True) is not False and not any(
-            isinstance(c, ModelCheckpoint) for c in callbacks
-        ):
+        callbacks += self._default_callbacks(trainer_config, callbacks) + self._required_callbacks()
+        trainer_config["callbacks"] = callbacks
+        return self._instantiate_trainer(trainer_config, [])
+
+    def _default_callbacks(self, trainer_config: dict, listed: list) -> list:
+        """Callbacks a config may replace: each is added only when the config's `trainer.callbacks` lists none of its
+        kind (a `ModelCheckpoint`, a progress bar, a model summary, a `LearningRateMonitor`). They are not in
+        base.yaml because they depend on the subcommand (test and predict must not hold checkpoint callbacks) and a
+        config that does not extend base.yaml needs them too."""
+
+        def listed_kind(kind) -> bool:
+            return any(isinstance(c, kind) for c in listed)
+
+        defaults = []
+        if trainer_config.get("enable_checkpointing", True) is not False and not listed_kind(ModelCheckpoint):
             # In the logger's version_N/checkpoints. Two callbacks: Lightning's save_last only writes last.ckpt
             # when the best one changes. A resumed run that saves a step again replaces its file (no "-v1" copy).
-            callbacks.append(
+            defaults.append(
                 ModelCheckpoint(
                     monitor="val/mse_mean",
                     filename="best-epoch{epoch:03d}-step{step}",
@@ -143,23 +156,25 @@ class AsteroidCLI(LightningCLI):
                     enable_version_counter=False,
                 )
             )
-            callbacks.append(ModelCheckpoint(filename=Path(LAST).stem, enable_version_counter=False))
-        callbacks.append(ConfigInCheckpoint(self._model_config(self.subcommand), self._run_config(self.subcommand)))
+            defaults.append(ModelCheckpoint(filename=Path(LAST).stem, enable_version_counter=False))
+        if trainer_config.get("enable_progress_bar", True) is not False and not listed_kind(ProgressBar):
+            defaults.append(RunProgressBar())
+        fit = self.subcommand == "fit"
+        if fit and trainer_config.get("enable_model_summary", True) is not False and not listed_kind(ModelSummary):
+            defaults.append(ModelSummary())  # plain text: Lightning's rich one leaves escape codes in notebooks
+        if trainer_config["logger"] is not False and not listed_kind(LearningRateMonitor):
+            defaults.append(LearningRateMonitor("step"))
+        return defaults
+
+    def _required_callbacks(self) -> list:
+        """Callbacks every run of the subcommand needs, whatever its config: the config stored in each checkpoint;
+        in fit, the validation at the last step and the checkpoint on Ctrl+C or SIGTERM; in predict, the writer."""
+        required = [ConfigInCheckpoint(self._model_config(self.subcommand), self._run_config(self.subcommand))]
         if self.subcommand == "fit":
-            callbacks += [ValidateLastStep(), CheckpointOnInterrupt()]
-        if trainer_config.get("enable_progress_bar", True) is not False and not any(
-            isinstance(c, ProgressBar) for c in callbacks
-        ):
-            callbacks.append(RunProgressBar())
-        if self.subcommand == "fit" and trainer_config.get("enable_model_summary", True) is not False:
-            if not any(isinstance(c, ModelSummary) for c in callbacks):
-                callbacks.append(ModelSummary())  # plain text: Lightning's rich one leaves escape codes in notebooks
+            required += [ValidateLastStep(), CheckpointOnInterrupt()]
         if self.subcommand == "predict":
-            callbacks.append(PredictionWriter())
-        if trainer_config["logger"] is not False:
-            callbacks.append(LearningRateMonitor("step"))
-        trainer_config["callbacks"] = callbacks
-        return self._instantiate_trainer(trainer_config, [])
+            required.append(PredictionWriter())
+        return required
 
     def after_fit(self):
         config = self._part(self.config_init, self.subcommand)

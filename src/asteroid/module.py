@@ -12,31 +12,25 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
-from asteroid.augment import random_rotations, random_walk_noise, rotate, rotate_windows
+from asteroid.augment import random_rotations, random_walk_noise, rotate_windows
+from asteroid.checkpoints import DATA_KEY, TRAIN_POSITION_KEY
+from asteroid.data.signature import split_summary
 from asteroid.errors import ConfigError, DataError, DivergedError
-from asteroid.figures import error_vs_horizon, trajectory_traces
+from asteroid.evaluation import Evaluation
 from asteroid.fileio import atomic_output
-from asteroid.metrics import ForecastMetrics, SpreadSkill, with_step_axis
+from asteroid.metrics import ForecastMetrics, SpreadSkill
 from asteroid.models.base import ForecastModel
-from asteroid.models.baselines.extrapolation import extrapolate
 from asteroid.models.bonded import BondedGeometry
 from asteroid.models.noise import GaussMarkovNoise, windows_step_energy
 from asteroid.runs import run_dir
 from asteroid.schedule import training_progress, warmup_cosine
-from asteroid.test_table import metrics_table, report_test
+from asteroid.test_table import REFERENCE_ORDERS
 
 if TYPE_CHECKING:
     from asteroid.data.dataset import Window
 
-# Forecasts with no parameters, scored on the same test windows as the trained model.
-REFERENCE_ORDERS = {"constant": 0, "linear": 1}
 
-
-DATA_KEY = "asteroid_data"  # a checkpoint's record of the windows and atoms it was trained on
-TRAIN_POSITION_KEY = "asteroid_train_position"  # epoch and batches trained in it when the checkpoint was saved
-
-
-class ForecastModule(pl.LightningModule):
+class ForecastModule(Evaluation, pl.LightningModule):
     """Trains and evaluates `net` (ASTEROID or a baseline) on windows from `TrajectoryDataModule`.
 
     The forecast loss is the MSE of each horizon step in units of that step's training RMS displacement, so every
@@ -54,6 +48,8 @@ class ForecastModule(pl.LightningModule):
     around the forecast (`models.noise`, its likelihood added to the loss as "noise_nll" with weight 1, the mean
     untouched by it) that rollouts sample from, and the test table then reports the spread of `test_samples` draws
     against the error of their mean (spread-skill, 1 = calibrated).
+
+    Validation, test and predict steps, their metrics and dashboards are `evaluation.Evaluation`'s.
     """
 
     def __init__(
@@ -154,7 +150,7 @@ class ForecastModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.run_dir is not None and datamodule is not None:
             with atomic_output(self.run_dir / "splits.json", "w") as handle:
-                json.dump(datamodule.split_summary(), handle, indent=1)
+                json.dump(split_summary(datamodule), handle, indent=1)
         config = self.run_dir / "config.yaml" if self.run_dir is not None else None
         if isinstance(self.logger, TensorBoardLogger) and config is not None and config.is_file():
             self.logger.experiment.add_text("config", "```yaml\n" + config.read_text() + "\n```")
@@ -252,122 +248,6 @@ class ForecastModule(pl.LightningModule):
     def forward(self, batch: Window) -> torch.Tensor:
         """(B, P, N, 3) forecast mean of a batch of windows, feeding the model's own predictions (inference)."""
         return self.net.generate(batch["history"], batch["z"], batch["mask"], box=batch.get("box"))
-
-    def _update(self, metric, pred, batch):
-        metric.update(pred, batch["target"], batch["mask"], batch["z"], batch["history"][:, -1])
-
-    def validation_step(self, batch: Window, batch_idx: int):
-        pred = self(batch)
-        # A metric object, so that devices holding different numbers of windows are weighted by their windows
-        self.val_loss.update(self.forecast_loss(pred, batch["target"], batch["mask"]), weight=len(pred))
-        self.log("val/loss", self.val_loss)
-        self._update(self.val_metrics, pred, batch)
-        for name, metric in self.val_reference_metrics.items():
-            guess = extrapolate(
-                batch["history"], self.layout.history_offsets, self.layout.target_offsets, REFERENCE_ORDERS[name]
-            )
-            self._update(metric, guess, batch)
-        if batch_idx == 0:
-            self._first_val_batch = {k: batch[k][0].detach().cpu() for k in ("history", "target")}
-            self._first_val_batch["pred"] = pred[0].detach().float().cpu()
-
-    def on_validation_epoch_end(self):
-        val_loss = None if self.trainer.sanity_checking else self.val_loss.compute()
-        if val_loss is not None and not torch.isfinite(val_loss):
-            # raised before the checkpoint callbacks run, so these weights are saved as neither last nor best
-            raise DivergedError(
-                f"training diverged by step {self.global_step}: the validation loss is "
-                f"{val_loss.item()}; lower model.lr (now {self.hparams.lr})"
-            )
-        values = with_step_axis(self.val_metrics.compute())
-        self.val_metrics.reset()
-        references = {}
-        for name, metric in self.val_reference_metrics.items():
-            references[name] = with_step_axis(metric.compute())["mse"].cpu()
-            metric.reset()
-        self._log_per_step("val", values)
-        if self.trainer.sanity_checking:
-            return
-        self._log_figures(values, references)
-
-    def test_step(self, batch: Window, batch_idx: int):
-        pred = self(batch)
-        self._update(self.test_metrics["model"], pred, batch)
-        rotation = random_rotations(len(pred), pred.device, batch["history"].dtype)
-        rotated = self(rotate_windows(batch, rotation))
-        mismatch = (rotated - rotate(pred, rotation)).square().sum(-1)  # (B, P, N)
-        real = batch["mask"][:, None, :].expand_as(mismatch)
-        self.rotation_error.update(((mismatch * real).sum((1, 2)) / real.sum((1, 2))).sqrt())
-        if self.net.noise is not None:
-            draws = torch.stack(
-                [
-                    self.net.generate(batch["history"], batch["z"], batch["mask"], box=batch.get("box"), sample=True)
-                    for _ in range(self.hparams.test_samples)
-                ]
-            )
-            self.spread_skill.update(draws, batch["target"], batch["mask"])
-        for name, order in REFERENCE_ORDERS.items():
-            if name in self.test_metrics:
-                guess = extrapolate(batch["history"], self.layout.history_offsets, self.layout.target_offsets, order)
-                self._update(self.test_metrics[name], guess, batch)
-
-    def on_test_epoch_end(self):
-        rows = []
-        for name, metric in self.test_metrics.items():
-            values = with_step_axis(metric.compute())
-            metric.reset()
-            if name == "model":
-                self._log_per_step("test", values)
-            label = type(self.net).__name__ if name == "model" else name
-            rows += [{"model": label, **row} for row in metrics_table(values, self.net.horizon)]
-        rotation_error = self.rotation_error.compute()
-        self.rotation_error.reset()
-        self.log("test/rotation_error", rotation_error, sync_dist=True)
-        calibration = None
-        if self.net.noise is not None:
-            calibration = {key: value.reshape(-1) for key, value in self.spread_skill.compute().items()}  # (P,)
-            self.spread_skill.reset()
-            for k, ratio in enumerate(calibration["ratio"]):
-                self.log(f"test_spread_skill_per_step/step_{k + 1:02d}", ratio.float(), sync_dist=True)
-        self._report_test(rows, float(rotation_error), calibration)
-
-    @rank_zero_only
-    def _report_test(self, rows, rotation_error, calibration=None):
-        report_test(rows, rotation_error, calibration, self.hparams.test_samples, self.run_dir)
-
-    def predict_step(self, batch, batch_idx):
-        return {"pred": self(batch).float(), **batch}
-
-    # torchmetrics' compute() has already gathered every device's windows, so these values agree on all devices;
-    # sync_dist=True only tells Lightning so (averaging equal values).
-    def _log_per_step(self, split, values):
-        for name in ("mse_mean", "mae_mean", "rmsd_mean", "bond_mean", "ADE", "FDE"):
-            self.log(f"{split}/{name}", values[name].float(), prog_bar=name == "mse_mean", sync_dist=True)
-        for name in ("mse", "rmsd"):
-            for k, v in enumerate(values[name]):
-                self.log(f"{split}_{name}_per_step/step_{k + 1:02d}", v.float(), sync_dist=True)
-
-    @rank_zero_only
-    def _log_figures(self, values, references: dict):
-        if not isinstance(self.logger, TensorBoardLogger) or self._first_val_batch is None:
-            return
-        step_fs = None
-        if self.layout is not None and getattr(self.trainer, "datamodule", None) is not None:
-            step_fs = float(self.trainer.datamodule.lead_times_fs[0])
-        experiment = self.logger.experiment
-        per_step = {type(self.net).__name__: values["mse"].cpu(), **references}  # MSE, Angstrom^2
-        figure = error_vs_horizon(
-            per_step, step_fs, title=f"validation, step {self.global_step}", ylabel="MSE (Å²)", log_y=True
-        )
-        experiment.add_figure("val/error_vs_horizon", figure, self.global_step)
-        b = self._first_val_batch
-        experiment.add_figure(
-            "val/predicted_vs_true",
-            trajectory_traces(
-                b["pred"], b["target"], b["history"], title="first validation window", dt_fs_per_step=step_fs
-            ),
-            self.global_step,
-        )
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):

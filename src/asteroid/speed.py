@@ -17,8 +17,12 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 from torch.utils.flop_counter import FlopCounterMode
 
+from asteroid.data import load_trajectory
+from asteroid.errors import ConfigError
+from asteroid.lightning_cli import from_checkpoint_or_config, from_config, load_weights
 from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
-from asteroid.xtb import TEMPERATURE_K, TIMESTEP_FS, openmp_threads, xtb_calculator
+from asteroid.test_table import read_model_rows
+from asteroid.xtb import TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path, xtb_calculator
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 WATER_SPACING = 3.1  # Angstrom between the oxygens of a water cluster, about liquid water's density
@@ -144,3 +148,47 @@ def forecast_flops(net, atoms: Atoms, device: torch.device) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(history, z, torch.ones_like(z, dtype=torch.bool))
     return counter.get_total_flops()
+
+
+def checkpoint_test_mse(ckpt_path: str | None) -> float | None:
+    """Mean test MSE (Angstrom^2, over the horizon steps) that the checkpoint's own run measured: the test_metrics.csv
+    of its run folder (runs/<name>/version_N/checkpoints/x.ckpt -> runs/<name>/version_N/); None without one."""
+    if ckpt_path is None:
+        return None
+    table = Path(ckpt_path).resolve().parent.parent / "test_metrics.csv"
+    if not table.is_file():
+        return None
+    values = [float(r["mse"]) for r in read_model_rows(table)]
+    return float(np.mean(values)) if values else None
+
+
+def config_molecule(datamodule) -> tuple[str, Atoms, float]:
+    """Name, starting structure and data frame time (fs) of a config's first trajectory source.
+
+    A built-in molecule starts from its shipped structure, any other source from its first frame; a built-in
+    molecule whose data is yet to be generated has the generator's time step.
+    """
+    source = datamodule.sources[0]
+    if source.molecule is not None and not Path(source.path).exists():
+        return source.molecule, read_structure(structure_path(source.molecule)), source.dt_fs or TIMESTEP_FS
+    traj = load_trajectory(
+        source.path, topology=source.topology, selection=source.selection, dt_fs=source.dt_fs, check_order=False
+    )
+    if source.molecule is not None:
+        return source.molecule, read_structure(structure_path(source.molecule)), traj.dt_fs
+    return traj.name, Atoms(numbers=traj.z, positions=np.asarray(traj.R[0], dtype=np.float64)), traj.dt_fs
+
+
+def load_net(config: Path | None, ckpt_path: str | None, device: torch.device, name: str | None = None):
+    """The net of a config and/or a checkpoint (with its weights; `last`: the config's newest last.ckpt) in eval
+    mode, its data module, and the checkpoint file used (None: untrained)."""
+    if config is not None and not config.is_file():
+        raise ConfigError(f"{config}: config file not found")
+    args = ([] if config is None else ["--config", str(config)]) + ([] if name is None else ["--name", name])
+    if ckpt_path is None:
+        cli = from_config(args)
+        module, datamodule = cli.model, cli.datamodule
+    else:
+        cli, ckpt_path = from_checkpoint_or_config(args, ckpt_path)
+        module, datamodule = load_weights(cli, ckpt_path)
+    return module.net.to(device).eval(), datamodule, ckpt_path

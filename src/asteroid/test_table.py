@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
+from asteroid.errors import DataError
 from asteroid.fileio import atomic_output
 
+# Forecasts with no parameters, scored on the same test windows as the trained model: name -> polynomial order.
+REFERENCE_ORDERS = {"constant": 0, "linear": 1}
 PER_STEP_METRICS = ("mse", "mae", "rmsd", "ade", "bond")
 HEADERS = {"step": "step", "mse": "MSE Å²", "mae": "MAE Å", "rmsd": "RMSD Å", "ade": "ADE Å", "bond": "bond Å"}
 
@@ -88,3 +92,12 @@ def report_test(rows: list[dict], rotation_error: float, calibration: dict | Non
             {"step": k + 1, **{key: float(value[k]) for key, value in calibration.items()}} for k in range(steps)
         ]
         write_csv(per_step, run_dir / "spread_skill.csv")
+
+
+def read_model_rows(path: Path) -> list[dict]:
+    """The trained model's per-step rows of a run's test_metrics.csv (not the references', not the mean)."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"model", "step", "mse"} <= set(rows[0]):
+        raise DataError(f"{path}: not a test table (columns model, step, mse, ...)")
+    return [r for r in rows if r["model"] not in REFERENCE_ORDERS and r["step"] != "mean"]

@@ -9,14 +9,16 @@ import pytest
 import torch
 from ase.build import molecule
 
-from asteroid.benchmark import checkpoint_test_mse, config_molecule, main
 from asteroid.cli import main as cli_main
+from asteroid.commands.benchmark import main
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError, DataError
 from asteroid.models import Asteroid
 from asteroid.speed import (
     WATER_SPACING,
     ballistic_history,
+    checkpoint_test_mse,
+    config_molecule,
     forecast_flops,
     model_seconds_per_ps,
     seconds_per_ps,

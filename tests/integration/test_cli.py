@@ -302,3 +302,29 @@ def test_fit_shows_one_bar_of_steps_and_one_test_table(tmp_path, monkeypatch, ca
         assert noise not in out + err, noise
     assert out.count("test windows: error per horizon step") == 1 and "MSE Å²" in out
     assert "bond: mean |error| of the covalent bond lengths" in out
+
+
+def test_a_callback_the_config_lists_replaces_the_default_of_its_kind(tmp_path, monkeypatch):
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from asteroid.callbacks import ConfigInCheckpoint
+    from asteroid.lightning_cli import from_config
+
+    monkeypatch.chdir(tmp_path)
+
+    def callbacks(*extra):
+        cli = from_config(["--config", str(EXPERIMENTS / "base.yaml"), *tiny_args(tmp_path)[2:], *extra])
+        return cli.trainer.callbacks
+
+    default = callbacks()
+    assert [c.logging_interval for c in default if isinstance(c, LearningRateMonitor)] == ["step"]
+    assert sum(isinstance(c, ModelCheckpoint) for c in default) == 2
+    own = callbacks(
+        "--trainer.callbacks+=LearningRateMonitor",
+        "--trainer.callbacks.logging_interval=epoch",
+        "--trainer.callbacks+=ModelCheckpoint",
+        "--trainer.callbacks.monitor=val/loss",
+    )
+    assert [c.logging_interval for c in own if isinstance(c, LearningRateMonitor)] == ["epoch"]
+    assert [c.monitor for c in own if isinstance(c, ModelCheckpoint)] == ["val/loss"]
+    assert any(isinstance(c, ConfigInCheckpoint) for c in own)  # what every run needs stays, whatever is listed

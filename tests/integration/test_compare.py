@@ -4,11 +4,13 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from asteroid.cli import main
+from asteroid.peer_rollout import estag_pivot
 
-from helpers import write_toy_trajectory
+from helpers import ETHANOL_Z, write_toy_trajectory
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +150,7 @@ def test_compare_unknown_model(experiments, tmp_path, capsys):
 
 
 def test_frames_lengthens_generated_trajectories_into_their_own_files(tmp_path):
-    from asteroid.compare import lengthened_sources
+    from asteroid.comparison import lengthened_sources
     from asteroid.data.sources import TrajectorySource
 
     override = lengthened_sources(
@@ -217,12 +219,22 @@ def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monk
     table = (tmp_path / "results/accuracy_estag.md").read_text()
     assert "Protocol `estag`: ESTAG (GLAD-RUC/ESTAG md17/dataset.py): heavy atoms" in table
     assert "they overlap training windows in time" in table and "our default protocol is the leak-free one" in table
+    # ESTAG's rollout metric: the last frame held from the official pivot, scored at rounds 100 and 200
+    x = np.load(tmp_path / "toy.npz")["R"][:-1][:, np.asarray(ETHANOL_Z) > 1]
+    pivot = estag_pivot(len(x))
+    with open(tmp_path / "results/accuracy_estag_rollout.csv") as handle:
+        rollout = list(csv.DictReader(handle))
+    assert [(r["model"], r["round"]) for r in rollout] == [("last_frame", "100"), ("last_frame", "200")]
+    for r in rollout:
+        truth = x[pivot + 10 * (int(r["round"]) - 1)]
+        np.testing.assert_allclose(float(r["mse"]), ((truth - x[pivot - 10]) ** 2).mean(), rtol=1e-5)
+    assert "ESTAG's rollout metric" in table and "| last_frame | 1 | " in table
 
 
 def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch):
     import torch
 
-    from asteroid.compare import backfill
+    from asteroid.accuracy_tables import backfill
 
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "runs/compare/default/toy/lstm/seed0/version_0"
@@ -243,7 +255,7 @@ def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch
 
 
 def test_a_model_may_be_a_config_file_named_by_its_stem():
-    from asteroid.compare import experiment_files
+    from asteroid.comparison import experiment_files
 
     files = experiment_files(EXPERIMENTS / "models", ["egnn", str(EXPERIMENTS / "official/estag.yaml")], "model")
     assert files == {"egnn": EXPERIMENTS / "models/egnn.yaml", "estag": EXPERIMENTS / "official/estag.yaml"}

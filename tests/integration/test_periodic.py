@@ -13,6 +13,7 @@ from asteroid.augment import random_rotations, rotate, rotate_windows
 from asteroid.cli import main
 from asteroid.data import load_trajectory
 from asteroid.data.datamodule import TrajectoryDataModule
+from asteroid.data.signature import split_summary
 from asteroid.data.sources import TrajectorySource
 from asteroid.errors import ConfigError, DataError
 from asteroid.models import EGNN, EGNO, ESTAG, Asteroid
@@ -123,7 +124,7 @@ def test_windows_carry_the_cell_of_their_last_history_frame(tmp_path):
     assert batch["box"].shape == (4, 3, 3)
     torch.testing.assert_close(batch["box"], torch.tensor(CELL, dtype=torch.float32).expand(4, 3, 3))
     assert (batch["history"][:, 1:] - batch["history"][:, :-1]).abs().max() < 1.0  # unwrapped: no jumps
-    assert dm.split_summary()["trajectories"][0]["periodic"] is True
+    assert split_summary(dm)["trajectories"][0]["periodic"] is True
     ignored = data_module(tmp_path, [TrajectorySource(str(tmp_path / "box.npz"), periodic=False)])
     assert "box" not in next(iter(ignored.train_dataloader()))
 

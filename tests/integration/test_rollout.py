@@ -276,8 +276,8 @@ def test_bad_options_are_one_line_errors_and_leave_no_file(trained, tmp_path, ca
     cases = [
         ((), {"--ckpt_path": str(tmp_path / "none.ckpt")}, "none.ckpt: checkpoint file not found"),
         ((), {"--ckpt_path": "last"}, "--ckpt_path last: no runs/tiny/version_*/checkpoints/last.ckpt"),
-        (("--frames", "0"), {}, "--frames must be >= 1"),
-        (("--threads", "0"), {}, "--threads must be >= 1"),
+        (("--frames", "0"), {}, "argument --frames: must be positive, got 0"),
+        (("--threads", "0"), {}, "argument --threads: must be positive, got 0"),
         (("--batch", "100000"), {}, "the test split has only"),
         (("--batch", "2", "--init", str(tmp_path / "x.xyz")), {}, "--init gives one initial condition"),
         ((), {"--out": str(tmp_path / "out" / "pred.mol2")}, "unknown output suffix '.mol2'"),

@@ -12,8 +12,8 @@ from ase.md.langevin import Langevin
 from ase.md.verlet import VelocityVerlet
 from tblite.ase import TBLite
 
+from asteroid.commands.simulate import main
 from asteroid.errors import AsteroidError, ConfigError, DataError
-from asteroid.simulate import main
 from asteroid.xtb import BUILTIN_MOLECULES, openmp_threads, structure_path
 from asteroid.xtb_md import simulate
 from asteroid.xtb_state import checkpoint_path

@@ -4,6 +4,7 @@ import torch
 
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.data.dataset import collate_windows
+from asteroid.data.signature import split_summary
 from asteroid.data.sources import TrajectorySource
 from asteroid.data.windows import SPLITS, count_windows, peer_random_starts
 from asteroid.errors import ConfigError, DataError
@@ -103,7 +104,7 @@ def test_heavy_atoms_only(tmp_path):
 def test_split_summary_records_the_split(tmp_path):
     write_npz(tmp_path / "a.npz")
     dm = make_module(tmp_path, [TrajectorySource(str(tmp_path / "a.npz"))])
-    summary = dm.split_summary()
+    summary = split_summary(dm)
     assert summary["protocol"] == "default" and summary["target_offsets"] == [12, 16]
     traj = summary["trajectories"][0]
     assert traj["train"]["last_start"] + dm.layout.span <= traj["val"]["first_start"]
@@ -177,7 +178,7 @@ def test_peer_presets_give_the_official_loaders_windows(tmp_path, protocol):
                 assert (history, target) == ([st, st + 1], [st + 3000])
             else:  # traj = x_period[20 j: 20 j + 400: 20], 10 frames in and 10 out
                 assert history + target == list(range(st, st + 400, 20))
-    assert dm.split_summary()["split_seed"] == (7 if protocol == "eqmotion" else 100)
+    assert split_summary(dm)["split_seed"] == (7 if protocol == "eqmotion" else 100)
     if protocol != "eqmotion":  # the peers' fixed seed 100, not data.seed
         np.testing.assert_array_equal(
             dm.datasets["test"].index[:, 1],

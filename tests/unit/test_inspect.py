@@ -5,7 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from asteroid.data.inspect import main, summarize
+from asteroid.commands.inspect import main
+from asteroid.data.summary import summarize
 from asteroid.errors import DataError
 
 from helpers import ETHANOL_Z, harmonic_frames, save_sgdml, shuffled

@@ -11,9 +11,9 @@ import warnings
 import numpy as np
 import pytest
 
-from asteroid.data.inspect import summarize
 from asteroid.data.md17 import check_dataset, download_dataset, resolve_dataset
 from asteroid.data.readers import load_trajectory
+from asteroid.data.summary import summarize
 from asteroid.data.time_order import (
     THRESHOLD,
     TimeOrderWarning,

@@ -10,15 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "asteroid"
-# each command's module: its arguments and `main`, on top of everything else
-COMMANDS = {
-    "asteroid.cli",
-    "asteroid.simulate",
-    "asteroid.rollout",
-    "asteroid.compare",
-    "asteroid.benchmark",
-    "asteroid.analysis.command",
-    "asteroid.data.inspect",
+# the dispatcher and each command's module (its arguments and `main`), on top of everything else
+COMMANDS = {"asteroid.cli"} | {
+    f"asteroid.commands.{path.stem}" for path in (PACKAGE / "commands").glob("*.py") if path.stem != "__init__"
 }
 LOWER_LAYERS = ("models", "data", "analysis")
 
@@ -39,21 +33,27 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-@pytest.mark.parametrize("layer", LOWER_LAYERS)
-def test_lower_layers_never_import_a_command(layer):
+def modules():
+    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def test_nothing_but_the_dispatcher_imports_a_command():
+    # cli.py imports the commands by name (importlib); any other arrow into commands/ points up
     upward = {
-        module_name(path): sorted(imported_modules(path) & (COMMANDS | {"asteroid.lightning_cli"}))
-        for path in (PACKAGE / layer).rglob("*.py")
-        if module_name(path) not in COMMANDS
+        name: sorted(imported_modules(path) & COMMANDS) for name, path in modules().items() if name != "asteroid.cli"
     }
     assert {name: found for name, found in upward.items() if found} == {}
+    assert len(COMMANDS) == 7  # simulate, inspect, compare, rollout, analyze, benchmark and the dispatcher
 
 
-def test_no_command_imports_the_dispatcher():
-    # cli.py imports the commands (by name, through importlib); one importing it back would close a loop
-    for command in COMMANDS - {"asteroid.cli"}:
-        path = PACKAGE.parent / (command.replace(".", "/") + ".py")
-        assert "asteroid.cli" not in imported_modules(path), command
+@pytest.mark.parametrize("layer", LOWER_LAYERS)
+def test_lower_layers_never_import_the_lightning_cli(layer):
+    upward = [
+        name
+        for name, path in modules().items()
+        if name.startswith(f"asteroid.{layer}") and "asteroid.lightning_cli" in imported_modules(path)
+    ]
+    assert upward == []
 
 
 @pytest.mark.skipif(

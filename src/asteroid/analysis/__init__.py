@@ -40,9 +40,18 @@ from asteroid.analysis.checks import physical_report, target_verdict
 from asteroid.analysis.curves import coordinate_error, deviation, time_bins
 from asteroid.analysis.distributions import compare_distributions, jensen_shannon, shared_histogram
 from asteroid.analysis.energy import energy_comparison, gfn2_energies, xtb_energies
-from asteroid.analysis.geometry import UNITS, Topology, bond_angles, bond_lengths, dihedral_angles, radius_of_gyration
+from asteroid.analysis.geometry import (
+    NAMES,
+    UNITS,
+    Topology,
+    bond_angles,
+    bond_lengths,
+    dihedral_angles,
+    radius_of_gyration,
+)
 from asteroid.analysis.predicted import Predicted, continuation_from, load_predicted
-from asteroid.analysis.report import NAMES, format_report, report_figures, save_report
+from asteroid.analysis.report import format_report, save_report
+from asteroid.analysis.report_figures import report_figures
 from asteroid.analysis.unphysical import Limits, unphysical_summary
 
 __all__ = [

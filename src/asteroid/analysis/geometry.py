@@ -106,4 +106,10 @@ class Topology:
         }
 
 
+NAMES = {
+    "bond_length": "bond length",
+    "angle": "angle",
+    "dihedral": "dihedral",
+    "radius_of_gyration": "radius of gyration",
+}
 UNITS = {"bond_length": "Å", "angle": "deg", "dihedral": "deg", "radius_of_gyration": "Å"}

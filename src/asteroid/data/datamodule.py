@@ -24,7 +24,6 @@ from asteroid.data.readers import load_trajectory
 from asteroid.data.signature import CachedTrajectory, check_signature, data_signature, formula
 from asteroid.data.sources import TrajectorySource, with_dataset_topology
 from asteroid.data.windows import (
-    PEER_SEED,
     PROTOCOLS,
     SPLITS,
     WindowLayout,
@@ -229,6 +228,10 @@ class TrajectoryDataModule(pl.LightningDataModule):
             frames.append(np.load(coords_file, mmap_mode="r")[picks])
         return np.asarray(self.trajectories[0].z), np.concatenate(frames)
 
+    def frames(self, trajectory: int = 0) -> np.ndarray:
+        """(T, N, 3) Angstrom, every frame of one trajectory as the windows see it (memory-mapped, read-only)."""
+        return np.load(self.datasets["test"].coordinate_files[trajectory], mmap_mode="r")
+
     @property
     def lead_times_fs(self) -> np.ndarray:
         """(P,) time of each target frame after the last history frame, femtoseconds (first trajectory's dt)."""
@@ -242,33 +245,6 @@ class TrajectoryDataModule(pl.LightningDataModule):
     def check_signature(self, recorded: dict | None, checkpoint: str) -> None:
         """Refuse data other than what `checkpoint` was trained on (None: a checkpoint older than the record)."""
         check_signature(recorded, self.signature(), self.trajectories, checkpoint)
-
-    def split_summary(self) -> dict:
-        """The split definition, saved with every run so that it can be reproduced and audited."""
-        return {
-            "protocol": next(k for k, v in PROTOCOLS.items() if v is self.protocol),
-            "description": self.protocol.description,
-            "history_offsets": list(self.layout.history_offsets),
-            "target_offsets": list(self.layout.target_offsets),
-            "stride": self.stride,
-            "seed": self.seed,
-            "heavy_atoms": self.heavy_atoms,
-            "split_seed": PEER_SEED if self.protocol.split == "peer_random" else self.seed,
-            "trajectories": [
-                {
-                    "source": t.source,
-                    "n_frames": t.n_frames,
-                    "dt_fs": t.dt_fs,
-                    "periodic": t.periodic,
-                    **{
-                        name: {"windows": len(s), "first_start": int(s[0]), "last_start": int(s[-1])}
-                        for name, s in t.starts.items()
-                    },
-                }
-                for t in self.trajectories
-            ],
-            "displacement_scale": self.displacement_scale.tolist(),
-        }
 
     def _loader(self, split: str, shuffle: bool, sampler=None) -> DataLoader:
         # Its own generator: each iterator draws a seed for its workers, which from the global random state would

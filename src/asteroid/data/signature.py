@@ -9,7 +9,7 @@ import numpy as np
 from ase.data import chemical_symbols
 from ase.formula import Formula
 
-from asteroid.data.windows import WindowLayout
+from asteroid.data.windows import PEER_SEED, PROTOCOLS, WindowLayout
 from asteroid.errors import ConfigError, DataError
 
 
@@ -73,3 +73,32 @@ def check_signature(recorded: dict | None, mine: dict, trajectories: list[Cached
                 f"{foreign[0].source}: its atoms ({formula(foreign[0].z)}) are not those of any "
                 f"trajectory {checkpoint} was trained on ({', '.join(formula(z) for z in known)})"
             )
+
+
+def split_summary(datamodule) -> dict:
+    """The split definition of a set-up `TrajectoryDataModule`, saved with every run (splits.json) so that it can be
+    reproduced and audited."""
+    return {
+        "protocol": next(k for k, v in PROTOCOLS.items() if v is datamodule.protocol),
+        "description": datamodule.protocol.description,
+        "history_offsets": list(datamodule.layout.history_offsets),
+        "target_offsets": list(datamodule.layout.target_offsets),
+        "stride": datamodule.stride,
+        "seed": datamodule.seed,
+        "heavy_atoms": datamodule.heavy_atoms,
+        "split_seed": PEER_SEED if datamodule.protocol.split == "peer_random" else datamodule.seed,
+        "trajectories": [
+            {
+                "source": t.source,
+                "n_frames": t.n_frames,
+                "dt_fs": t.dt_fs,
+                "periodic": t.periodic,
+                **{
+                    name: {"windows": len(s), "first_start": int(s[0]), "last_start": int(s[-1])}
+                    for name, s in t.starts.items()
+                },
+            }
+            for t in datamodule.trajectories
+        ],
+        "displacement_scale": datamodule.displacement_scale.tolist(),
+    }

@@ -40,7 +40,7 @@ def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -
             f"--batch {batch}: the test windows span trajectories of different molecules or frame "
             "spacings; roll out one at a time (choose it with --data.sources)"
         )
-    coordinates = [np.load(test.coordinate_files[t], mmap_mode="r") for t in rows[:, 0]]  # each (T, N, 3)
+    coordinates = [datamodule.frames(t) for t in rows[:, 0]]  # each (T, N, 3)
     last = rows[:, 1] + datamodule.layout.history_offsets[-1]  # (B,)
     following = [R[end + spacing :: spacing][:n_frames] for R, end in zip(coordinates, last)]
     kept = min(len(frames) for frames in following)  # one length for all: the trajectory's end cuts some short

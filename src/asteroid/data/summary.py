@@ -1,4 +1,4 @@
-"""`asteroid inspect FILE`: what a trajectory file holds and whether it can be forecast."""
+"""What a trajectory file holds and whether it can be forecast: the summary `asteroid inspect` prints."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 from ase.data import chemical_symbols
 from ase.formula import Formula
 
-from asteroid.arguments import CommandParser
 from asteroid.data.readers import load_trajectory, trajectory_format
 from asteroid.data.time_order import (
     MIN_FRAMES,
@@ -114,16 +113,3 @@ def format_summary(summary: dict) -> str:
         ),
     ]
     return "\n".join(f"{label + ':':<12} {value}" for label, value in rows)
-
-
-def main(argv: list[str]) -> int:
-    """Entry point of `asteroid inspect`."""
-    parser = CommandParser(prog="asteroid inspect", description=__doc__)
-    parser.add_argument("file", help="trajectory file (.npz, .extxyz, .xyz, .traj, .dcd, .xtc, .trr, .nc, .h5, .pdb)")
-    parser.add_argument("--topology", help="topology for coordinate-only formats (.pdb, .psf, .gro, .prmtop)")
-    parser.add_argument("--selection", help="mdtraj atom selection, e.g. 'not element H'")
-    parser.add_argument("--dt-fs", type=float, help="time between frames in fs, when the file does not say")
-    args = parser.parse_args(argv)
-    summary = summarize(args.file, topology=args.topology, selection=args.selection, dt_fs=args.dt_fs)
-    print(format_summary(summary))
-    return 0

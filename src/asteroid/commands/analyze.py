@@ -10,9 +10,9 @@ from asteroid.analysis.checks import physical_report
 from asteroid.analysis.energy import energy_comparison, gfn2_energies
 from asteroid.analysis.predicted import continuation_from, load_predicted
 from asteroid.analysis.report import save_report
-from asteroid.arguments import CommandParser
+from asteroid.arguments import CommandParser, non_negative
 from asteroid.data import load_trajectory
-from asteroid.errors import ConfigError, DataError
+from asteroid.errors import DataError
 from asteroid.fileio import writable_output
 from asteroid.runs import ROOT
 
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", help="folder for report.json and the figures (default runs/analysis/<PREDICTED>)")
     parser.add_argument(
         "--energies",
-        type=int,
+        type=non_negative(int),
         default=0,
         metavar="K",
         help="GFN2-xTB single points of K predicted frames (seconds each for big molecules)",
@@ -53,8 +53,6 @@ def main(argv: list[str]) -> int:
         "its source is the reference)",
     )
     args = parser.parse_args(argv)
-    if args.energies < 0:
-        raise ConfigError(f"--energies must be >= 0, got {args.energies}")
     predicted_path, reference_path = Path(args.predicted), Path(args.reference)
     predicted = load_predicted(predicted_path, args.dt_fs)
     reference = load_trajectory(reference_path, dt_fs=args.reference_dt_fs)

@@ -12,7 +12,6 @@ depend on the machine.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -21,70 +20,22 @@ import torch
 from ase import Atoms
 
 from asteroid.arguments import CommandParser, positive
-from asteroid.data import load_trajectory
 from asteroid.data.windows import rollout_spacing
-from asteroid.errors import ConfigError, DataError
+from asteroid.errors import ConfigError
 from asteroid.fileio import atomic_output, writable_output
-from asteroid.lightning_cli import from_checkpoint_or_config, from_config, load_weights
-from asteroid.module import REFERENCE_ORDERS
 from asteroid.speed import (
     CLOCKS,
+    checkpoint_test_mse,
+    config_molecule,
     cpu_name,
     forecast_flops,
+    load_net,
     md_seconds_per_ps,
     model_seconds_per_ps,
     thermal_speed,
     water_cluster,
 )
-from asteroid.xtb import TIMESTEP_FS, read_structure, structure_path
-
-
-def checkpoint_test_mse(ckpt_path: str | None) -> float | None:
-    """Mean test MSE (Angstrom^2, over the horizon steps) that the checkpoint's own run measured: the test_metrics.csv
-    of its run folder (runs/<name>/version_N/checkpoints/x.ckpt -> runs/<name>/version_N/); None without one."""
-    if ckpt_path is None:
-        return None
-    table = Path(ckpt_path).resolve().parent.parent / "test_metrics.csv"
-    if not table.is_file():
-        return None
-    with table.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not {"model", "step", "mse"} <= set(rows[0]):
-        raise DataError(f"{table}: not a test table (columns model, step, mse, ...)")
-    values = [float(r["mse"]) for r in rows if r["model"] not in REFERENCE_ORDERS and r["step"] != "mean"]
-    return float(np.mean(values)) if values else None
-
-
-def config_molecule(datamodule) -> tuple[str, Atoms, float]:
-    """Name, starting structure and data frame time (fs) of a config's first trajectory source.
-
-    A built-in molecule starts from its shipped structure, any other source from its first frame; a built-in
-    molecule whose data is yet to be generated has the generator's time step.
-    """
-    source = datamodule.sources[0]
-    if source.molecule is not None and not Path(source.path).exists():
-        return source.molecule, read_structure(structure_path(source.molecule)), source.dt_fs or TIMESTEP_FS
-    traj = load_trajectory(
-        source.path, topology=source.topology, selection=source.selection, dt_fs=source.dt_fs, check_order=False
-    )
-    if source.molecule is not None:
-        return source.molecule, read_structure(structure_path(source.molecule)), traj.dt_fs
-    return traj.name, Atoms(numbers=traj.z, positions=np.asarray(traj.R[0], dtype=np.float64)), traj.dt_fs
-
-
-def load_net(config: Path | None, ckpt_path: str | None, device: torch.device, name: str | None = None):
-    """The net of a config and/or a checkpoint (with its weights; `last`: the config's newest last.ckpt) in eval
-    mode, its data module, and the checkpoint file used (None: untrained)."""
-    if config is not None and not config.is_file():
-        raise ConfigError(f"{config}: config file not found")
-    args = ([] if config is None else ["--config", str(config)]) + ([] if name is None else ["--name", name])
-    if ckpt_path is None:
-        cli = from_config(args)
-        module, datamodule = cli.model, cli.datamodule
-    else:
-        cli, ckpt_path = from_checkpoint_or_config(args, ckpt_path)
-        module, datamodule = load_weights(cli, ckpt_path)
-    return module.net.to(device).eval(), datamodule, ckpt_path
+from asteroid.xtb import read_structure
 
 
 def benchmark_case(

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asteroid.arguments import CommandParser, non_negative
-from asteroid.checkpoints import read_checkpoint
+from asteroid.arguments import CommandParser, existing_file, non_negative, positive
+from asteroid.checkpoints import DATA_KEY, read_checkpoint
 from asteroid.data.starts import InitialConditions, repeat_starts, start_from_file, start_from_test_split
 from asteroid.data.windows import rollout_spacing
 from asteroid.data.writers import OUTPUT_FORMATS, write_rollout
@@ -23,7 +23,6 @@ from asteroid.errors import ConfigError
 from asteroid.fileio import writable_output
 from asteroid.lightning_cli import from_checkpoint_or_config, load_weights
 from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
-from asteroid.module import DATA_KEY
 from asteroid.runs import ROOT
 
 
@@ -63,6 +62,7 @@ def main(argv: list[str]) -> int:
         "--config",
         action="append",
         default=[],
+        type=existing_file("config file"),
         help="experiment config (may be repeated; default: the config stored in the checkpoint)",
     )
     parser.add_argument(
@@ -70,11 +70,13 @@ def main(argv: list[str]) -> int:
         required=True,
         help="trained checkpoint (.ckpt), or `last`: the newest last.ckpt of the run (the config's, or --name's)",
     )
-    parser.add_argument("--frames", type=int, default=1000, help="predicted frames per trajectory (default 1000)")
+    parser.add_argument(
+        "--frames", type=positive(int), default=1000, help="predicted frames per trajectory (default 1000)"
+    )
     parser.add_argument("--out", required=True, help=f"output file: {', '.join(OUTPUT_FORMATS)}")
     parser.add_argument(
         "--batch",
-        type=int,
+        type=positive(int),
         default=1,
         help="initial conditions rolled out at once: test windows spread evenly over the test split",
     )
@@ -87,7 +89,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive(int),
         default=1,
         help="torch CPU threads (default 1: a small molecule's steps are too small to share, and on "
         "a busy machine two threads waiting for each other ran 10x slower)",
@@ -95,7 +97,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="torch seed (default 0)")
     parser.add_argument(
         "--samples",
-        type=int,
+        type=positive(int),
         default=1,
         help="stochastic trajectories per initial condition (models trained with model.stochastic; "
         "their spread is the model's uncertainty)",
@@ -132,19 +134,8 @@ def main(argv: list[str]) -> int:
     out = writable_output(args.out)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise ConfigError(f"{out}: unknown output suffix {out.suffix!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    for name, value in (
-        ("frames", args.frames),
-        ("batch", args.batch),
-        ("threads", args.threads),
-        ("samples", args.samples),
-    ):
-        if value < 1:
-            raise ConfigError(f"--{name} must be >= 1, got {value}")
     if args.init is not None and args.batch != 1:
         raise ConfigError("--init gives one initial condition; --batch applies to test windows only")
-    for config in args.config:
-        if not Path(config).is_file():
-            raise ConfigError(f"{config}: config file not found")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: torch sees no CUDA device here; use --device cpu")
     config_args = [arg for config in args.config for arg in ("--config", config)] + overrides

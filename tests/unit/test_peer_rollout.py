@@ -1,0 +1,39 @@
+"""ESTAG's rollout metric: the official pivot, and the MSE of each fed-back round against the true frame."""
+
+import numpy as np
+import pytest
+
+from asteroid.errors import DataError
+from asteroid.models import LastFrame, LinearExtrapolation
+from asteroid.peer_rollout import DELTA, estag_pivot, estag_rollout_mse
+
+from helpers import ETHANOL_Z, harmonic_frames
+
+
+def test_the_pivot_is_the_official_scripts_draw():
+    n = 20_000
+    np.random.seed(1)  # rollout/md_rollout.py: seed 1, then np.random.randint(num_past * delta, n - rs * delta, 1)
+    official = np.random.randint(10 * 10, n - 200 * 10, 1)[0]
+    assert estag_pivot(n) == official
+
+
+def test_each_round_is_scored_against_the_frame_ten_later():
+    frames = harmonic_frames(3000, 9).astype(np.float32)  # (T, N, 3)
+    z = np.asarray(ETHANOL_Z)
+    rounds = 30
+    pivot = estag_pivot(len(frames) - 1, rounds)
+    # the last frame held: every round forecasts x[pivot - 10], the last history frame
+    held = estag_rollout_mse(LastFrame(history=10, horizon=1), frames, z, rounds)
+    truth = frames[pivot + DELTA * np.arange(rounds)]
+    np.testing.assert_allclose(held, ((truth - frames[pivot - DELTA]) ** 2).mean(axis=(1, 2)), rtol=1e-5)
+    # linear extrapolation fed its own forecasts continues the last history step round after round
+    linear = estag_rollout_mse(LinearExtrapolation(history=10, horizon=1), frames, z, rounds)
+    step = frames[pivot - DELTA] - frames[pivot - 2 * DELTA]
+    expected = frames[pivot - DELTA] + step * np.arange(1, rounds + 1)[:, None, None]
+    np.testing.assert_allclose(linear, ((truth - expected) ** 2).mean(axis=(1, 2)), rtol=1e-4)
+    assert held.shape == linear.shape == (rounds,)
+
+
+def test_too_short_a_trajectory_is_refused_in_one_line():
+    with pytest.raises(DataError, match="needs more than 2100 frames for 200 rounds, the trajectory has 1500"):
+        estag_pivot(1500)
