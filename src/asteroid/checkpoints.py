@@ -93,3 +93,24 @@ def check_finite_weights(state_dict: dict, ckpt_path) -> None:
             f"{ckpt_path}: {len(broken)} weight tensor(s) hold NaN or infinity (the first: "
             f"{broken[0]}): the run diverged; train again with a lower model.lr"
         )
+
+
+# The heads of the learned distributions whose output sizes changed when their residuals became correlated over
+# the horizon (2026-11-30): a checkpoint from before cannot be loaded into them.
+CORRELATED_HEADS = ("net.noise.mlp.", "net.bonded.length_head.")
+
+
+def load_state(module: torch.nn.Module, state_dict: dict, ckpt_path) -> None:
+    """module.load_state_dict, with a one-line ConfigError when the weights do not fit the module's network."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as error:  # shapes or keys: the config describes another network
+        problems = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        if any(head in problem for problem in problems for head in CORRELATED_HEADS):
+            raise ConfigError(
+                f"{ckpt_path}: made by an older version, whose sampled residuals were uncorrelated over the "
+                "horizon; this version's are correlated (2026-11-30): train it again"
+            ) from None
+        raise ConfigError(
+            f"{ckpt_path}: its weights do not fit the config's model ({problems[0] if problems else error})"
+        ) from None

@@ -19,7 +19,7 @@ import torch
 from ase import Atoms, units
 from ase.md.md import MolecularDynamics
 
-from asteroid.checkpoints import CONFIG_KEY, DATA_KEY, check_finite_weights, read_checkpoint
+from asteroid.checkpoints import CONFIG_KEY, DATA_KEY, check_finite_weights, load_state, read_checkpoint
 from asteroid.data.windows import WindowLayout, rollout_spacing
 from asteroid.errors import ConfigError, DataError
 from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
@@ -60,7 +60,7 @@ def load(checkpoint: str | Path, device: str = "cpu") -> Forecaster:
     layout = WindowLayout(tuple(data["history_offsets"]), tuple(data["target_offsets"]))
     net = _instantiate(config.pop("net"), history=len(layout.history_offsets), horizon=len(layout.target_offsets))
     module = ForecastModule(net=net, **config)
-    module.load_state_dict(stored["state_dict"])
+    load_state(module, stored["state_dict"], path)
     return Forecaster(module.net.to(device).eval(), layout, data, str(path))
 
 

@@ -20,6 +20,7 @@ from asteroid.checkpoints import (
     DATA_KEY,
     check_checkpoint_config,
     check_finite_weights,
+    load_state,
     names_a_config,
     read_checkpoint,
     resolve_ckpt_path,
@@ -225,11 +226,5 @@ def load_weights(cli: AsteroidCLI, ckpt_path: str | Path) -> tuple[ForecastModul
     check_checkpoint_config(checkpoint, ckpt_path, cli._model_config(None))
     cli.datamodule.check_signature(checkpoint.get(DATA_KEY), str(ckpt_path))  # the layout; atoms once set up
     check_finite_weights(checkpoint["state_dict"], ckpt_path)
-    try:
-        cli.model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:  # shapes or keys: the config describes another network
-        raise ConfigError(
-            f"{ckpt_path}: its weights do not fit the config's model "
-            f"({str(error).splitlines()[1].strip() if chr(10) in str(error) else error})"
-        ) from None
+    load_state(cli.model, checkpoint["state_dict"], ckpt_path)
     return cli.model.eval(), cli.datamodule

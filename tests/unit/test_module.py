@@ -1,9 +1,10 @@
-"""ForecastModule pieces that are not the network: the training-history noise."""
+"""ForecastModule pieces that are not the network: the training-history noise, loading weights."""
 
 import pytest
 import torch
 
 from asteroid.augment import random_walk_noise
+from asteroid.checkpoints import load_state
 from asteroid.errors import ConfigError
 from asteroid.models import LastFrame
 from asteroid.module import ForecastModule
@@ -23,3 +24,15 @@ def test_random_walk_noise_grows_along_the_history_and_reaches_its_std_on_the_la
 def test_negative_history_noise_is_refused():
     with pytest.raises(ConfigError, match="history_noise"):
         ForecastModule(LastFrame(history=2, horizon=2), history_noise=-0.1)
+
+
+def test_a_checkpoint_with_the_older_uncorrelated_heads_is_refused_in_one_line():
+    module = ForecastModule(LastFrame(history=3, horizon=4), stochastic=True)
+    state = module.state_dict()
+    assert state["net.noise.mlp.4.bias"].shape == (4 * 5 // 2,)  # the entries of a 4-step factor
+    older = {**state, "net.noise.mlp.4.weight": torch.zeros(4, 32), "net.noise.mlp.4.bias": torch.zeros(4)}
+    with pytest.raises(ConfigError, match=r"^old\.ckpt: made by an older version, whose sampled residuals were"):
+        load_state(ForecastModule(LastFrame(history=3, horizon=4), stochastic=True), older, "old.ckpt")
+    other = {key: value for key, value in state.items() if key != "net.noise.step_energy"}
+    with pytest.raises(ConfigError, match=r"old\.ckpt: its weights do not fit the config's model \(Missing key"):
+        load_state(module, other, "old.ckpt")
