@@ -823,14 +823,14 @@ BAD_CONFIGS = [
         "rollout-out-directory",
         "rollout --out DIR.xyz",
         directory("pred.xyz"),
-        ("rollout", "--config", "x.yaml", "--ckpt_path", "x.ckpt", "--out", "{bad}"),
+        ("rollout", "--ckpt_path", "x.ckpt", "--out", "{bad}"),
         r"pred\.xyz: is a directory; give a file name",
     ),
     Case(
         "rollout-out-under-a-file",
         "rollout --out inside a path that is a file",
         text("blocker", "x"),
-        ("rollout", "--config", "x.yaml", "--ckpt_path", "x.ckpt", "--out", "{bad}/pred.xyz"),
+        ("rollout", "--ckpt_path", "x.ckpt", "--out", "{bad}/pred.xyz"),
         r"blocker/pred\.xyz: cannot be created, ",
     ),
     Case(

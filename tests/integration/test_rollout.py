@@ -17,6 +17,7 @@ from asteroid.errors import DivergedError
 from asteroid.lightning_cli import from_config
 from asteroid.metrics import covalent_bonds
 from asteroid.models import LastFrame, LinearExtrapolation
+from asteroid.models.bonded import BondedGeometry
 from asteroid.models.rollout import rollout
 from asteroid.xtb import structure_path
 
@@ -219,7 +220,8 @@ def test_init_file_continues_from_its_last_frames(trained, reference, tmp_path):
         assert roll(trained, out, "--init", str(tmp_path / name)) == 0
         with np.load(out) as result:
             np.testing.assert_allclose(result["history"], reference["history"], atol=1e-6)
-            np.testing.assert_allclose(result["R"], reference["R"], atol=1e-5)
+            # the same to within the bond projection's tolerance, where it stops depending on the history's last digits
+            np.testing.assert_allclose(result["R"], reference["R"], atol=BondedGeometry(1, 1).tolerance)
             assert result["dt_fs"] == DT_FS and str(result["source"]).endswith(name)
 
 

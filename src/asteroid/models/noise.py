@@ -34,6 +34,7 @@ def lower_triangular(log_std: Tensor, coupling: Tensor) -> Tensor:
 def factor_nll(values: Tensor, factor: Tensor) -> Tensor:
     """(..., P, D) negative log-likelihood of each entry of values (..., P, D) (D independent columns) under
     N(0, M M^T) with M = factor (..., P, P) lower triangular, the constant 0.5 log(2 pi) left out."""
+    factor, values = factor.float(), values.float()  # torch has no half-precision triangular solve on the CPU
     eps = torch.linalg.solve_triangular(factor, values, upper=False)
     return 0.5 * eps.square() + torch.log(torch.diagonal(factor, dim1=-2, dim2=-1))[..., None]
 
