@@ -370,3 +370,12 @@ def test_download_checks_before_keeping(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"failed its check.*not an npz file"):
         download_dataset("md17:ethanol", tmp_path / "again.npz")
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_float32_frame_times_give_the_spacing_they_were_written_with():
+    from asteroid.data.read_common import uniform_step_fs
+
+    times = (np.arange(12345) * 5.0 + 1234.56).astype(np.float32).astype(np.float64)
+    assert (times[-1] - times[0]) / (len(times) - 1) != 5.0  # 4.9999999 before
+    assert uniform_step_fs(times, "t.xtc") == 5.0
+    assert uniform_step_fs(np.arange(10) * 0.4837162, "t.h5") == 0.483716

@@ -36,7 +36,8 @@ def uniform_step_fs(times_fs: np.ndarray, path: Path) -> float:
             f"{path}: frames are not evenly spaced in time (steps from {steps.min():g} to {steps.max():g} fs); "
             "forecasting needs a constant spacing (pass dt_fs to use the frames anyway)"
         )
-    return float(dt)
+    # float32 times (xtc, some h5) give 4.9999999 for 5 fs: keep the 6 digits float32 times can carry
+    return float(f"{dt:.6g}")
 
 
 def stated_number(value, key: str, path: Path) -> float:
