@@ -114,6 +114,12 @@ def markdown(
     return "\n".join(lines)
 
 
+def rollout_cell(values: np.ndarray) -> str:
+    """spread() of the seeds' MSE, or how many of them diverged (an infinite MSE) before that round."""
+    diverged = int(np.isinf(values).sum())
+    return spread(values) if not diverged else f"diverged ({diverged} of {len(values)} seeds)"
+
+
 def rollout_table(rollouts: list[dict]) -> list[str]:
     """ESTAG's rollout metric per model, mean +- std over the seeds scored; no lines when there are none."""
     if not rollouts:
@@ -132,7 +138,7 @@ def rollout_table(rollouts: list[dict]) -> list[str]:
         "|---|---|" + "---|" * len(rounds),
     ]
     for model in sorted(table, key=lambda m: np.mean(table[m][rounds[-1]])):
-        cells = [spread(np.array(table[model][n])) for n in rounds]
+        cells = [rollout_cell(np.array(table[model][n])) for n in rounds]
         lines.append(f"| {model} | {len(table[model][rounds[0]])} | " + " | ".join(cells) + " |")
     return lines + [""]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from asteroid.errors import DataError
+from asteroid.errors import DataError, DivergedError
 from asteroid.models.base import ForecastModel
 from asteroid.models.rollout import rollout
 from asteroid.runs import newest
@@ -39,16 +39,22 @@ def estag_pivot(n_frames: int, rounds: int = ROUNDS, seed: int = PIVOT_SEED) -> 
 def estag_rollout_mse(net: ForecastModel, frames: np.ndarray, z: np.ndarray, rounds: int = ROUNDS) -> np.ndarray:
     """(rounds,) MSE (Angstrom^2) of each round of the official rollout of `net` (the estag preset's model: 10
     frames 10 apart in, the next one out) over frames (T, N, 3) Angstrom, the whole trajectory with the hydrogens
-    already dropped; z (N,). The forecast mean, nothing stripped or rescaled, as the official script feeds back."""
+    already dropped; z (N,). The forecast mean, nothing stripped or rescaled, as the official script feeds back;
+    infinity from the round whose forecast is not finite on (the official script would print NaN)."""
     x = np.asarray(frames[:-1], dtype=np.float32)
     pivot = estag_pivot(len(x), rounds)
     history = torch.from_numpy(x[[pivot - i * DELTA for i in range(NUM_PAST, 0, -1)]])[None]  # (1, 10, N, 3)
     numbers = torch.as_tensor(z, dtype=torch.int64)[None]  # (1, N)
-    predicted = rollout(
-        net, history, numbers, torch.ones_like(numbers, dtype=torch.bool), rounds, sample=False, keep_rigid_motion=True
-    )[0].numpy()  # (rounds, N, 3)
-    truth = x[pivot + DELTA * np.arange(rounds)]
-    return ((predicted - truth) ** 2).mean(axis=(1, 2))
+    mask = torch.ones_like(numbers, dtype=torch.bool)
+    errors = np.full(rounds, np.inf)
+    for r in range(rounds):
+        try:
+            frame = rollout(net, history, numbers, mask, 1, sample=False, keep_rigid_motion=True)  # (1, 1, N, 3)
+        except DivergedError:
+            break
+        errors[r] = float(((frame[0, 0].double().numpy() - x[pivot + DELTA * r]) ** 2).mean())
+        history = torch.cat([history[:, 1:], frame], dim=1)
+    return errors
 
 
 def estag_rollout_rows(name: str, key: tuple, arguments: list[str]) -> list[dict]:

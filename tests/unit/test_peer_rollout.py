@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from asteroid.accuracy_tables import rollout_table
 from asteroid.errors import DataError
 from asteroid.models import LastFrame, LinearExtrapolation
+from asteroid.models.base import ForecastModel
 from asteroid.peer_rollout import DELTA, estag_pivot, estag_rollout_mse
 
 from helpers import ETHANOL_Z, harmonic_frames
@@ -37,3 +39,27 @@ def test_each_round_is_scored_against_the_frame_ten_later():
 def test_too_short_a_trajectory_is_refused_in_one_line():
     with pytest.raises(DataError, match="needs more than 2100 frames for 200 rounds, the trajectory has 1500"):
         estag_pivot(1500)
+
+
+class Exploding(ForecastModel):
+    """Multiplies the last frame by 1e10 each round: float32 overflows in the fourth."""
+
+    def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):
+        return {"pred": history[:, -1:] * 1e10, "losses": {}}
+
+
+def test_a_rollout_that_diverges_scores_infinity_from_that_round_on():
+    frames = harmonic_frames(3000, 9).astype(np.float32)
+    errors = estag_rollout_mse(Exploding(history=10, horizon=1), frames, np.asarray(ETHANOL_Z), rounds=6)
+    assert np.isfinite(errors[:3]).all() and np.isinf(errors[3:]).all()
+
+
+def test_the_table_says_how_many_seeds_diverged():
+    rows = [
+        {"molecule": "m", "model": model, "seed": seed, "round": r, "mse": mse}
+        for model, seed, mse in (("steady", "0", "0.002"), ("steady", "1", "0.004"), ("wild", "0", "inf"))
+        for r in ("100", "200")
+    ]
+    table = "\n".join(rollout_table(rows))
+    assert "| steady | 2 | 0.003 ± 0.001 | 0.003 ± 0.001 |" in table
+    assert "| wild | 1 | diverged (1 of 1 seeds) | diverged (1 of 1 seeds) |" in table
