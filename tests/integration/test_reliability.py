@@ -1405,6 +1405,18 @@ def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def asteroid_process(args: list[str], cwd=None) -> subprocess.CompletedProcess:
+    """`asteroid ARGS` in a process of its own (one thread), its output captured: the disk fills in the child."""
+    return subprocess.run(
+        [sys.executable, "-m", "asteroid.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("where", ["cache", "checkpoint"])
 def test_fit_onto_a_full_disk_exits_with_one_line_and_leaves_no_partial_file(tmp_path, small_disk, report, where):
@@ -1415,14 +1427,7 @@ def test_fit_onto_a_full_disk_exits_with_one_line_and_leaves_no_partial_file(tmp
         cwd = tmp_path
     else:
         disk = cwd = small_disk(256)
-    run = subprocess.run(
-        [sys.executable, "-m", "asteroid.cli", "fit", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
+    run = asteroid_process(["fit", *args], cwd=cwd)
     errors = [line for line in run.stderr.splitlines() if line.startswith("asteroid: error:")]
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert len(errors) == 1 and errors[0].endswith(
@@ -1444,26 +1449,9 @@ def test_fit_onto_a_full_disk_exits_with_one_line_and_leaves_no_partial_file(tmp
 def test_simulate_onto_a_full_disk_exits_with_one_line_and_leaves_nothing(small_disk, report):
     disk = small_disk(16)
     out = disk / "ethanol.npz"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "asteroid.cli",
-            "simulate",
-            "--molecule",
-            "ethanol",
-            "--frames",
-            "100",
-            "--thermalize-steps",
-            "0",
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
+    run = asteroid_process(
+        ["simulate", "--molecule", "ethanol", "--frames", "100", "--thermalize-steps", "0", "--out", str(out)]
+        + ["--no-progress"]
     )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
@@ -1482,27 +1470,9 @@ def test_rollout_onto_a_full_disk_exits_with_one_line_and_leaves_nothing(tmp_pat
     )
     disk = small_disk(16)
     out = disk / "pred.xyz"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "asteroid.cli",
-            "rollout",
-            "--ckpt_path",
-            "last",
-            "--name",
-            "small",
-            "--frames",
-            "200",
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
+    run = asteroid_process(
+        ["rollout", "--ckpt_path", "last", "--name", "small", "--frames", "200", "--out", str(out), "--no-progress"],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
     )
     errors = [line for line in run.stderr.splitlines() if line.startswith("asteroid: error:")]
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr

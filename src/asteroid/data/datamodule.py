@@ -230,7 +230,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
 
     def frames(self, trajectory: int = 0) -> np.ndarray:
         """(T, N, 3) Angstrom, every frame of one trajectory as the windows see it (memory-mapped, read-only)."""
-        return np.load(self.datasets["test"].coordinate_files[trajectory], mmap_mode="r")
+        return np.load(self._cache_paths(self.sources[trajectory])[0], mmap_mode="r")
 
     @property
     def lead_times_fs(self) -> np.ndarray:
