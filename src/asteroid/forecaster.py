@@ -120,12 +120,14 @@ class Forecaster:
         thermostat: float | None = None,
         seed: int = 0,
         generator: torch.Generator | None = None,
+        thermostat_state: dict | None = None,
     ) -> Frames:
         """`frames` frames after `history`, each forecast fed back as history, as `asteroid rollout` does.
 
         sample: draw from the learned distribution (default: if the model has one); thermostat: Berendsen coupling
-        toward the training temperature in forecasts (default 4 when sampling; 0 off); rigid motion is stripped
-        unless keep_rigid_motion.
+        toward the training temperature in forecasts (default 4 when sampling; 0 off), with an integral term whose
+        state `thermostat_state` (a dict) carries from call to call; rigid motion is stripped unless
+        keep_rigid_motion.
         """
         if self.spacing is None:
             rollout_spacing(self.layout)  # says why
@@ -144,6 +146,7 @@ class Forecaster:
             keep_rigid_motion=keep_rigid_motion,
             thermostat_coupling=coupling or None,
             generator=generator,
+            thermostat_state=thermostat_state,
         )
         return Frames(predicted[0].cpu().numpy(), self.frame_fs * np.arange(1, frames + 1), z)
 
@@ -208,6 +211,7 @@ class ForecastDynamics(MolecularDynamics):
         )
         self.forecaster, self.sample, self.rollout_options = forecaster, sample, rollout_options
         self.generator = torch.Generator(forecaster._device).manual_seed(seed)
+        self.thermostat_state: dict = {}  # the thermostat's integral term, carried from forecast to forecast
         self.history = np.stack([atoms.positions for atoms in history])[-forecaster.history_frames :]  # (H, N, 3)
         self._pending: list[np.ndarray] = []
 
@@ -219,6 +223,7 @@ class ForecastDynamics(MolecularDynamics):
                 z=self.atoms.numbers,
                 sample=self.sample,
                 generator=self.generator,
+                thermostat_state=self.thermostat_state,
                 **self.rollout_options,
             )
             self._pending = list(forecast.positions)

@@ -228,6 +228,10 @@ class ForecastModule(Evaluation, pl.LightningModule):
         aux = {name: self.aux_loss_weights[name] * value for name, value in out["losses"].items()}
         if self.net.bonded is not None and self.net.bonded.fitted:
             aux["bond_nll"] = self.net.bonded.length_nll(history, target)
+            # the unprojected forecast is scored too, so that it stays near the constraints: trained through the
+            # projection alone, the net parked its output far off them (0.5 A on ethanol), where only that
+            # projection's own path mapped it back to the right frames (issue 25)
+            aux["unprojected"] = self.forecast_loss(out["pred"], target, mask)
         if self.net.noise is not None:
             aux["noise_nll"] = self.net.noise.nll(history, batch["z"], mask, pred, target, self.net.displacement_scale)
         loss = forecast + sum(aux.values())

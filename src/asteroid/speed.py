@@ -18,9 +18,9 @@ from ase.md.verlet import VelocityVerlet
 from torch.utils.flop_counter import FlopCounterMode
 
 from asteroid.data import load_trajectory
-from asteroid.errors import ConfigError
+from asteroid.errors import ConfigError, DataError
 from asteroid.lightning_cli import from_checkpoint_or_config, from_config, load_weights
-from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
+from asteroid.models.rollout import PARTS, THERMOSTAT_COUPLING, rollout
 from asteroid.test_table import read_model_rows
 from asteroid.xtb import TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path, xtb_calculator
 
@@ -100,16 +100,21 @@ def model_seconds_per_ps(
     device: torch.device,
     repeats: int,
     clock: str,
-) -> float:
-    """Seconds per simulated picosecond of one trajectory, rolling out `trajectories` at once.
+    starts: np.ndarray | None = None,
+) -> tuple[float, dict]:
+    """Seconds per simulated picosecond of one trajectory, rolling out `trajectories` at once, and the milliseconds
+    of one forecast (of all trajectories) that each of its parts takes (`models.rollout.PARTS`, and the rest).
 
     One untimed forecast warms up; then `repeats` rollouts of `forecasts` whole forecasts each are timed, with the
-    settings `asteroid rollout` uses by default.
-    `frame_fs` is the time between predicted frames (spacing x data frame time).
+    settings `asteroid rollout` uses by default, and one more with its parts timed (`rollout(..., timings=)`) for the
+    split. `frame_fs` is the time between predicted frames (spacing x data frame time).
+    starts (S, H, N, 3): real histories (a trained model's test windows), repeated to `trajectories`; without them,
+    ballistic ones. A trained model's constraint step costs what its forecasts' distance from the constraints
+    costs, and a straight-line history is further from anything it was trained on.
     """
-    history = torch.tensor(
-        ballistic_history(atoms, trajectories, net.history, frame_fs), dtype=torch.float32, device=device
-    )  # (B, H, N, 3)
+    if starts is None:
+        starts = ballistic_history(atoms, trajectories, net.history, frame_fs)
+    history = torch.tensor(np.resize(starts, (trajectories, *starts.shape[1:])), dtype=torch.float32, device=device)
     z = torch.as_tensor(atoms.numbers, device=device).expand(trajectories, -1)  # (B, N)
     mask = torch.ones_like(z, dtype=torch.bool)
     frames = forecasts * net.horizon
@@ -118,13 +123,31 @@ def model_seconds_per_ps(
     trained_noise = net.noise is not None and net.noise.step_energy > 0
     coupling = THERMOSTAT_COUPLING if trained_noise else None
 
-    def run(n_frames: int) -> None:
-        rollout(net, history, z, mask, n_frames, thermostat_coupling=coupling)
+    def run(n_frames: int, timings: dict | None = None) -> None:
+        rollout(net, history, z, mask, n_frames, thermostat_coupling=coupling, timings=timings)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     run(net.horizon)
-    return seconds_per_ps(measure(clock, lambda: run(frames), repeats), frames, frame_fs, trajectories)
+    seconds = seconds_per_ps(measure(clock, lambda: run(frames), repeats), frames, frame_fs, trajectories)
+    timings: dict = {}
+    whole = measure("cpu", lambda: run(frames, timings), 1)  # the parts on the CPU clock, beside their total
+    split = {part: timings.get(part, 0.0) * 1e3 / forecasts for part in PARTS}  # ms per forecast
+    split["rest"] = max(0.0, whole * 1e3 / forecasts - sum(split.values()))
+    return seconds, split
+
+
+def test_histories(datamodule, count: int) -> np.ndarray | None:
+    """(S, H, N, 3) the histories of up to `count` test windows spread over the test split of a data module whose
+    data are here, or None."""
+    try:
+        datamodule.prepare_data()
+        datamodule.setup("test")
+    except (OSError, DataError):
+        return None
+    test = datamodule.datasets["test"]
+    picks = np.linspace(0, len(test) - 1, min(count, len(test))).round().astype(int)
+    return np.stack([test[i]["history"].numpy() for i in picks])
 
 
 def water_cluster(molecules: int, seed: int = 0) -> Atoms:

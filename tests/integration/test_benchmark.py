@@ -129,9 +129,9 @@ def test_the_molecule_of_a_config_is_its_built_in_structure_or_first_frame(tmp_p
         molecule_of(path=str(tmp_path / "missing.npz"))
 
 
-def test_model_time_is_per_trajectory_and_positive():
+def test_model_time_is_per_trajectory_and_positive_and_split_into_the_rollout_parts():
     net = Asteroid(3, 2, hidden=16, heads=2, spatial_layers=1).eval()
-    seconds = model_seconds_per_ps(
+    seconds, split = model_seconds_per_ps(
         net,
         molecule("CH3CH2OH"),
         trajectories=4,
@@ -142,6 +142,9 @@ def test_model_time_is_per_trajectory_and_positive():
         clock="cpu",
     )
     assert 0 < seconds < 100
+    assert list(split) == ["network", "rigid_motion", "thermostat", "projection", "rest"]
+    # no bonded head and no noise: the projection and the thermostat cost only their labels
+    assert split["network"] > 0 and max(split["projection"], split["thermostat"]) < 0.05 * split["network"]
 
 
 def tiny_config(tmp_path) -> Path:
@@ -193,6 +196,10 @@ def test_benchmark_writes_positive_figures_for_every_molecule(tmp_path, capsys):
         assert KEYS <= set(result)
         assert all(result[key] > 0 for key in POSITIVE), result
         assert result["weights"] == "untrained" and result["batch"] == 3 and result["spacing"] == 4
+        # the shipped rollout was timed, and its settings travel with the row (base.yaml: both heads on; untrained,
+        # the bonded geometry is not fitted and the noise head has no training temperature, so no thermostat)
+        assert result["bond_constraints"] is False and result["stochastic"] is True and result["starts"] == "ballistic"
+        assert result["thermostat"] is None and set(result["batched_forecast_ms"]) == set(result["forecast_ms"])
         assert result["speedup"] == pytest.approx(result["md_seconds_per_ps"] / result["model_seconds_per_ps"])
         # frames 4 x 0.5 fs apart: 500 frames per simulated picosecond
         assert result["frames_per_second"] == pytest.approx(500 * result["ps_per_second"])

@@ -21,7 +21,7 @@ from asteroid.models.bonded import BondedGeometry
 from asteroid.models.rollout import rollout
 from asteroid.xtb import structure_path
 
-from helpers import EXPERIMENTS, harmonic_frames, tiny_args
+from helpers import ETHANOL_Z, EXPERIMENTS, harmonic_frames, tiny_args
 
 FRAMES = 7  # not a multiple of the tiny model's horizon (2): the last forecast is cut
 DT_FS = 1.0  # the tiny model's windows: frames 2 MD frames of 0.5 fs apart
@@ -371,6 +371,43 @@ def test_report_writes_its_folder_and_tensorboard(trained, tmp_path, monkeypatch
     events = EventAccumulator(str(tmp_path / "runs" / "tiny" / "rollout" / "pred.pdb")).Reload()
     assert {"analysis/first_unphysical_frame", "analysis/jsd_max/bond_length"} <= set(events.Tags()["scalars"])
     assert list((tmp_path / "runs" / "tiny" / "rollout").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.integration
+def test_benchmark_times_the_shipped_rollout_of_each_checkpoint_and_records_its_settings(trained, tmp_path):
+    """`asteroid benchmark --more-checkpoints`: one row per trained checkpoint, each timing the rollout `asteroid
+    rollout` runs by default (bond lengths imposed, draws, thermostat) and saying so in the row."""
+    out = tmp_path / "bench.json"
+    options = ["--batch", "2", "--forecasts", "1", "--md-steps", "2", "--md-warmup", "1", "--repeats", "1"]
+    ckpt = str(trained.ckpt)
+    assert main(["benchmark", "--ckpt_path", ckpt, "--more-checkpoints", ckpt, *options, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 and all(row["weights"] == ckpt for row in rows)
+    for row in rows:
+        assert row["bond_constraints"] is True and row["stochastic"] is True and row["thermostat"] == 4.0
+        assert row["starts"] == "test windows"  # its data are here: rolled out from real histories
+        assert row["forecast_ms"]["projection"] > 0 and row["batched_forecast_ms"]["network"] > 0
+
+
+@pytest.mark.integration
+def test_report_judges_against_a_longer_reference_when_given_one(trained, tmp_path, monkeypatch, capsys):
+    """--reference: another run of the same molecule (here the data at every other frame, 1 fs apart) replaces the
+    start's own source in the report; another molecule, or --reference without --report, is a one-line error."""
+    pytest.importorskip("asteroid.analysis")
+    monkeypatch.chdir(tmp_path)
+    longer = tmp_path / "longer.npz"
+    np.savez(longer, R=trained.coordinates[::2], z=np.asarray(ETHANOL_Z), dt_fs=1.0)
+    assert roll(trained, tmp_path / "pred.npz", "--report", "--reference", str(longer)) == 0
+    report = json.loads((tmp_path / "pred_npz_report" / "report.json").read_text())
+    assert report["reference"]["dt_fs"] == 1.0 and report["reference"]["frames"] == len(trained.coordinates[::2])
+    assert report["rollout_options"]["reference"] == str(longer)
+    capsys.readouterr()
+    assert "add --report" in error_of(capsys, roll(trained, tmp_path / "b.npz", "--reference", str(longer)))
+    other = tmp_path / "other.npz"
+    np.savez(other, R=trained.coordinates[:, :4], z=np.asarray(ETHANOL_Z[:4]), dt_fs=0.5)
+    message = error_of(capsys, roll(trained, tmp_path / "c.npz", "--report", "--reference", str(other)))
+    assert "other.npz" in message and "same molecule" in message
+    assert not (tmp_path / "b.npz").exists() and not (tmp_path / "c.npz").exists()
 
 
 @pytest.mark.integration

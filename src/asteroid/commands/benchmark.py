@@ -23,6 +23,7 @@ from asteroid.arguments import CommandParser, positive
 from asteroid.data.windows import rollout_spacing
 from asteroid.errors import ConfigError
 from asteroid.fileio import atomic_output, writable_output
+from asteroid.models.rollout import THERMOSTAT_COUPLING
 from asteroid.speed import (
     CLOCKS,
     checkpoint_test_mse,
@@ -32,6 +33,7 @@ from asteroid.speed import (
     load_net,
     md_seconds_per_ps,
     model_seconds_per_ps,
+    test_histories,
     thermal_speed,
     water_cluster,
 )
@@ -48,6 +50,7 @@ def benchmark_case(
     args,
     device: torch.device,
     mse: float | None,
+    starts: np.ndarray | None = None,
 ) -> dict:
     """One molecule: MD and model timed, their ratios, the model's FLOPs and the test MSE of its checkpoint."""
     frame_fs = spacing * data_fs
@@ -57,8 +60,12 @@ def benchmark_case(
         per_frame = frame_fs * float(np.sqrt(np.mean(thermal_speed(atoms) ** 2)))  # Angstrom
         net.set_displacement_scale(per_frame * torch.arange(1, net.horizon + 1, dtype=torch.float32, device=device))
     md = md_seconds_per_ps(atoms, args.md_steps, args.md_warmup, args.repeats, args.threads, args.clock)
-    single = model_seconds_per_ps(net, atoms, 1, args.forecasts, frame_fs, device, args.repeats, args.clock)
-    batched = model_seconds_per_ps(net, atoms, args.batch, args.forecasts, frame_fs, device, args.repeats, args.clock)
+    single, single_split = model_seconds_per_ps(
+        net, atoms, 1, args.forecasts, frame_fs, device, args.repeats, args.clock
+    )
+    batched, batched_split = model_seconds_per_ps(
+        net, atoms, args.batch, args.forecasts, frame_fs, device, args.repeats, args.clock
+    )
     flops = forecast_flops(net, atoms, device)
     flops_per_ps = flops * 1000.0 / (net.horizon * frame_fs)
     result = dict(
@@ -79,6 +86,15 @@ def benchmark_case(
         threads=args.threads,
         clock=args.clock,
         compiled=args.compile,
+        # what was timed: the rollout `asteroid rollout` runs by default for this model, from its test windows
+        # (trained, with its data here) or from ballistic histories
+        starts="test windows" if starts is not None else "ballistic",
+        bond_constraints=net.bonded is not None and net.bonded.fitted,
+        stochastic=net.noise is not None,
+        thermostat=THERMOSTAT_COUPLING if net.noise is not None and net.noise.step_energy > 0 else None,
+        # milliseconds of one forecast of 1 and of B trajectories, per part
+        forecast_ms=single_split,
+        batched_forecast_ms=batched_split,
         # the rollout's own rates: frames and simulated picoseconds per second, of all trajectories at once
         frames_per_second=1000.0 / (frame_fs * single),
         ps_per_second=1.0 / single,
@@ -94,6 +110,9 @@ def benchmark_case(
         f"{result['batched_ps_per_second']:.3g} ps/s (batch {args.batch}, all trajectories)",
         flush=True,
     )
+    for batch, split in ((1, single_split), (args.batch, batched_split)):
+        parts = ", ".join(f"{part} {ms:.3g}" for part, ms in split.items())
+        print(f"  one forecast at batch {batch}, ms: {parts}", flush=True)
     return result
 
 
@@ -140,6 +159,14 @@ def main(argv: list[str]) -> int:
         "(default: the config's net untrained; the speed is the same)",
     )
     parser.add_argument("--name", help="without --config: the run whose newest last.ckpt `--ckpt_path last` is")
+    parser.add_argument(
+        "--more-checkpoints",
+        nargs="+",
+        default=[],
+        metavar="CKPT",
+        help="more trained checkpoints, each timed with the molecule and config it stores (e.g. aspirin's beside "
+        "ethanol's), after --ckpt_path's",
+    )
     parser.add_argument(
         "--molecules",
         nargs="+",
@@ -195,7 +222,7 @@ def main(argv: list[str]) -> int:
 
     if args.json:
         writable_output(args.json)  # before the minutes of timing, not after
-    if args.config is None and args.ckpt_path is None and not args.molecules:
+    if args.config is None and args.ckpt_path is None and not args.molecules and not args.more_checkpoints:
         raise ConfigError("nothing to benchmark: give --ckpt_path, --config and/or --molecules")
     if args.config is None and args.ckpt_path is None and (args.structures or args.water):
         raise ConfigError("--structures and --water go with --ckpt_path or --config (whose net and spacing they use)")
@@ -217,13 +244,17 @@ def main(argv: list[str]) -> int:
 
     results = []
     own = args.config is not None or args.ckpt_path is not None
-    configs = ([(args.config, args.ckpt_path)] if own else []) + [
-        (args.experiments / f"{name}.yaml", None) for name in args.molecules
-    ]
+    configs = (
+        ([(args.config, args.ckpt_path)] if own else [])
+        + [(None, path) for path in args.more_checkpoints]
+        + [(args.experiments / f"{name}.yaml", None) for name in args.molecules]
+    )
     for index, (config, ckpt_path) in enumerate(configs):
         net, datamodule, ckpt_path = load_net(config, ckpt_path, device, args.name if index == 0 else None)
         if args.compile:
-            net = torch.compile(net, dynamic=True)  # compiled by the untimed warm-up forecast
+            # the network's forward (what `propose` calls), compiled by the untimed warm-up forecast; compiling the
+            # module would leave `propose` and the constraint step, which the rollout calls, uncompiled
+            net.forward = torch.compile(net.forward, dynamic=True)
         name, atoms, data_fs = config_molecule(datamodule)
         if datamodule.heavy_atoms:
             raise ConfigError(f"{config}: a heavy-atom model has no MD of its own atoms to compare with")
@@ -232,7 +263,8 @@ def main(argv: list[str]) -> int:
         mse = checkpoint_test_mse(ckpt_path)
         if ckpt_path is not None and mse is None:
             print(f"note: {ckpt_path} has no test_metrics.csv in its run folder: test_mse is null")
-        results.append(benchmark_case(name, atoms, net, spacing, data_fs, weights, args, device, mse))
+        starts = None if ckpt_path is None else test_histories(datamodule, args.batch)
+        results.append(benchmark_case(name, atoms, net, spacing, data_fs, weights, args, device, mse, starts))
         if index == 0 and own:
             others = [(path.stem, read_structure(path)) for path in args.structures] + [
                 (f"water{n}", water_cluster(n)) for n in args.water

@@ -16,7 +16,13 @@ from tqdm import tqdm
 
 from asteroid.arguments import CommandParser, existing_file, non_negative, positive
 from asteroid.checkpoints import DATA_KEY, read_checkpoint
-from asteroid.data.starts import InitialConditions, repeat_starts, start_from_file, start_from_test_split
+from asteroid.data.starts import (
+    InitialConditions,
+    repeat_starts,
+    start_from_file,
+    start_from_test_split,
+    with_reference,
+)
 from asteroid.data.windows import rollout_spacing
 from asteroid.data.writers import OUTPUT_FORMATS, write_rollout
 from asteroid.errors import ConfigError
@@ -128,8 +134,16 @@ def main(argv: list[str]) -> int:
         help="physical checks against the reference trajectory, in <stem>_<suffix>_report/ beside --out (pred.xyz: "
         "pred_xyz_report/) and TensorBoard (runs/<name>/rollout/<out file name>)",
     )
+    parser.add_argument(
+        "--reference",
+        type=existing_file("reference trajectory"),
+        help="with --report: judge the rollout against this trajectory of the same molecule (e.g. a longer MD run "
+        "than the training data, so that the reference's own halves agree) instead of the start's source",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args, overrides = parser.parse_known_args(argv)
+    if args.reference is not None and not args.report:
+        raise ConfigError("--reference is what --report judges against; add --report")
 
     out = writable_output(args.out)
     if out.suffix.lower() not in OUTPUT_FORMATS:
@@ -155,6 +169,8 @@ def main(argv: list[str]) -> int:
             start = start_from_file(args.init, datamodule.signature(), datamodule.history, spacing)
         else:
             start = start_from_test_split(datamodule, args.batch, spacing, args.frames)
+    if args.reference is not None:
+        start = with_reference(start, args.reference)
     sample = not args.mean and model.net.noise is not None
     if args.samples > 1:
         if not sample:
@@ -214,6 +230,7 @@ def main(argv: list[str]) -> int:
         "bond_constraints": model.net.bonded is not None and model.net.bonded.fitted,
         "rigid_motion_stripped": not args.keep_rigid_motion and start.box is None,
         "thermostat_coupling_forecasts": coupling or None,
+        "reference": str(args.reference or start.source),
     }
     print("rollout options: " + ", ".join(f"{key} {value}" for key, value in options.items()))
     if args.report:

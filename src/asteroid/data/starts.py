@@ -106,6 +106,17 @@ def start_from_file(path: str, trained: dict, history: int, spacing: int) -> Ini
     )
 
 
+def with_reference(start: InitialConditions, path: str) -> InitialConditions:
+    """`start` judged against the trajectory in `path` (same atoms, any frame step) instead of its own source."""
+    trajectory = load_trajectory(path)
+    if not np.array_equal(trajectory.z, start.z):
+        raise DataError(
+            f"{path}: its atoms (z = {trajectory.z.tolist()}) are not the rollout's (z = {start.z.tolist()}); "
+            "a reference must be the same molecule"
+        )
+    return dataclasses.replace(start, reference=np.asarray(trajectory.R), reference_dt_fs=trajectory.dt_fs)
+
+
 def repeat_starts(start: InitialConditions, samples: int) -> InitialConditions:
     """Each initial condition `samples` times in a row, for an ensemble of stochastic rollouts."""
 

@@ -132,6 +132,28 @@ class ForecastModel(nn.Module):
         self.bonded.check(z)
         return self.bonded(frames, self.bonded.lengths(history, sample, generator))
 
+    def propose(
+        self,
+        history: Tensor,
+        z: Tensor,
+        mask: Tensor,
+        box: Tensor | None = None,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The next P frames (B, P, N, 3) after history (B, H, N, 3) before the bonded projection: the forecast
+        mean, or with sample=True a draw from the learned distribution around it (the mean for a model without one);
+        and the bond lengths (B, P, E) the projection is to give them (drawn too when sampling), None for a model
+        without a bonded geometry. A rollout adjusts the frames (rigid motion, temperature) before projecting."""
+        pred = self(history, z, mask, box=box)["pred"]
+        sample = sample and self.noise is not None
+        if sample:
+            pred = self.noise.sample(history, z, pred, self.displacement_scale, generator)
+        if self.bonded is None or not self.bonded.fitted:
+            return pred, None
+        self.bonded.check(z)
+        return pred, self.bonded.lengths(history, sample, generator)
+
     def generate(
         self,
         history: Tensor,
@@ -141,10 +163,6 @@ class ForecastModel(nn.Module):
         sample: bool = False,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """The next P frames (B, P, N, 3) after history (B, H, N, 3): the forecast mean, or with sample=True a draw
-        from the learned distribution around it (the mean for a model without one); projected onto the bonded
-        geometry when the model has one."""
-        pred = self(history, z, mask, box=box)["pred"]
-        if sample and self.noise is not None:
-            pred = self.noise.sample(history, z, pred, self.displacement_scale, generator)
-        return self.constrain(pred, z, history, sample and self.noise is not None, generator)
+        """`propose`'s frames (B, P, N, 3), projected onto its bond lengths and the angle ranges."""
+        pred, lengths = self.propose(history, z, mask, box, sample, generator)
+        return pred if lengths is None else self.bonded(pred, lengths)

@@ -2,45 +2,68 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 import torch
 from ase.data import atomic_masses
 from torch import Tensor
 
 from asteroid.errors import ConfigError, DivergedError
 from asteroid.models.base import ForecastModel
-from asteroid.models.noise import thermostat
+from asteroid.models.noise import step_energy, thermostat
 
 # Forecasts over which a sampled rollout relaxes to the training temperature (32 frames, 160 fs at the shipped
 # spacing): without it, ethanol's sampled rollouts ran 13% cold (with 0.01 A history noise in training) or 36% hot
-# (without), over 8 x 2000 frames; with it, 7% cold (docs/results/rollout.md).
+# (without), over 8 x 2000 frames (docs/results/rollout.md).
 THERMOSTAT_COUPLING = 4.0
+# Bounds of the thermostat's integral term (`rollout`): how far it may move the set point to make up for what the
+# projection takes back.
+SET_POINT_RANGE = (0.5, 2.0)
+# The parts of one rollout forecast that `rollout(..., timings=)` times: the network with its draws and bond lengths,
+# the removal of rigid motion, the thermostat, the projection onto the bonded geometry.
+PARTS = ("network", "rigid_motion", "thermostat", "projection")
+
+
+@contextmanager
+def timed(timings: dict | None, part: str, clock=time.process_time):
+    """Add the time the block takes to timings[part] (seconds of the process's CPU), when timings is a dict."""
+    if timings is None:
+        yield
+        return
+    start = clock()
+    yield
+    timings[part] = timings.get(part, 0.0) + clock() - start
 
 
 def remove_rigid_motion(previous: Tensor, frames: Tensor, mass: Tensor) -> Tensor:
     """frames (B, P, N, 3) following previous (B, N, 3), each frame-to-frame step stripped of its centre-of-mass
     translation and of its rigid rotation about the centre of mass (the angular momentum of the step), as our MD
-    generator strips its initial velocities; mass (B, N), 0 for padding (whose frames are returned as they were)."""
-    real = (mass > 0)[..., None]  # (B, N, 1)
-    weights = (mass / mass.sum(-1, keepdim=True))[..., None]  # (B, N, 1)
-    previous, original = previous.masked_fill(~real, 0.0), frames
-    frames = frames.masked_fill(~real[:, None], 0.0)  # padding may hold anything, NaN included
-    steps = frames.diff(dim=1, prepend=previous[:, None])  # (B, P, N, 3)
-    out, position = [], previous
-    for p in range(frames.shape[1]):
-        step = steps[:, p] - (weights * steps[:, p]).sum(-2, keepdim=True)  # (B, N, 3)
-        arm = position - (weights * position).sum(-2, keepdim=True)  # (B, N, 3) from the centre of mass
-        momentum = (weights * torch.linalg.cross(arm, step)).sum(-2)  # (B, 3)
-        inertia = (
-            weights[..., None]
-            * (
-                (arm * arm).sum(-1)[..., None, None] * torch.eye(3, device=arm.device)
-                - arm[..., :, None] * arm[..., None, :]
-            )
-        ).sum(-3)  # (B, 3, 3)
-        spin = (torch.linalg.pinv(inertia) @ momentum[..., None])[..., 0]  # (B, 3); pinv: linear molecules
-        position = position + step - torch.linalg.cross(spin[:, None].expand_as(arm), arm)
-        out.append(position)
-    return torch.where(real[:, None], torch.stack(out, dim=1), original)
+    generator strips its initial velocities; mass (B, N), 0 for padding (whose frames are returned as they were).
+    All P steps at once: each step's rotation is taken about the frame it starts from as forecast, not as already
+    stripped, which differs at second order in the (small) rotation per step."""
+    real = (mass > 0)[:, None, :, None]  # (B, 1, N, 1)
+    weights = (mass / mass.sum(-1, keepdim=True))[:, None, :, None]  # (B, 1, N, 1)
+    original = frames
+    frames = frames.masked_fill(~real, 0.0)  # padding may hold anything, NaN included
+    before = torch.cat([previous.masked_fill(~real[:, 0], 0.0)[:, None], frames[:, :-1]], dim=1)  # (B, P, N, 3)
+    steps = frames - before
+    steps = steps - (weights * steps).sum(-2, keepdim=True)  # (B, P, N, 3)
+    arm = before - (weights * before).sum(-2, keepdim=True)  # (B, P, N, 3) from each frame's centre of mass
+    momentum = (weights * torch.linalg.cross(arm, steps)).sum(-2)  # (B, P, 3)
+    eye = torch.eye(3, device=arm.device, dtype=arm.dtype)
+    inertia = weights[..., None] * ((arm * arm).sum(-1)[..., None, None] * eye - arm[..., :, None] * arm[..., None, :])
+    spin = (torch.linalg.pinv(inertia.sum(-3)) @ momentum[..., None])[..., 0]  # (B, P, 3); pinv: linear molecules
+    steps = steps - torch.linalg.cross(spin[:, :, None].expand_as(arm), arm)
+    return torch.where(real, before[:, :1] + steps.cumsum(dim=1), original)
+
+
+def check_finite(pred: Tensor, mask: Tensor, start: int) -> None:
+    """Refuse a forecast (B, P, N, 3) whose real atoms (mask (B, N)) hold NaN or infinity, naming its frames."""
+    if not torch.isfinite(pred[mask[:, None, :, None].expand_as(pred)]).all():
+        raise DivergedError(
+            f"the forecast of frames {start + 1}-{start + pred.shape[1]} holds NaN or infinity; nothing was written"
+        )
 
 
 @torch.inference_mode()
@@ -56,17 +79,26 @@ def rollout(
     keep_rigid_motion: bool = False,
     thermostat_coupling: float | None = None,
     generator: torch.Generator | None = None,
+    timings: dict | None = None,
+    thermostat_state: dict | None = None,
 ) -> Tensor:
     """`n_frames` frames after `history`, each forecast of P frames becoming part of the next history.
 
     history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) periodic cell (kept throughout) or None
     -> (B, n_frames, N, 3) Angstrom.
-    sample: draw each forecast from the model's learned distribution (models trained with model.stochastic; the
-    mean for others). keep_rigid_motion False: strip every forecast's net translation and rotation (open boundaries
-    only: in a periodic cell they are kept). thermostat_coupling: rescale each forecast's steps toward the training
-    temperature within about this many forecasts (`models.noise.thermostat`; stochastic models only), then project
-    onto the bonded geometry again; None: off. `progress`, if given, is called with the number of frames each
-    forecast adds (e.g. a tqdm bar's `update`).
+
+    Each forecast is proposed (`ForecastModel.propose`: the mean, or with sample=True a draw from the model's learned
+    distribution), stripped of its net translation and rotation (unless keep_rigid_motion, or in a periodic cell),
+    rescaled toward the training temperature (thermostat_coupling, in forecasts; stochastic models only; None: off)
+    and then projected once onto its bond lengths and the angle ranges. The projection takes back part of the motion
+    the thermostat set (the stretch beyond the drawn bond lengths), and a proportional (Berendsen) thermostat then
+    settles below its set point: with a loss f per forecast and coupling c, at (1 - f) / (1 + f (c - 1)) of it
+    (f = 2%, c = 4: 0.93, ethanol's and aspirin's 8% cold before issue 25). An integral term removes that offset:
+    the set point of each trajectory is moved by (target / measured)^(1 / c) after every forecast, within
+    SET_POINT_RANGE. `progress`, if given, is called with the number of frames each forecast adds; `timings`, if a
+    dict, receives the CPU seconds each of PARTS took, summed over the forecasts (`asteroid benchmark`);
+    `thermostat_state`, if a dict, carries the integral term's set points ("set_point", (B,)) from one call to the
+    next, for a caller that advances a rollout a forecast at a time (`ForecastDynamics`).
     """
     mass = torch.as_tensor(atomic_masses, dtype=history.dtype, device=history.device)[z] * mask  # (B, N)
     strip = not keep_rigid_motion and box is None
@@ -74,25 +106,33 @@ def rollout(
         raise ConfigError(
             "the thermostat needs the training temperature, which only models trained with model.stochastic store"
         )
-    frames = []
-    produced = 0
-    while produced < n_frames:
-        pred = net.generate(history, z, mask, box=box, sample=sample, generator=generator)  # (B, P, N, 3)
-        if not torch.isfinite(pred[mask[:, None, :, None].expand_as(pred)]).all():
-            raise DivergedError(
-                f"the forecast of frames {produced + 1}-{produced + pred.shape[1]} holds NaN or "
-                "infinity; nothing was written"
-            )
-        if strip:
-            pred = remove_rigid_motion(history[:, -1], pred, mass)
+    B, _, N, _ = history.shape
+    P = net.horizon
+    frames = history.new_empty(B, -(-n_frames // P) * P, N, 3)  # whole forecasts; cut to n_frames at the end
+    state = {} if thermostat_state is None else thermostat_state
+    set_point = state.get("set_point", history.new_ones(B))  # the thermostat's integral term, per trajectory
+    for start in range(0, n_frames, P):
+        previous = history[:, -1]  # (B, N, 3)
+        with timed(timings, "network"):
+            pred, lengths = net.propose(history, z, mask, box=box, sample=sample, generator=generator)  # (B, P, N, 3)
+        check_finite(pred, mask, start)  # before the steps below, which would fail on it less plainly
+        with timed(timings, "rigid_motion"):
+            if strip:
+                pred = remove_rigid_motion(previous, pred, mass)
+        with timed(timings, "thermostat"):
+            if thermostat_coupling is not None:
+                target = net.noise.step_energy
+                pred = thermostat(previous, pred, mass, target * set_point, thermostat_coupling)
+        with timed(timings, "projection"):
+            if lengths is not None:
+                pred = net.bonded(pred, lengths)
+        check_finite(pred, mask, start)
         if thermostat_coupling is not None:
-            rescaled = thermostat(history[:, -1], pred, mass, net.noise.step_energy, thermostat_coupling)
-            # back onto the bond lengths the forecast has (rescaling the steps stretches them a little)
-            bonded = net.bonded
-            pred = rescaled if bonded is None else bonded(rescaled, bonded.distances(pred)[..., : bonded.n_bonds])
-        frames.append(pred)
-        history = torch.cat([history, pred], dim=1)[:, -net.history :]  # (B, H, N, 3)
+            measured = step_energy(torch.cat([previous[:, None], pred], dim=1), mass).clamp_min(1e-12)  # (B,)
+            set_point = (set_point * (target / measured) ** (1 / thermostat_coupling)).clamp(*SET_POINT_RANGE)
+            state["set_point"] = set_point
+        frames[:, start : start + P] = pred
+        history = torch.cat([history[:, P:], pred], dim=1) if P < net.history else pred[:, -net.history :]
         if progress is not None:
-            progress(min(pred.shape[1], n_frames - produced))  # the last forecast may be cut short
-        produced += pred.shape[1]
-    return torch.cat(frames, dim=1)[:, :n_frames]
+            progress(min(P, n_frames - start))  # the last forecast may be cut short
+    return frames[:, :n_frames]
