@@ -19,8 +19,8 @@ def row(report_path: str, benchmark_path: str) -> str:
     report = json.loads(open(report_path).read())
     bench = json.loads(open(benchmark_path).read())[0]
     frame_fs = report["predicted"]["dt_fs"]
-    jsd = {kind: report["distributions"][kind]["jsd_max"] for kind in ("bond_length", "angle", "dihedral")}
-    jsd["radius_of_gyration"] = report["distributions"]["radius_of_gyration"]["jsd_max"]
+    kinds = ("bond_length", "angle", "dihedral", "radius_of_gyration")
+    jsd = {kind: report["distributions"][kind]["jsd_max"] for kind in kinds}
     motion = report["motion"]
     temperature = motion["kinetic_temperature"]["predicted"] / motion["kinetic_temperature"]["reference"]
     step = motion["mean_step"]["predicted"] / motion["mean_step"]["reference"]

@@ -18,9 +18,10 @@ from ase.md.verlet import VelocityVerlet
 from torch.utils.flop_counter import FlopCounterMode
 
 from asteroid.data import load_trajectory
-from asteroid.errors import ConfigError, DataError
+from asteroid.data.starts import start_from_test_split
+from asteroid.errors import ConfigError
 from asteroid.lightning_cli import from_checkpoint_or_config, from_config, load_weights
-from asteroid.models.rollout import PARTS, THERMOSTAT_COUPLING, rollout
+from asteroid.models.rollout import PARTS, default_thermostat, rollout
 from asteroid.test_table import read_model_rows
 from asteroid.xtb import TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path, xtb_calculator
 
@@ -120,8 +121,7 @@ def model_seconds_per_ps(
     frames = forecasts * net.horizon
 
     # what `asteroid rollout` does by default: draws, projected, rigid motion stripped, the thermostat on
-    trained_noise = net.noise is not None and net.noise.step_energy > 0
-    coupling = THERMOSTAT_COUPLING if trained_noise else None
+    coupling = default_thermostat(net)
 
     def run(n_frames: int, timings: dict | None = None) -> None:
         rollout(net, history, z, mask, n_frames, thermostat_coupling=coupling, timings=timings)
@@ -137,17 +137,15 @@ def model_seconds_per_ps(
     return seconds, split
 
 
-def test_histories(datamodule, count: int) -> np.ndarray | None:
-    """(S, H, N, 3) the histories of up to `count` test windows spread over the test split of a data module whose
-    data are here, or None."""
-    try:
-        datamodule.prepare_data()
-        datamodule.setup("test")
-    except (OSError, DataError):
+def window_histories(datamodule, count: int, spacing: int) -> np.ndarray | None:
+    """(S, H, N, 3) the histories of up to `count` test windows spread over the test split, as `asteroid rollout
+    --batch` picks them; None when the data module's files are not here (nothing is generated for a benchmark)."""
+    if not all(Path(source.path).exists() for source in datamodule.sources):
         return None
-    test = datamodule.datasets["test"]
-    picks = np.linspace(0, len(test) - 1, min(count, len(test))).round().astype(int)
-    return np.stack([test[i]["history"].numpy() for i in picks])
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    count = min(count, len(datamodule.datasets["test"]))
+    return start_from_test_split(datamodule, count, spacing, n_frames=0).history
 
 
 def water_cluster(molecules: int, seed: int = 0) -> Atoms:

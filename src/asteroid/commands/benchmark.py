@@ -23,7 +23,7 @@ from asteroid.arguments import CommandParser, positive
 from asteroid.data.windows import rollout_spacing
 from asteroid.errors import ConfigError
 from asteroid.fileio import atomic_output, writable_output
-from asteroid.models.rollout import THERMOSTAT_COUPLING
+from asteroid.models.rollout import default_thermostat
 from asteroid.speed import (
     CLOCKS,
     checkpoint_test_mse,
@@ -33,9 +33,9 @@ from asteroid.speed import (
     load_net,
     md_seconds_per_ps,
     model_seconds_per_ps,
-    test_histories,
     thermal_speed,
     water_cluster,
+    window_histories,
 )
 from asteroid.xtb import read_structure
 
@@ -91,7 +91,7 @@ def benchmark_case(
         starts="test windows" if starts is not None else "ballistic",
         bond_constraints=net.bonded is not None and net.bonded.fitted,
         stochastic=net.noise is not None,
-        thermostat=THERMOSTAT_COUPLING if net.noise is not None and net.noise.step_energy > 0 else None,
+        thermostat=default_thermostat(net),
         # milliseconds of one forecast of 1 and of B trajectories, per part
         forecast_ms=single_split,
         batched_forecast_ms=batched_split,
@@ -263,7 +263,7 @@ def main(argv: list[str]) -> int:
         mse = checkpoint_test_mse(ckpt_path)
         if ckpt_path is not None and mse is None:
             print(f"note: {ckpt_path} has no test_metrics.csv in its run folder: test_mse is null")
-        starts = None if ckpt_path is None else test_histories(datamodule, args.batch)
+        starts = None if ckpt_path is None else window_histories(datamodule, args.batch, spacing)
         results.append(benchmark_case(name, atoms, net, spacing, data_fs, weights, args, device, mse, starts))
         if index == 0 and own:
             others = [(path.stem, read_structure(path)) for path in args.structures] + [

@@ -26,14 +26,20 @@ PARTS = ("network", "rigid_motion", "thermostat", "projection")
 
 
 @contextmanager
-def timed(timings: dict | None, part: str, clock=time.process_time):
+def timed(timings: dict | None, part: str):
     """Add the time the block takes to timings[part] (seconds of the process's CPU), when timings is a dict."""
     if timings is None:
         yield
         return
-    start = clock()
+    start = time.process_time()
     yield
-    timings[part] = timings.get(part, 0.0) + clock() - start
+    timings[part] = timings.get(part, 0.0) + time.process_time() - start
+
+
+def default_thermostat(net: ForecastModel) -> float | None:
+    """The coupling (forecasts) of the thermostat a sampled rollout of `net` runs by default: THERMOSTAT_COUPLING for
+    a model that stores its training temperature (trained with model.stochastic), else None (off)."""
+    return THERMOSTAT_COUPLING if net.noise is not None and net.noise.step_energy > 0 else None
 
 
 def remove_rigid_motion(previous: Tensor, frames: Tensor, mass: Tensor) -> Tensor:
@@ -132,7 +138,7 @@ def rollout(
             set_point = (set_point * (target / measured) ** (1 / thermostat_coupling)).clamp(*SET_POINT_RANGE)
             state["set_point"] = set_point
         frames[:, start : start + P] = pred
-        history = torch.cat([history[:, P:], pred], dim=1) if P < net.history else pred[:, -net.history :]
+        history = torch.cat([history, pred], dim=1)[:, -net.history :]  # (B, H, N, 3)
         if progress is not None:
             progress(min(P, n_frames - start))  # the last forecast may be cut short
     return frames[:, :n_frames]
