@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXP ?= ethanol
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit lint format reliability-report train tensorboard clean
+.PHONY: help install test test-unit lint format reliability-report train pretrain transfer-table tensorboard clean
 
 help: ## List the targets and what they do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -21,10 +21,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 test: install ## Run the whole test suite (unit and integration; ruff's lint and format check included)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
-test-unit: install ## Run only the fast unit tests
-	$(BIN)/python -m pytest -q tests/unit -m "not integration"
+test-unit: install ## Run only the fast unit tests (tests/unit: no end-to-end run of a command or a Trainer)
+	$(BIN)/python -m pytest -q --durations=5 -m "not integration"
 
 lint: install ## Lint with ruff (the tests run it too)
 	$(BIN)/ruff check
@@ -39,6 +39,16 @@ reliability-report: install ## Run the reliability sweep and rewrite docs/reliab
 
 train: install ## Train, test and report an experiment: make train EXP=ethanol ARGS="--trainer.max_steps 500"
 	$(BIN)/asteroid fit --config experiments/$(EXP).yaml $(ARGS)
+
+# Resumable: a second `make pretrain` goes on from the run's last checkpoint (its data too: each molecule's MD resumes).
+PRETRAINED_RUN := $(wildcard runs/pretrained/version_*/checkpoints/last.ckpt)
+pretrain: install ## Remake the shipped pretrained model: data of 36 molecules (GFN2-xTB), ~1 CPU-hour of training, export
+	OMP_NUM_THREADS=1 $(BIN)/asteroid fit --config experiments/pretrain.yaml $(if $(PRETRAINED_RUN),--ckpt_path last) $(ARGS)
+	$(BIN)/asteroid export --ckpt_path last --name pretrained --command "make pretrain" \
+		--out src/asteroid/weights/asteroid-pretrained.ckpt
+
+transfer-table: install ## Held-out molecules: zero-shot, fine-tuned and own-model test MSE (docs/results/transfer.csv)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/transfer_table.py $(ARGS)
 
 tensorboard: install ## Serve the TensorBoard logs of every run in runs/ (http://localhost:6006)
 	$(BIN)/tensorboard --logdir runs --port 6006

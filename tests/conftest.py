@@ -12,6 +12,13 @@ os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """The folder decides the tier: everything under tests/integration/ is `integration` (`make test-unit` skips it)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ exclude each other, a device that is not there) is checked after parsing, with a
 import argparse
 from pathlib import Path
 
+from asteroid.config import describe_parse_error
 from asteroid.errors import ConfigError
 
 
@@ -16,6 +17,8 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):  # with the closest option it has, if any is close
+            message = describe_parse_error(message, [], list(self._option_string_actions))
         raise ConfigError(message)
 
 

@@ -12,7 +12,14 @@ from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelChe
 from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n, convert_inf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from asteroid.checkpoints import CONFIG_KEY, RUN_CONFIG_KEY
+from asteroid.checkpoints import (
+    CONFIG_KEY,
+    DATA_KEY,
+    RUN_CONFIG_KEY,
+    check_finite_weights,
+    load_state,
+    read_checkpoint,
+)
 from asteroid.data.dataset import collate_windows
 from asteroid.fileio import atomic_output
 from asteroid.runs import run_dir
@@ -28,6 +35,24 @@ class ConfigInCheckpoint(Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint[CONFIG_KEY] = self.model_config
         checkpoint[RUN_CONFIG_KEY] = self.run_config
+
+
+class InitialWeights(Callback):
+    """`fit --ckpt_path` with a weights-only checkpoint (the shipped pretrained model): a new run that starts from its
+    weights (the network's displacement scale included, which the weights are in units of) with a fresh optimizer,
+    schedule and step count, that is, a fine-tune. Loaded when fitting starts, after the data are set up, so that
+    the data are checked against what the checkpoint was trained on."""
+
+    def __init__(self, ckpt_path: str):
+        self.ckpt_path = ckpt_path
+
+    def on_fit_start(self, trainer, pl_module):
+        checkpoint = read_checkpoint(self.ckpt_path)
+        trainer.datamodule.check_signature(checkpoint.get(DATA_KEY), self.ckpt_path)
+        check_finite_weights(checkpoint["state_dict"], self.ckpt_path)
+        load_state(pl_module, checkpoint["state_dict"], self.ckpt_path)
+        if trainer.is_global_zero:
+            print(f"fine-tuning from the weights of {self.ckpt_path} (a new run: fresh optimizer and schedule)")
 
 
 class CheckpointOnInterrupt(Callback):

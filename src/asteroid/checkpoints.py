@@ -14,6 +14,16 @@ CONFIG_KEY = "asteroid_model_config"  # the model section of the run's config (s
 RUN_CONFIG_KEY = "asteroid_run_config"  # the whole resolved config, as YAML: the checkpoint alone rebuilds the run
 DATA_KEY = "asteroid_data"  # the record of the windows and atoms it was trained on (data/signature.py)
 TRAIN_POSITION_KEY = "asteroid_train_position"  # epoch and batches trained in it when the checkpoint was saved
+PROVENANCE_KEY = "asteroid_provenance"  # of a shipped checkpoint: the command, data and code that made it
+
+# The shipped pretrained model (`make pretrain` remakes it): `--ckpt_path pretrained`, `asteroid.load("pretrained")`.
+PRETRAINED = "pretrained"
+PRETRAINED_FILE = Path(__file__).with_name("weights") / "asteroid-pretrained.ckpt"
+
+
+def is_weights_only(checkpoint: dict) -> bool:
+    """A checkpoint with no optimizer state (the shipped one): it cannot be resumed, only started from."""
+    return "optimizer_states" not in checkpoint
 
 
 def check_checkpoint_config(checkpoint: dict, ckpt_path, model_config: dict) -> None:
@@ -27,7 +37,14 @@ def check_checkpoint_config(checkpoint: dict, ckpt_path, model_config: dict) -> 
 
 
 def resolve_ckpt_path(ckpt_path: str | None, name: str) -> str | None:
-    """`--ckpt_path` as a file: `last` is the newest last.ckpt of run `name`; a path must be a file."""
+    """`--ckpt_path` as a file: `last` is the newest last.ckpt of run `name`, `pretrained` the shipped model; a path
+    must be a file."""
+    if ckpt_path == PRETRAINED:
+        if not PRETRAINED_FILE.is_file():
+            raise ConfigError(
+                f"--ckpt_path pretrained: {PRETRAINED_FILE} is not in this installation (`make pretrain` makes it)"
+            )
+        return str(PRETRAINED_FILE)
     if ckpt_path == "last":
         last = latest_checkpoint(name)
         if last is None:

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import importlib
-import os
 import signal
 import sys
+import threading
 from argparse import ArgumentError
 
-import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from asteroid.checkpoints import names_a_config, with_stored_config
 from asteroid.config import describe_parse_error, option_value, quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
-from asteroid.errors import AsteroidError, ConfigError
-from asteroid.lightning_cli import AsteroidCLI
+from asteroid.errors import AsteroidError, ConfigError, Interrupted
+from asteroid.lightning_cli import AsteroidCLI, known_options
 from asteroid.module import ForecastModule
+from asteroid.threads import choose_threads
 
 # subcommand -> (module with `main(argv) -> int`, one-line help)
 COMMANDS = {
@@ -30,20 +30,37 @@ COMMANDS = {
     ),
     "analyze": ("asteroid.commands.analyze", "physical checks of a predicted trajectory against a reference one"),
     "benchmark": ("asteroid.commands.benchmark", "wall time per simulated picosecond: GFN2-xTB MD against the model"),
+    "export": ("asteroid.commands.export", "a checkpoint fit to ship: weights, config, data record and provenance"),
 }
 
 
-def choose_threads() -> None:
-    """torch's CPU threads for a training or test run, unless OMP_NUM_THREADS says: one on up to 2 cores, where
-    `make train EXP=ethanol` ran 6x faster on one thread than on torch's default two (their steps are too small
-    to share, and a second thread waits on whatever else runs); half the cores, at most 4, on larger machines
-    (not measured here)."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return
-    cores = len(os.sched_getaffinity(0))
-    threads = 1 if cores <= 2 else min(4, cores // 2)
-    torch.set_num_threads(threads)
-    print(f"asteroid: {threads} torch thread(s) on {cores} core(s); set OMP_NUM_THREADS to choose", file=sys.stderr)
+def run_interruptible(command, argv: list[str]) -> int:
+    """`command(argv)` with SIGTERM and SIGINT turned into `Interrupted` where the program is: outputs being written
+    are removed (never left half-written or as hidden temporaries), and the command says so in one line and exits
+    with 128 + the signal's number. (`fit` has its own: it stops at a step's end and saves a checkpoint.)"""
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = (
+        {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
+    )
+    for signum in previous:
+        signal.signal(signum, interrupt)
+    try:
+        return command(argv)
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(  # on a line of its own, whatever a progress bar left on the current one
+            f"\nasteroid: stopped by {signal.Signals(signum).name}; outputs being written were removed, finished "
+            "ones kept",
+            file=sys.stderr,
+        )
+        return 128 + signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def with_checkpoint_config(argv: list[str]) -> list[str]:
@@ -59,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in COMMANDS:
             module = importlib.import_module(COMMANDS[argv[0]][0])
-            return module.main(argv[1:])
+            return run_interruptible(module.main, argv[1:])
         if not argv or argv[0] in ("-h", "--help"):
             print("asteroid subcommands besides Lightning's fit / validate / test / predict:")
             for name, (_, help_text) in COMMANDS.items():
@@ -79,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 args=expanded,
             )
         except ArgumentError as error:  # jsonargparse: an unknown option or a value of the wrong type
-            raise ConfigError(describe_parse_error(str(error), expanded)) from None
+            raise ConfigError(describe_parse_error(str(error), expanded, known_options())) from None
         except MisconfigurationException as error:  # Lightning's word for a Trainer option that cannot work
             raise ConfigError(" ".join(str(error).split())) from None
         except SIGTERMException as stop:  # SIGTERM or Ctrl+C (callbacks.CheckpointOnInterrupt); it would exit 0

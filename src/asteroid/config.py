@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import warnings
@@ -47,8 +48,16 @@ def option_value(argv: list[str], option: str, default: str) -> str:
     return value
 
 
-def describe_parse_error(message: str, argv: list[str]) -> str:
-    """jsonargparse's complaint in one line: the full key, what is wrong with it, and where it was set."""
+def describe_parse_error(message: str, argv: list[str], known: list[str] = ()) -> str:
+    """jsonargparse's complaint in one line: the full key, what is wrong with it, and where it was set; for an
+    unknown option, the `known` options (`--trainer.max_steps`, ...) closest to it."""
+    unknown = re.findall(r"unrecognized arguments: (--[^\s=]+)", message)
+    if unknown:
+        # an abbreviation (refused: --budget must not stand for --budget-minutes silently), else a near spelling
+        close = [name for name in known if name.startswith(unknown[0])][:1]
+        close = close or difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"{unknown[0]}: unknown option{hint} (--help lists them)"
     lines = [line.strip().lstrip("- ") for line in message.splitlines() if line.strip()]
     # a key of a class's arguments is nested: 'Parser key "model.net": ... Option 'hiddne' is not accepted'
     keys = re.findall(r'Parser key "([^"]+)"', message) + re.findall(r"Option '([^']+)' is not accepted", message)
@@ -117,6 +126,8 @@ def _config_chain(path: Path, seen: tuple = ()) -> list[Path]:
         raise ConfigError(f"{path}: `extends` loops back to itself")
     try:
         content = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; a config file is YAML text") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     if content is None:
@@ -131,7 +142,11 @@ def _config_chain(path: Path, seen: tuple = ()) -> list[Path]:
         raise ConfigError(f"{path}: `extends` names one config file, got {base!r}")
     if base is None:
         return [path]
-    return _config_chain(path.parent / base, seen + (path.resolve(),)) + [path]
+    # beside the file first (the shipped experiments); else from where the command runs, so that a user's own
+    # config anywhere can say `extends: experiments/base.yaml`
+    beside = path.parent / base
+    found = beside if beside.is_file() or not Path(base).is_file() else Path(base)
+    return _config_chain(found, seen + (path.resolve(),)) + [path]
 
 
 def quiet_lightning() -> None:

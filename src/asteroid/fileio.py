@@ -26,7 +26,25 @@ def writable_output(path: str | os.PathLike, kind: str = "file") -> Path:
         raise ConfigError(f"{path}: cannot be created, {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{path}: cannot be written, {existing} is not writable")
+    try:  # permissions do not tell everything (root, read-only mounts, /proc): try it
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".asteroid-probe-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be written in {existing} ({error.strerror})") from None
     return path
+
+
+def not_an_input(out: str | os.PathLike, inputs: list[tuple[str, object]], option: str = "--out") -> None:
+    """Refuse, before any work, an output that is one of the files the command reads (`inputs`: (what it is, its
+    path or None)): writing it would replace that input."""
+    out = Path(out)
+    for what, path in inputs:
+        if path is None or not Path(str(path)).exists():
+            continue
+        path = Path(str(path))
+        same = out.exists() and os.path.samefile(out, path)
+        if same or out.resolve() == path.resolve():
+            raise ConfigError(f"{option} {out}: is the {what} this command reads; give another file")
 
 
 @contextmanager

@@ -19,12 +19,23 @@ import torch
 from ase import Atoms, units
 from ase.md.md import MolecularDynamics
 
-from asteroid.checkpoints import CONFIG_KEY, DATA_KEY, check_finite_weights, load_state, read_checkpoint
+from asteroid import api_checks as checks
+from asteroid.checkpoints import (
+    CONFIG_KEY,
+    DATA_KEY,
+    PRETRAINED,
+    check_finite_weights,
+    load_state,
+    read_checkpoint,
+    resolve_ckpt_path,
+)
+from asteroid.data.signature import unknown_atoms
 from asteroid.data.windows import WindowLayout, rollout_spacing
-from asteroid.errors import ConfigError, DataError
-from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
+from asteroid.errors import ArgumentTypeError, ArgumentValueError, ConfigError, DataError
+from asteroid.models.rollout import THERMOSTAT_COUPLING, check_finite, rollout
 from asteroid.module import ForecastModule
 from asteroid.runs import ROOT, latest_checkpoint
+from asteroid.threads import choose_threads
 
 
 @dataclass
@@ -43,8 +54,13 @@ class Frames:
 
 
 def load(checkpoint: str | Path, device: str = "cpu") -> Forecaster:
-    """The model of a checkpoint file, or of a run name (its newest version's last.ckpt), ready to forecast."""
-    path = Path(checkpoint)
+    """The model of a checkpoint file, of a run name (its newest version's last.ckpt), or "pretrained" (the shipped
+    model for any H/C/N/O molecule), ready to forecast."""
+    if not isinstance(checkpoint, (str, Path)):
+        raise ArgumentTypeError(f"checkpoint must be a file path or run name (str or Path), got {checkpoint!r}")
+    device = checks.device(device)
+    choose_threads()
+    path = Path(resolve_ckpt_path(str(checkpoint), "asteroid") if str(checkpoint) == PRETRAINED else checkpoint)
     if not path.is_file() and not path.suffix:
         path = latest_checkpoint(str(checkpoint)) or path
     if not path.is_file():
@@ -84,6 +100,7 @@ class Forecaster:
 
     def __init__(self, net, layout: WindowLayout, trained: dict, checkpoint: str):
         self.net, self.layout, self.checkpoint = net, layout, checkpoint
+        self.trained = trained
         self.molecules = [np.asarray(z) for z in trained["atoms"]]
         self.history_frames, self.horizon = net.history, net.horizon
         self.dt_fs = float(trained["dt_fs"][0])  # of the training data's frames
@@ -103,10 +120,13 @@ class Forecaster:
     def forecast(self, history, z=None, sample: bool = False, seed: int | None = None) -> Frames:
         """The next `horizon` frames after `history` ((T, N, 3) Angstrom or ase.Atoms frames): the forecast mean,
         or with sample=True a draw from the model's learned distribution."""
+        sample = checks.flag("sample", sample)
+        seed = None if seed is None else checks.integer("seed", seed)
         frames, z = self._history(history, z)
         generator = None if seed is None else torch.Generator(self._device).manual_seed(seed)
         with torch.inference_mode():
             pred = self.net.generate(frames, *self._atoms(z), sample=sample, generator=generator)
+        check_finite(pred, torch.ones_like(pred[:, 0, :, 0], dtype=torch.bool), start=0)
         offsets = np.asarray(self.layout.target_offsets) - self.layout.history_offsets[-1]
         return Frames(pred[0].cpu().numpy(), offsets * self.dt_fs, z)
 
@@ -131,8 +151,17 @@ class Forecaster:
         """
         if self.spacing is None:
             rollout_spacing(self.layout)  # says why
-        if frames < 1:
-            raise ConfigError(f"frames must be >= 1, got {frames}")
+        frames = checks.integer("frames", frames, minimum=1)
+        sample = checks.flag("sample", sample, optional=True)
+        keep_rigid_motion = checks.flag("keep_rigid_motion", keep_rigid_motion)
+        thermostat = None if thermostat is None else checks.number("thermostat", thermostat, minimum=0.0)
+        seed = checks.integer("seed", seed)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ArgumentTypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if thermostat_state is not None and not isinstance(thermostat_state, dict):
+            raise ArgumentTypeError(f"thermostat_state must be a dict or None, got {type(thermostat_state).__name__}")
+        if sample and not self.stochastic:
+            raise ConfigError(f"sample=True: {self.checkpoint} was trained without model.stochastic; it has no draws")
         sample = self.stochastic if sample is None else sample
         coupling = (THERMOSTAT_COUPLING if sample and self.stochastic else 0.0) if thermostat is None else thermostat
         history_frames, z = self._history(history, z)
@@ -161,27 +190,21 @@ class Forecaster:
     def _history(self, history, z) -> tuple[torch.Tensor, np.ndarray]:
         """(1, H, N, 3) float32 tensor of the last H frames, and the atomic numbers (given, from the Atoms, or the
         model's one molecule)."""
-        if len(history) and isinstance(history[0], Atoms):
-            z = history[0].numbers if z is None else z
-            history = np.stack([atoms.positions for atoms in history])
-        history = np.asarray(history, dtype=np.float64)
-        if history.ndim != 3 or history.shape[-1] != 3:
-            raise DataError(f"history must be frames (T, N, 3) Angstrom, got shape {history.shape}")
+        history, z = checks.frames_of("history", history, z)
         if len(history) < self.history_frames:
             raise DataError(
                 f"history has {len(history)} frames; the model needs {self.history_frames}, {self.frame_fs} fs apart"
             )
         if z is None:
             if len(self.molecules) != 1:
-                raise DataError("the model was trained on several molecules: give z (the atomic numbers)")
+                raise DataError("history: the model was trained on several molecules; give z (the atomic numbers)")
             z = self.molecules[0]
         z = np.asarray(z)
-        if not any(np.array_equal(z, known) for known in self.molecules):
-            raise DataError(f"atoms {z.tolist()} are none of the molecules the model was trained on")
+        problem = unknown_atoms(self.trained, z)
+        if problem is not None:
+            raise DataError(f"history: {problem}")
         if len(z) != history.shape[1]:
             raise DataError(f"history has {history.shape[1]} atoms, z {len(z)}")
-        if not np.isfinite(history).all():
-            raise DataError("history holds NaN or infinity")
         frames = torch.as_tensor(history[-self.history_frames :], dtype=torch.float32, device=self._device)
         return frames[None], z
 
@@ -204,16 +227,54 @@ class ForecastDynamics(MolecularDynamics):
         seed: int = 0,
         **rollout_options,
     ):
+        if not isinstance(forecaster, Forecaster):
+            raise ArgumentTypeError(f"forecaster must be what asteroid.load returns, got {type(forecaster).__name__}")
         if forecaster.spacing is None:
             rollout_spacing(forecaster.layout)  # says why
+        if not isinstance(history, (list, tuple)) or not all(isinstance(atoms, Atoms) for atoms in history):
+            raise ArgumentTypeError("history must be a list of ase.Atoms frames, oldest first")
+        positions, _ = checks.frames_of("history", history) if history else (np.empty((0, 0, 3)), None)
+        if len(positions) < forecaster.history_frames:
+            raise ArgumentValueError(
+                f"history has {len(positions)} frame(s); the model needs {forecaster.history_frames}, "
+                f"{forecaster.frame_fs:g} fs apart"
+            )
+        loginterval = checks.integer("loginterval", loginterval, minimum=1)
+        sample = checks.flag("sample", sample, optional=True)
+        seed = checks.integer("seed", seed)
         super().__init__(
             history[-1].copy(), forecaster.frame_fs * units.fs, trajectory=trajectory, loginterval=loginterval
         )
         self.forecaster, self.sample, self.rollout_options = forecaster, sample, rollout_options
         self.generator = torch.Generator(forecaster._device).manual_seed(seed)
         self.thermostat_state: dict = {}  # the thermostat's integral term, carried from forecast to forecast
-        self.history = np.stack([atoms.positions for atoms in history])[-forecaster.history_frames :]  # (H, N, 3)
+        self.history = positions[-forecaster.history_frames :]  # (H, N, 3)
+        if len(self.history) > 1:  # from the start, as after every step: the backward difference of the last two
+            self.atoms.set_velocities((self.history[-1] - self.history[-2]) / self.dt)
         self._pending: list[np.ndarray] = []
+        unknown = sorted(set(rollout_options) - {"keep_rigid_motion", "thermostat"})
+        if unknown:
+            raise ArgumentTypeError(
+                f"ForecastDynamics: unknown option(s) {', '.join(unknown)}; it takes keep_rigid_motion and thermostat"
+            )
+        if rollout_options.get("thermostat") is not None:
+            checks.number("thermostat", rollout_options["thermostat"], minimum=0.0)
+        checks.flag("keep_rigid_motion", rollout_options.get("keep_rigid_motion", False))
+
+    @property
+    def time_fs(self) -> float:
+        """Femtoseconds advanced so far (`get_time()` gives it in ASE's units, as every ASE dynamics does)."""
+        return self.get_time() / units.fs
+
+    def run(self, steps: int = 50) -> bool:
+        """Advance `steps` frames (each `forecaster.frame_fs`), calling the attached observers."""
+        return super().run(checks.integer("steps", steps, minimum=0))
+
+    def attach(self, function, interval: int = 1, *args, **kwargs):
+        """Call `function(*args, **kwargs)` every `interval` steps (as ASE's dynamics do)."""
+        if not callable(function) and not hasattr(function, "write"):
+            raise ArgumentTypeError(f"function must be callable (or a trajectory to write to), got {function!r}")
+        return super().attach(function, checks.integer("interval", interval, minimum=1), *args, **kwargs)
 
     def step(self):
         if not self._pending:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentError
 from pathlib import Path
 
 import yaml
@@ -12,21 +13,24 @@ from pytorch_lightning.plugins.io import CheckpointIO
 from asteroid.callbacks import (
     CheckpointOnInterrupt,
     ConfigInCheckpoint,
+    InitialWeights,
     PredictionWriter,
     RunProgressBar,
     ValidateLastStep,
 )
 from asteroid.checkpoints import (
+    CONFIG_KEY,
     DATA_KEY,
     check_checkpoint_config,
     check_finite_weights,
+    is_weights_only,
     load_state,
     names_a_config,
     read_checkpoint,
     resolve_ckpt_path,
     with_stored_config,
 )
-from asteroid.config import quiet_lightning, with_base_configs
+from asteroid.config import describe_parse_error, quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError
 from asteroid.module import ForecastModule
@@ -66,6 +70,12 @@ class AsteroidCLI(LightningCLI):
         return parser
 
     # ---- guards against silent surprises ---------------------------------------------------------------------
+    def _set_seed(self):
+        seed = self._part(self.config, self.subcommand).get("seed_everything")
+        if not isinstance(seed, bool) and seed is not None and not 0 <= seed < 2**32:
+            raise ConfigError(f"seed_everything must be between 0 and {2**32 - 1} (or true / false), got {seed}")
+        super()._set_seed()
+
     def before_instantiate_classes(self):
         config = self._part(self.config, self.subcommand)
         # jsonargparse overwrites a link target silently: remember what the user wrote to compare afterwards.
@@ -90,8 +100,19 @@ class AsteroidCLI(LightningCLI):
             return
         config = self.config[subcommand]
         ckpt_path = config.ckpt_path = resolve_ckpt_path(config.get("ckpt_path"), config.name)
-        if ckpt_path not in (None, "best"):
-            check_checkpoint_config(read_checkpoint(ckpt_path), ckpt_path, self._model_config(subcommand))
+        self._initial_weights = None
+        if ckpt_path in (None, "best"):
+            return
+        checkpoint = read_checkpoint(ckpt_path)
+        if subcommand == "fit" and is_weights_only(checkpoint):  # fine-tune: only the network must be the same
+            check_checkpoint_config(
+                {CONFIG_KEY: {"net": checkpoint.get(CONFIG_KEY, {}).get("net")}},
+                ckpt_path,
+                self._model_config(subcommand),
+            )
+            self._initial_weights, config.ckpt_path = ckpt_path, None
+        else:
+            check_checkpoint_config(checkpoint, ckpt_path, self._model_config(subcommand))
 
     @staticmethod
     def _part(config, subcommand: str | None):
@@ -103,9 +124,12 @@ class AsteroidCLI(LightningCLI):
         return yaml.safe_load(self._parser(subcommand).dump(config, skip_link_targets=False))["model"]
 
     def _run_config(self, subcommand: str | None) -> str:
-        """The resolved config as YAML, less what only this invocation meant (its checkpoint, its base files)."""
-        config = yaml.safe_load(self._parser(subcommand).dump(self._part(self.config, subcommand)))
-        for key in ("ckpt_path", "extends", "config"):
+        """The resolved config as YAML, less what only this invocation meant (its checkpoint, its base files). Nulls
+        are kept: a null that overrides a default (`check_val_every_n_epoch: null`) is part of the run."""
+        config = yaml.safe_load(self._parser(subcommand).dump(self._part(self.config, subcommand), skip_none=False))
+        # the subcommand's own arguments (ckpt_path, weights_only, ...) are this invocation's, not the run's
+        own = getattr(self, "_subcommand_method_arguments", {}).get(subcommand, ())
+        for key in ("ckpt_path", "extends", "config", *own):
             config.pop(key, None)
         return yaml.safe_dump(config, sort_keys=False)
 
@@ -173,6 +197,8 @@ class AsteroidCLI(LightningCLI):
         required = [ConfigInCheckpoint(self._model_config(self.subcommand), self._run_config(self.subcommand))]
         if self.subcommand == "fit":
             required += [ValidateLastStep(), CheckpointOnInterrupt()]
+            if getattr(self, "_initial_weights", None) is not None:
+                required.append(InitialWeights(self._initial_weights))
         if self.subcommand == "predict":
             required.append(PredictionWriter())
         return required
@@ -190,22 +216,53 @@ class AsteroidCLI(LightningCLI):
                 print(f"best checkpoint: {best}\nlast checkpoint: {Path(checkpoint.dirpath) / LAST}")
 
 
-def from_config(config_args: list[str]) -> AsteroidCLI:
-    """Model, data module and trainer of `--config ...` arguments, built but not run (for our own subcommands)."""
-    quiet_lightning()
-    return AsteroidCLI(
-        ForecastModule, TrajectoryDataModule, subclass_mode_model=False, run=False, args=with_base_configs(config_args)
+def known_options() -> list[str]:
+    """The options a config and the command line take (`--trainer.max_steps`, `--data.spacing`, ...), for "did you
+    mean" hints; read from the signatures, without building a parser."""
+    import inspect
+
+    from pytorch_lightning import Trainer
+
+    from asteroid.models.asteroid.model import Asteroid
+
+    def names(function, prefix):
+        return [f"--{prefix}{p}" for p in inspect.signature(function).parameters if p not in ("self", "args", "kwargs")]
+
+    return (
+        ["--config", "--name", "--seed_everything", "--test_after_fit", "--ckpt_path", "--print_config"]
+        + names(Trainer.__init__, "trainer.")
+        + names(TrajectoryDataModule.__init__, "data.")
+        + names(ForecastModule.__init__, "model.")
+        + names(Asteroid.__init__, "model.net.init_args.")
     )
 
 
-def from_checkpoint_or_config(args: list[str], ckpt_path: str) -> tuple[AsteroidCLI, str]:
+def from_config(config_args: list[str], own_options: list[str] = ()) -> AsteroidCLI:
+    """Model, data module and trainer of `--config ...` arguments, built but not run (for our own subcommands, whose
+    `own_options` a mistyped option may have meant)."""
+    quiet_lightning()
+    args = with_base_configs(config_args)
+    try:
+        return AsteroidCLI(
+            ForecastModule,
+            TrajectoryDataModule,
+            subclass_mode_model=False,
+            run=False,
+            args=args,
+            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
+        )
+    except ArgumentError as error:  # jsonargparse: an unknown option or a value of the wrong type
+        raise ConfigError(describe_parse_error(str(error), args, [*own_options, *known_options()])) from None
+
+
+def from_checkpoint_or_config(args: list[str], ckpt_path: str, own_options: list[str] = ()) -> tuple[AsteroidCLI, str]:
     """`from_config(args)` and the checkpoint file `ckpt_path` stands for; where `args` name no --config, the config
     is the one stored in the checkpoint (`last`: the newest last.ckpt of `--name`), with `args` as overrides."""
     if names_a_config(args):
-        cli = from_config(args)
+        cli = from_config(args, own_options)
         return cli, resolve_ckpt_path(ckpt_path, cli.config.name)
     args, ckpt_path = with_stored_config(args, ckpt_path)
-    return from_config(args), ckpt_path
+    return from_config(args, own_options), ckpt_path
 
 
 def load_trained(ckpt_path: str | Path, config_args: list[str] = ()) -> tuple[ForecastModule, TrajectoryDataModule]:

@@ -146,8 +146,11 @@ class ForecastModule(Evaluation, pl.LightningModule):
 
     @rank_zero_only
     def on_fit_start(self) -> None:
-        """Save the split definition with the run; show the run's whole config in TensorBoard's text tab."""
+        """Say what the windows are; save the split definition with the run; show the run's whole config in
+        TensorBoard's text tab."""
         datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            print(datamodule.describe())
         if self.run_dir is not None and datamodule is not None:
             with atomic_output(self.run_dir / "splits.json", "w") as handle:
                 json.dump(split_summary(datamodule), handle, indent=1)
@@ -182,8 +185,8 @@ class ForecastModule(Evaluation, pl.LightningModule):
             "batches": fit_loop.epoch_loop.batch_progress.current.processed,
         }
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None:
-            checkpoint[DATA_KEY] = datamodule.signature()
+        if datamodule is not None:  # no bond table of one molecule: the net may forecast others (signature.py)
+            checkpoint[DATA_KEY] = {**datamodule.signature(), "transferable": self.net.bonded is None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -24,7 +24,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from asteroid.errors import ConfigError
-from asteroid.fileio import atomic_output, exclusive_lock
+from asteroid.fileio import atomic_output, exclusive_lock, writable_output
 
 ROOT = Path("runs")
 LAST = "last.ckpt"
@@ -66,6 +66,7 @@ class RunLogger(TensorBoardLogger):
     """
 
     def __init__(self, name: str, version: int | None = None):
+        writable_output(ROOT / name, "folder")  # before the data are made and the model built
         super().__init__(str(ROOT), name=name, version=version, default_hp_metric=False)
         self._release = None
         if version is not None:

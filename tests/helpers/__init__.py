@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -15,6 +16,8 @@ from asteroid.runs import LAST, AtomicCheckpointIO
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 ETHANOL_Z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
+# ethanol's shipped GFN2-xTB minimum, (9, 3) Angstrom, atoms in ETHANOL_Z's order
+ETHANOL_MINIMUM = ase.io.read(Path(__file__).resolve().parents[2] / "src/asteroid/structures/ethanol.xyz").positions
 
 
 def harmonic_frames(T=60, N=5, seed=0):
@@ -126,3 +129,13 @@ class KillWhileSaving(AtomicCheckpointIO):
                 handle.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
         super().write(checkpoint, handle)
+
+
+def vibrating(T=4000, amplitude=0.03, seed=0, base=None):
+    """An equilibrium-like trajectory (T, N, 3): every coordinate oscillates about the minimum with its own frequency
+    (periods of 30 to 120 frames); `amplitude` plays the temperature."""
+    base = ETHANOL_MINIMUM if base is None else base
+    rng = np.random.default_rng(seed)
+    omega = rng.uniform(0.05, 0.2, size=base.shape)
+    phase = rng.uniform(0, 2 * np.pi, size=base.shape)
+    return base + amplitude * np.sin(omega * np.arange(T)[:, None, None] + phase)

@@ -17,8 +17,6 @@ from asteroid.config import with_base_configs
 
 from helpers import EXPERIMENTS, harmonic_frames, tiny_args
 
-pytestmark = pytest.mark.integration
-
 ASTEROID = shutil.which("asteroid") or str(Path(sys.executable).parent / "asteroid")
 
 
@@ -240,8 +238,8 @@ def test_missing_data_file_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert (
         result.stderr.strip().splitlines()[-1]
-        == "asteroid: error: nowhere.npz: file not found (set `molecule` in the source to generate it, or name a "
-        "known dataset such as md17:ethanol)"
+        == "asteroid: error: nowhere.npz: file not found (set `molecule` or `structure` in the source to generate "
+        "it, or name a known dataset such as md17:ethanol)"
     )
     assert "Traceback" not in result.stderr
 
@@ -273,11 +271,12 @@ def test_a_one_or_two_atom_system_trains_tests_and_draws_its_figures(atoms, tmp_
 
 @pytest.mark.parametrize("cores, threads", [(2, 1), (16, 4)])
 def test_the_cli_chooses_its_threads_and_says_so_unless_told(monkeypatch, capsys, cores, threads):
-    from asteroid.cli import choose_threads
+    from asteroid.threads import choose_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
     try:
+        torch.set_num_threads(3)  # torch's own choice, whatever it is
         choose_threads()
         assert torch.get_num_threads() == threads
     finally:
@@ -328,3 +327,21 @@ def test_a_callback_the_config_lists_replaces_the_default_of_its_kind(tmp_path, 
     assert [c.logging_interval for c in own if isinstance(c, LearningRateMonitor)] == ["epoch"]
     assert [c.monitor for c in own if isinstance(c, ModelCheckpoint)] == ["val/loss"]
     assert any(isinstance(c, ConfigInCheckpoint) for c in own)  # what every run needs stays, whatever is listed
+
+
+def test_a_checkpoint_alone_resumes_a_run_validated_by_steps(tmp_path, monkeypatch):
+    """base.yaml validates every N steps (`check_val_every_n_epoch: null`): the config stored in the checkpoint keeps
+    that null, so `fit --ckpt_path FILE` alone goes on (issue 30: it ended in Lightning's val_check_interval error)."""
+    monkeypatch.chdir(tmp_path)
+    by_steps = {
+        "--trainer.val_check_interval": "3",
+        "--trainer.check_val_every_n_epoch": "null",
+        "--trainer.max_epochs": "-1",
+        "--trainer.max_steps": "6",
+        "--trainer.limit_train_batches": "50",
+        "--test_after_fit": "false",
+    }
+    assert main(["fit", *tiny_args(tmp_path, **by_steps)]) == 0
+    last = tmp_path / "runs/tiny/version_0/checkpoints/last.ckpt"
+    assert main(["fit", "--ckpt_path", str(last), "--trainer.max_steps", "9"]) == 0
+    assert torch.load(last, weights_only=True)["global_step"] == 9

@@ -12,8 +12,6 @@ from asteroid.peer_rollout import estag_pivot
 
 from helpers import ETHANOL_Z, write_toy_trajectory
 
-pytestmark = pytest.mark.integration
-
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 TINY = [
     "--",

@@ -54,7 +54,6 @@ def outputs(nb, kind: str) -> list:
     return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if out.output_type == kind]
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(EXPECTED_FILES))
 def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     from nbclient import NotebookClient

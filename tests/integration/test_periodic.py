@@ -197,7 +197,6 @@ def test_asteroid_with_a_cell_sees_its_images_and_leaves_out_absolute_positions(
 
 
 # ---- end to end --------------------------------------------------------------------------------------------------
-@pytest.mark.integration
 def test_fit_and_rollout_on_a_periodic_trajectory(tmp_path, monkeypatch):
     _, wrapped = periodic_frames(T=600)
     save_periodic_npz(tmp_path / "toy.npz", wrapped)  # tiny_args trains on this file

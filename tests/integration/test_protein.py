@@ -143,7 +143,6 @@ def test_datamodule_reads_the_dataset_name_with_its_topology_and_spacing(tmp_pat
     assert isinstance(dm.datasets["train"]._coordinates[0], np.memmap)  # windows stream from the cache
 
 
-@pytest.mark.integration
 def test_protein_experiment_runs_on_the_excerpt(tmp_path, monkeypatch, capsys):
     from asteroid.cli import main
 

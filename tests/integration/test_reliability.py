@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+import asteroid as asteroid_api
 from asteroid.cli import main as asteroid
 from asteroid.data.readers import load_trajectory
 from asteroid.errors import DataError
@@ -156,6 +157,21 @@ def directory(name: str):
 
 def nothing(src, tmp):
     return None
+
+
+def binary(name: str, content: bytes):
+    def make(src, tmp):
+        (tmp / name).write_bytes(content)
+        return tmp / name
+
+    return make
+
+
+def two_molecules(src, tmp):
+    """A data.sources list (JSON) of the toy ethanol and a longer O C H H H file: two molecules."""
+    write_toy_trajectory(tmp / "ethanol.npz")
+    np.savez(tmp / "other.npz", R=harmonic_frames(300), z=Z, dt_fs=0.5)
+    return json.dumps([{"path": str(tmp / "other.npz")}, {"path": str(tmp / "ethanol.npz")}])
 
 
 def short_trajectory(src, tmp):
@@ -633,10 +649,94 @@ BAD_FILES = [
         ("simulate", "--molecule", "ethanol", "--out", "{bad}"),
         r"out\.npz: is a directory; give a file name",
     ),
+    Case(
+        "predicted-dt-text",
+        "`asteroid analyze` of a predicted .npz whose dt_fs is text",
+        npz(dt_fs="abc"),
+        ("analyze", "{bad}", "--reference", "{src}/good.npz", "--out", "{tmp}/report"),
+        r"bad\.npz: dt_fs must be one number, got 'abc'",
+    ),
+    Case(
+        "predicted-z-text",
+        "`asteroid analyze` of a predicted .npz whose z is element symbols",
+        npz(z=np.array(["O", "C", "H", "H", "H"])),
+        ("analyze", "{bad}", "--reference", "{src}/good.npz", "--out", "{tmp}/report"),
+        r"bad\.npz: z must hold atomic numbers \(integers\)",
+    ),
+    Case(
+        "predicted-R-text",
+        "`asteroid analyze` of a predicted .npz whose R is text",
+        npz(R=np.array([["x"]])),
+        ("analyze", "{bad}", "--reference", "{src}/good.npz", "--out", "{tmp}/report"),
+        r"bad\.npz: R must hold numbers \(Angstrom\)",
+    ),
+    Case(
+        "extxyz-dt-varies",
+        "extxyz whose frames state dt_fs=0.5, then dt_fs=1",
+        text("bad.extxyz", xyz(comment=lambda t: f"dt_fs={0.5 if t < 5 else 1.0}")),
+        INSPECT,
+        r"bad\.extxyz: its frames state different dt_fs \(0\.5, 1 fs\)",
+    ),
+    Case(
+        "simulate-out-is-structure",
+        "`asteroid simulate --out` naming its own --structure file",
+        text("water.xyz", "3\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n"),
+        ("simulate", "--structure", "{bad}", "--out", "{bad}"),
+        r"--out \S*water\.xyz: is the --structure file this command reads",
+    ),
+    Case(
+        "simulate-out-under-proc",
+        "`asteroid simulate --out /proc/x.npz` (a folder no file can be made in, even by root)",
+        nothing,
+        ("simulate", "--molecule", "ethanol", "--out", "/proc/x.npz"),
+        r"/proc/x\.npz: cannot be written in /proc",
+    ),
+    Case(
+        "analyze-tensorboard-a-file",
+        "`asteroid analyze --tensorboard` naming a file (refused before the analysis)",
+        text("events", "not a folder"),
+        ("analyze", "{src}/good.npz", "--reference", "{src}/good.npz", "--tensorboard", "{bad}"),
+        r"events: is a file; give a folder",
+    ),
 ]
 
 FIT = ("fit", "{tiny}")
 BAD_CONFIGS = [
+    Case(
+        "config-binary",
+        "a config file of binary bytes",
+        binary("bad.yaml", bytes(range(256))),
+        FIT + ("--config", "{bad}"),
+        r"bad\.yaml: not a text file; a config file is YAML text",
+    ),
+    Case(
+        "config-cache-dir-a-file",
+        "`--data.cache_dir` naming a file",
+        text("afile", "x"),
+        FIT + ("--data.cache_dir", "{bad}"),
+        r"data\.cache_dir \S*afile: is a file; give a folder",
+    ),
+    Case(
+        "config-runs-a-file",
+        "`runs` (where every run writes) is a file",
+        text("runs", "x"),
+        FIT,
+        r"runs/bad: cannot be created, runs is a file",
+    ),
+    Case(
+        "config-seed-negative",
+        "`--seed_everything -1`",
+        nothing,
+        FIT + ("--seed_everything", "-1"),
+        r"seed_everything must be between 0 and 4294967295",
+    ),
+    Case(
+        "config-two-molecules-bonded",
+        "two molecules in data.sources with model.bond_constraints on",
+        two_molecules,
+        FIT + ("--data.sources", "{bad}"),
+        r"data\.sources holds 2 molecules \(CH3O, C2H6O\), but model\.bond_constraints fits its bond table to one",
+    ),
     Case(
         "config-unknown-key",
         "unknown key model.net.init_args.hiddne in a config file",
@@ -747,7 +847,7 @@ BAD_CONFIGS = [
         "--trainer.max_step 300 (a prefix of max_steps)",
         nothing,
         FIT + ("--trainer.max_step", "300"),
-        r"unrecognized arguments: --trainer\.max_step 300",
+        r"--trainer\.max_step: unknown option; did you mean --trainer\.max_steps\?",
     ),
     Case(
         "config-weight-decay-negative",
@@ -803,7 +903,7 @@ BAD_CONFIGS = [
         "compare --budget 3 (a prefix of --budget-minutes)",
         nothing,
         ("compare", "--molecules", "ethanol", "--models", "egnn", "--budget", "3"),
-        r"unrecognized arguments: --budget",
+        r"--budget: unknown option; did you mean --budget-minutes\?",
     ),
     Case(
         "benchmark-device-tpu",
@@ -955,6 +1055,99 @@ FUZZ = {
     "coordinates, dt_fs and time in the comment lines",
     "fuzz-xyz-bytes": "a good extended XYZ with random bytes overwritten and a random cut",
 }
+
+
+# ---- the Python API ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApiCase:
+    """One bad call of the Python API on a tiny trained model: it must raise an AsteroidError of one line."""
+
+    id: str
+    what: str
+    call: Callable  # (model, frames (T, N, 3), atoms [Atoms], checkpoint path) -> anything; must raise
+    expect: str  # regex the message must match from its start
+
+
+def _atoms(frames, numbers):
+    from ase import Atoms
+
+    return [Atoms(numbers=numbers, positions=frame) for frame in frames]
+
+
+API_CASES = [
+    ApiCase("api-frames-float", "`model.rollout(history, 16.0)`", lambda m, h, a, c: m.rollout(h, 16.0),
+            r"frames must be an integer, got 16\.0"),
+    ApiCase("api-frames-zero", "`model.rollout(history, 0)`", lambda m, h, a, c: m.rollout(h, 0),
+            r"frames must be an integer >= 1, got 0"),
+    ApiCase("api-thermostat-negative", "`model.rollout(history, 4, thermostat=-1)` (the CLI refuses it too)",
+            lambda m, h, a, c: m.rollout(h, 4, thermostat=-1), r"thermostat must be a finite number >= 0"),
+    ApiCase("api-sample-text", "`model.forecast(history, sample='yes')`",
+            lambda m, h, a, c: m.forecast(h, sample="yes"), r"sample must be True or False"),
+    ApiCase("api-huge-coordinates", "a history of 1e30 Angstrom", lambda m, h, a, c: m.forecast(h * 1e30),
+            r"history holds a coordinate of \S+ Angstrom"),
+    ApiCase("api-nan-history", "a history holding NaN", lambda m, h, a, c: m.forecast(np.where(h > 0, np.nan, h)),
+            r"history holds NaN or infinity"),
+    ApiCase("api-atoms-of-two-sizes", "ase.Atoms frames of different atom counts",
+            lambda m, h, a, c: m.forecast(a[:2] + _atoms(h[2:, :-1], a[0].numbers[:-1])),
+            r"history: frame 2 has 8 atoms, frame 0 9"),
+    ApiCase("api-atoms-other-elements", "ase.Atoms frames whose elements differ",
+            lambda m, h, a, c: m.forecast(a[:-1] + _atoms(h[-1:], np.roll(a[0].numbers, 1))),
+            r"history: frame \d+ holds other elements"),
+    ApiCase("api-file-name", "`model.forecast('frames.xyz')`", lambda m, h, a, c: m.forecast("frames.xyz"),
+            r"history must be frames \(T, N, 3\) Angstrom or ase\.Atoms, not a file name"),
+    ApiCase("api-unknown-molecule", "a history of water for an ethanol model",
+            lambda m, h, a, c: m.forecast(h[:, :3], z=[8, 1, 1]), r"history: its atoms \(H2O"),
+    ApiCase("api-dynamics-empty", "`ForecastDynamics(model, [])`",
+            lambda m, h, a, c: asteroid_api.ForecastDynamics(m, []), r"history has 0 frame\(s\); the model needs"),
+    ApiCase("api-dynamics-option", "`ForecastDynamics(model, atoms, friction=1)`",
+            lambda m, h, a, c: asteroid_api.ForecastDynamics(m, a, friction=1), r"ForecastDynamics: unknown option"),
+    ApiCase("api-dynamics-steps", "`ForecastDynamics(...).run(2.5)`",
+            lambda m, h, a, c: asteroid_api.ForecastDynamics(m, a).run(2.5), r"steps must be an integer"),
+    ApiCase("api-dynamics-interval", "`ForecastDynamics(...).attach(print, 0)`",
+            lambda m, h, a, c: asteroid_api.ForecastDynamics(m, a).attach(print, 0), r"interval must be an integer"),
+    ApiCase("api-load-device", "`asteroid.load(checkpoint, device='tpu')`",
+            lambda m, h, a, c: asteroid_api.load(c, device="tpu"), r"device 'tpu' is not a torch device"),
+    ApiCase("api-load-cuda", "`asteroid.load(checkpoint, device='cuda')` on a machine without CUDA",
+            lambda m, h, a, c: asteroid_api.load(c, device="cuda") if not torch.cuda.is_available() else
+            asteroid_api.load(c, device="cuda:99"), r"device 'cuda(:99)?'"),
+    ApiCase("api-load-number", "`asteroid.load(3)`", lambda m, h, a, c: asteroid_api.load(3),
+            r"checkpoint must be a file path or run name"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def api_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("api")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        assert (
+            asteroid(["fit", *tiny_args(folder, "api"), "--trainer.max_epochs", "1", "--test_after_fit", "false"]) == 0
+        )
+    checkpoint = folder / "runs/api/version_0/checkpoints/last.ckpt"
+    model = asteroid_api.load(checkpoint)
+    with np.load(folder / "toy.npz") as data:
+        frames, numbers = data["R"][: 8 * model.spacing : model.spacing].astype(np.float64), data["z"]
+    return model, frames, _atoms(frames, numbers), checkpoint
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=lambda case: case.id)
+def test_bad_api_call(case, api_model, report):
+    from asteroid.errors import AsteroidError
+
+    try:
+        case.call(*api_model)
+    except AsteroidError as error:
+        message = str(error)
+        report.record(case.id, f"{type(error).__name__}: `{message}`")
+        assert "\n" not in message and re.match(rf"(?:{case.expect})", message), message
+    except Exception as error:  # noqa: BLE001 - the report says what else came
+        report.record(case.id, f"CRASH: {type(error).__name__}: {error}")
+        raise
+    else:
+        report.record(case.id, "accepted")
+        pytest.fail(f"{case.id}: accepted")
+
+
 FAULTS = {
     "fit-two-at-once": "two `asteroid fit` started together with the same --name",
     "fit-resume-while-running": "`asteroid fit --ckpt_path last` while that run is still training",
@@ -964,6 +1157,7 @@ FAULTS = {
     "then `--ckpt_path last`",
     "fit-sigterm": "SIGTERM (a pre-empted SLURM job) and SIGINT (Ctrl+C) to `asteroid fit` mid-epoch, then "
     "`--ckpt_path last`",
+    "rollout-sigterm": "SIGTERM and SIGINT (Ctrl+C) to `asteroid rollout` while it rolls out 100,000 frames",
     "simulate-kill": "SIGKILL of `asteroid simulate` after its checkpoints began, then `--resume`; "
     "compared with an uninterrupted run",
     "disk-full-cache": "`asteroid fit` whose coordinate cache goes to a 64 KiB tmpfs (a real full disk)",
@@ -988,13 +1182,14 @@ def report(tmp_path_factory):
     sections = {
         "Bad files: `asteroid inspect` and `asteroid simulate`": {c.id: c.what for c in BAD_FILES},
         "Bad configs: `asteroid fit`": {c.id: c.what for c in BAD_CONFIGS},
+        "Bad calls of the Python API": {c.id: c.what for c in API_CASES},
         "Fuzzing the npz and xyz readers (hypothesis)": FUZZ,
         "Faults: killed and concurrent runs": FAULTS,
     }
     sweep = Report(sections, tmp_path_factory.getbasetemp())
     yield sweep
     if sweep.complete() and os.environ.get("ASTEROID_RELIABILITY_REPORT"):  # `make reliability-report`
-        bad = len(BAD_FILES) + len(BAD_CONFIGS)
+        bad = len(BAD_FILES) + len(BAD_CONFIGS) + len(API_CASES)
         ended = Counter(
             outcome.split(":")[0]
             for case_id, outcome in sweep.seen.items()
@@ -1003,11 +1198,13 @@ def report(tmp_path_factory):
         intro = (
             f"Written by `make reliability-report` (the sweep of `tests/integration/test_reliability.py`); change the "
             f"cases there, not here. {bad} bad-input cases ({len(BAD_FILES)} files, {len(BAD_CONFIGS)} "
-            f"configs; how they ended: {', '.join(f'{n} {how}' for how, n in sorted(ended.items()))}), "
+            f"configs, {len(API_CASES)} calls of the Python API; how they ended: "
+            f"{', '.join(f'{n} {how}' for how, n in sorted(ended.items()))}), "
             f"{len(FUZZ)} fuzz properties of {FUZZ_SETTINGS.max_examples} generated files each, and "
             f"{len(FAULTS)} fault cases. A bad input passes when the command prints one line `asteroid: error: "
             "<file or key>: <problem>`, exits with status 2, shows "
-            "no traceback and ends within 60 s."
+            "no traceback and ends within 60 s; a bad API call when it raises one of the project's errors "
+            "(`asteroid.errors.AsteroidError`) with a one-line message naming the argument."
         )
         sweep.write(DOC, intro, NOT_DETECTABLE)
 
@@ -1231,7 +1428,6 @@ def uninterrupted(tmp_path_factory):
     return torch.load(folder / "runs/straight/version_0/checkpoints/last.ckpt", weights_only=True)
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signalled_fit_exits_non_zero_and_resumes_to_the_uninterrupted_result(
     tmp_path, monkeypatch, report, signum, uninterrupted
@@ -1264,7 +1460,6 @@ def test_a_signalled_fit_exits_non_zero_and_resumes_to_the_uninterrupted_result(
         )
 
 
-@pytest.mark.integration
 def test_two_fits_at_once_then_killed_and_resumed(tmp_path, monkeypatch, report):
     monkeypatch.chdir(tmp_path)
     args = tiny_args(tmp_path, name="twin") + [
@@ -1312,7 +1507,6 @@ def test_two_fits_at_once_then_killed_and_resumed(tmp_path, monkeypatch, report)
     )
 
 
-@pytest.mark.integration
 def test_kill_while_saving_a_checkpoint_then_resume(tmp_path, monkeypatch, report):
     monkeypatch.chdir(tmp_path)
     args = tiny_args(tmp_path, name="cut") + ["--trainer.max_epochs", "2", "--test_after_fit", "false"]
@@ -1339,7 +1533,31 @@ def test_kill_while_saving_a_checkpoint_then_resume(tmp_path, monkeypatch, repor
 SIMULATION = dict(molecule="ethanol", frames=400, thermalize_steps=40, checkpoint_every=25, seed=0)
 
 
-@pytest.mark.integration
+def test_a_signalled_rollout_exits_non_zero_in_one_line_and_leaves_nothing(api_model, tmp_path, report):
+    """As `fit` does: stop, remove what was being written (no hidden temporary either), say so, exit 128 + signal."""
+    checkpoint = api_model[3]
+    endings = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        out = tmp_path / signum.name / "pred.xyz"
+        child = subprocess.Popen(
+            [sys.executable, "-m", "asteroid.cli", "rollout", "--ckpt_path", str(checkpoint), "--frames", "100000",
+             "--out", str(out)],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, bufsize=0,
+        )  # fmt: skip
+        seen = ""
+        while "frame/s]" not in seen:  # the progress bar has moved: the rollout is under way
+            seen += child.stderr.read(1)
+            assert seen or child.poll() is None, "the rollout ended before it began"
+        child.send_signal(signum)
+        _, rest = child.communicate(timeout=60)
+        lines = (seen + rest).strip().splitlines()
+        assert child.returncode == 128 + signum, lines
+        assert lines[-1].startswith(f"asteroid: stopped by {signum.name}"), lines
+        assert not out.parent.exists() or list(out.parent.iterdir()) == []
+        endings.append(f"{signum.name}: exit {child.returncode}, `{lines[-1]}`, nothing left")
+    report.record("rollout-sigterm", "; ".join(endings))
+
+
 def test_kill_simulate_then_resume_loses_and_repeats_no_frame(tmp_path, report):
     out = tmp_path / "killed.npz"
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in SIMULATION.items()]
@@ -1417,7 +1635,6 @@ def asteroid_process(args: list[str], cwd=None) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("where", ["cache", "checkpoint"])
 def test_fit_onto_a_full_disk_exits_with_one_line_and_leaves_no_partial_file(tmp_path, small_disk, report, where):
     args = tiny_args(tmp_path, name="full")
@@ -1445,7 +1662,6 @@ def test_fit_onto_a_full_disk_exits_with_one_line_and_leaves_no_partial_file(tmp
     )
 
 
-@pytest.mark.integration
 def test_simulate_onto_a_full_disk_exits_with_one_line_and_leaves_nothing(small_disk, report):
     disk = small_disk(16)
     out = disk / "ethanol.npz"
@@ -1461,7 +1677,6 @@ def test_simulate_onto_a_full_disk_exits_with_one_line_and_leaves_nothing(small_
     report.record("disk-full-simulate", "exit status 2, `the disk is full; nothing was written`; nothing left")
 
 
-@pytest.mark.integration
 def test_rollout_onto_a_full_disk_exits_with_one_line_and_leaves_nothing(tmp_path, monkeypatch, small_disk, report):
     monkeypatch.chdir(tmp_path)
     assert (

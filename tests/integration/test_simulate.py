@@ -277,6 +277,19 @@ def test_any_structure_file(tmp_path):
     assert report["n_atoms"] == 3
 
 
+def test_a_smiles_string_is_embedded_kept_and_simulated(tmp_path, capfd):
+    pytest.importorskip("rdkit")
+    out = tmp_path / "methanol.npz"
+    assert main(["--smiles", "CO", "--frames", "3", "--thermalize-steps", "5", "--out", str(out), "--no-progress"]) == 0
+    with np.load(out) as data:
+        assert sorted(data["z"].tolist()) == [1, 1, 1, 1, 6, 8] and data["R"].shape == (3, 6, 3)
+    start = ase.io.read(tmp_path / "methanol.start.xyz")  # the embedded structure the run started from
+    assert start.get_chemical_formula() == "CH4O"
+    with pytest.raises(ConfigError, match=r"--smiles 'C1CC\(': RDKit cannot parse it as SMILES$"):
+        main(["--smiles", "C1CC(", "--out", str(tmp_path / "bad.npz")])
+    assert "Parse Error" not in capfd.readouterr().err  # RDKit's own multi-line complaint is not shown
+
+
 def test_command_line_reports_cost_and_drift(tmp_path, capsys):
     out = tmp_path / "out" / "ethanol.npz"
     assert main(["--molecule", "ethanol", "--frames", "20", "--thermalize-steps", "5", "--out", str(out)]) == 0

@@ -41,7 +41,7 @@ def test_windows_are_views_of_the_trajectory(tmp_path):
     assert isinstance(cache, np.memmap) and cache.dtype == np.float32
 
 
-@pytest.mark.parametrize("spoil", ["cut", "zeroed", "missing"])
+@pytest.mark.parametrize("spoil", ["cut", "zeroed", "missing", "record cut"])
 def test_a_spoiled_cache_is_rebuilt_with_one_line_saying_so(tmp_path, capsys, spoil):
     R = write_npz(tmp_path / "a.npz")
     source = TrajectorySource(str(tmp_path / "a.npz"))
@@ -54,8 +54,11 @@ def test_a_spoiled_cache_is_rebuilt_with_one_line_saying_so(tmp_path, capsys, sp
     elif spoil == "zeroed":  # same size, same header: only the checksum tells
         header = len(cache.read_bytes()) - R.size * 4
         cache.write_bytes(cache.read_bytes()[:header] + bytes(size - header))
-    else:
+    elif spoil == "missing":
         cache.unlink()
+    else:  # a crash while its record was written (or an edit): half a JSON object
+        record = cache.with_suffix(".json")
+        record.write_text(record.read_text()[:20])
     again = make_module(tmp_path, [source])
     said = capsys.readouterr().out.strip().splitlines()
     assert len(said) == 1 and said[0].startswith(str(cache)) and "rebuilding it from" in said[0]
@@ -189,3 +192,15 @@ def test_peer_presets_give_the_official_loaders_windows(tmp_path, protocol):
 def test_a_preset_refuses_a_window_stride(tmp_path):
     with pytest.raises(ConfigError, match=r"'eqmotion' fixes the window layout; remove stride \(data.stride\)"):
         TrajectoryDataModule(sources=[TrajectorySource("x.npz")], protocol="eqmotion", stride=5)
+
+
+def test_the_data_say_their_frame_step_spacing_and_window_counts(tmp_path):
+    write_npz(tmp_path / "a.npz")  # 0.5 fs apart
+    dm = make_module(tmp_path, [TrajectorySource(str(tmp_path / "a.npz"))], spacing=10)
+    counts = " / ".join(f"{len(dm.datasets[name])} {name}" for name in SPLITS)
+    assert dm.describe().splitlines() == [
+        f"data: {tmp_path / 'a.npz'}: 800 frames of 4 atoms (CH2O), 0.5 fs apart",
+        f"windows: 3 frames in, 2 out, 10 data frames apart (data.spacing; 5 fs); {counts}",
+    ]
+    coarse = make_module(tmp_path, [TrajectorySource(str(tmp_path / "a.npz"), dt_fs=5.0)], spacing=10)
+    assert coarse.describe().splitlines()[-1].startswith("note: the model's frames are 50 fs apart")

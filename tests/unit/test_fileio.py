@@ -1,6 +1,8 @@
 """Writing outputs: complete or absent, refused before the work when they cannot be written, a full disk said so."""
 
 import errno
+import os
+import signal
 
 import pytest
 
@@ -47,3 +49,25 @@ def test_a_writer_that_hides_the_full_disk_in_its_own_error_is_still_said_as_suc
         with atomic_output(tmp_path / "model.ckpt"):
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_a_command_writes_leaves_no_file_and_says_so(tmp_path, capsys, signum):
+    from asteroid.cli import run_interruptible
+
+    out = tmp_path / "out.xyz"
+
+    def command(argv):
+        with atomic_output(out, "w") as handle:
+            handle.write("half of it")
+            os.kill(os.getpid(), signum)  # arrives while the file is being written
+            handle.write("the rest")
+        return 0
+
+    assert run_interruptible(command, []) == 128 + signum
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a hidden temporary
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"asteroid: stopped by {signal.Signals(signum).name}; outputs being written were removed, finished ones kept"
+    ]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back

@@ -65,3 +65,18 @@ def test_lightning_subcommand_examples_resolve_their_config(command, monkeypatch
         main([*shlex.split(command)[1:], "--print_config"])
     assert exit_.value.code in (0, None), capsys.readouterr().err
     assert "model:" in capsys.readouterr().out
+
+
+def test_the_readme_config_of_your_own_resolves_on_its_own(tmp_path, monkeypatch, capsys):
+    """Written to a folder of its own and run from the project folder, as the README says (issue 30: it lacked the
+    model and its `extends:` could not be found)."""
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", README, flags=re.S) if "extends:" in b)
+    config = tmp_path / "elsewhere" / "my_run.yaml"
+    config.parent.mkdir()
+    config.write_text(block)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as printed:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert printed.value.code == 0
+    resolved = capsys.readouterr().out
+    assert "class_path: asteroid.models.Asteroid" in resolved and "name: my_run" in resolved

@@ -3,7 +3,6 @@ removal of rigid motion."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from ase.data import atomic_masses
@@ -351,47 +350,3 @@ def test_a_thermostatted_rollout_is_projected_last_and_settles_near_the_training
     assert geometry.violation(frames).mean() < 5 * RANGE_TOLERANCE and geometry.violation(frames).max() < 0.1
     settled = step_energy(frames[:, 300:], mass).mean()
     assert abs(settled / target - 1) < 0.1, (settled, target)
-
-
-# ---- through the commands -------------------------------------------------------------------------------------------
-@pytest.mark.integration
-def test_a_stochastic_constrained_model_trains_reports_its_calibration_and_rolls_out_ensembles(
-    tmp_path, monkeypatch, capsys
-):
-    import ase.io
-
-    from asteroid.cli import main
-    from asteroid.xtb import structure_path
-
-    from helpers import tiny_args
-
-    structure = ase.io.read(structure_path("ethanol"))
-    vibration = harmonic_frames(600, len(structure))
-    coordinates = (structure.positions + 0.5 * (vibration - vibration.mean(axis=0))).astype(np.float32)
-    np.savez(tmp_path / "toy.npz", R=coordinates, z=structure.numbers, dt_fs=0.5)
-    args = tiny_args(
-        tmp_path, **{"--trainer.max_epochs": "1", "--model.bond_constraints": "true", "--model.stochastic": "true"}
-    )
-    monkeypatch.chdir(tmp_path)
-    assert main(["fit", *args]) == 0
-    printed = capsys.readouterr().out
-    assert "spread-skill ratio per step" in printed
-    calibration = next(tmp_path.glob("runs/tiny/**/spread_skill.csv")).read_text().splitlines()
-    assert calibration[0] == "step,spread,rmse,ratio" and len(calibration) == 3  # horizon 2
-    ckpt = next(tmp_path.glob("runs/tiny/**/last.ckpt"))
-    stored = torch.load(ckpt, weights_only=False)["state_dict"]
-    assert stored["net.noise.step_energy"] > 0 and len(stored["net.bonded.pairs"]) > 0
-
-    def roll(out, *extra):
-        return main(
-            ["rollout", *args, "--ckpt_path", str(ckpt), "--out", str(out), "--frames", "40", "--no-progress", *extra]
-        )
-
-    assert roll(tmp_path / "a.npz", "--samples", "3", "--thermostat", "1") == 0
-    assert roll(tmp_path / "b.npz", "--samples", "3", "--thermostat", "1") == 0
-    assert "thermostat_coupling_forecasts 1.0" in capsys.readouterr().out
-    a, b = np.load(tmp_path / "a.npz")["R"], np.load(tmp_path / "b.npz")["R"]
-    assert a.shape == (3, 40, 9, 3) and np.array_equal(a, b)  # one seed, one ensemble
-    assert np.abs(a[0] - a[1]).mean() > 1e-3  # the members differ
-    assert roll(tmp_path / "mean.npz", "--samples", "2", "--mean", "--thermostat", "0") == 2
-    assert "every sample would be the same trajectory" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def test_nothing_but_the_dispatcher_imports_a_command():
         name: sorted(imported_modules(path) & COMMANDS) for name, path in modules().items() if name != "asteroid.cli"
     }
     assert {name: found for name, found in upward.items() if found} == {}
-    assert len(COMMANDS) == 7  # simulate, inspect, compare, rollout, analyze, benchmark and the dispatcher
+    assert len(COMMANDS) == 8  # simulate, inspect, compare, rollout, analyze, benchmark, export and the dispatcher
 
 
 @pytest.mark.parametrize("layer", LOWER_LAYERS)

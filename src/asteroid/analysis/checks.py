@@ -187,8 +187,10 @@ def motion(
     strided = at_spacing(reference, round(stride))  # (S, M, N, 3)
     if min(predicted.shape[1], strided.shape[1]) < 5:
         return None
-    wavenumbers, predicted_spectrum = vibrational_spectrum(predicted, z, dt_fs)
-    _, reference_spectrum = vibrational_spectrum(strided, z, dt_fs, segment=min(SEGMENT_FRAMES, predicted.shape[1] - 1))
+    # one segment length for both, so that their wavenumber bins agree: the shorter side's, up to SEGMENT_FRAMES
+    segment = min(SEGMENT_FRAMES, predicted.shape[1] - 1, strided.shape[1] - 1)
+    wavenumbers, predicted_spectrum = vibrational_spectrum(predicted, z, dt_fs, segment=segment)
+    _, reference_spectrum = vibrational_spectrum(strided, z, dt_fs, segment=segment)
     dihedrals = topology.dihedrals
     labels = topology.labels(dihedrals)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from asteroid.data import load_trajectory
+from asteroid.data.read_common import stated_number
 from asteroid.errors import ConfigError, DataError
 
 
@@ -40,16 +41,21 @@ def load_predicted(path: str | Path, dt_fs: float | None = None) -> Predicted:
         raise DataError(f"{path}: cannot read the npz file ({' '.join(str(exc).split())})") from exc
     if "R" not in arrays or "z" not in arrays:
         raise DataError(f"{path}: needs keys R (B, F, N, 3) or (F, N, 3) Angstrom and z (N,)")
-    R = np.asarray(arrays["R"], np.float64)
+    try:
+        R = np.asarray(arrays["R"], np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: R must hold numbers (Angstrom), got {arrays['R'].dtype} values") from None
     R = R[None] if R.ndim == 3 else R
     if R.ndim != 4 or R.shape[-1] != 3 or R.shape[1] == 0 or R.shape[2] == 0:
         raise DataError(f"{path}: R has shape {arrays['R'].shape}, expected (B, F, N, 3) or (F, N, 3) with frames")
     z = np.asarray(arrays["z"]).reshape(-1)
+    if not (np.issubdtype(z.dtype, np.integer) or (np.issubdtype(z.dtype, np.floating) and np.all(z == np.round(z)))):
+        raise DataError(f"{path}: z must hold atomic numbers (integers), got {z.dtype} values")
     if len(z) != R.shape[2]:
         raise DataError(f"{path}: z has {len(z)} atoms but R has {R.shape[2]}")
     if dt_fs is None and "dt_fs" not in arrays:
         raise DataError(f"{path}: the file does not say the time between frames; pass --dt-fs")
-    dt_fs = float(arrays["dt_fs"]) if dt_fs is None else dt_fs
+    dt_fs = stated_number(arrays["dt_fs"], "dt_fs", path) if dt_fs is None else dt_fs
     if not (math.isfinite(dt_fs) and dt_fs > 0):
         raise DataError(f"{path}: the frame spacing must be a positive number of fs, got {dt_fs}")
     start = arrays.get("start_frame")

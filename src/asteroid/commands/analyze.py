@@ -13,7 +13,7 @@ from asteroid.analysis.report import save_report
 from asteroid.arguments import CommandParser, non_negative
 from asteroid.data import load_trajectory
 from asteroid.errors import DataError
-from asteroid.fileio import writable_output
+from asteroid.fileio import not_an_input, writable_output
 from asteroid.runs import ROOT
 
 MIN_REFERENCE_FRAMES = 10
@@ -54,6 +54,12 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     predicted_path, reference_path = Path(args.predicted), Path(args.reference)
+    # the output places first: a report computed for minutes and then refused is work lost
+    out = writable_output(Path(args.out) if args.out else ROOT / "analysis" / predicted_path.stem, "folder")
+    tensorboard = None if args.tensorboard is None else writable_output(args.tensorboard, "folder")
+    for folder, option in ((out, "--out"), (tensorboard, "--tensorboard")):
+        if folder is not None:
+            not_an_input(folder, [("predicted file", predicted_path), ("reference file", reference_path)], option)
     predicted = load_predicted(predicted_path, args.dt_fs)
     reference = load_trajectory(reference_path, dt_fs=args.reference_dt_fs)
     if reference.n_atoms != predicted.R.shape[2]:
@@ -86,7 +92,6 @@ def main(argv: list[str]) -> int:
         report["energy"] = energy_comparison(
             predicted.R, predicted.z, reference.R, args.energies, gfn2_energies(reference_path, reference)
         )
-    out = writable_output(Path(args.out) if args.out else ROOT / "analysis" / predicted_path.stem, "folder")
-    save_report(report, out, None if args.tensorboard is None else Path(args.tensorboard))
+    save_report(report, out, tensorboard)
     print(f"\nreport: {out / 'report.json'}, figures: {out}/*.png")
     return 0

@@ -13,6 +13,7 @@ depend on the machine.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from ase import Atoms
 from asteroid.arguments import CommandParser, positive
 from asteroid.data.windows import rollout_spacing
 from asteroid.errors import ConfigError
-from asteroid.fileio import atomic_output, writable_output
+from asteroid.fileio import atomic_output, not_an_input, writable_output
 from asteroid.models.rollout import default_thermostat
 from asteroid.speed import (
     CLOCKS,
@@ -59,7 +60,10 @@ def benchmark_case(
         # RMS ballistic motion of the history, so that its rollout keeps the molecule's size and neighbours.
         per_frame = frame_fs * float(np.sqrt(np.mean(thermal_speed(atoms) ** 2)))  # Angstrom
         net.set_displacement_scale(per_frame * torch.arange(1, net.horizon + 1, dtype=torch.float32, device=device))
+    # each timing takes a while (a minute and more for a large molecule): say what is being timed
+    print(f"{name}: timing GFN2-xTB MD ({args.repeats} x {args.md_steps} steps)", file=sys.stderr, flush=True)
     md = md_seconds_per_ps(atoms, args.md_steps, args.md_warmup, args.repeats, args.threads, args.clock)
+    print(f"{name}: timing the model's rollout at batch 1, then {args.batch}", file=sys.stderr, flush=True)
     single, single_split = model_seconds_per_ps(
         net, atoms, 1, args.forecasts, frame_fs, device, args.repeats, args.clock
     )
@@ -222,6 +226,8 @@ def main(argv: list[str]) -> int:
 
     if args.json:
         writable_output(args.json)  # before the minutes of timing, not after
+        inputs = [("checkpoint", path) for path in (args.ckpt_path, *(args.more_checkpoints or []))]
+        not_an_input(args.json, inputs + [("config file", args.config)], "--json")
     if args.config is None and args.ckpt_path is None and not args.molecules and not args.more_checkpoints:
         raise ConfigError("nothing to benchmark: give --ckpt_path, --config and/or --molecules")
     if args.config is None and args.ckpt_path is None and (args.structures or args.water):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ase.io import write
+
 from asteroid.arguments import CommandParser
+from asteroid.fileio import not_an_input, writable_output
+from asteroid.smiles import structure_from_smiles
 from asteroid.xtb import BUILTIN_MOLECULES, TEMPERATURE_K, TIMESTEP_FS
 from asteroid.xtb_md import run_summary, simulate
 
@@ -17,6 +23,7 @@ def main(argv: list[str]) -> int:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--molecule", help=f"built-in MD17 molecule: {', '.join(BUILTIN_MOLECULES)}")
     what.add_argument("--structure", help="starting structure of any other molecule (an ASE-readable file, e.g. .xyz)")
+    what.add_argument("--smiles", help="any other molecule as SMILES, embedded in 3D by RDKit (pip install rdkit)")
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("--frames", type=int, default=20000, help="frames to record (default 20000)")
     parser.add_argument(
@@ -41,10 +48,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=2000, help="steps between checkpoints (default 2000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    not_an_input(writable_output(args.out), [("--structure file", args.structure)])
+    structure = args.structure
+    if args.smiles is not None:  # the embedded start is kept beside the output: the run's structure, reproducible
+        structure = Path(args.out).with_suffix(".start.xyz")
+        structure.parent.mkdir(parents=True, exist_ok=True)
+        write(structure, structure_from_smiles(args.smiles), comment=f"SMILES {args.smiles}: RDKit ETKDG + MMFF94")
     report = simulate(
         args.out,
         molecule=args.molecule,
-        structure=args.structure,
+        structure=structure,
         frames=args.frames,
         temperature_K=args.temperature,
         timestep_fs=args.timestep,

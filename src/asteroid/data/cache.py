@@ -30,8 +30,19 @@ def cache_fingerprint(coords_file: Path) -> dict:
     return fingerprint
 
 
-def cache_problem(coords_file: Path, meta: dict) -> str | None:
+def read_record(meta_file: Path) -> dict | None:
+    """A cache's record, or None where it is not a whole JSON object (cut by a crash, or edited)."""
+    try:
+        record = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def cache_problem(coords_file: Path, meta: dict | None) -> str | None:
     """Why a coordinate cache cannot be trusted (missing, cut, changed since it was made), or None if it can."""
+    if meta is None:
+        return "its record is unreadable"
     if not coords_file.exists():
         return "missing"
     if "coordinates" not in meta:

@@ -16,12 +16,12 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from asteroid.data.cache import box_file, cache_problem, write_cache
+from asteroid.data.cache import box_file, cache_problem, read_record, write_cache
 from asteroid.data.dataset import EpochShuffle, WindowDataset, collate_windows
 from asteroid.data.md17 import DATASETS, resolve_dataset
 from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset
 from asteroid.data.readers import load_trajectory
-from asteroid.data.signature import CachedTrajectory, check_signature, data_signature, formula
+from asteroid.data.signature import CachedTrajectory, check_signature, content_digest, data_signature, formula
 from asteroid.data.sources import TrajectorySource, with_dataset_topology
 from asteroid.data.windows import (
     PROTOCOLS,
@@ -32,6 +32,7 @@ from asteroid.data.windows import (
     peer_random_starts,
 )
 from asteroid.errors import ConfigError, DataError
+from asteroid.fileio import writable_output
 
 DEFAULT_LAYOUT = dict(history=8, horizon=8, spacing=10)
 CACHE_VERSION = 2  # part of every cache file's name: raise it when what the cache holds changes (2: periodic cells)
@@ -106,13 +107,13 @@ class TrajectoryDataModule(pl.LightningDataModule):
     def _file(source: TrajectorySource) -> Path:
         """Where the source's trajectory is, fetching a known dataset that is missing (rank 0, in prepare_data)."""
         path = Path(source.path)
-        if path.exists() or source.molecule is not None:
+        if path.exists() or source.molecule is not None or source.structure is not None:
             return path
         if source.path.lower() in PROTEIN_DATASETS:
             return fetch_protein_dataset(source.path, root="data")[0]
         if source.path.lower() not in DATASETS:
             raise DataError(
-                f"{path}: file not found (set `molecule` in the source to generate it, or name a known "
+                f"{path}: file not found (set `molecule` or `structure` in the source to generate it, or name a known "
                 f"dataset such as md17:ethanol)"
             )
         return resolve_dataset(source.path, root="data")
@@ -138,6 +139,10 @@ class TrajectoryDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Generate missing built-in trajectories, then cache every trajectory as float32 `.npy` (rank 0 only)."""
+        try:
+            writable_output(self.cache_dir, "folder")
+        except ConfigError as error:
+            raise ConfigError(f"data.cache_dir {error}") from None
         for source in self.sources:
             path = self._file(source)
             if not path.exists():
@@ -145,10 +150,13 @@ class TrajectoryDataModule(pl.LightningDataModule):
 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # resume=True continues an interrupted generation (its checkpoint) and starts afresh otherwise
-                print(run_summary(simulate(path, molecule=source.molecule, frames=source.frames, resume=True)))
+                made = simulate(
+                    path, molecule=source.molecule, structure=source.structure, frames=source.frames, resume=True
+                )
+                print(run_summary(made))
             coords_file, meta_file = self._cache_paths(source)
             if meta_file.exists():
-                problem = cache_problem(coords_file, json.loads(meta_file.read_text()))
+                problem = cache_problem(coords_file, read_record(meta_file))
                 if problem is None:
                     continue
                 print(f"{coords_file}: {problem}; rebuilding it from {path}")
@@ -167,8 +175,11 @@ class TrajectoryDataModule(pl.LightningDataModule):
         gap = span if self.protocol.gap is None else self.protocol.gap
         for i, source in enumerate(self.sources):
             coords_file, meta_file = self._cache_paths(source)
-            meta = json.loads(meta_file.read_text())
-            n_frames = np.load(coords_file, mmap_mode="r").shape[0]
+            meta = read_record(meta_file)
+            if meta is None:
+                raise DataError(f"{meta_file}: the cache record is unreadable; delete it and run again to rebuild it")
+            coordinates = np.load(coords_file, mmap_mode="r")
+            n_frames = coordinates.shape[0]
             recipe = self.protocol
             if recipe.split == "chronological":
                 starts = chronological_starts(n_frames, span, self.stride, self.split_fractions, gap, source.path)
@@ -185,7 +196,14 @@ class TrajectoryDataModule(pl.LightningDataModule):
             numbers.append(np.asarray(meta["z"], dtype=np.int64))
             self.trajectories.append(
                 CachedTrajectory(
-                    meta["z"], meta["dt_fs"], meta["name"], meta["source"], meta["periodic"], n_frames, starts
+                    meta["z"],
+                    meta["dt_fs"],
+                    meta["name"],
+                    meta["source"],
+                    meta["periodic"],
+                    n_frames,
+                    starts,
+                    content_digest(coordinates),
                 )
             )
         periodic = [t.source for t in self.trajectories if t.periodic]
@@ -199,6 +217,37 @@ class TrajectoryDataModule(pl.LightningDataModule):
             for name in SPLITS
         }
         self.displacement_scale = self._fit_displacement_scale()
+
+    def describe(self) -> str:
+        """What the windows are, in a few lines: each trajectory's frames and frame step, the frames in and out and
+        the time between them, the windows per split; a note where the time between frames is far from what
+        ASTEROID's defaults were tuned for (5 fs)."""
+        trajectories = self.trajectories
+        lines = [
+            f"data: {t.source}: {t.n_frames} frames of {len(t.z)} atoms ({formula(t.z)}), {t.dt_fs:g} fs apart"
+            for t in trajectories
+        ]
+        if len(lines) > 4:  # many molecules: one line for all
+            atoms, frames = [len(t.z) for t in trajectories], [t.n_frames for t in trajectories]
+            lines = [
+                f"data: {len(trajectories)} trajectories of {min(atoms)}-{max(atoms)} atoms, {min(frames)}-"
+                f"{max(frames)} frames, {'/'.join(f'{dt:g}' for dt in sorted({t.dt_fs for t in trajectories}))} "
+                "fs apart"
+            ]
+        offsets = self.layout.history_offsets + self.layout.target_offsets
+        steps = sorted({b - a for a, b in zip(offsets, offsets[1:])})
+        frame_fs = sorted({step * t.dt_fs for step in steps for t in self.trajectories})
+        counts = " / ".join(f"{len(self.datasets[name])} {name}" for name in SPLITS)
+        lines.append(
+            f"windows: {self.history} frames in, {self.horizon} out, {'/'.join(map(str, steps))} data frames apart "
+            f"(data.spacing; {', '.join(f'{fs:g}' for fs in frame_fs)} fs); {counts}"
+        )
+        if max(frame_fs) > 4 * 5.0 or min(frame_fs) < 5.0 / 4:
+            lines.append(
+                f"note: the model's frames are {', '.join(f'{fs:g}' for fs in frame_fs)} fs apart; its defaults "
+                "were tuned for 5 fs (MD at 0.5 fs with data.spacing 10): set data.spacing for your data's frame step"
+            )
+        return "\n".join(lines)
 
     def _fit_displacement_scale(self, max_windows: int = 4096) -> torch.Tensor:
         """(P,) RMS displacement per Cartesian component from the last history frame, on training windows only."""
@@ -216,8 +265,9 @@ class TrajectoryDataModule(pl.LightningDataModule):
         molecules = {tuple(t.z) for t in self.trajectories}
         if len(molecules) != 1:
             raise ConfigError(
-                f"the training data holds {len(molecules)} molecules "
-                f"({', '.join(formula(z) for z in molecules)}); this needs one"
+                f"data.sources holds {len(molecules)} molecules ({', '.join(formula(z) for z in molecules)}), but "
+                "model.bond_constraints fits its bond table to one: train one molecule per run, or set "
+                "model.bond_constraints false (as experiments/pretrain.yaml does)"
             )
         train = self.datasets["train"]
         per_trajectory = max(1, max_frames // len(self.trajectories))

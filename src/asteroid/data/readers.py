@@ -90,7 +90,13 @@ def _read_npz(path: Path, dt_fs: float | None, name: str) -> Trajectory:
 def _ase_dt_fs(frames: list, path: Path) -> float | None:
     info = frames[0].info
     if "dt_fs" in info:
-        return stated_number(info["dt_fs"], "dt_fs", path)
+        steps = {stated_number(atoms.info.get("dt_fs", info["dt_fs"]), "dt_fs", path) for atoms in frames}
+        if len(steps) > 1:
+            raise DataError(
+                f"{path}: its frames state different dt_fs ({', '.join(f'{dt:g}' for dt in sorted(steps))} fs); "
+                "forecasting needs one constant spacing"
+            )
+        return steps.pop()
     for key in ("time_fs", "time"):  # CP2K writes `time = ...` (fs) in its xyz comment lines
         if len(frames) > 1 and all(key in atoms.info for atoms in frames):
             return uniform_step_fs(np.array([stated_number(atoms.info[key], key, path) for atoms in frames]), path)

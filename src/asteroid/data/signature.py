@@ -3,6 +3,8 @@ spacing and periodicity. Stored in every checkpoint, and checked when a checkpoi
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +31,14 @@ class CachedTrajectory:
     periodic: bool
     n_frames: int
     starts: dict[str, np.ndarray]  # split -> window start frames
+    content: str = ""  # digest of a few of its frames (`content_digest`): tells another run of the same molecule
+
+
+def content_digest(coordinates: np.ndarray) -> str:
+    """SHA-1 of the first, middle and last frames of coordinates (T, N, 3): cheap, and different for any other
+    trajectory (another run, another frame step, another stretch of the same run)."""
+    picks = [0, len(coordinates) // 2, len(coordinates) - 1]
+    return hashlib.sha1(np.ascontiguousarray(coordinates[picks], dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
 def data_signature(layout: WindowLayout, heavy_atoms: bool, trajectories: list[CachedTrajectory]) -> dict:
@@ -43,7 +53,34 @@ def data_signature(layout: WindowLayout, heavy_atoms: bool, trajectories: list[C
         signature["atoms"] = [list(t.z) for t in trajectories]
         signature["dt_fs"] = [t.dt_fs for t in trajectories]
         signature["periodic"] = [bool(t.periodic) for t in trajectories]
+        signature["content"] = [t.content for t in trajectories]
     return signature
+
+
+def transferable(recorded: dict) -> bool:
+    """Whether a checkpoint's model forecasts molecules it was not trained on: trained on several molecules, with
+    nothing fitted to one of them (no bond table: `ForecastModule.on_save_checkpoint` records it). The noise head
+    reads only atom types and motion; its thermostat target, the mass-weighted step per atom, is kT-like, about the
+    same for every molecule at the training temperature (docs/results/transfer.md measures the temperature)."""
+    return bool(recorded.get("transferable")) and len({tuple(z) for z in recorded.get("atoms", [])}) > 1
+
+
+def unknown_atoms(recorded: dict, z) -> str | None:
+    """Why a checkpoint cannot forecast atoms z, or None: a transferable model takes any molecule of the elements it
+    was trained on (an element it never saw has an untrained embedding), any other model only its own molecules."""
+    known = [list(atoms) for atoms in recorded["atoms"]]
+    z = [int(number) for number in z]
+    if transferable(recorded):
+        elements = {number for atoms in known for number in atoms}
+        missing = sorted({chemical_symbols[number] for number in z if number not in elements})
+        if not missing:
+            return None
+        trained = ", ".join(chemical_symbols[number] for number in sorted(elements))
+        return f"holds {', '.join(missing)}, which the model never saw (it was trained on the elements {trained})"
+    if z in known:
+        return None
+    trained = ", ".join(sorted({formula(atoms) for atoms in known}))
+    return f"its atoms ({formula(z)}, z = {z}) are not those of any molecule the model was trained on ({trained})"
 
 
 def check_signature(recorded: dict | None, mine: dict, trajectories: list[CachedTrajectory], checkpoint: str) -> None:
@@ -66,12 +103,25 @@ def check_signature(recorded: dict | None, mine: dict, trajectories: list[Cached
             f"{'heavy atoms only' if mine['heavy_atoms'] else 'every atom'}"
         )
     if "atoms" in recorded and "atoms" in mine:
-        known = {tuple(z) for z in recorded["atoms"]}
-        foreign = [t for t in trajectories if tuple(t.z) not in known]
-        if foreign:
-            raise DataError(
-                f"{foreign[0].source}: its atoms ({formula(foreign[0].z)}) are not those of any "
-                f"trajectory {checkpoint} was trained on ({', '.join(formula(z) for z in known)})"
+        for trajectory in trajectories:
+            problem = unknown_atoms(recorded, trajectory.z)
+            if problem is not None:
+                raise DataError(f"{trajectory.source}: {problem} ({checkpoint})")
+            trained_dt = {dt for z, dt in zip(recorded["atoms"], recorded["dt_fs"]) if z == list(trajectory.z)}
+            trained_dt = trained_dt or set(recorded["dt_fs"])  # a molecule new to a transferable model
+            if trajectory.dt_fs not in trained_dt:
+                raise DataError(
+                    f"{trajectory.source}: frames {trajectory.dt_fs:g} fs apart, but {checkpoint} was trained on "
+                    f"frames {', '.join(f'{dt:g}' for dt in sorted(trained_dt))} fs apart: its windows would span "
+                    "other times; give data at the training frame step"
+                )
+        known = set(recorded.get("content", []))
+        others = [t.source for t in trajectories if known and t.content and t.content not in known]
+        if others and not transferable(recorded):
+            print(
+                f"note: {', '.join(others)} is not the trajectory {checkpoint} was trained on (same molecule, other "
+                "frames): its windows are new to the model",
+                file=sys.stderr,
             )
 
 

@@ -15,7 +15,8 @@ class TrajectorySource:
     path: the trajectory (any format `asteroid.data.load_trajectory` reads), or a known dataset name such as
         "md17:ethanol" or "mdanalysis:adk_tmd" (a protein, with its topology and frame spacing), downloaded into
         data/ when missing.
-    molecule: a built-in molecule (e.g. "ethanol"); when `path` is missing, GFN2-xTB MD generates it there.
+    molecule: a built-in molecule (e.g. "ethanol"), or structure: a starting-structure file (xyz, pdb: anything ASE
+        reads) of any other; when `path` is missing, GFN2-xTB MD at 500 K generates it there from either.
     frames: frames to generate. topology / selection / dt_fs: passed to the reader.
     periodic: use the file's periodic cell when it has one (neighbours then reach periodic images); false treats
         the system as open whatever the file says.
@@ -23,6 +24,7 @@ class TrajectorySource:
 
     path: str
     molecule: str | None = None
+    structure: str | None = None
     frames: int = 20000
     topology: str | None = None
     selection: str | None = None

@@ -4,11 +4,15 @@ trajectory to judge the rollout against."""
 from __future__ import annotations
 
 import dataclasses
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from asteroid.data.readers import load_trajectory
+from asteroid.data.signature import unknown_atoms
 from asteroid.errors import ConfigError, DataError, MissingTimestepError
 
 
@@ -58,24 +62,32 @@ def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -
     )
 
 
-def start_from_file(path: str, trained: dict, history: int, spacing: int) -> InitialConditions:
+def start_from_file(
+    path: str, trained: dict, history: int, spacing: int, dt_fs: float | None = None
+) -> InitialConditions:
     """The last `history` frames of a user's file, `spacing` training frames apart, checked against what the
     checkpoint was trained on (`trained`: its data signature, `TrajectoryDataModule.signature`). Needs no training
-    data: the report then judges the rollout against the file's own frames."""
+    data: the report then judges the rollout against the file's own frames. `dt_fs` (fs between the file's frames)
+    where the file states none; a file of one structure needs none (GFN2-xTB makes the history, `xtb_history`)."""
     kinds = list(zip(trained["atoms"], trained["dt_fs"], trained["periodic"]))
     try:
-        trajectory = load_trajectory(path)
-    except MissingTimestepError:  # a file that does not state its frame spacing is taken to have the training data's
+        trajectory = load_trajectory(path, dt_fs=dt_fs)
+    except MissingTimestepError:
         trajectory = load_trajectory(path, dt_fs=kinds[0][1])
+        if trajectory.n_frames > 1:
+            raise MissingTimestepError(
+                f"{path}: does not say the time between its frames; pass --dt-fs (the model's data were "
+                f"{kinds[0][1]:g} fs apart)"
+            ) from None
+    if trajectory.n_frames == 1 and not kinds[0][2]:
+        trajectory = xtb_history(path, (history - 1) * spacing + 1, kinds[0][1])
     if trained["heavy_atoms"]:
         trajectory = trajectory.select_atoms(np.flatnonzero(trajectory.z > 1))
-    matching = [kind for kind in kinds if np.array_equal(kind[0], trajectory.z)]
-    if not matching:
-        raise DataError(
-            f"{path}: its atoms (z = {trajectory.z.tolist()}) are not those the model was trained on "
-            f"(z = {kinds[0][0]}); the model forecasts only its own molecule"
-        )
-    _, dt_fs, periodic = matching[0]
+    problem = unknown_atoms(trained, trajectory.z)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
+    # its own molecule's record, or (a model for any molecule) the first: they share the frame step
+    _, dt_fs, periodic = next((kind for kind in kinds if np.array_equal(kind[0], trajectory.z)), kinds[0])
     box = trajectory.box if trajectory.box is not None and periodic else None
     if periodic and box is None:
         raise DataError(f"{path}: the model was trained on a periodic system and this file has no periodic cell")
@@ -104,6 +116,18 @@ def start_from_file(path: str, trained: dict, history: int, spacing: int) -> Ini
         continuation=None,
         box=None if box is None else box[-1:],
     )
+
+
+def xtb_history(path: str, frames: int, dt_fs: float):
+    """The first `frames` frames (`dt_fs` apart) of GFN2-xTB MD at 500 K from the one structure in `path`: a history
+    made as the training data were (relaxed, thermalised, then NVE), for a rollout from a single structure."""
+    from asteroid.xtb_md import simulate  # here: tblite loads only when a history must be made
+
+    print(f"{path}: one structure; making its history by {frames} steps of GFN2-xTB MD at 500 K", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "history.npz"
+        simulate(out, structure=path, frames=frames, timestep_fs=dt_fs, progress=False)
+        return load_trajectory(out)
 
 
 def with_reference(start: InitialConditions, path: str) -> InitialConditions:

@@ -159,7 +159,9 @@ def chronological_starts(n_frames: int, span: int, stride: int, fractions, gap: 
         need = int(np.ceil(span * fractions.sum() / fractions.min())) + 2 * gap
         raise DataError(
             f"{source}: trajectory too short: {n_frames} frames, but one window spans {span} frames and the "
-            f"{'/'.join(f'{f:g}' for f in fractions)} split with gaps of {gap} needs at least {need} frames"
+            f"{'/'.join(f'{f:g}' for f in fractions)} split with gaps of {gap} needs at least {need} frames "
+            "(a window spans (data.history + data.horizon - 1) x data.spacing + 1 frames: lower those, or give a "
+            "longer trajectory)"
         )
     starts, block_start = {}, 0
     for name, length in zip(SPLITS, lengths):

@@ -1,0 +1,150 @@
+"""The shipped pretrained model and the way to it: mixed-molecule training (experiments/pretrain.yaml), `asteroid
+export`, fine-tuning from weights only, `asteroid.load("pretrained")` on molecules it never saw, and a rollout from
+one structure."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ase.io import read
+
+import asteroid
+from asteroid.checkpoints import DATA_KEY, PRETRAINED_FILE, PROVENANCE_KEY, read_checkpoint
+from asteroid.cli import main
+from asteroid.errors import AsteroidError
+
+from helpers import tiny_args
+
+ROOT = Path(__file__).resolve().parents[2]
+STRUCTURES = ROOT / "src" / "asteroid" / "structures"
+
+
+def test_pretraining_config_trains_on_molecules_of_different_sizes(tmp_path, monkeypatch, capsys):
+    """experiments/pretrain.yaml on two of its sources, shortened: a built-in molecule and a structure file, made by
+    GFN2-xTB on first use and trained on in one run."""
+    monkeypatch.chdir(ROOT)
+    sources = yaml.safe_load((ROOT / "experiments" / "pretrain.yaml").read_text())["data"]["sources"]
+    picked = [next(s for s in sources if "molecule" in s), next(s for s in sources if "structure" in s)]
+    small = [{**s, "path": str(tmp_path / Path(s["path"]).name), "frames": 240} for s in picked]
+    code = main(
+        [
+            "fit",
+            "--config",
+            "experiments/pretrain.yaml",
+            "--trainer.fast_dev_run",
+            "true",
+            "--data.spacing",
+            "1",
+            "--data.sources",
+            json.dumps(small),
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.callbacks",
+            "null",
+        ]
+    )
+    assert code == 0
+    assert all(Path(s["path"]).is_file() for s in small)
+    assert "Asteroid" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny model trained on a toy molecule and exported."""
+    folder = tmp_path_factory.mktemp("export")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        assert main(["fit", *tiny_args(folder)]) == 0
+        out = folder / "shipped.ckpt"
+        assert main(["export", "--ckpt_path", "last", "--name", "tiny", "--out", str(out), "--command", "a test"]) == 0
+    return folder, out
+
+
+def test_export_keeps_the_weights_and_records_where_they_came_from(exported, capsys):
+    folder, out = exported
+    shipped, trained = read_checkpoint(out), read_checkpoint(folder / "runs/tiny/version_0/checkpoints/last.ckpt")
+    assert (
+        "optimizer_states" not in shipped
+        and out.stat().st_size < 0.5 * (folder / "runs/tiny/version_0/checkpoints/last.ckpt").stat().st_size
+    )
+    for name, value in trained["state_dict"].items():
+        torch.testing.assert_close(shipped["state_dict"][name], value)
+    provenance = shipped[PROVENANCE_KEY]
+    assert provenance["command"] == "a test" and provenance["steps"] == trained["global_step"]
+    assert (
+        list(provenance["data"]) == [str(folder / "toy.npz")] and len(provenance["data"][str(folder / "toy.npz")]) == 40
+    )
+    code = main(["export", "--ckpt_path", str(out), "--out", str(out)])
+    assert code == 2 and f"--out {out}: is the checkpoint being exported" in capsys.readouterr().err
+
+
+def test_fit_from_a_weights_only_checkpoint_is_a_new_run_from_its_weights(exported, monkeypatch, capsys):
+    """A fine-tune: a new run folder, its step count from 0, its weights those of the checkpoint to start with."""
+    folder, out = exported
+    monkeypatch.chdir(folder)
+    args = tiny_args(
+        folder, "tuned", **{"--trainer.max_epochs": "1", "--trainer.limit_train_batches": "1", "--model.lr": "1e-12"}
+    )
+    assert main(["fit", *args, "--ckpt_path", str(out)]) == 0
+    assert f"fine-tuning from the weights of {out}" in capsys.readouterr().out
+    tuned = read_checkpoint(folder / "runs/tuned/version_0/checkpoints/last.ckpt")
+    assert tuned["global_step"] == 1 and "optimizer_states" in tuned
+    for name, value in read_checkpoint(out)["state_dict"].items():
+        torch.testing.assert_close(tuned["state_dict"][name], value, atol=1e-6, rtol=0)
+
+
+def ethanol_history(frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    atoms = read(STRUCTURES / "ethanol.xyz")
+    motion = 0.01 * np.random.default_rng(seed).normal(size=(frames, len(atoms), 3)).cumsum(axis=0)
+    return atoms.positions + motion, atoms.numbers
+
+
+def test_the_shipped_pretrained_model_forecasts_a_molecule_it_never_saw():
+    shipped = read_checkpoint(PRETRAINED_FILE)
+    assert PRETRAINED_FILE.stat().st_size < 5e6
+    trained = shipped[DATA_KEY]
+    assert trained["transferable"] and len(trained["atoms"]) >= 26
+    assert [6, 6, 8, 1, 1, 1, 1, 1, 1] not in trained["atoms"]  # ethanol is held out (docs/results/transfer.md)
+    assert shipped[PROVENANCE_KEY]["command"] == "make pretrain" and len(shipped[PROVENANCE_KEY]["data"]) >= 26
+    model = asteroid.load("pretrained")
+    history, z = ethanol_history(model.history_frames)
+    future = model.forecast(history, z=z)
+    assert future.positions.shape == (model.horizon, 9, 3) and np.isfinite(future.positions).all()
+    assert np.abs(future.positions - history[-1]).max() < 1.0  # a step, not a jump
+    with pytest.raises(AsteroidError, match="history: holds F, which the model never saw"):
+        model.forecast(history[:, :5], z=[6, 9, 1, 1, 1])
+
+
+def test_rollout_of_the_pretrained_model_from_one_structure(tmp_path):
+    out = tmp_path / "ethanol.xyz"
+    code = main(
+        [
+            "rollout",
+            "--ckpt_path",
+            "pretrained",
+            "--init",
+            str(STRUCTURES / "ethanol.xyz"),
+            "--frames",
+            "40",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    frames = read(out, index=":")
+    assert len(frames) == 40 and frames[0].get_chemical_formula() == "C2H6O"
+    bonds = np.linalg.norm(
+        np.stack([f.positions for f in frames])[:, 0] - np.stack([f.positions for f in frames])[:, 1], axis=-1
+    )
+    assert np.all((bonds > 1.2) & (bonds < 1.8))  # the C-C bond stays a bond
+
+
+def test_pretrained_is_refused_with_a_line_where_it_is_missing(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("asteroid.checkpoints.PRETRAINED_FILE", tmp_path / "absent.ckpt")
+    code = main(["rollout", "--ckpt_path", "pretrained", "--frames", "4", "--out", str(tmp_path / "x.xyz")])
+    assert code == 2 and "is not in this installation (`make pretrain` makes it)" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""One network for many molecules: mixed-molecule batches (equivariance, permutation, padding), which molecules a
+checkpoint may forecast, and structures from SMILES."""
+
+import numpy as np
+import pytest
+import torch
+
+from asteroid.data.dataset import collate_windows
+from asteroid.data.signature import transferable, unknown_atoms
+from asteroid.errors import ConfigError
+from asteroid.models import Asteroid
+from asteroid.smiles import structure_from_smiles
+
+H, P = 4, 3
+SMALL = dict(hidden=16, temporal_hidden=8, vector_channels=8, heads=2, spatial_layers=2, cutoff=3.0, num_rbf=8)
+
+
+def molecule_window(n: int, seed: int) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randn(1, n, 3, generator=generator, dtype=torch.float64) * 1.2
+    frames = start + 0.05 * torch.randn(H + P, n, 3, generator=generator, dtype=torch.float64).cumsum(dim=0)
+    z = torch.randint(1, 9, (n,), generator=generator)
+    return dict(history=frames[:H], target=frames[H:], z=z, mask=torch.ones(n, dtype=torch.bool))
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    net = Asteroid(H, P, **SMALL).double().eval()
+    net.set_displacement_scale(torch.tensor([0.05, 0.1, 0.15], dtype=torch.float64))
+    return net
+
+
+@pytest.fixture
+def two_molecules():
+    """A batch of a 5-atom and an 8-atom molecule, padded to 8 as the data loader pads them."""
+    return [molecule_window(5, 1), molecule_window(8, 2)]
+
+
+def forecast(net, windows):
+    batch = collate_windows(windows)
+    return net(batch["history"], batch["z"], batch["mask"])["pred"]
+
+
+def test_each_molecule_forecast_alone_equals_its_forecast_in_a_mixed_batch(model, two_molecules):
+    together = forecast(model, two_molecules)
+    for i, window in enumerate(two_molecules):
+        n = len(window["z"])
+        alone = forecast(model, [window])
+        torch.testing.assert_close(together[i, :, :n], alone[0], atol=1e-10, rtol=0)
+
+
+def test_padding_never_changes_a_forecast(model, two_molecules):
+    small, large = two_molecules
+    batch = collate_windows([small, large])
+    batch["history"][0, :, 5:] = torch.nan  # whatever the padding holds
+    pred = model(batch["history"], batch["z"], batch["mask"])["pred"]
+    torch.testing.assert_close(pred[0, :, :5], forecast(model, [small])[0], atol=1e-10, rtol=0)
+    assert torch.isfinite(pred[:, :, :5]).all()
+
+
+@pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
+def test_mixed_batch_is_e3_equivariant(model, two_molecules, reflect):
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    if reflect:
+        q[:, 0] = -q[:, 0]
+    shift = torch.tensor([2.0, -5.0, 9.0], dtype=torch.float64)
+    moved = [{**w, "history": w["history"] @ q.T + shift} for w in two_molecules]
+    expected = forecast(model, two_molecules) @ q.T + shift
+    got = forecast(model, moved)
+    for i, window in enumerate(two_molecules):
+        n = len(window["z"])
+        torch.testing.assert_close(got[i, :, :n], expected[i, :, :n], atol=1e-10, rtol=0)
+
+
+def test_mixed_batch_is_permutation_equivariant_within_each_molecule(model, two_molecules):
+    perms = [
+        torch.randperm(len(w["z"]), generator=torch.Generator().manual_seed(7 + i)) for i, w in enumerate(two_molecules)
+    ]
+    permuted = [
+        {key: (value[:, perm] if key == "history" else value[perm]) for key, value in w.items() if key != "target"}
+        for w, perm in zip(two_molecules, perms)
+    ]
+    original, got = forecast(model, two_molecules), forecast(model, permuted)
+    for i, perm in enumerate(perms):
+        torch.testing.assert_close(got[i, :, : len(perm)], original[i, :, perm], atol=1e-10, rtol=0)
+
+
+ETHANOL, WATER, FLUOROMETHANE = [6, 6, 8, 1, 1, 1, 1, 1, 1], [8, 1, 1], [6, 9, 1, 1, 1]
+
+
+def record(atoms, transferable_flag):
+    return {
+        "atoms": atoms,
+        "dt_fs": [0.5] * len(atoms),
+        "periodic": [False] * len(atoms),
+        "transferable": transferable_flag,
+    }
+
+
+def test_a_model_for_many_molecules_takes_any_molecule_of_its_elements():
+    trained = record([ETHANOL, WATER], True)
+    assert transferable(trained)
+    assert unknown_atoms(trained, [8, 1, 1, 1, 6, 1, 1, 1, 6]) is None  # an ordering never seen
+    assert unknown_atoms(trained, [6, 1, 1, 1, 1]) is None  # methane
+    problem = unknown_atoms(trained, FLUOROMETHANE)
+    assert problem == "holds F, which the model never saw (it was trained on the elements H, C, O)"
+
+
+def test_a_model_for_one_molecule_takes_only_that_molecule():
+    for trained in (record([ETHANOL], True), record([ETHANOL, WATER], False)):
+        assert not transferable(trained)
+        assert unknown_atoms(trained, ETHANOL) is None
+        assert "are not those of any molecule the model was trained on" in unknown_atoms(trained, [6, 1, 1, 1, 1])
+
+
+def test_structure_from_smiles():
+    pytest.importorskip("rdkit")
+    atoms = structure_from_smiles("CCO")
+    assert atoms.get_chemical_formula() == "C2H6O"
+    distances = atoms.get_all_distances()[np.triu_indices(len(atoms), 1)]
+    assert distances.min() > 0.9  # a real 3D structure, no overlapping atoms
+    np.testing.assert_allclose(structure_from_smiles("CCO").positions, atoms.positions)  # reproducible
+    with pytest.raises(ConfigError, match="cannot parse it as SMILES"):
+        structure_from_smiles("C1CC(")
