@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,18 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+
+
+PROJECT_RUNS = Path(__file__).resolve().parents[1] / "runs"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_in_the_projects_runs():
+    """Tests write their runs under their own temporary folders: `make test` leaves the project's runs/ as it was."""
+    before = set(PROJECT_RUNS.glob("*/*")) if PROJECT_RUNS.is_dir() else set()
+    yield
+    after = set(PROJECT_RUNS.glob("*/*")) if PROJECT_RUNS.is_dir() else set()
+    assert after <= before, f"tests wrote into the project's runs/: {sorted(map(str, after - before))}"
 
 
 @pytest.fixture(autouse=True)

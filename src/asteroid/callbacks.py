@@ -148,12 +148,17 @@ class RunProgressBar(TQDMProgressBar):
     """One bar for the whole run, `step n/max_steps` with the run's ETA (Lightning's restarts each epoch, and reads
     `Epoch 0/-2` for a run bounded by max_steps), with the training loss and the latest validation MSE."""
 
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        self.on_train_epoch_start(trainer)  # a run resumed in mid-epoch starts no epoch, and would show `9/?`
+
     def on_train_epoch_start(self, trainer, *_):
         total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
         bar = self.train_progress_bar
         if bar.total != convert_inf(total):  # once: the bar goes on across epochs
             bar.reset(total=convert_inf(total))
-            bar.initial = 0
+            # a resumed run starts at its step: the rate and ETA count the steps made here, not the 3000 before
+            bar.initial = trainer.global_step
             bar.set_description("train step")
         _update_n(bar, trainer.global_step)
 

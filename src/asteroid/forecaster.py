@@ -29,7 +29,7 @@ from asteroid.checkpoints import (
     read_checkpoint,
     resolve_ckpt_path,
 )
-from asteroid.data.signature import unknown_atoms
+from asteroid.data.signature import transferable, unknown_atoms
 from asteroid.data.windows import WindowLayout, rollout_spacing
 from asteroid.errors import ArgumentTypeError, ArgumentValueError, ConfigError, DataError
 from asteroid.models.rollout import THERMOSTAT_COUPLING, check_finite, rollout
@@ -176,6 +176,7 @@ class Forecaster:
             thermostat_coupling=coupling or None,
             generator=generator,
             thermostat_state=thermostat_state,
+            plausible=transferable(self.trained),
         )
         return Frames(predicted[0].cpu().numpy(), self.frame_fs * np.arange(1, frames + 1), z)
 

@@ -13,8 +13,10 @@ test_metrics.csv) and its `checkpoints/` (last.ckpt and the best one by validati
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import weakref
 from pathlib import Path
 
@@ -101,10 +103,23 @@ class RunLogger(TensorBoardLogger):
             partial.unlink(missing_ok=True)
 
     @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        self._logged = True
+        super().log_metrics(metrics, step)
+
+    @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
         if self._release is not None:
             self._release()
+        # a run that failed before it logged or saved anything (bad data, say) leaves no empty version behind
+        if status != "failed" or getattr(self, "_logged", False) or self._version is None:
+            return  # (log_dir would claim a version that was never made)
+        directory = Path(self.log_dir)
+        if directory.is_dir() and not any(directory.glob("checkpoints/*")):
+            shutil.rmtree(directory, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the run's folder too, if this was its only version
+                directory.parent.rmdir()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

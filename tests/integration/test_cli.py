@@ -329,7 +329,7 @@ def test_a_callback_the_config_lists_replaces_the_default_of_its_kind(tmp_path, 
     assert any(isinstance(c, ConfigInCheckpoint) for c in own)  # what every run needs stays, whatever is listed
 
 
-def test_a_checkpoint_alone_resumes_a_run_validated_by_steps(tmp_path, monkeypatch):
+def test_a_checkpoint_alone_resumes_a_run_validated_by_steps(tmp_path, monkeypatch, capfd):
     """base.yaml validates every N steps (`check_val_every_n_epoch: null`): the config stored in the checkpoint keeps
     that null, so `fit --ckpt_path FILE` alone goes on (issue 30: it ended in Lightning's val_check_interval error)."""
     monkeypatch.chdir(tmp_path)
@@ -343,5 +343,22 @@ def test_a_checkpoint_alone_resumes_a_run_validated_by_steps(tmp_path, monkeypat
     }
     assert main(["fit", *tiny_args(tmp_path, **by_steps)]) == 0
     last = tmp_path / "runs/tiny/version_0/checkpoints/last.ckpt"
-    assert main(["fit", "--ckpt_path", str(last), "--trainer.max_steps", "9"]) == 0
+    capfd.readouterr()
+    assert (
+        main(["fit", "--ckpt_path", str(last), "--trainer.max_steps", "9", "--trainer.enable_progress_bar", "true"])
+        == 0
+    )
     assert torch.load(last, weights_only=True)["global_step"] == 9
+    lines = "".join(capfd.readouterr()).replace("\r", "\n").splitlines()
+    bar = [line for line in lines if line.startswith(("train step", "Training"))]  # the training bar's updates
+    assert bar[-1].startswith("train step: 100%") and "| 9/9 [" in bar[-1], bar  # the run's steps, not `9/?`
+    assert not any(line.startswith("train step") and "/?" in line for line in bar), bar
+
+
+def test_a_run_that_fails_before_logging_leaves_no_empty_version(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "short.npz", R=np.random.default_rng(0).random((30, 3, 3)), z=np.array([8, 1, 1]), dt_fs=0.5)
+    args = ["--config", str(EXPERIMENTS / "base.yaml"), "--data.sources", '[{"path": "short.npz"}]', "--name", "short"]
+    assert main(["fit", *args]) == 2
+    assert "trajectory too short" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "short").exists()  # (issue 30: failed runs left empty versions)

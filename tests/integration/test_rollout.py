@@ -220,9 +220,12 @@ def test_init_file_continues_from_its_last_frames(trained, reference, tmp_path):
             assert result["dt_fs"] == DT_FS and str(result["source"]).endswith(name)
 
 
-def test_init_rolls_out_from_the_checkpoint_alone_with_the_data_files_removed(trained, reference, tmp_path):
+def test_init_rolls_out_from_the_checkpoint_alone_with_the_data_files_removed(
+    trained, reference, tmp_path, monkeypatch
+):
     """Nothing at rollout time may come from the training data or the test split: the bonded geometry, the noise
     model and the training temperature travel in the checkpoint."""
+    monkeypatch.chdir(tmp_path)  # the report's TensorBoard logs go to runs/ here, not into the project (issue 30)
     start, z = int(reference["start_frame"][0]), reference["z"]
     init = write_init(tmp_path / "mine.extxyz", trained.coordinates[start - 60 : start + 1], z)
     assert roll(trained, tmp_path / "with_data.npz", "--init", str(init)) == 0

@@ -6,16 +6,22 @@ import math
 import pytest
 import torch
 from ase.data import atomic_masses
-from test_analysis import ETHANOL, vibrating
 
 from asteroid.augment import random_rotations, rotate
 from asteroid.errors import ConfigError
 from asteroid.models import LastFrame
-from asteroid.models.bonded import RANGE_TOLERANCE, BondedGeometry, bonded_pairs
+from asteroid.models.bonded import (
+    PLAUSIBLE_BOND_STRETCH,
+    RANGE_TOLERANCE,
+    BondedGeometry,
+    bonded_pairs,
+    plausible_geometry,
+)
 from asteroid.models.noise import GaussMarkovNoise, factor_nll, lower_triangular, step_energy, thermostat
 from asteroid.models.rollout import remove_rigid_motion, rollout
 
-from helpers import ETHANOL_Z, harmonic_frames
+from helpers import ETHANOL_MINIMUM as ETHANOL
+from helpers import ETHANOL_Z, harmonic_frames, vibrating
 
 Z = torch.as_tensor(ETHANOL_Z)
 MASS = torch.as_tensor(atomic_masses[ETHANOL_Z], dtype=torch.float32)
@@ -350,3 +356,23 @@ def test_a_thermostatted_rollout_is_projected_last_and_settles_near_the_training
     assert geometry.violation(frames).mean() < 5 * RANGE_TOLERANCE and geometry.violation(frames).max() < 0.1
     settled = step_energy(frames[:, 300:], mass).mean()
     assert abs(settled / target - 1) < 0.1, (settled, target)
+
+
+def test_plausible_ranges_move_only_what_leaves_them():
+    """A model for many molecules has no bond table: its rollout keeps each bond within PLAUSIBLE_BOND_STRETCH of its
+    mean over the starting history (a hydroxyl hydrogen driven into its oxygen went to 0.55-0.67 A, issue 26)."""
+    history = torch.as_tensor(vibrating(8, amplitude=0.01), dtype=torch.float32)  # (8, 9, 3)
+    guard = plausible_geometry(Z, history)
+    assert guard.n_bonds == 8 and len(guard.pairs) > 8
+    within = history[-1:] + 0.01 * torch.randn(1, 9, 3)
+    torch.testing.assert_close(guard(within), within)  # a vibration is no business of it
+    crushed = within.clone()
+    crushed[0, 8] = crushed[0, 2] + 0.6 * (crushed[0, 8] - crushed[0, 2])  # O1-H6 at 60% of its length
+    fixed = guard(crushed)
+    oh = (fixed[0, 8] - fixed[0, 2]).norm()
+    mean = (history[:, 8] - history[:, 2]).norm(dim=-1).mean()
+    assert oh >= mean * (1 - PLAUSIBLE_BOND_STRETCH) - 1e-3 and guard.violation(fixed).max() < 2 * RANGE_TOLERANCE
+    mass = torch.as_tensor(atomic_masses[ETHANOL_Z], dtype=torch.float32)
+    torch.testing.assert_close(  # internal forces only: the centre of mass stays
+        (mass[:, None] * fixed[0]).sum(0), (mass[:, None] * crushed[0]).sum(0), atol=1e-4, rtol=0
+    )

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from asteroid.arguments import CommandParser, existing_file, non_negative, positive
 from asteroid.checkpoints import DATA_KEY, read_checkpoint
+from asteroid.data.signature import transferable
 from asteroid.data.starts import (
     InitialConditions,
     repeat_starts,
@@ -221,6 +222,7 @@ def main(argv: list[str]) -> int:
             )
         start = repeat_starts(start, args.samples)
     coupling = args.thermostat if args.thermostat is not None else THERMOSTAT_COUPLING if sample else 0.0
+    plausible = transferable(trained)  # a model for many molecules keeps bonds and angles in plausible ranges
     check_memory(len(start.history), args.frames, len(start.z), args.samples)
 
     torch.manual_seed(args.seed)
@@ -251,6 +253,7 @@ def main(argv: list[str]) -> int:
             sample=sample,
             keep_rigid_motion=args.keep_rigid_motion,
             thermostat_coupling=coupling or None,
+            plausible=plausible,
         )
         predicted = predicted.cpu().numpy()  # (B, F, N, 3)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -270,6 +273,7 @@ def main(argv: list[str]) -> int:
         "sampled": sample,
         "samples_per_start": args.samples,
         "bond_constraints": model.net.bonded is not None and model.net.bonded.fitted,
+        "plausible_ranges": plausible,
         "rigid_motion_stripped": not args.keep_rigid_motion and start.box is None,
         "thermostat_coupling_forecasts": coupling or None,
         "reference": str(args.reference or start.source),

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from asteroid.errors import ConfigError, DivergedError
 from asteroid.models.base import ForecastModel
+from asteroid.models.bonded import plausible_geometry
 from asteroid.models.noise import step_energy, thermostat
 
 # Forecasts over which a sampled rollout relaxes to the training temperature (32 frames, 160 fs at the shipped
@@ -87,6 +88,7 @@ def rollout(
     generator: torch.Generator | None = None,
     timings: dict | None = None,
     thermostat_state: dict | None = None,
+    plausible: bool = False,
 ) -> Tensor:
     """`n_frames` frames after `history`, each forecast of P frames becoming part of the next history.
 
@@ -104,7 +106,9 @@ def rollout(
     SET_POINT_RANGE. `progress`, if given, is called with the number of frames each forecast adds; `timings`, if a
     dict, receives the CPU seconds each of PARTS took, summed over the forecasts (`asteroid benchmark`);
     `thermostat_state`, if a dict, carries the integral term's set points ("set_point", (B,)) from one call to the
-    next, for a caller that advances a rollout a forecast at a time (`ForecastDynamics`).
+    next, for a caller that advances a rollout a forecast at a time (`ForecastDynamics`). plausible: for a net
+    without a bond table of its own (a model for many molecules), project each forecast into `plausible_geometry`'s
+    ranges about the starting history instead (one molecule per call).
     """
     mass = torch.as_tensor(atomic_masses, dtype=history.dtype, device=history.device)[z] * mask  # (B, N)
     strip = not keep_rigid_motion and box is None
@@ -115,6 +119,9 @@ def rollout(
     B, _, N, _ = history.shape
     P = net.horizon
     frames = history.new_empty(B, -(-n_frames // P) * P, N, 3)  # whole forecasts; cut to n_frames at the end
+    guard = None
+    if plausible and net.bonded is None:
+        guard = plausible_geometry(z[0], history.reshape(-1, N, 3))
     state = {} if thermostat_state is None else thermostat_state
     set_point = state.get("set_point", history.new_ones(B))  # the thermostat's integral term, per trajectory
     for start in range(0, n_frames, P):
@@ -132,6 +139,8 @@ def rollout(
         with timed(timings, "projection"):
             if lengths is not None:
                 pred = net.bonded(pred, lengths)
+            elif guard is not None:
+                pred = guard(pred)
         check_finite(pred, mask, start)
         if thermostat_coupling is not None:
             measured = step_energy(torch.cat([previous[:, None], pred], dim=1), mass).clamp_min(1e-12)  # (B,)
