@@ -8,9 +8,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, ModelSummary, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import _update_n, convert_inf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.model_summary.model_summary import _format_summary_table
 
 from asteroid.checkpoints import (
     CONFIG_KEY,
@@ -142,6 +143,17 @@ class PredictionWriter(BasePredictionWriter):
         with atomic_output(path) as handle:
             np.savez(handle, **arrays)
         print(f"predictions of {len(arrays['pred'])} windows written to {path}")
+
+
+class ParameterSummary(ModelSummary):
+    """Lightning's model summary without its FLOPs, which it counts only for a model with an `example_input_array`
+    and prints as 0 otherwise (`asteroid benchmark` counts a forecast's FLOPs)."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, modes, total_flops, **_) -> None:
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, modes, 0, *columns)
+        print("\n".join(line for line in table.splitlines() if not line.endswith("Total Flops")))
 
 
 class RunProgressBar(TQDMProgressBar):

@@ -176,7 +176,7 @@ class Forecaster:
             thermostat_coupling=coupling or None,
             generator=generator,
             thermostat_state=thermostat_state,
-            plausible=transferable(self.trained),
+            molecule_from_history=transferable(self.trained),
         )
         return Frames(predicted[0].cpu().numpy(), self.frame_fs * np.arange(1, frames + 1), z)
 

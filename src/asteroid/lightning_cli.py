@@ -14,6 +14,7 @@ from asteroid.callbacks import (
     CheckpointOnInterrupt,
     ConfigInCheckpoint,
     InitialWeights,
+    ParameterSummary,
     PredictionWriter,
     RunProgressBar,
     ValidateLastStep,
@@ -186,7 +187,7 @@ class AsteroidCLI(LightningCLI):
             defaults.append(RunProgressBar())
         fit = self.subcommand == "fit"
         if fit and trainer_config.get("enable_model_summary", True) is not False and not listed_kind(ModelSummary):
-            defaults.append(ModelSummary())  # plain text: Lightning's rich one leaves escape codes in notebooks
+            defaults.append(ParameterSummary())  # plain text: Lightning's rich one leaves escape codes in notebooks
         if trainer_config["logger"] is not False and not listed_kind(LearningRateMonitor):
             defaults.append(LearningRateMonitor("step"))
         return defaults

@@ -362,3 +362,11 @@ def test_a_run_that_fails_before_logging_leaves_no_empty_version(tmp_path, monke
     assert main(["fit", *args]) == 2
     assert "trajectory too short" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "short").exists()  # (issue 30: failed runs left empty versions)
+
+
+def test_the_model_summary_states_no_flops_it_did_not_count(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path, **{"--trainer.max_epochs": "1", "--test_after_fit": "false"})
+    assert main(["fit", *args, "--trainer.enable_model_summary", "true"]) == 0
+    printed = capsys.readouterr().out
+    assert "Trainable params" in printed and "Flops" not in printed and "FLOPs" not in printed  # (issue 30: "0")

@@ -5,10 +5,12 @@ one structure."""
 import json
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
 import torch
 import yaml
+from ase import Atoms
 from ase.io import read
 
 import asteroid
@@ -148,3 +150,18 @@ def test_pretrained_is_refused_with_a_line_where_it_is_missing(monkeypatch, caps
     monkeypatch.setattr("asteroid.checkpoints.PRETRAINED_FILE", tmp_path / "absent.ckpt")
     code = main(["rollout", "--ckpt_path", "pretrained", "--frames", "4", "--out", str(tmp_path / "x.xyz")])
     assert code == 2 and "is not in this installation (`make pretrain` makes it)" in capsys.readouterr().err
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python block, on a file `my_md.xyz` of ethanol frames 0.5 fs apart (issue 30: the snippets are
+    run by the tests)."""
+    import re
+
+    block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    history, z = ethanol_history(80)
+    ase.io.write(tmp_path / "my_md.xyz", [Atoms(numbers=z, positions=frame) for frame in history])
+    namespace = {}
+    exec(compile(block.replace("2000", "24"), "README.md", "exec"), namespace)  # 24 frames: the same code, quicker
+    future, frames = namespace["future"], namespace["frames"]
+    assert future.positions.shape == (24, 9, 3) and len(frames) == 24 and frames[0].info["time_fs"] == 5.0

@@ -376,3 +376,36 @@ def test_plausible_ranges_move_only_what_leaves_them():
     torch.testing.assert_close(  # internal forces only: the centre of mass stays
         (mass[:, None] * fixed[0]).sum(0), (mass[:, None] * crushed[0]).sum(0), atol=1e-4, rtol=0
     )
+
+
+def test_a_model_for_many_molecules_takes_ranges_and_temperature_from_the_starting_history():
+    """molecule_from_history: the thermostat's target is the history's own step energy (not the pretraining
+    molecules' mean, which was 8% above ethanol's), and what leaves the history's plausible ranges is brought back;
+    both are taken once, so a rollout advanced a forecast at a time (ForecastDynamics) keeps them."""
+
+    class Still(LastFrame):
+        def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):
+            return {"pred": history[:, -1:].repeat(1, self.horizon, 1, 1), "losses": {}}
+
+    torch.manual_seed(0)
+    net = Still(3, 2).eval()
+    net.set_displacement_scale(torch.tensor([0.03, 0.06]))
+    net.noise = GaussMarkovNoise(3, 2)
+    history = torch.as_tensor(vibrating(30, seed=1)[::10], dtype=torch.float32)[None].repeat(4, 1, 1, 1)
+    mass, mask = MASS.expand(4, 9), torch.ones(4, 9, dtype=torch.bool)
+    own = step_energy(history, mass).mean()
+    net.noise.step_energy.fill_(3 * own)  # what the model was trained at: far from this molecule's
+
+    def settled(**options):
+        frames = rollout(net, history, Z.expand(4, 9), mask, 400, thermostat_coupling=4.0, **options)
+        return frames, step_energy(frames[:, 200:], mass).mean()
+
+    state = {}
+    frames, from_history = settled(molecule_from_history=True, thermostat_state=state)
+    _, from_training = settled()
+    assert state["target"] == pytest.approx(float(own)) and from_history < 0.6 * from_training
+    guard = state["guard"]
+    # within the history's ranges: on average to the projection's tolerance, at worst some 1e-2 A on this jitter
+    assert guard.violation(frames).mean() < 5 * RANGE_TOLERANCE and guard.violation(frames).max() < 0.1
+    rollout(net, frames[:, -3:], Z.expand(4, 9), mask, 4, molecule_from_history=True, thermostat_state=state)
+    assert state["guard"] is guard and state["target"] == pytest.approx(float(own))  # kept, not re-taken

@@ -222,7 +222,7 @@ def main(argv: list[str]) -> int:
             )
         start = repeat_starts(start, args.samples)
     coupling = args.thermostat if args.thermostat is not None else THERMOSTAT_COUPLING if sample else 0.0
-    plausible = transferable(trained)  # a model for many molecules keeps bonds and angles in plausible ranges
+    unseen = transferable(trained)  # a model for many molecules takes ranges and temperature from the history
     check_memory(len(start.history), args.frames, len(start.z), args.samples)
 
     torch.manual_seed(args.seed)
@@ -253,7 +253,7 @@ def main(argv: list[str]) -> int:
             sample=sample,
             keep_rigid_motion=args.keep_rigid_motion,
             thermostat_coupling=coupling or None,
-            plausible=plausible,
+            molecule_from_history=unseen,
         )
         predicted = predicted.cpu().numpy()  # (B, F, N, 3)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -273,7 +273,7 @@ def main(argv: list[str]) -> int:
         "sampled": sample,
         "samples_per_start": args.samples,
         "bond_constraints": model.net.bonded is not None and model.net.bonded.fitted,
-        "plausible_ranges": plausible,
+        "molecule_from_history": unseen,
         "rigid_motion_stripped": not args.keep_rigid_motion and start.box is None,
         "thermostat_coupling_forecasts": coupling or None,
         "reference": str(args.reference or start.source),
