@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -60,7 +61,19 @@ def resolve_ckpt_path(ckpt_path: str | None, name: str) -> str | None:
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict:
-    """A checkpoint's contents; ConfigError for a truncated or foreign file."""
+    """A checkpoint's contents (read once while the file is unchanged: a command that needs its config, its weights
+    and its data record reads it once; treat the dict as read-only); ConfigError for a truncated or foreign file."""
+    try:
+        stat = Path(ckpt_path).stat()
+    except OSError:
+        stat = None
+    if stat is None:
+        return _read_checkpoint.__wrapped__(str(ckpt_path), None)  # says what is wrong with it
+    return _read_checkpoint(str(Path(ckpt_path).resolve()), (stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_checkpoint(ckpt_path: str, version) -> dict:
     try:
         return torch.load(ckpt_path, weights_only=True, map_location="cpu")
     except Exception as error:  # pickle, zip and unpickling errors all mean the same

@@ -505,3 +505,16 @@ def test_a_stochastic_constrained_model_trains_reports_its_calibration_and_rolls
     assert np.abs(a[0] - a[1]).mean() > 1e-3  # the members differ
     assert roll(tmp_path / "mean.npz", "--samples", "2", "--mean", "--thermostat", "0") == 2
     assert "every sample would be the same trajectory" in capsys.readouterr().err
+
+
+def test_a_rollout_reads_its_checkpoint_once(trained, tmp_path, monkeypatch):
+    """Its config, weights and data record come from one read (issue 29: the file was read three times)."""
+    import asteroid.checkpoints
+
+    reads = []
+    load = asteroid.checkpoints.torch.load
+    monkeypatch.setattr(asteroid.checkpoints.torch, "load", lambda path, **kw: reads.append(path) or load(path, **kw))
+    asteroid.checkpoints._read_checkpoint.cache_clear()
+    monkeypatch.chdir(tmp_path)
+    assert roll(trained, tmp_path / "once.xyz") == 0
+    assert reads == [str(trained.ckpt.resolve())]
