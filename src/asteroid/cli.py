@@ -8,16 +8,7 @@ import sys
 import threading
 from argparse import ArgumentError
 
-from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-from asteroid.checkpoints import names_a_config, with_stored_config
-from asteroid.config import describe_parse_error, option_value, quiet_lightning, with_base_configs
-from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import AsteroidError, ConfigError, Interrupted
-from asteroid.lightning_cli import AsteroidCLI, known_options
-from asteroid.module import ForecastModule
-from asteroid.threads import choose_threads
 
 # subcommand -> (module with `main(argv) -> int`, one-line help)
 COMMANDS = {
@@ -65,10 +56,47 @@ def run_interruptible(command, argv: list[str]) -> int:
 
 def with_checkpoint_config(argv: list[str]) -> list[str]:
     """`asteroid test --ckpt_path CKPT` with no --config: the config stored in the checkpoint, before the rest."""
+    from asteroid.checkpoints import names_a_config, with_stored_config
+    from asteroid.config import option_value
+
     ckpt_path = option_value(argv, "--ckpt_path", default=None)
     if len(argv) < 2 or names_a_config(argv) or ckpt_path is None:
         return argv
     return [argv[0], *with_stored_config(argv[1:], ckpt_path)[0]]
+
+
+def lightning_subcommand(argv: list[str]) -> int:
+    """fit / validate / test / predict (and the help), through Lightning's CLI: imported here, so that our own
+    subcommands and their --help start without loading Lightning (seconds)."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from asteroid.config import describe_parse_error, quiet_lightning, with_base_configs
+    from asteroid.data.datamodule import TrajectoryDataModule
+    from asteroid.lightning_cli import AsteroidCLI, known_options
+    from asteroid.module import ForecastModule
+    from asteroid.threads import choose_threads
+
+    quiet_lightning()
+    if argv and argv[0] in ("fit", "validate", "test", "predict"):
+        choose_threads()
+    expanded = with_base_configs(with_checkpoint_config(argv))
+    try:
+        AsteroidCLI(
+            ForecastModule,
+            TrajectoryDataModule,
+            subclass_mode_model=False,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
+            args=expanded,
+        )
+    except ArgumentError as error:  # jsonargparse: an unknown option or a value of the wrong type
+        raise ConfigError(describe_parse_error(str(error), expanded, known_options())) from None
+    except MisconfigurationException as error:  # Lightning's word for a Trainer option that cannot work
+        raise ConfigError(" ".join(str(error).split())) from None
+    except SIGTERMException as stop:  # SIGTERM or Ctrl+C (callbacks.CheckpointOnInterrupt); it would exit 0
+        return 128 + getattr(stop, "signum", signal.SIGTERM)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,26 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, (_, help_text) in COMMANDS.items():
                 print(f"  {name:10s} {help_text}")
             print()
-        quiet_lightning()
-        if argv and argv[0] in ("fit", "validate", "test", "predict"):
-            choose_threads()
-        expanded = with_base_configs(with_checkpoint_config(argv))
-        try:
-            AsteroidCLI(
-                ForecastModule,
-                TrajectoryDataModule,
-                subclass_mode_model=False,
-                save_config_kwargs={"overwrite": True},
-                parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
-                args=expanded,
-            )
-        except ArgumentError as error:  # jsonargparse: an unknown option or a value of the wrong type
-            raise ConfigError(describe_parse_error(str(error), expanded, known_options())) from None
-        except MisconfigurationException as error:  # Lightning's word for a Trainer option that cannot work
-            raise ConfigError(" ".join(str(error).split())) from None
-        except SIGTERMException as stop:  # SIGTERM or Ctrl+C (callbacks.CheckpointOnInterrupt); it would exit 0
-            return 128 + getattr(stop, "signum", signal.SIGTERM)
-        return 0
+        return lightning_subcommand(argv)
     except AsteroidError as error:
         print(f"asteroid: error: {error}", file=sys.stderr)
         return 2
