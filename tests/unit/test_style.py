@@ -63,3 +63,14 @@ def test_lower_layers_never_import_the_lightning_cli(layer):
 def test_ruff_is_clean(check):
     run = subprocess.run([sys.executable, "-m", "ruff", *check, "--quiet"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("command", ["simulate", "inspect"])
+def test_subcommands_that_need_no_trainer_start_without_lightning(command):
+    """Lightning takes seconds to import: `asteroid simulate --help` took 7 s with it (issue 30)."""
+    import subprocess
+    import sys
+
+    code = f"import sys, asteroid.commands.{command}; print('pytorch_lightning' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"
