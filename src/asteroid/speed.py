@@ -22,8 +22,15 @@ from asteroid.data.starts import start_from_test_split
 from asteroid.errors import ConfigError
 from asteroid.lightning_cli import from_checkpoint_or_config, from_config, load_weights
 from asteroid.models.rollout import PARTS, default_thermostat, rollout
+from asteroid.simulation.xtb import (
+    TEMPERATURE_K,
+    TIMESTEP_FS,
+    openmp_threads,
+    read_structure,
+    structure_path,
+    xtb_calculator,
+)
 from asteroid.test_table import read_model_rows
-from asteroid.xtb import TEMPERATURE_K, TIMESTEP_FS, openmp_threads, read_structure, structure_path, xtb_calculator
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 WATER_SPACING = 3.1  # Angstrom between the oxygens of a water cluster, about liquid water's density

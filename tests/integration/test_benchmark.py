@@ -14,6 +14,7 @@ from asteroid.commands.benchmark import main
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError, DataError
 from asteroid.models import Asteroid
+from asteroid.simulation.xtb import TIMESTEP_FS, read_structure, structure_path
 from asteroid.speed import (
     WATER_SPACING,
     ballistic_history,
@@ -25,7 +26,6 @@ from asteroid.speed import (
     thermal_speed,
     water_cluster,
 )
-from asteroid.xtb import TIMESTEP_FS, read_structure, structure_path
 
 from helpers import ETHANOL_Z, write_toy_trajectory
 

@@ -30,8 +30,8 @@ import asteroid as asteroid_api
 from asteroid.cli import main as asteroid
 from asteroid.data.readers import load_trajectory
 from asteroid.errors import DataError
-from asteroid.xtb_md import simulate
-from asteroid.xtb_state import checkpoint_path
+from asteroid.simulation.md import simulate
+from asteroid.simulation.state import checkpoint_path
 
 from helpers import harmonic_frames, md_topology, tiny_args, write_toy_trajectory
 from helpers.sweep import Report, isolated, time_limit

@@ -19,7 +19,7 @@ from asteroid.metrics import covalent_bonds
 from asteroid.models import LastFrame, LinearExtrapolation
 from asteroid.models.bonded import BondedGeometry
 from asteroid.models.rollout import rollout
-from asteroid.xtb import structure_path
+from asteroid.simulation.xtb import structure_path
 
 from helpers import ETHANOL_Z, EXPERIMENTS, harmonic_frames, tiny_args
 

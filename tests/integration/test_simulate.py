@@ -14,9 +14,9 @@ from tblite.ase import TBLite
 
 from asteroid.commands.simulate import main
 from asteroid.errors import AsteroidError, ConfigError, DataError
-from asteroid.xtb import BUILTIN_MOLECULES, openmp_threads, structure_path
-from asteroid.xtb_md import simulate
-from asteroid.xtb_state import checkpoint_path
+from asteroid.simulation.md import simulate
+from asteroid.simulation.state import checkpoint_path
+from asteroid.simulation.xtb import BUILTIN_MOLECULES, openmp_threads, structure_path
 
 KCAL_MOL = units.kcal / units.mol  # eV
 FORMULAS = {

@@ -199,7 +199,7 @@ def test_save_report_writes_json_figures_and_tensorboard(reference, tmp_path, ca
 
 
 def test_reference_energies_only_when_they_are_gfn2(tmp_path):
-    from asteroid.xtb import METHOD
+    from asteroid.simulation.xtb import METHOD
 
     R = vibrating(20)
     np.savez(tmp_path / "ours.npz", R=R, z=ETHANOL_Z, dt_fs=DT, E=np.arange(20.0), method=METHOD)

@@ -14,7 +14,7 @@ PACKAGE = ROOT / "src" / "asteroid"
 COMMANDS = {"asteroid.cli"} | {
     f"asteroid.commands.{path.stem}" for path in (PACKAGE / "commands").glob("*.py") if path.stem != "__init__"
 }
-LOWER_LAYERS = ("models", "data", "analysis")
+LOWER_LAYERS = ("models", "data", "analysis", "simulation")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -68,9 +68,17 @@ def test_ruff_is_clean(check):
 @pytest.mark.parametrize("command", ["simulate", "inspect"])
 def test_subcommands_that_need_no_trainer_start_without_lightning(command):
     """Lightning takes seconds to import: `asteroid simulate --help` took 7 s with it (issue 30)."""
-    import subprocess
-    import sys
-
     code = f"import sys, asteroid.commands.{command}; print('pytorch_lightning' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "False"
+
+
+def test_the_data_generator_knows_nothing_of_training():
+    """simulation/ (GFN2-xTB MD) sits below the data: it imports no model, data module or Lightning code."""
+    upward = {
+        name: sorted(m for m in imported_modules(path) if m.startswith(("asteroid.models", "asteroid.module",
+                                                                         "asteroid.data", "asteroid.lightning_cli")))
+        for name, path in modules().items()
+        if name.startswith("asteroid.simulation")
+    }  # fmt: skip
+    assert {name: found for name, found in upward.items() if found} == {}

@@ -9,7 +9,7 @@ from asteroid.data.dataset import collate_windows
 from asteroid.data.signature import transferable, unknown_atoms
 from asteroid.errors import ConfigError
 from asteroid.models import Asteroid
-from asteroid.smiles import structure_from_smiles
+from asteroid.simulation.smiles import structure_from_smiles
 
 H, P = 4, 3
 SMALL = dict(hidden=16, temporal_hidden=8, vector_channels=8, heads=2, spatial_layers=2, cutoff=3.0, num_rbf=8)

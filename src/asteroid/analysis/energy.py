@@ -18,7 +18,7 @@ def xtb_energies(z: np.ndarray, frames: np.ndarray) -> np.ndarray:
     from ase import Atoms
     from ase.calculators.calculator import CalculatorError
 
-    from asteroid.xtb import EV_PER_KCAL_MOL, openmp_threads, xtb_calculator  # tblite loads only if asked
+    from asteroid.simulation.xtb import EV_PER_KCAL_MOL, openmp_threads, xtb_calculator  # tblite loads only if asked
 
     atoms = Atoms(numbers=z)
     atoms.calc = xtb_calculator()
@@ -92,7 +92,7 @@ def energy_comparison(
 
 def gfn2_energies(path: Path, trajectory) -> np.ndarray | None:
     """The reference's energies when its file says they are GFN2-xTB ones (written by `asteroid simulate`)."""
-    from asteroid.xtb import METHOD
+    from asteroid.simulation.xtb import METHOD
 
     if path.suffix.lower() != ".npz" or trajectory.E is None:
         return None

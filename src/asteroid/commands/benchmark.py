@@ -2,7 +2,7 @@
 
 The fair unit is a simulated picosecond: the MD needs 1000 / 0.5 = 2000 velocity-Verlet steps for it whatever
 the output spacing; the model needs one predicted frame per `spacing` data frames (200 at the shipped spacing
-of 10). In one process, for the same molecule: the MD runs the generator's own code path (`asteroid.xtb`:
+of 10). In one process, for the same molecule: the MD runs the generator's own code path (`asteroid.simulation.xtb`:
 its tblite calculator, ASE's velocity Verlet, its OpenMP guard) on the CPU; the model rolls out 1 and B
 independent trajectories on the chosen device, with the same number of threads. Speed is printed beside the
 checkpoint's own test MSE (its run's test_metrics.csv), so that it is never shown without the accuracy it buys, and
@@ -25,6 +25,7 @@ from asteroid.data.windows import rollout_spacing
 from asteroid.errors import ConfigError
 from asteroid.fileio import atomic_output, not_an_input, writable_output
 from asteroid.models.rollout import default_thermostat
+from asteroid.simulation.xtb import read_structure
 from asteroid.speed import (
     CLOCKS,
     checkpoint_test_mse,
@@ -38,7 +39,6 @@ from asteroid.speed import (
     water_cluster,
     window_histories,
 )
-from asteroid.xtb import read_structure
 
 
 def benchmark_case(

@@ -1,4 +1,4 @@
-"""`asteroid simulate`: generate a GFN2-xTB MD trajectory (the engine is asteroid.xtb_md)."""
+"""`asteroid simulate`: generate a GFN2-xTB MD trajectory (the engine is asteroid.simulation.md)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from ase.io import write
 
 from asteroid.arguments import CommandParser
 from asteroid.fileio import not_an_input, writable_output
-from asteroid.smiles import structure_from_smiles
-from asteroid.xtb import BUILTIN_MOLECULES, TEMPERATURE_K, TIMESTEP_FS
-from asteroid.xtb_md import run_summary, simulate
+from asteroid.simulation.md import run_summary, simulate
+from asteroid.simulation.smiles import structure_from_smiles
+from asteroid.simulation.xtb import BUILTIN_MOLECULES, TEMPERATURE_K, TIMESTEP_FS
 
 
 def main(argv: list[str]) -> int:

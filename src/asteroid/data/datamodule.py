@@ -146,7 +146,10 @@ class TrajectoryDataModule(pl.LightningDataModule):
         for source in self.sources:
             path = self._file(source)
             if not path.exists():
-                from asteroid.xtb_md import run_summary, simulate  # here: tblite loads only when data must be made
+                from asteroid.simulation.md import (  # here: tblite loads only when data must be made
+                    run_summary,
+                    simulate,
+                )
 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # resume=True continues an interrupted generation (its checkpoint) and starts afresh otherwise

@@ -121,7 +121,7 @@ def start_from_file(
 def xtb_history(path: str, frames: int, dt_fs: float):
     """The first `frames` frames (`dt_fs` apart) of GFN2-xTB MD at 500 K from the one structure in `path`: a history
     made as the training data were (relaxed, thermalised, then NVE), for a rollout from a single structure."""
-    from asteroid.xtb_md import simulate  # here: tblite loads only when a history must be made
+    from asteroid.simulation.md import simulate  # here: tblite loads only when a history must be made
 
     print(f"{path}: one structure; making its history by {frames} steps of GFN2-xTB MD at 500 K", file=sys.stderr)
     with tempfile.TemporaryDirectory() as folder:

@@ -40,7 +40,7 @@ def structure_path(name: str) -> Path:
             f"unknown molecule {name!r}: the built-in molecules are {', '.join(BUILTIN_MOLECULES)} "
             "(pass a structure file for any other)"
         )
-    return Path(__file__).with_name("structures") / f"{key}.xyz"
+    return Path(__file__).parents[1] / "structures" / f"{key}.xyz"
 
 
 def read_structure(path: str | Path) -> Atoms:

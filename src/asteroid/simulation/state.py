@@ -12,7 +12,7 @@ from ase import Atoms
 
 from asteroid.errors import ConfigError, DataError
 from asteroid.fileio import atomic_output
-from asteroid.xtb import EV_PER_KCAL_MOL
+from asteroid.simulation.xtb import EV_PER_KCAL_MOL
 
 
 def checkpoint_path(out: str | Path) -> Path:

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from asteroid.errors import AsteroidError, ConfigError
 from asteroid.fileio import atomic_output, sole_writer, writable_output
-from asteroid.xtb import (
+from asteroid.simulation.state import Frames, MDSettings, RunState, checkpoint_path, load_checkpoint, save_checkpoint
+from asteroid.simulation.xtb import (
     EV_PER_KCAL_MOL,
     METHOD,
     RELAX_FMAX,
@@ -36,7 +37,6 @@ from asteroid.xtb import (
     structure_path,
     xtb_calculator,
 )
-from asteroid.xtb_state import Frames, MDSettings, RunState, checkpoint_path, load_checkpoint, save_checkpoint
 
 
 def kinetic_dof(atoms: Atoms, keep_rotation: bool) -> int:
