@@ -15,7 +15,7 @@ from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError, DataError
 from asteroid.models import Asteroid
 from asteroid.simulation.xtb import TIMESTEP_FS, read_structure, structure_path
-from asteroid.speed import (
+from asteroid.studies.speed import (
     WATER_SPACING,
     ballistic_history,
     checkpoint_test_mse,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from asteroid.cli import main
-from asteroid.peer_rollout import estag_pivot
+from asteroid.studies.peer_rollout import estag_pivot
 
 from helpers import ETHANOL_Z, write_toy_trajectory
 
@@ -148,8 +148,8 @@ def test_compare_unknown_model(experiments, tmp_path, capsys):
 
 
 def test_frames_lengthens_generated_trajectories_into_their_own_files(tmp_path):
-    from asteroid.comparison import lengthened_sources
     from asteroid.data.sources import TrajectorySource
+    from asteroid.studies.comparison import lengthened_sources
 
     override = lengthened_sources(
         [TrajectorySource("data/ethanol_xtb.npz", molecule="ethanol")], 30000, Path("ethanol.yaml")
@@ -232,7 +232,7 @@ def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monk
 def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch):
     import torch
 
-    from asteroid.accuracy_tables import backfill
+    from asteroid.studies.accuracy_tables import backfill
 
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "runs/compare/default/toy/lstm/seed0/version_0"
@@ -253,7 +253,7 @@ def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch
 
 
 def test_a_model_may_be_a_config_file_named_by_its_stem():
-    from asteroid.comparison import experiment_files
+    from asteroid.studies.comparison import experiment_files
 
     files = experiment_files(EXPERIMENTS / "models", ["egnn", str(EXPERIMENTS / "official/estag.yaml")], "model")
     assert files == {"egnn": EXPERIMENTS / "models/egnn.yaml", "estag": EXPERIMENTS / "official/estag.yaml"}

@@ -53,7 +53,7 @@ MODEL_PRESETS = sorted((EXPERIMENTS / "models").glob("*.yaml"))
 @pytest.mark.parametrize("preset", MODEL_PRESETS, ids=lambda p: p.stem)
 def test_model_preset_runs(preset, tmp_path, monkeypatch, capsys):
     """Every model `asteroid compare` can run (ASTEROID, its ablations, the baselines) trains and tests."""
-    from asteroid.comparison import net_class, net_overrides
+    from asteroid.studies.comparison import net_class, net_overrides
 
     from helpers import write_toy_trajectory
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from asteroid.accuracy_tables import rollout_table
 from asteroid.errors import DataError
 from asteroid.models import LastFrame, LinearExtrapolation
 from asteroid.models.base import ForecastModel
-from asteroid.peer_rollout import DELTA, estag_pivot, estag_rollout_mse
+from asteroid.studies.accuracy_tables import rollout_table
+from asteroid.studies.peer_rollout import DELTA, estag_pivot, estag_rollout_mse
 
 from helpers import ETHANOL_Z, harmonic_frames
 

@@ -26,7 +26,7 @@ from asteroid.errors import ConfigError
 from asteroid.fileio import atomic_output, not_an_input, writable_output
 from asteroid.models.rollout import default_thermostat
 from asteroid.simulation.xtb import read_structure
-from asteroid.speed import (
+from asteroid.studies.speed import (
     CLOCKS,
     checkpoint_test_mse,
     config_molecule,

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from asteroid.accuracy_tables import (
+from asteroid.arguments import CommandParser, non_negative, positive
+from asteroid.data.windows import PROTOCOLS
+from asteroid.errors import AsteroidError
+from asteroid.fileio import sole_writer, writable_output
+from asteroid.models.baselines.extrapolation import PolynomialExtrapolation
+from asteroid.runs import run_name, trained_steps
+from asteroid.studies.accuracy_tables import (
     COLUMNS,
     ROLLOUT_COLUMNS,
     backfill,
@@ -27,8 +33,7 @@ from asteroid.accuracy_tables import (
     write_rows,
     write_steps,
 )
-from asteroid.arguments import CommandParser, non_negative, positive
-from asteroid.comparison import (
+from asteroid.studies.comparison import (
     data_facts,
     experiment_files,
     fit_arguments,
@@ -37,12 +42,7 @@ from asteroid.comparison import (
     net_overrides,
     run_once,
 )
-from asteroid.data.windows import PROTOCOLS
-from asteroid.errors import AsteroidError
-from asteroid.fileio import sole_writer, writable_output
-from asteroid.models.baselines.extrapolation import PolynomialExtrapolation
-from asteroid.peer_rollout import estag_rollout_rows
-from asteroid.runs import run_name, trained_steps
+from asteroid.studies.peer_rollout import estag_rollout_rows
 from asteroid.test_table import read_model_rows
 
 

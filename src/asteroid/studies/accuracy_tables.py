@@ -129,10 +129,12 @@ def rollout_table(rollouts: list[dict]) -> list[str]:
     for r in rollouts:
         table.setdefault(r["model"], {}).setdefault(int(r["round"]), []).append(float(r["mse"]))
     lines = [
-        "ESTAG's rollout metric (GLAD-RUC/ESTAG rollout/md_rollout.py, `asteroid.peer_rollout`): from the official "
-        "pivot (np.random.seed(1), anywhere in the trajectory) each forecast fed back as history, the MSE (Angstrom^2) "
-        "against the true frame at rounds " + " and ".join(map(str, rounds)) + " (one round: 10 frames of the file). "
-        "One trajectory per run, so a seed's figure is noisy; seeds: the runs whose folders were here.",
+        "ESTAG's rollout metric (GLAD-RUC/ESTAG rollout/md_rollout.py, `asteroid.studies.peer_rollout`): from the "
+        "official pivot (np.random.seed(1), anywhere in the trajectory) each forecast fed back as history, the MSE "
+        "(Angstrom^2) against the true frame at rounds "
+        + " and ".join(map(str, rounds))
+        + " (one round: 10 frames of the file). One trajectory per run, so a seed's figure is noisy; seeds: the "
+        "runs whose folders were here.",
         "",
         "| model | seeds | " + " | ".join(f"round {n}" for n in rounds) + " |",
         "|---|---|" + "---|" * len(rounds),
