@@ -62,9 +62,9 @@ def measure(n_atoms: int, mode: str, repeats: int) -> dict:
     """One (N, mode) point, in this process."""
     import torch
 
-    from asteroid.augment import random_rotations, rotate
     from asteroid.models import Asteroid
-    from asteroid.module import ForecastModule
+    from asteroid.training.augment import random_rotations, rotate
+    from asteroid.training.module import ForecastModule
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -74,8 +74,8 @@ def lightning_subcommand(argv: list[str]) -> int:
     from asteroid.config import describe_parse_error, quiet_lightning, with_base_configs
     from asteroid.data.datamodule import TrajectoryDataModule
     from asteroid.lightning_cli import AsteroidCLI, known_options
-    from asteroid.module import ForecastModule
     from asteroid.threads import choose_threads
+    from asteroid.training.module import ForecastModule
 
     quiet_lightning()
     if argv and argv[0] in ("fit", "validate", "test", "predict"):

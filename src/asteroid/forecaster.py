@@ -33,9 +33,9 @@ from asteroid.data.signature import transferable, unknown_atoms
 from asteroid.data.windows import WindowLayout, rollout_spacing
 from asteroid.errors import ArgumentTypeError, ArgumentValueError, ConfigError, DataError
 from asteroid.models.rollout import THERMOSTAT_COUPLING, check_finite, rollout
-from asteroid.module import ForecastModule
 from asteroid.runs import ROOT, latest_checkpoint
 from asteroid.threads import choose_threads
+from asteroid.training.module import ForecastModule
 
 
 @dataclass

@@ -10,15 +10,6 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Mo
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
 
-from asteroid.callbacks import (
-    CheckpointOnInterrupt,
-    ConfigInCheckpoint,
-    InitialWeights,
-    ParameterSummary,
-    PredictionWriter,
-    RunProgressBar,
-    ValidateLastStep,
-)
 from asteroid.checkpoints import (
     CONFIG_KEY,
     DATA_KEY,
@@ -34,8 +25,17 @@ from asteroid.checkpoints import (
 from asteroid.config import describe_parse_error, quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
 from asteroid.errors import ConfigError
-from asteroid.module import ForecastModule
 from asteroid.runs import LAST, AtomicCheckpointIO, RunLogger, checkpoint_version, run_dir
+from asteroid.training.callbacks import (
+    CheckpointOnInterrupt,
+    ConfigInCheckpoint,
+    InitialWeights,
+    ParameterSummary,
+    PredictionWriter,
+    RunProgressBar,
+    ValidateLastStep,
+)
+from asteroid.training.module import ForecastModule
 
 # values the data module decides and the net must agree with
 LINKED = ("history", "horizon")

@@ -306,8 +306,8 @@ def test_fit_shows_one_bar_of_steps_and_one_test_table(tmp_path, monkeypatch, ca
 def test_a_callback_the_config_lists_replaces_the_default_of_its_kind(tmp_path, monkeypatch):
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from asteroid.callbacks import ConfigInCheckpoint
     from asteroid.lightning_cli import from_config
+    from asteroid.training.callbacks import ConfigInCheckpoint
 
     monkeypatch.chdir(tmp_path)
 

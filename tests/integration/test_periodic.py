@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from asteroid.augment import random_rotations, rotate, rotate_windows
 from asteroid.cli import main
 from asteroid.data import load_trajectory
 from asteroid.data.datamodule import TrajectoryDataModule
@@ -17,6 +16,7 @@ from asteroid.data.signature import split_summary
 from asteroid.data.sources import TrajectorySource
 from asteroid.errors import ConfigError, DataError
 from asteroid.models import EGNN, EGNO, ESTAG, Asteroid
+from asteroid.training.augment import random_rotations, rotate, rotate_windows
 
 from helpers import harmonic_frames, md_topology, tiny_args
 

@@ -12,7 +12,7 @@ from asteroid.errors import ConfigError, DataError
 from asteroid.models.baselines.egnn import EGNN
 from asteroid.models.baselines.egno import EGNO, EquivariantTimeConvolution
 from asteroid.models.baselines.estag import ESTAG, equivariant_spectrum
-from asteroid.module import ForecastModule
+from asteroid.training.module import ForecastModule
 
 from helpers import write_toy_trajectory
 

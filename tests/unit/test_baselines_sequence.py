@@ -7,7 +7,7 @@ from asteroid.data.sources import TrajectorySource
 from asteroid.errors import ConfigError
 from asteroid.models.baselines.extrapolation import LastFrame, LinearExtrapolation, QuadraticExtrapolation
 from asteroid.models.baselines.sequence import LSTMForecaster, TransformerForecaster
-from asteroid.module import ForecastModule
+from asteroid.training.module import ForecastModule
 
 from helpers import write_toy_trajectory
 

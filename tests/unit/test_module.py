@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from asteroid.augment import random_walk_noise
 from asteroid.checkpoints import load_state
 from asteroid.errors import ConfigError
 from asteroid.models import LastFrame
-from asteroid.module import ForecastModule
+from asteroid.training.augment import random_walk_noise
+from asteroid.training.module import ForecastModule
 
 
 def test_random_walk_noise_grows_along_the_history_and_reaches_its_std_on_the_last_frame():

@@ -7,7 +7,6 @@ import pytest
 import torch
 from ase.data import atomic_masses
 
-from asteroid.augment import random_rotations, rotate
 from asteroid.errors import ConfigError
 from asteroid.models import LastFrame
 from asteroid.models.bonded import (
@@ -19,6 +18,7 @@ from asteroid.models.bonded import (
 )
 from asteroid.models.noise import GaussMarkovNoise, factor_nll, lower_triangular, step_energy, thermostat
 from asteroid.models.rollout import remove_rigid_motion, rollout
+from asteroid.training.augment import random_rotations, rotate
 
 from helpers import ETHANOL_MINIMUM as ETHANOL
 from helpers import ETHANOL_Z, harmonic_frames, vibrating

@@ -76,7 +76,7 @@ def test_subcommands_that_need_no_trainer_start_without_lightning(command):
 def test_the_data_generator_knows_nothing_of_training():
     """simulation/ (GFN2-xTB MD) sits below the data: it imports no model, data module or Lightning code."""
     upward = {
-        name: sorted(m for m in imported_modules(path) if m.startswith(("asteroid.models", "asteroid.module",
+        name: sorted(m for m in imported_modules(path) if m.startswith(("asteroid.models", "asteroid.training.module",
                                                                          "asteroid.data", "asteroid.lightning_cli")))
         for name, path in modules().items()
         if name.startswith("asteroid.simulation")

@@ -12,11 +12,9 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
-from asteroid.augment import random_rotations, random_walk_noise, rotate_windows
 from asteroid.checkpoints import DATA_KEY, TRAIN_POSITION_KEY
 from asteroid.data.signature import split_summary
 from asteroid.errors import ConfigError, DataError, DivergedError
-from asteroid.evaluation import Evaluation
 from asteroid.fileio import atomic_output
 from asteroid.metrics import ForecastMetrics, SpreadSkill
 from asteroid.models.base import ForecastModel
@@ -25,6 +23,8 @@ from asteroid.models.noise import GaussMarkovNoise, windows_step_energy
 from asteroid.runs import run_dir
 from asteroid.schedule import training_progress, warmup_cosine
 from asteroid.test_table import REFERENCE_ORDERS
+from asteroid.training.augment import random_rotations, random_walk_noise, rotate_windows
+from asteroid.training.evaluation import Evaluation
 
 if TYPE_CHECKING:
     from asteroid.data.dataset import Window
