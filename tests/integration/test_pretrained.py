@@ -122,7 +122,7 @@ def test_the_shipped_pretrained_model_forecasts_a_molecule_it_never_saw():
         model.forecast(history[:, :5], z=[6, 9, 1, 1, 1])
 
 
-def test_rollout_of_the_pretrained_model_from_one_structure(tmp_path):
+def test_rollout_of_the_pretrained_model_from_one_structure(tmp_path, capsys):
     out = tmp_path / "ethanol.xyz"
     code = main(
         [
@@ -144,6 +144,10 @@ def test_rollout_of_the_pretrained_model_from_one_structure(tmp_path):
         np.stack([f.positions for f in frames])[:, 0] - np.stack([f.positions for f in frames])[:, 1], axis=-1
     )
     assert np.all((bonds > 1.2) & (bonds < 1.8))  # the C-C bond stays a bond
+    # its own 71-frame history would pass any check of a report: one is refused without a reference trajectory
+    code = main(["rollout", "--ckpt_path", "pretrained", "--init", str(STRUCTURES / "ethanol.xyz"), "--frames", "8",
+                 "--out", str(tmp_path / "r.xyz"), "--report"])  # fmt: skip
+    assert code == 2 and "is one structure, with no trajectory to judge the rollout against" in capsys.readouterr().err
 
 
 def test_pretrained_is_refused_with_a_line_where_it_is_missing(monkeypatch, capsys, tmp_path):

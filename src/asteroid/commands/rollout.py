@@ -213,6 +213,11 @@ def main(argv: list[str]) -> int:
             start = start_from_test_split(datamodule, args.batch, spacing, args.frames)
     if args.reference is not None:
         start = with_reference(start, args.reference)
+    elif args.report and start.from_structure:  # 71 frames of its own making would pass any check
+        raise ConfigError(
+            f"--report: {args.init} is one structure, with no trajectory to judge the rollout against; pass "
+            "--reference FILE (an MD trajectory of the molecule)"
+        )
     sample = not args.mean and model.net.noise is not None
     if args.samples > 1:
         if not sample:

@@ -29,6 +29,7 @@ class InitialConditions:
     reference_dt_fs: float
     continuation: np.ndarray | None  # (B, F_c, N, 3) the true frames the rollout predicts, where the source has them
     box: np.ndarray | None = None  # (B, 3, 3) periodic cell of the last history frame, None for open boundaries
+    from_structure: bool = False  # one structure, its history made by GFN2-xTB: no trajectory to judge against
 
 
 def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -> InitialConditions:
@@ -79,7 +80,8 @@ def start_from_file(
                 f"{path}: does not say the time between its frames; pass --dt-fs (the model's data were "
                 f"{kinds[0][1]:g} fs apart)"
             ) from None
-    if trajectory.n_frames == 1 and not kinds[0][2]:
+    from_structure = trajectory.n_frames == 1 and not kinds[0][2]
+    if from_structure:
         trajectory = xtb_history(path, (history - 1) * spacing + 1, kinds[0][1])
     if trained["heavy_atoms"]:
         trajectory = trajectory.select_atoms(np.flatnonzero(trajectory.z > 1))
@@ -115,6 +117,7 @@ def start_from_file(
         reference_dt_fs=trajectory.dt_fs,
         continuation=None,
         box=None if box is None else box[-1:],
+        from_structure=from_structure,
     )
 
 
