@@ -65,10 +65,8 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
     and its data record reads it once; treat the dict as read-only); ConfigError for a truncated or foreign file."""
     try:
         stat = Path(ckpt_path).stat()
-    except OSError:
-        stat = None
-    if stat is None:
-        return _read_checkpoint.__wrapped__(str(ckpt_path), None)  # says what is wrong with it
+    except OSError as error:
+        raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint ({type(error).__name__})") from None
     return _read_checkpoint(str(Path(ckpt_path).resolve()), (stat.st_mtime_ns, stat.st_size))
 
 

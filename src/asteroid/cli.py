@@ -6,7 +6,6 @@ import importlib
 import signal
 import sys
 import threading
-from argparse import ArgumentError
 
 from asteroid.errors import AsteroidError, ConfigError, Interrupted
 
@@ -71,27 +70,14 @@ def lightning_subcommand(argv: list[str]) -> int:
     from lightning_fabric.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from asteroid.config import describe_parse_error, quiet_lightning, with_base_configs
-    from asteroid.data.datamodule import TrajectoryDataModule
-    from asteroid.lightning_cli import AsteroidCLI, known_options
+    from asteroid.config import with_base_configs
+    from asteroid.lightning_cli import build_cli
     from asteroid.threads import choose_threads
-    from asteroid.training.module import ForecastModule
 
-    quiet_lightning()
     if argv and argv[0] in ("fit", "validate", "test", "predict"):
         choose_threads()
-    expanded = with_base_configs(with_checkpoint_config(argv))
     try:
-        AsteroidCLI(
-            ForecastModule,
-            TrajectoryDataModule,
-            subclass_mode_model=False,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
-            args=expanded,
-        )
-    except ArgumentError as error:  # jsonargparse: an unknown option or a value of the wrong type
-        raise ConfigError(describe_parse_error(str(error), expanded, known_options())) from None
+        build_cli(with_base_configs(with_checkpoint_config(argv)), save_config_kwargs={"overwrite": True})
     except MisconfigurationException as error:  # Lightning's word for a Trainer option that cannot work
         raise ConfigError(" ".join(str(error).split())) from None
     except SIGTERMException as stop:  # SIGTERM or Ctrl+C (callbacks.CheckpointOnInterrupt); it would exit 0

@@ -45,6 +45,8 @@ class AsteroidCLI(LightningCLI):
     """LightningCLI with our defaults: runs/<name>/version_N/ for logs, tables and checkpoints (see asteroid.runs),
     and no silent overrides."""
 
+    _initial_weights: str | None = None  # fit from a weights-only checkpoint: the file it starts from (a fine-tune)
+
     def add_arguments_to_parser(self, parser):
         parser.add_argument(
             "--extends", default=None, help="in a config file: the base config it builds on (see `with_base_configs`)"
@@ -101,7 +103,6 @@ class AsteroidCLI(LightningCLI):
             return
         config = self.config[subcommand]
         ckpt_path = config.ckpt_path = resolve_ckpt_path(config.get("ckpt_path"), config.name)
-        self._initial_weights = None
         if ckpt_path in (None, "best"):
             return
         checkpoint = read_checkpoint(ckpt_path)
@@ -198,7 +199,7 @@ class AsteroidCLI(LightningCLI):
         required = [ConfigInCheckpoint(self._model_config(self.subcommand), self._run_config(self.subcommand))]
         if self.subcommand == "fit":
             required += [ValidateLastStep(), CheckpointOnInterrupt()]
-            if getattr(self, "_initial_weights", None) is not None:
+            if self._initial_weights is not None:
                 required.append(InitialWeights(self._initial_weights))
         if self.subcommand == "predict":
             required.append(PredictionWriter())
@@ -238,22 +239,27 @@ def known_options() -> list[str]:
     )
 
 
-def from_config(config_args: list[str], own_options: list[str] = ()) -> AsteroidCLI:
-    """Model, data module and trainer of `--config ...` arguments, built but not run (for our own subcommands, whose
-    `own_options` a mistyped option may have meant)."""
+def build_cli(args: list[str], own_options: list[str] = (), **kwargs) -> AsteroidCLI:
+    """AsteroidCLI of expanded `args` (run, or with run=False only built); a bad option or value is a one-line
+    ConfigError, with the option meant among `own_options` (a subcommand's) and the config's."""
     quiet_lightning()
-    args = with_base_configs(config_args)
     try:
         return AsteroidCLI(
             ForecastModule,
             TrajectoryDataModule,
             subclass_mode_model=False,
-            run=False,
             args=args,
             parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
+            **kwargs,
         )
     except ArgumentError as error:  # jsonargparse: an unknown option or a value of the wrong type
         raise ConfigError(describe_parse_error(str(error), args, [*own_options, *known_options()])) from None
+
+
+def from_config(config_args: list[str], own_options: list[str] = ()) -> AsteroidCLI:
+    """Model, data module and trainer of `--config ...` arguments, built but not run (for our own subcommands, whose
+    `own_options` a mistyped option may have meant)."""
+    return build_cli(with_base_configs(config_args), own_options, run=False)
 
 
 def from_checkpoint_or_config(args: list[str], ckpt_path: str, own_options: list[str] = ()) -> tuple[AsteroidCLI, str]:

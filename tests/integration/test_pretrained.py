@@ -82,7 +82,7 @@ def test_export_keeps_the_weights_and_records_where_they_came_from(exported, cap
         list(provenance["data"]) == [str(folder / "toy.npz")] and len(provenance["data"][str(folder / "toy.npz")]) == 40
     )
     code = main(["export", "--ckpt_path", str(out), "--out", str(out)])
-    assert code == 2 and f"--out {out}: is the checkpoint being exported" in capsys.readouterr().err
+    assert code == 2 and f"--out {out}: is the checkpoint this command reads" in capsys.readouterr().err
 
 
 def test_fit_from_a_weights_only_checkpoint_is_a_new_run_from_its_weights(exported, monkeypatch, capsys):

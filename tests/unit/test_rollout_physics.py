@@ -333,20 +333,30 @@ def test_rollout_strips_a_drifting_forecast_unless_asked_to_keep_it():
         rollout(Drifting(3, 2), history, Z[None], mask, 4, thermostat_coupling=1.0)
 
 
+class Still(LastFrame):
+    """The last frame held: whatever moves in a rollout of it comes from the noise head's draws."""
+
+    def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):
+        return {"pred": history[:, -1:].repeat(1, self.horizon, 1, 1), "losses": {}}
+
+
+def still_net_with_noise() -> Still:
+    """3 frames in, 2 out, an untrained noise head to draw from (seeded)."""
+    torch.manual_seed(0)
+    net = Still(3, 2).eval()
+    net.set_displacement_scale(torch.tensor([0.03, 0.06]))
+    net.noise = GaussMarkovNoise(3, 2)
+    return net
+
+
 def test_a_thermostatted_rollout_is_projected_last_and_settles_near_the_training_temperature(geometry):
     """Jittering forecasts from an untrained noise head, projected once, after the thermostat, onto drawn bond
     lengths that take back most of every step: the frames keep the bonded geometry (1-3 pairs on average within
     a few times the range tolerance, at worst some 1e-2 A off on this harsh jitter) and the mean step energy settles
     within 10% of a target the projection alone keeps it below."""
 
-    class Still(LastFrame):
-        def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):
-            return {"pred": history[:, -1:].repeat(1, self.horizon, 1, 1), "losses": {}}
-
-    torch.manual_seed(0)
-    net = Still(3, 2).eval()
-    net.set_displacement_scale(torch.tensor([0.03, 0.06]))
-    net.noise, net.bonded = GaussMarkovNoise(3, 2), geometry
+    net = still_net_with_noise()
+    net.bonded = geometry
     history = torch.as_tensor(vibrating(30, seed=1)[::10], dtype=torch.float32)[None].repeat(4, 1, 1, 1)
     mass, mask = MASS.expand(4, 9), torch.ones(4, 9, dtype=torch.bool)
     free = rollout(net, history, Z.expand(4, 9), mask, 600)
@@ -383,14 +393,7 @@ def test_a_model_for_many_molecules_takes_ranges_and_temperature_from_the_starti
     molecules' mean, which was 8% above ethanol's), and what leaves the history's plausible ranges is brought back;
     both are taken once, so a rollout advanced a forecast at a time (ForecastDynamics) keeps them."""
 
-    class Still(LastFrame):
-        def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):
-            return {"pred": history[:, -1:].repeat(1, self.horizon, 1, 1), "losses": {}}
-
-    torch.manual_seed(0)
-    net = Still(3, 2).eval()
-    net.set_displacement_scale(torch.tensor([0.03, 0.06]))
-    net.noise = GaussMarkovNoise(3, 2)
+    net = still_net_with_noise()
     history = torch.as_tensor(vibrating(30, seed=1)[::10], dtype=torch.float32)[None].repeat(4, 1, 1, 1)
     mass, mask = MASS.expand(4, 9), torch.ones(4, 9, dtype=torch.bool)
     own = step_energy(history, mass).mean()

@@ -22,7 +22,7 @@ from asteroid.checkpoints import (
     resolve_ckpt_path,
 )
 from asteroid.errors import ConfigError
-from asteroid.fileio import atomic_output, writable_output
+from asteroid.fileio import atomic_output, not_an_input, writable_output
 
 KEPT = (CONFIG_KEY, RUN_CONFIG_KEY, DATA_KEY, "state_dict", "global_step", "pytorch-lightning_version")
 
@@ -64,8 +64,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     source = resolve_ckpt_path(args.ckpt_path, args.name)
     out = writable_output(args.out)
-    if out.exists() and out.resolve() == Path(source).resolve():
-        raise ConfigError(f"--out {out}: is the checkpoint being exported; give another file")
+    not_an_input(out, [("checkpoint", source)])
     checkpoint = read_checkpoint(source)
     missing = [key for key in (CONFIG_KEY, RUN_CONFIG_KEY, DATA_KEY, "state_dict") if key not in checkpoint]
     if missing:

@@ -60,8 +60,8 @@ def data_signature(layout: WindowLayout, heavy_atoms: bool, trajectories: list[C
 def transferable(recorded: dict) -> bool:
     """Whether a checkpoint's model forecasts molecules it was not trained on: trained on several molecules, with
     nothing fitted to one of them (no bond table: `ForecastModule.on_save_checkpoint` records it). The noise head
-    reads only atom types and motion; its thermostat target, the mass-weighted step per atom, is kT-like, about the
-    same for every molecule at the training temperature (docs/results/transfer.md measures the temperature)."""
+    reads only atom types and motion; what it cannot know of an unseen molecule (its ranges, its temperature) a
+    rollout takes from the starting history (`models.rollout.rollout(..., molecule_from_history=True)`)."""
     return bool(recorded.get("transferable")) and len({tuple(z) for z in recorded.get("atoms", [])}) > 1
 
 

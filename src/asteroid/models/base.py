@@ -127,10 +127,16 @@ class ForecastModel(nn.Module):
     ) -> Tensor:
         """frames (B, P, N, 3) projected onto the bond lengths predicted from history (B, H, N, 3), drawn when
         sample=True, and the angle ranges, when the model has a bonded geometry (else unchanged)."""
+        lengths = self._bond_lengths(z, history, sample, generator)
+        return frames if lengths is None else self.bonded(frames, lengths)
+
+    def _bond_lengths(self, z: Tensor, history: Tensor, sample: bool, generator) -> Tensor | None:
+        """(B, P, E) bond lengths for the frames after history (drawn when sample=True), None without a fitted
+        bonded geometry."""
         if self.bonded is None or not self.bonded.fitted:
-            return frames
+            return None
         self.bonded.check(z)
-        return self.bonded(frames, self.bonded.lengths(history, sample, generator))
+        return self.bonded.lengths(history, sample, generator)
 
     def propose(
         self,
@@ -149,10 +155,7 @@ class ForecastModel(nn.Module):
         sample = sample and self.noise is not None
         if sample:
             pred = self.noise.sample(history, z, pred, self.displacement_scale, generator)
-        if self.bonded is None or not self.bonded.fitted:
-            return pred, None
-        self.bonded.check(z)
-        return pred, self.bonded.lengths(history, sample, generator)
+        return pred, self._bond_lengths(z, history, sample, generator)
 
     def generate(
         self,
