@@ -9,6 +9,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from asteroid.errors import AsteroidError, ConfigError
 
 
@@ -20,8 +22,7 @@ def writable_output(path: str | os.PathLike, kind: str = "file") -> Path:
         raise ConfigError(f"{path}: is a directory; give a file name")
     if kind == "folder" and path.exists() and not path.is_dir():
         raise ConfigError(f"{path}: is a file; give a folder")
-    folder = path if kind == "folder" else path.parent
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    existing = nearest_existing(path if kind == "folder" else path.parent)
     if not existing.is_dir():
         raise ConfigError(f"{path}: cannot be created, {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -32,6 +33,11 @@ def writable_output(path: str | os.PathLike, kind: str = "file") -> Path:
     except OSError as error:
         raise ConfigError(f"{path}: cannot be written in {existing} ({error.strerror})") from None
     return path
+
+
+def nearest_existing(folder: str | os.PathLike) -> Path:
+    """`folder` or its nearest ancestor that exists (what a command that makes `folder` writes in first)."""
+    return next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), Path("."))
 
 
 def not_an_input(out: str | os.PathLike, inputs: list[tuple[str, object]], option: str = "--out") -> None:
@@ -73,13 +79,34 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp
         raise
 
 
+@contextmanager
+def scratch_array(folder: str | os.PathLike, shape: tuple[int, ...], dtype=np.float32):
+    """A numpy array of `shape` on disk: a memory map of an unnamed temporary file in `folder`, so that memory holds
+    only the pages in use; the system removes the file when the block ends or the process does, however it ends.
+    A `folder` yet to be made: its nearest existing ancestor, on the same disk."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    with tempfile.TemporaryFile(dir=nearest_existing(folder)) as handle:
+        try:  # the whole size now: a disk that fills under a memory map kills the process (SIGBUS)
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise AsteroidError(f"{folder}: no room for the {size / 1e9:.3g} GB of frames ({error.strerror})") from None
+        yield np.memmap(handle, dtype=dtype, mode="r+", shape=shape)
+
+
+def free_disk(folder: str | os.PathLike) -> int:
+    """Bytes this process may still write on `folder`'s filesystem (its nearest existing ancestor's)."""
+    stat = os.statvfs(nearest_existing(folder))
+    return stat.f_bavail * stat.f_frsize
+
+
 def _nearly_full(folder: Path) -> bool:
     """Less than 1 MiB left for us on `folder`'s filesystem (a write that just failed filled it)."""
     try:
-        stat = os.statvfs(folder)
+        return free_disk(folder) < 2**20
     except OSError:
         return False
-    return stat.f_bavail * stat.f_frsize < 2**20
 
 
 @contextmanager

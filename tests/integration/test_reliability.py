@@ -1157,7 +1157,7 @@ FAULTS = {
     "then `--ckpt_path last`",
     "fit-sigterm": "SIGTERM (a pre-empted SLURM job) and SIGINT (Ctrl+C) to `asteroid fit` mid-epoch, then "
     "`--ckpt_path last`",
-    "rollout-sigterm": "SIGTERM and SIGINT (Ctrl+C) to `asteroid rollout` while it rolls out 100,000 frames",
+    "rollout-sigterm": "SIGTERM, SIGINT (Ctrl+C) and SIGKILL to `asteroid rollout` while it rolls out 100,000 frames",
     "simulate-kill": "SIGKILL of `asteroid simulate` after its checkpoints began, then `--resume`; "
     "compared with an uninterrupted run",
     "disk-full-cache": "`asteroid fit` whose coordinate cache goes to a 64 KiB tmpfs (a real full disk)",
@@ -1537,7 +1537,7 @@ def test_a_signalled_rollout_exits_non_zero_in_one_line_and_leaves_nothing(api_m
     """As `fit` does: stop, remove what was being written (no hidden temporary either), say so, exit 128 + signal."""
     checkpoint = api_model[3]
     endings = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
         out = tmp_path / signum.name / "pred.xyz"
         child = subprocess.Popen(
             [sys.executable, "-m", "asteroid.cli", "rollout", "--ckpt_path", str(checkpoint), "--frames", "100000",
@@ -1551,9 +1551,14 @@ def test_a_signalled_rollout_exits_non_zero_in_one_line_and_leaves_nothing(api_m
         child.send_signal(signum)
         _, rest = child.communicate(timeout=60)
         lines = (seen + rest).strip().splitlines()
+        # the frames wait in an unnamed scratch file, which the system removes even after SIGKILL
+        assert not out.parent.exists() or list(out.parent.iterdir()) == []
+        if signum == signal.SIGKILL:
+            assert child.returncode == -signum
+            endings.append("SIGKILL: killed, nothing left (not even the frames' scratch file)")
+            continue
         assert child.returncode == 128 + signum, lines
         assert lines[-1].startswith(f"asteroid: stopped by {signum.name}"), lines
-        assert not out.parent.exists() or list(out.parent.iterdir()) == []
         endings.append(f"{signum.name}: exit {child.returncode}, `{lines[-1]}`, nothing left")
     report.record("rollout-sigterm", "; ".join(endings))
 
@@ -1691,6 +1696,7 @@ def test_rollout_onto_a_full_disk_exits_with_one_line_and_leaves_nothing(tmp_pat
     )
     errors = [line for line in run.stderr.splitlines() if line.startswith("asteroid: error:")]
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
-    assert errors == [f"asteroid: error: {out}: the disk is full; nothing was written (free space and run again)"]
+    assert len(errors) == 1 and "x --frames 200 of 9 atoms need about 135 kB of disk while written" in errors[0]
+    assert errors[0].endswith("kB free: ask for fewer frames or samples, or another --out place"), errors
     assert files_under(disk) == []
-    report.record("disk-full-rollout", "exit status 2, `pred.xyz: the disk is full; nothing was written`; nothing left")
+    report.record("disk-full-rollout", f"refused before the work, exit status 2, `{errors[0][17:]}`; nothing left")

@@ -457,11 +457,26 @@ def test_a_checkpoint_on_its_molecule_at_another_frame_step_is_refused_and_on_an
     assert f"note: {other_run} is not the trajectory" in capsys.readouterr().err
 
 
-def test_a_rollout_too_large_for_memory_is_refused_up_front_with_the_estimate(trained, tmp_path, capsys):
+def test_a_rollout_too_large_for_the_disk_or_memory_is_refused_up_front_with_the_estimate(
+    trained, tmp_path, capsys, monkeypatch
+):
     code = roll(trained, tmp_path / "huge.npz", "--samples", "100000", "--frames", "1000000")
     message = error_of(capsys, code)
     assert "100000 trajectories (1 start(s) x --samples 100000) x --frames 1000000 of 9 atoms need about" in message
-    assert "GB while written" in message and not (tmp_path / "huge.npz").exists()
+    assert "TB of disk while written" in message and not (tmp_path / "huge.npz").exists()
+    monkeypatch.setattr("asteroid.commands.rollout.available_memory", lambda: 10**8)
+    message = error_of(capsys, roll(trained, tmp_path / "long.pdb", "--frames", "1000000"))
+    assert "--frames 1000000 of 9 atoms need about 3.24 GB of memory per trajectory while written" in message
+
+
+def test_many_trajectories_are_rolled_out_in_chunks_that_give_the_same_frames(trained, tmp_path, monkeypatch):
+    """The network's memory grows with the trajectories rolled out at once: they go in chunks of CHUNK."""
+    assert roll(trained, tmp_path / "whole.npz", "--batch", "3", "--frames", "12", "--mean") == 0
+    monkeypatch.setattr("asteroid.commands.rollout.CHUNK", 2)
+    assert roll(trained, tmp_path / "chunks.npz", "--batch", "3", "--frames", "12", "--mean") == 0
+    whole, chunks = np.load(tmp_path / "whole.npz")["R"], np.load(tmp_path / "chunks.npz")["R"]
+    assert whole.shape == (3, 12, 9, 3)
+    np.testing.assert_allclose(chunks, whole, atol=1e-5)
 
 
 def test_a_mistyped_option_is_one_line_with_the_option_meant(trained, tmp_path, capsys):

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from asteroid.errors import AsteroidError, ConfigError
-from asteroid.fileio import atomic_output, writable_output
+from asteroid.fileio import atomic_output, scratch_array, writable_output
 
 
 def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -26,6 +26,22 @@ def test_a_full_disk_is_said_as_such_and_nothing_is_left(tmp_path):
         with atomic_output(path) as handle:
             handle.write(b"x")
             raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_frames_on_disk_take_their_room_up_front_and_a_full_disk_is_said(tmp_path, monkeypatch):
+    """A disk filling under a memory map would kill the process (SIGBUS): the room is taken before any frame."""
+    with scratch_array(tmp_path, (2, 3)) as frames:
+        frames[:] = 1.5
+        assert frames.sum() == 9.0 and list(tmp_path.iterdir()) == []
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(AsteroidError, match="no room for the 0.04 GB of frames"):
+        with scratch_array(tmp_path, (10_000_000,)):
+            pass
     assert list(tmp_path.iterdir()) == []
 
 

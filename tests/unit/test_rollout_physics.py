@@ -3,11 +3,13 @@ removal of rigid motion."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from ase.data import atomic_masses
 
 from asteroid.errors import ConfigError
+from asteroid.fileio import scratch_array
 from asteroid.models import LastFrame
 from asteroid.models.bonded import (
     PLAUSIBLE_BOND_STRETCH,
@@ -331,6 +333,20 @@ def test_rollout_strips_a_drifting_forecast_unless_asked_to_keep_it():
     torch.testing.assert_close(kept - history[:, -1:], drift.expand_as(kept))
     with pytest.raises(ConfigError, match="only models trained with model.stochastic"):
         rollout(Drifting(3, 2), history, Z[None], mask, 4, thermostat_coupling=1.0)
+
+
+def test_a_rollout_into_an_array_on_disk_writes_the_frames_it_returns_otherwise(tmp_path):
+    """`into` (a memory map in `asteroid rollout`): the same frames, a forecast cut short at the end included."""
+    net = still_net_with_noise()
+    history = torch.as_tensor(vibrating(30, seed=1)[::10], dtype=torch.float32)[None].repeat(2, 1, 1, 1)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    torch.manual_seed(3)
+    in_memory = rollout(net, history, Z.expand(2, 9), mask, 5)  # 2 frames per forecast: the third is cut to one
+    torch.manual_seed(3)
+    with scratch_array(tmp_path, (2, 5, 9, 3)) as on_disk:
+        assert rollout(net, history, Z.expand(2, 9), mask, 5, into=on_disk) is on_disk
+        np.testing.assert_array_equal(np.asarray(on_disk), in_memory.numpy())
+    assert list(tmp_path.iterdir()) == []  # the scratch file has no name and is gone
 
 
 class Still(LastFrame):

@@ -28,7 +28,7 @@ from asteroid.data.starts import (
 from asteroid.data.windows import rollout_spacing
 from asteroid.data.writers import OUTPUT_FORMATS, write_rollout
 from asteroid.errors import ConfigError
-from asteroid.fileio import not_an_input, writable_output
+from asteroid.fileio import free_disk, not_an_input, scratch_array, writable_output
 from asteroid.lightning_cli import from_checkpoint_or_config, load_weights
 from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
 from asteroid.runs import ROOT
@@ -56,10 +56,21 @@ def report_folder(out: Path) -> Path:
     return out.with_name(f"{out.stem}_{out.suffix.lstrip('.').lower()}_report")
 
 
-# Bytes one predicted coordinate costs while a rollout runs and is written (float32 in torch, the writers' float64
-# copy, the batch's working memory): measured 33, the peak of 2000 ethanol trajectories x 400 frames to .npz (1.18 GB)
-# less that of a small rollout (0.47 GB), over 21.6 million values.
-BYTES_PER_VALUE = 33
+# Bytes one coordinate (x, y or z of an atom in a frame) takes on disk in each output format, and in memory while
+# the writer holds one trajectory (the frames of all of them wait on disk, in `scratch_array`): measured on ethanol
+# rollouts of 2 x 20,000 and 2 x 100,000 frames, rounded up (the PDB writer makes text of a whole trajectory).
+FORMAT_BYTES_PER_VALUE = {  # suffix: (disk, memory)
+    ".npz": (4.2, 8),
+    ".h5": (3.3, 12),
+    ".dcd": (5, 12),
+    ".xtc": (6.2, 12),
+    ".xyz": (21, 4),
+    ".pdb": (29, 120),
+}
+SCRATCH_BYTES_PER_VALUE = 4  # the float32 frames of every trajectory, until written
+# Trajectories rolled out at once: the network's working memory grows with their number (at 2000 ethanol
+# trajectories it was 0.6 GB), its speed no more past a few hundred (docs/results/benchmark.md, batch 256).
+CHUNK = 256
 
 
 def available_memory() -> int:
@@ -72,15 +83,35 @@ def available_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(trajectories: int, frames: int, atoms: int, samples: int) -> None:
-    """Refuse up front a rollout whose frames would not fit in memory, with the estimate."""
-    needed = BYTES_PER_VALUE * trajectories * frames * atoms * 3
-    available = available_memory()
+def size_text(size: float) -> str:
+    """135 kB, 3.24 GB: three significant digits in the unit that suits."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size / 1e3:.3g} kB"
+
+
+def check_resources(out: Path, trajectories: int, frames: int, atoms: int, samples: int) -> None:
+    """Refuse up front, with the estimate, a rollout whose frames would not fit on the output's disk (they go to a
+    scratch file, then to the output) or whose one trajectory would not fit in memory while it is written."""
+    values = frames * atoms * 3  # of one trajectory
+    request = (
+        f"{trajectories} trajectories ({trajectories // samples} start(s) x --samples {samples}) x --frames {frames}"
+    )
+    disk_bytes, memory_bytes = FORMAT_BYTES_PER_VALUE[out.suffix.lower()]
+    needed = trajectories * values * (SCRATCH_BYTES_PER_VALUE + disk_bytes)
+    free = free_disk(out.parent)
+    if needed > 0.9 * free:
+        raise ConfigError(
+            f"{request} of {atoms} atoms need about {size_text(needed)} of disk while written, and "
+            f"{out.parent} has {size_text(free)} free: ask for fewer frames or samples, or another --out place"
+        )
+    needed, available = memory_bytes * values, available_memory()
     if needed > 0.8 * available:
         raise ConfigError(
-            f"{trajectories} trajectories ({trajectories // samples} start(s) x --samples {samples}) x --frames "
-            f"{frames} of {atoms} atoms need about {needed / 1e9:.3g} GB while written, and {available / 1e9:.3g} "
-            "GB are free: ask for fewer frames or samples (several runs with other --seed values add up)"
+            f"--frames {frames} of {atoms} atoms need about {size_text(needed)} of memory per trajectory while "
+            f"written, and {size_text(available)} are free: ask for fewer frames (several runs continue each other "
+            "through --init)"
         )
 
 
@@ -228,7 +259,7 @@ def main(argv: list[str]) -> int:
         start = repeat_starts(start, args.samples)
     coupling = args.thermostat if args.thermostat is not None else THERMOSTAT_COUPLING if sample else 0.0
     unseen = transferable(trained)  # a model for many molecules takes ranges and temperature from the history
-    check_memory(len(start.history), args.frames, len(start.z), args.samples)
+    check_resources(out, len(start.history), args.frames, len(start.z), args.samples)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -237,53 +268,58 @@ def main(argv: list[str]) -> int:
     B, _, N, _ = history.shape
     z = torch.as_tensor(start.z, device=device).expand(B, N)
     mask = torch.ones(B, N, dtype=torch.bool, device=device)
-    with tqdm(
-        total=B * args.frames,
-        unit="frame",
-        desc=f"rollout {B} x {args.frames}",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        disable=args.no_progress,
-    ) as bar:
+    with (
+        tqdm(
+            total=B * args.frames,
+            unit="frame",
+            desc=f"rollout {B} x {args.frames}",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=args.no_progress,
+        ) as bar,
+        scratch_array(out.parent, (B, args.frames, N, 3)) as predicted,  # (B, F, N, 3) on disk, not in memory
+    ):
         started, cpu_started = time.perf_counter(), time.process_time()
         box = None if start.box is None else torch.as_tensor(start.box, device=device)
-        predicted = rollout(
-            model.net.to(device),
-            history,
-            z,
-            mask,
-            args.frames,
-            lambda k: bar.update(B * k),
-            box,
-            sample=sample,
-            keep_rigid_motion=args.keep_rigid_motion,
-            thermostat_coupling=coupling or None,
-            molecule_from_history=unseen,
-        )
-        predicted = predicted.cpu().numpy()  # (B, F, N, 3)
+        for first in range(0, B, CHUNK):  # independent trajectories: the network's memory grows with their number
+            part = slice(first, first + CHUNK)
+            rollout(
+                model.net.to(device),
+                history[part],
+                z[part],
+                mask[part],
+                args.frames,
+                lambda k, b=len(history[part]): bar.update(b * k),
+                None if box is None else box[part],
+                sample=sample,
+                keep_rigid_motion=args.keep_rigid_motion,
+                thermostat_coupling=coupling or None,
+                molecule_from_history=unseen,
+                into=predicted[part],
+            )
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-
-    paths = write_rollout(out, predicted, start, spacing)
-    names = ", ".join(map(str, paths)) if len(paths) <= 3 else f"{paths[0]} ... {paths[-1]}"
-    print(
-        f"{names}: {B} x {args.frames} frames of {N} atoms, {start.dt_fs:g} fs apart "
-        f"({args.frames * start.dt_fs / 1000:g} ps each), continuing frame(s) "
-        f"{', '.join(map(str, start.start_frame[:3]))}{' ...' if B > 3 else ''} of {start.source}"
-    )
-    print(
-        f"rollout: {B * args.frames} frames in {seconds:.2f} s ({cpu_seconds:.2f} s CPU), "
-        f"{B * args.frames / seconds:.0f} frames/s ({args.device}, {args.threads} thread(s))"
-    )
-    options = {
-        "sampled": sample,
-        "samples_per_start": args.samples,
-        "bond_constraints": model.net.bonded is not None and model.net.bonded.fitted,
-        "molecule_from_history": unseen,
-        "rigid_motion_stripped": not args.keep_rigid_motion and start.box is None,
-        "thermostat_coupling_forecasts": coupling or None,
-        "reference": str(args.reference or start.source),
-    }
-    print("rollout options: " + ", ".join(f"{key} {value}" for key, value in options.items()))
-    if args.report:
-        physical_checks(predicted, start, out, run_name, options, str(ckpt_path))
+        bar.close()
+        paths = write_rollout(out, predicted, start, spacing)
+        names = ", ".join(map(str, paths)) if len(paths) <= 3 else f"{paths[0]} ... {paths[-1]}"
+        print(
+            f"{names}: {B} x {args.frames} frames of {N} atoms, {start.dt_fs:g} fs apart "
+            f"({args.frames * start.dt_fs / 1000:g} ps each), continuing frame(s) "
+            f"{', '.join(map(str, start.start_frame[:3]))}{' ...' if B > 3 else ''} of {start.source}"
+        )
+        print(
+            f"rollout: {B * args.frames} frames in {seconds:.2f} s ({cpu_seconds:.2f} s CPU), "
+            f"{B * args.frames / seconds:.0f} frames/s ({args.device}, {args.threads} thread(s))"
+        )
+        options = {
+            "sampled": sample,
+            "samples_per_start": args.samples,
+            "bond_constraints": model.net.bonded is not None and model.net.bonded.fitted,
+            "molecule_from_history": unseen,
+            "rigid_motion_stripped": not args.keep_rigid_motion and start.box is None,
+            "thermostat_coupling_forecasts": coupling or None,
+            "reference": str(args.reference or start.source),
+        }
+        print("rollout options: " + ", ".join(f"{key} {value}" for key, value in options.items()))
+        if args.report:
+            physical_checks(predicted, start, out, run_name, options, str(ckpt_path))
     return 0

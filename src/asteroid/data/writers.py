@@ -47,7 +47,8 @@ def molecule_topology(z: np.ndarray, positions: np.ndarray):
 
 
 def write_rollout(out: Path, predicted: np.ndarray, start: InitialConditions, spacing: int) -> list[Path]:
-    """Write predicted (B, F, N, 3) Angstrom in the format of `out`'s suffix; returns the paths written.
+    """Write predicted (B, F, N, 3) Angstrom in the format of `out`'s suffix; returns the paths written. Of a
+    memory-mapped `predicted`, one trajectory at a time is in memory.
 
     All files appear together when every one is complete (none of them if any write fails). A periodic start's
     cell goes into every frame, so viewers and `--init` see the box.
@@ -79,7 +80,7 @@ def write_rollout(out: Path, predicted: np.ndarray, start: InitialConditions, sp
         paths = output_paths(out, len(predicted))
         if suffix == ".xyz":  # dt_fs in every comment line: `load_trajectory` (and so --init) reads the spacing back
             for path, frames, cell in zip(paths, predicted, cells):
-                images = [
+                images = (  # one frame at a time: a long trajectory is not copied into Atoms all at once
                     Atoms(
                         numbers=start.z,
                         positions=frame,
@@ -88,7 +89,7 @@ def write_rollout(out: Path, predicted: np.ndarray, start: InitialConditions, sp
                         pbc=cell is not None,
                     )
                     for frame, t in zip(frames, times_fs)
-                ]
+                )
                 ase.io.write(temporary(path, "w"), images, format="extxyz")
             return paths
         topology = molecule_topology(start.z, start.history[0, -1])

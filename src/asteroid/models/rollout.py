@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from ase.data import atomic_masses
 from torch import Tensor
@@ -89,11 +90,13 @@ def rollout(
     timings: dict | None = None,
     thermostat_state: dict | None = None,
     molecule_from_history: bool = False,
-) -> Tensor:
+    into: np.ndarray | None = None,
+) -> Tensor | np.ndarray:
     """`n_frames` frames after `history`, each forecast of P frames becoming part of the next history.
 
     history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) periodic cell (kept throughout) or None
-    -> (B, n_frames, N, 3) Angstrom.
+    -> (B, n_frames, N, 3) Angstrom: a new tensor, or `into` (a numpy array of that shape, e.g. a memory map of a
+    file, so that a long rollout is not held in memory), each forecast written into it as it is made.
 
     Each forecast is proposed (`ForecastModel.propose`: the mean, or with sample=True a draw from the model's learned
     distribution), stripped of its net translation and rotation (unless keep_rigid_motion, or in a periodic cell),
@@ -121,7 +124,7 @@ def rollout(
         )
     B, _, N, _ = history.shape
     P = net.horizon
-    frames = history.new_empty(B, -(-n_frames // P) * P, N, 3)  # whole forecasts; cut to n_frames at the end
+    frames = history.new_empty(B, n_frames, N, 3) if into is None else into
     state = {} if thermostat_state is None else thermostat_state
     if molecule_from_history and "guard" not in state:  # from the first history only, never from the rollout's own
         state["guard"] = plausible_geometry(z[0], history.reshape(-1, N, 3)) if net.bonded is None else None
@@ -150,8 +153,9 @@ def rollout(
             measured = step_energy(torch.cat([previous[:, None], pred], dim=1), mass).clamp_min(1e-12)  # (B,)
             set_point = (set_point * (target / measured) ** (1 / thermostat_coupling)).clamp(*SET_POINT_RANGE)
             state["set_point"] = set_point
-        frames[:, start : start + P] = pred
+        kept = pred[:, : n_frames - start]  # the last forecast may be cut short
+        frames[:, start : start + P] = kept if into is None else kept.cpu().numpy()
         history = torch.cat([history, pred], dim=1)[:, -net.history :]  # (B, H, N, 3)
         if progress is not None:
-            progress(min(P, n_frames - start))  # the last forecast may be cut short
-    return frames[:, :n_frames]
+            progress(kept.shape[1])
+    return frames
