@@ -9,7 +9,7 @@ import torch
 
 from asteroid.config import option_value
 from asteroid.errors import ConfigError, DivergedError
-from asteroid.runs import LAST, ROOT, latest_checkpoint
+from asteroid.runs import LAST, ROOT, latest_checkpoint, newest
 
 CONFIG_KEY = "asteroid_model_config"  # the model section of the run's config (see lightning_cli.ConfigInCheckpoint)
 RUN_CONFIG_KEY = "asteroid_run_config"  # the whole resolved config, as YAML: the checkpoint alone rebuilds the run
@@ -142,3 +142,12 @@ def load_state(module: torch.nn.Module, state_dict: dict, ckpt_path) -> None:
         raise ConfigError(
             f"{ckpt_path}: its weights do not fit the config's model ({problems[0] if problems else error})"
         ) from None
+
+
+def trained_steps(name: str) -> int | None:
+    """Optimizer steps of run `name` (its newest last.ckpt; 0 when it tested without saving one, as models without
+    parameters do), or None when its folder is not here."""
+    checkpoint = newest(name, "last.ckpt")
+    if checkpoint is None:
+        return 0 if newest(name, "test_metrics.csv") is not None else None
+    return int(read_checkpoint(checkpoint)["global_step"])

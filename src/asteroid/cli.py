@@ -70,9 +70,9 @@ def lightning_subcommand(argv: list[str]) -> int:
     from lightning_fabric.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+    from asteroid.api.threads import choose_threads
     from asteroid.config import with_base_configs
     from asteroid.lightning_cli import build_cli
-    from asteroid.threads import choose_threads
 
     if argv and argv[0] in ("fit", "validate", "test", "predict"):
         choose_threads()

@@ -148,12 +148,3 @@ def newest(name: str, file_name: str) -> Path | None:
     """The newest `file_name` in run `name`'s folder, or None when the run is not here."""
     found = sorted(Path(ROOT, name).glob(f"**/{file_name}"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
-
-
-def trained_steps(name: str) -> int | None:
-    """Optimizer steps of run `name` (its newest last.ckpt; 0 when it tested without saving one, as models without
-    parameters do), or None when its folder is not here."""
-    checkpoint = newest(name, "last.ckpt")
-    if checkpoint is None:
-        return 0 if newest(name, "test_metrics.csv") is not None else None
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])

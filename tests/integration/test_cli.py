@@ -271,7 +271,7 @@ def test_a_one_or_two_atom_system_trains_tests_and_draws_its_figures(atoms, tmp_
 
 @pytest.mark.parametrize("cores, threads", [(2, 1), (16, 4)])
 def test_the_cli_chooses_its_threads_and_says_so_unless_told(monkeypatch, capsys, cores, threads):
-    from asteroid.threads import choose_threads
+    from asteroid.api.threads import choose_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))

@@ -12,10 +12,10 @@ from ase import Atoms
 
 from asteroid.cli import main
 from asteroid.data import load_trajectory
+from asteroid.data.geometry import covalent_bonds
 from asteroid.data.mdtraj_files import element_topology
 from asteroid.errors import DivergedError
 from asteroid.lightning_cli import from_config
-from asteroid.metrics import covalent_bonds
 from asteroid.models import LastFrame, LinearExtrapolation
 from asteroid.models.bonded import BondedGeometry
 from asteroid.models.rollout import rollout

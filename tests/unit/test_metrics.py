@@ -5,7 +5,8 @@ from ase.build import molecule
 from ase.data import covalent_radii
 from scipy.spatial.transform import Rotation
 
-from asteroid.metrics import ForecastMetrics, covalent_bonds, kabsch_rmsd
+from asteroid.data.geometry import covalent_bonds, kabsch_rmsd
+from asteroid.training.metrics import ForecastMetrics
 
 
 def scipy_rmsd(pred: np.ndarray, target: np.ndarray) -> float:

@@ -7,7 +7,7 @@ import torch
 from asteroid.models.asteroid.layers import EquivariantAttention, EquivariantFeedForward
 from asteroid.models.asteroid.spatial import DenseAttention, LocalAttention, SpatialBlock
 from asteroid.models.asteroid.temporal import DirectDecoder, StepwiseDecoder, TemporalEncoder, frame_geometry
-from asteroid.models.base import atoms_to_sequences, frame_velocities, sequences_to_atoms
+from asteroid.models.frames import atoms_to_sequences, frame_velocities, sequences_to_atoms
 from asteroid.models.neighbors import RadiusGraph, radius_neighbors
 
 C, CV, HEADS, RBF, CUTOFF = 16, 4, 2, 8, 2.0

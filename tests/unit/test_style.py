@@ -56,6 +56,62 @@ def test_lower_layers_never_import_the_lightning_cli(layer):
     assert upward == []
 
 
+# Each group imports only from groups before it (and from itself); the package root's own modules (errors, fileio,
+# runs, config, checkpoints, schedule) sit below all of them, the dispatcher and commands above.
+GROUPS = ("simulation", "data", "models", "training", "analysis", "lightning_cli", "api", "studies")
+
+
+def group_of(name: str) -> str | None:
+    part = name.split(".")[1] if name.count(".") else None
+    return part if part in GROUPS else None
+
+
+def test_no_group_imports_one_above_it():
+    upward = {}
+    for name, path in modules().items():
+        own = group_of(name)
+        if own is None:
+            continue
+        allowed = set(GROUPS[: GROUPS.index(own) + 1])
+        above = sorted(m for m in imported_modules(path) if group_of(m) not in (None, *allowed))
+        if above:
+            upward[name] = above
+    assert upward == {}
+
+
+def test_models_import_each_other_without_a_cycle():
+    """Not even for type checking: the heads (bonded, noise) sit beside the contract (base), not inside it."""
+    graph = {
+        name: {m for m in imported_modules(path) if m in modules() and m.startswith("asteroid.models")} - {name}
+        for name, path in modules().items()
+        if name.startswith("asteroid.models")
+    }
+    visiting, done = set(), set()
+
+    def cycle_from(node, trail):
+        if node in visiting:
+            return trail[trail.index(node) :] + [node]
+        if node in done:
+            return None
+        visiting.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            found = cycle_from(nxt, trail + [node])
+            if found:
+                return found
+        visiting.discard(node)
+        done.add(node)
+        return None
+
+    cycles = [c for c in (cycle_from(n, []) for n in sorted(graph)) if c]
+    assert cycles == []
+
+
+def test_the_package_root_holds_at_most_ten_modules():
+    """The rest is grouped (docs/design.md): the root keeps what every group uses, and the dispatcher."""
+    root = sorted(path.stem for path in PACKAGE.glob("*.py"))
+    assert len(root) <= 10, root
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("ruff") is None, reason="ruff is in the dev extra: pip install -e '.[dev]'"
 )

@@ -5,9 +5,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from asteroid.metrics import ForecastMetrics
-from asteroid.test_table import format_number, format_table, metrics_table, write_csv
 from asteroid.training.figures import error_vs_horizon, trajectory_traces
+from asteroid.training.metrics import ForecastMetrics
+from asteroid.training.test_table import format_number, format_table, metrics_table, write_csv
 
 PER_STEP = {
     "mse": torch.tensor([1e-4, 4e-4, 9e-4]),

@@ -2,11 +2,12 @@
 molecule and, where known, against the true frames that follow the prediction's start (the continuation).
 
 Definitions (constants in the submodules; report.json repeats them under "definitions"):
-- Topology, from the reference's first frame: bonds are the atom pairs closer than 1.2 x the sum of their covalent
-  radii (`asteroid.metrics.covalent_bonds`); angles are all bonded triples i-j-k (vertex j); the main dihedrals are
-  one torsion i-j-k-l about every bond j-k between two heavy atoms (Z > 1) that are both non-terminal (bonded to some
-  other atom too), i and l being the heaviest other neighbours of j and k (lowest index among equals): the backbone
-  and hydroxyl rotors, without the redundant torsions through every hydrogen. IUPAC sign, degrees in (-180, 180].
+- Topology, from the reference's first frame: bonds are the atom pairs closer than 1.2 x the sum of their
+  covalent radii (`asteroid.data.geometry.covalent_bonds`); angles are all bonded triples i-j-k (vertex j); the main
+  dihedrals are one torsion i-j-k-l about every bond j-k between two heavy atoms (Z > 1) that are both non-terminal
+  (bonded to some other atom too), i and l being the heaviest other neighbours of j and k (lowest index among
+  equals): the backbone and hydroxyl rotors, without the redundant torsions through every hydrogen. IUPAC sign,
+  degrees in (-180, 180].
 - Radius of gyration: mass-weighted (standard atomic masses), about the centre of mass, Angstrom.
 - Distributions: all finite predicted frames (trajectories pooled) against all reference frames, for each bond,
   angle and dihedral separately (bonds of one type sit in different environments), summarised by the mean and the

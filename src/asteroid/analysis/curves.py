@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from asteroid.metrics import kabsch_rmsd
+from asteroid.data.geometry import kabsch_rmsd
 
 TIME_BINS = 50
 INDEPENDENT_PAIRS = 1000

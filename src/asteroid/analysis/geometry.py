@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from ase.data import atomic_masses
 
+from asteroid.data.geometry import covalent_bonds
 from asteroid.data.mdtraj_files import atom_names
-from asteroid.metrics import covalent_bonds
 
 
 def bond_lengths(R: np.ndarray, pairs: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from asteroid.analysis.energy import evenly_spaced
 from asteroid.analysis.geometry import NAMES, UNITS
 from asteroid.analysis.report_figures import report_figures
 from asteroid.fileio import atomic_output
-from asteroid.test_table import format_table
+from asteroid.training.test_table import format_table
 
 
 def _sample_rows(curve: dict, columns: dict[str, str], rows: int = 8) -> list[dict]:

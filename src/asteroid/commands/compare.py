@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from asteroid.arguments import CommandParser, non_negative, positive
+from asteroid.checkpoints import trained_steps
 from asteroid.data.windows import PROTOCOLS
 from asteroid.errors import AsteroidError
 from asteroid.fileio import sole_writer, writable_output
 from asteroid.models.baselines.extrapolation import PolynomialExtrapolation
-from asteroid.runs import run_name, trained_steps
+from asteroid.runs import run_name
 from asteroid.studies.accuracy_tables import (
     COLUMNS,
     ROLLOUT_COLUMNS,
@@ -43,7 +44,7 @@ from asteroid.studies.comparison import (
     run_once,
 )
 from asteroid.studies.peer_rollout import estag_rollout_rows
-from asteroid.test_table import read_model_rows
+from asteroid.training.test_table import read_model_rows
 
 
 def main(argv: list[str]) -> int:

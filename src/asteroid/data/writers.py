@@ -12,10 +12,10 @@ import mdtraj as md
 import numpy as np
 from ase import Atoms
 
+from asteroid.data.geometry import covalent_bonds
 from asteroid.data.mdtraj_files import AKMA_FS, PDB_TIME_STEP, element_topology
 from asteroid.data.starts import InitialConditions
 from asteroid.fileio import atomic_output
-from asteroid.metrics import covalent_bonds
 
 OUTPUT_FORMATS = {
     ".xyz": "extended XYZ (ASE), Angstrom",

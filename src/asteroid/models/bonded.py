@@ -16,8 +16,8 @@ import torch
 from ase.data import atomic_masses
 from torch import Tensor, nn
 
+from asteroid.data.geometry import covalent_bonds
 from asteroid.errors import ConfigError, DataError
-from asteroid.metrics import covalent_bonds
 from asteroid.models.noise import factor_nll, lower_triangular
 
 

@@ -15,7 +15,7 @@ import torch
 from ase.data import atomic_masses
 from torch import Tensor, nn
 
-from asteroid.models.base import frame_velocities
+from asteroid.models.frames import frame_velocities
 
 
 def lower_triangular(log_std: Tensor, coupling: Tensor) -> Tensor:

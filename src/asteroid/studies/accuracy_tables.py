@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asteroid.checkpoints import trained_steps
 from asteroid.data.windows import PROTOCOLS
 from asteroid.fileio import atomic_output
-from asteroid.runs import newest, run_name, trained_steps
-from asteroid.test_table import read_model_rows
+from asteroid.runs import newest, run_name
+from asteroid.training.test_table import read_model_rows
 
 COLUMNS = ["molecule", "model", "seed", "step", "mse", "mae", "rmsd", "ade"]
 STEPS_COLUMNS = ["molecule", "model", "seed", "steps"]  # optimizer steps each run reached within the budget

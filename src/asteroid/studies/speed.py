@@ -30,7 +30,7 @@ from asteroid.simulation.xtb import (
     structure_path,
     xtb_calculator,
 )
-from asteroid.test_table import read_model_rows
+from asteroid.training.test_table import read_model_rows
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 WATER_SPACING = 3.1  # Angstrom between the oxygens of a water cluster, about liquid water's density

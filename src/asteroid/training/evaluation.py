@@ -11,11 +11,11 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from asteroid.errors import DivergedError
-from asteroid.metrics import with_step_axis
 from asteroid.models.baselines.extrapolation import extrapolate
-from asteroid.test_table import REFERENCE_ORDERS, metrics_table, report_test
 from asteroid.training.augment import random_rotations, rotate, rotate_windows
 from asteroid.training.figures import error_vs_horizon, trajectory_traces
+from asteroid.training.metrics import with_step_axis
+from asteroid.training.test_table import REFERENCE_ORDERS, metrics_table, report_test
 
 if TYPE_CHECKING:
     from asteroid.data.dataset import Window

@@ -16,15 +16,15 @@ from asteroid.checkpoints import DATA_KEY, TRAIN_POSITION_KEY
 from asteroid.data.signature import split_summary
 from asteroid.errors import ConfigError, DataError, DivergedError
 from asteroid.fileio import atomic_output
-from asteroid.metrics import ForecastMetrics, SpreadSkill
 from asteroid.models.base import ForecastModel
 from asteroid.models.bonded import BondedGeometry
 from asteroid.models.noise import GaussMarkovNoise, windows_step_energy
 from asteroid.runs import run_dir
 from asteroid.schedule import training_progress, warmup_cosine
-from asteroid.test_table import REFERENCE_ORDERS
 from asteroid.training.augment import random_rotations, random_walk_noise, rotate_windows
 from asteroid.training.evaluation import Evaluation
+from asteroid.training.metrics import ForecastMetrics, SpreadSkill
+from asteroid.training.test_table import REFERENCE_ORDERS
 
 if TYPE_CHECKING:
     from asteroid.data.dataset import Window

@@ -14,7 +14,8 @@ from asteroid.models.asteroid.sti import (
     primary_loss,
 )
 from asteroid.models.asteroid.temporal import DirectDecoder, StepwiseDecoder, TemporalEncoder, frame_geometry
-from asteroid.models.base import ForecastModel, atoms_to_sequences, frame_velocities, sequences_to_atoms
+from asteroid.models.base import ForecastModel
+from asteroid.models.frames import atoms_to_sequences, frame_velocities, sequences_to_atoms
 from asteroid.models.neighbors import RadiusGraph
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from asteroid.models.asteroid.layers import vector_linear
-from asteroid.models.base import sequences_to_atoms
+from asteroid.models.frames import sequences_to_atoms
 
 
 def hankel_time_index(history: int, delay: int, device: torch.device | None = None) -> Tensor:

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from asteroid.models.asteroid.layers import EquivariantAttention, EquivariantFeedForward, attention, vector_linear
 from asteroid.models.asteroid.spatial import SpatialBlock
-from asteroid.models.base import atoms_to_sequences, scheduled_frame
+from asteroid.models.base import scheduled_frame
+from asteroid.models.frames import atoms_to_sequences
 from asteroid.models.neighbors import LocalGraph, RadiusGraph
 
 

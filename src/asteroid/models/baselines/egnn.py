@@ -3,8 +3,8 @@
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
-from asteroid.models.base import atoms_to_sequences, sequences_to_atoms
 from asteroid.models.baselines.graph import EGNNLayer, GraphForecaster, MultiStepHead
+from asteroid.models.frames import atoms_to_sequences, sequences_to_atoms
 
 
 class EGNN(GraphForecaster):

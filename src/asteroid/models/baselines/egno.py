@@ -5,8 +5,8 @@ import torch
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
-from asteroid.models.base import atoms_to_sequences, sequences_to_atoms
 from asteroid.models.baselines.graph import EGNNLayer, GraphForecaster
+from asteroid.models.frames import atoms_to_sequences, sequences_to_atoms
 
 
 class EquivariantTimeConvolution(nn.Module):

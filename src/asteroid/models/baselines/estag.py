@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
-from asteroid.models.base import atoms_to_sequences, sequences_to_atoms
 from asteroid.models.baselines.graph import EGNNLayer, GraphForecaster, MultiStepHead, mlp
+from asteroid.models.frames import atoms_to_sequences, sequences_to_atoms
 
 
 def equivariant_spectrum(nodes: Tensor, edge_index: Tensor, unit: Tensor) -> tuple[Tensor, Tensor]:

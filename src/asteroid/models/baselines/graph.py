@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
-from asteroid.models.base import ForecastModel, frame_velocities
+from asteroid.models.base import ForecastModel
+from asteroid.models.frames import frame_velocities
 from asteroid.models.neighbors import RadiusGraph
 
 

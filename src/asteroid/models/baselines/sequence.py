@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
-from asteroid.models.base import ForecastModel, frame_velocities, scheduled_frame
+from asteroid.models.base import ForecastModel, scheduled_frame
+from asteroid.models.frames import frame_velocities
 
 POSITION_UNIT = 5.0  # Angstrom: centred coordinates of small molecules are a few units of this
 

@@ -19,7 +19,8 @@ import torch
 from ase import Atoms, units
 from ase.md.md import MolecularDynamics
 
-from asteroid import api_checks as checks
+from asteroid.api import checks
+from asteroid.api.threads import choose_threads
 from asteroid.checkpoints import (
     CONFIG_KEY,
     DATA_KEY,
@@ -34,7 +35,6 @@ from asteroid.data.windows import WindowLayout, rollout_spacing
 from asteroid.errors import ArgumentTypeError, ArgumentValueError, ConfigError, DataError
 from asteroid.models.rollout import THERMOSTAT_COUPLING, check_finite, rollout
 from asteroid.runs import ROOT, latest_checkpoint
-from asteroid.threads import choose_threads
 from asteroid.training.module import ForecastModule
 
 
