@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from asteroid.cli import main
-from asteroid.studies.peer_rollout import estag_pivot
+from asteroid.studies.peer_rollout import HISTORY_MEAN, estag_pivot
 
 from helpers import ETHANOL_Z, write_toy_trajectory
 
@@ -222,11 +222,18 @@ def test_a_peer_protocol_runs_from_a_molecule_config(experiments, tmp_path, monk
     pivot = estag_pivot(len(x))
     with open(tmp_path / "results/accuracy_estag_rollout.csv") as handle:
         rollout = list(csv.DictReader(handle))
-    assert [(r["model"], r["round"]) for r in rollout] == [("last_frame", "100"), ("last_frame", "200")]
+    assert [(r["model"], r["round"]) for r in rollout] == [
+        ("last_frame", "100"),
+        ("last_frame", "200"),
+        (HISTORY_MEAN, "100"),
+        (HISTORY_MEAN, "200"),
+    ]
+    history_mean = x[[pivot - 10 * i for i in range(10, 0, -1)]].mean(0)
     for r in rollout:
         truth = x[pivot + 10 * (int(r["round"]) - 1)]
-        np.testing.assert_allclose(float(r["mse"]), ((truth - x[pivot - 10]) ** 2).mean(), rtol=1e-5)
-    assert "ESTAG's rollout metric" in table and "| last_frame | 1 | " in table
+        held = x[pivot - 10] if r["model"] == "last_frame" else history_mean
+        np.testing.assert_allclose(float(r["mse"]), ((truth - held) ** 2).mean(), rtol=1e-5)
+    assert "ESTAG's rollout metric" in table and "| last_frame | 1 | " in table and f"| {HISTORY_MEAN} | 1 |" in table
 
 
 def test_backfill_takes_steps_and_ade_from_the_run_folders(tmp_path, monkeypatch):

@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 
 from asteroid.errors import DataError
 from asteroid.models import LastFrame, LinearExtrapolation
 from asteroid.models.base import ForecastModel
+from asteroid.models.noise import GaussMarkovNoise
 from asteroid.studies.accuracy_tables import rollout_table
-from asteroid.studies.peer_rollout import DELTA, estag_pivot, estag_rollout_mse
+from asteroid.studies.peer_rollout import DELTA, ensemble_rollout_mse, estag_pivot, estag_rollout_mse
 
 from helpers import ETHANOL_Z, harmonic_frames
 
@@ -52,6 +54,28 @@ def test_a_rollout_that_diverges_scores_infinity_from_that_round_on():
     frames = harmonic_frames(3000, 9).astype(np.float32)
     errors = estag_rollout_mse(Exploding(history=10, horizon=1), frames, np.asarray(ETHANOL_Z), rounds=6)
     assert np.isfinite(errors[:3]).all() and np.isinf(errors[3:]).all()
+
+
+class Still(ForecastModel):
+    """The last frame held: what moves comes from the noise head's draws."""
+
+    def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):
+        return {"pred": history[:, -1:], "losses": {}}
+
+
+def test_the_mean_of_sampled_rollouts_averages_their_scatter_away():
+    """Members that wander apart from one start: their mean stays nearer the start than any one of them, and with
+    nothing to average (one member) it is that member."""
+    frames = np.repeat(harmonic_frames(1, 9).astype(np.float32), 2500, axis=0)  # a molecule at rest
+    torch.manual_seed(0)
+    net = Still(history=10, horizon=1).eval()
+    net.set_displacement_scale(torch.tensor([0.05]))
+    net.noise = GaussMarkovNoise(10, 1)
+    z = np.asarray(ETHANOL_Z)
+    one = ensemble_rollout_mse(net, frames, z, rounds=20, members=1)
+    many = ensemble_rollout_mse(net, frames, z, rounds=20, members=64)
+    assert one.shape == many.shape == (20,) and (one[-5:] > 0).all()
+    assert many[-5:].mean() < 0.2 * one[-5:].mean()
 
 
 def test_the_table_says_how_many_seeds_diverged():
