@@ -24,6 +24,7 @@ from asteroid.checkpoints import (
 )
 from asteroid.config import describe_parse_error, quiet_lightning, with_base_configs
 from asteroid.data.datamodule import TrajectoryDataModule
+from asteroid.data.signature import DataSignature
 from asteroid.errors import ConfigError
 from asteroid.runs import LAST, AtomicCheckpointIO, RunLogger, checkpoint_version, run_dir
 from asteroid.training.callbacks import (
@@ -288,7 +289,8 @@ def load_weights(cli: AsteroidCLI, ckpt_path: str | Path) -> tuple[ForecastModul
     if "state_dict" not in checkpoint:
         raise ConfigError(f"{ckpt_path}: not a readable asteroid checkpoint (no state_dict)")
     check_checkpoint_config(checkpoint, ckpt_path, cli._model_config(None))
-    cli.datamodule.check_signature(checkpoint.get(DATA_KEY), str(ckpt_path))  # the layout; atoms once set up
+    recorded = DataSignature.from_dict(checkpoint.get(DATA_KEY))
+    cli.datamodule.check_signature(recorded, str(ckpt_path))  # the layout; atoms once set up
     check_finite_weights(checkpoint["state_dict"], ckpt_path)
     load_state(cli.model, checkpoint["state_dict"], ckpt_path)
     return cli.model.eval(), cli.datamodule

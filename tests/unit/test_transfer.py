@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asteroid.data.dataset import collate_windows
-from asteroid.data.signature import transferable, unknown_atoms
+from asteroid.data.signature import DataSignature
 from asteroid.errors import ConfigError
 from asteroid.models import Asteroid
 from asteroid.simulation.smiles import structure_from_smiles
@@ -89,29 +89,37 @@ def test_mixed_batch_is_permutation_equivariant_within_each_molecule(model, two_
 ETHANOL, WATER, FLUOROMETHANE = [6, 6, 8, 1, 1, 1, 1, 1, 1], [8, 1, 1], [6, 9, 1, 1, 1]
 
 
-def record(atoms, transferable_flag):
-    return {
+def record(atoms, transferable_flag) -> DataSignature:
+    """A checkpoint's stored record, read back."""
+    stored = {
+        "history_offsets": [0, 10],
+        "target_offsets": [20],
+        "heavy_atoms": False,
         "atoms": atoms,
         "dt_fs": [0.5] * len(atoms),
         "periodic": [False] * len(atoms),
         "transferable": transferable_flag,
     }
+    trained = DataSignature.from_dict(stored)
+    assert trained.as_dict() == {**stored, "content": []}  # what it reads it writes back
+    return trained
 
 
 def test_a_model_for_many_molecules_takes_any_molecule_of_its_elements():
     trained = record([ETHANOL, WATER], True)
-    assert transferable(trained)
-    assert unknown_atoms(trained, [8, 1, 1, 1, 6, 1, 1, 1, 6]) is None  # an ordering never seen
-    assert unknown_atoms(trained, [6, 1, 1, 1, 1]) is None  # methane
-    problem = unknown_atoms(trained, FLUOROMETHANE)
+    assert trained.transferable
+    assert trained.unknown_atoms([8, 1, 1, 1, 6, 1, 1, 1, 6]) is None  # an ordering never seen
+    assert trained.unknown_atoms([6, 1, 1, 1, 1]) is None  # methane
+    problem = trained.unknown_atoms(FLUOROMETHANE)
     assert problem == "holds F, which the model never saw (it was trained on the elements H, C, O)"
+    assert trained.record_of(WATER) == (0.5, False) and trained.record_of([6, 1, 1, 1, 1]) == (0.5, False)
 
 
 def test_a_model_for_one_molecule_takes_only_that_molecule():
     for trained in (record([ETHANOL], True), record([ETHANOL, WATER], False)):
-        assert not transferable(trained)
-        assert unknown_atoms(trained, ETHANOL) is None
-        assert "are not those of any molecule the model was trained on" in unknown_atoms(trained, [6, 1, 1, 1, 1])
+        assert not trained.transferable
+        assert trained.unknown_atoms(ETHANOL) is None
+        assert "are not those of any molecule the model was trained on" in trained.unknown_atoms([6, 1, 1, 1, 1])
 
 
 def test_structure_from_smiles():

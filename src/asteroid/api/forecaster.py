@@ -30,10 +30,10 @@ from asteroid.checkpoints import (
     read_checkpoint,
     resolve_ckpt_path,
 )
-from asteroid.data.signature import transferable, unknown_atoms
-from asteroid.data.windows import WindowLayout, rollout_spacing
+from asteroid.data.signature import DataSignature
+from asteroid.data.windows import rollout_spacing
 from asteroid.errors import ArgumentTypeError, ArgumentValueError, ConfigError, DataError
-from asteroid.models.rollout import THERMOSTAT_COUPLING, check_finite, rollout
+from asteroid.models.rollout import check_finite, rollout, thermostat_coupling
 from asteroid.runs import ROOT, latest_checkpoint
 from asteroid.training.module import ForecastModule
 
@@ -66,18 +66,18 @@ def load(checkpoint: str | Path, device: str = "cpu") -> Forecaster:
     if not path.is_file():
         raise ConfigError(f"{checkpoint}: no such checkpoint file, nor a run {ROOT / str(checkpoint)} with one")
     stored = read_checkpoint(path)
-    if CONFIG_KEY not in stored or not (stored.get(DATA_KEY) or {}).get("atoms"):
+    trained = DataSignature.from_dict(stored.get(DATA_KEY))
+    if CONFIG_KEY not in stored or trained is None or not trained.atoms:
         raise ConfigError(
             f"{path}: made before checkpoints stored their model and atoms; load it with "
             "asteroid.lightning_cli.load_trained(path, ['--config', CONFIG])"
         )
     check_finite_weights(stored["state_dict"], path)
-    config, data = dict(stored[CONFIG_KEY]), stored[DATA_KEY]
-    layout = WindowLayout(tuple(data["history_offsets"]), tuple(data["target_offsets"]))
-    net = _instantiate(config.pop("net"), history=len(layout.history_offsets), horizon=len(layout.target_offsets))
+    config = dict(stored[CONFIG_KEY])
+    net = _instantiate(config.pop("net"), history=len(trained.history_offsets), horizon=len(trained.target_offsets))
     module = ForecastModule(net=net, **config)
     load_state(module, stored["state_dict"], path)
-    return Forecaster(module.net.to(device).eval(), layout, data, str(path))
+    return Forecaster(module.net.to(device).eval(), trained, str(path))
 
 
 def _instantiate(spec: dict, **linked):
@@ -98,14 +98,14 @@ class Forecaster:
     `history_frames` of them are used.
     """
 
-    def __init__(self, net, layout: WindowLayout, trained: dict, checkpoint: str):
-        self.net, self.layout, self.checkpoint = net, layout, checkpoint
-        self.trained = trained
-        self.molecules = [np.asarray(z) for z in trained["atoms"]]
+    def __init__(self, net, trained: DataSignature, checkpoint: str):
+        self.net, self.trained, self.checkpoint = net, trained, checkpoint
+        self.layout = trained.layout
+        self.molecules = [np.asarray(z) for z in trained.atoms]
         self.history_frames, self.horizon = net.history, net.horizon
-        self.dt_fs = float(trained["dt_fs"][0])  # of the training data's frames
+        self.dt_fs = trained.dt_fs[0]  # of the training data's frames
         try:
-            self.spacing = rollout_spacing(layout)
+            self.spacing = rollout_spacing(self.layout)
         except ConfigError:  # a peer protocol's layout: it forecasts, but its forecasts cannot become history
             self.spacing = None
         self.frame_fs = None if self.spacing is None else self.spacing * self.dt_fs
@@ -163,7 +163,6 @@ class Forecaster:
         if sample and not self.stochastic:
             raise ConfigError(f"sample=True: {self.checkpoint} was trained without model.stochastic; it has no draws")
         sample = self.stochastic if sample is None else sample
-        coupling = (THERMOSTAT_COUPLING if sample and self.stochastic else 0.0) if thermostat is None else thermostat
         history_frames, z = self._history(history, z)
         generator = generator or torch.Generator(self._device).manual_seed(seed)
         predicted = rollout(
@@ -173,10 +172,10 @@ class Forecaster:
             frames,
             sample=sample,
             keep_rigid_motion=keep_rigid_motion,
-            thermostat_coupling=coupling or None,
+            thermostat_coupling=thermostat_coupling(self.net, sample, thermostat),
             generator=generator,
             thermostat_state=thermostat_state,
-            molecule_from_history=transferable(self.trained),
+            molecule_from_history=self.trained.transferable,
         )
         return Frames(predicted[0].cpu().numpy(), self.frame_fs * np.arange(1, frames + 1), z)
 
@@ -201,7 +200,7 @@ class Forecaster:
                 raise DataError("history: the model was trained on several molecules; give z (the atomic numbers)")
             z = self.molecules[0]
         z = np.asarray(z)
-        problem = unknown_atoms(self.trained, z)
+        problem = self.trained.unknown_atoms(z)
         if problem is not None:
             raise DataError(f"history: {problem}")
         if len(z) != history.shape[1]:

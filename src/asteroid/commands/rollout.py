@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from asteroid.arguments import CommandParser, existing_file, non_negative, positive
 from asteroid.checkpoints import DATA_KEY, read_checkpoint
-from asteroid.data.signature import transferable
+from asteroid.data.signature import DataSignature
 from asteroid.data.starts import (
     InitialConditions,
     repeat_starts,
@@ -30,7 +30,7 @@ from asteroid.data.writers import OUTPUT_FORMATS, write_rollout
 from asteroid.errors import ConfigError
 from asteroid.fileio import free_disk, not_an_input, scratch_array, writable_output
 from asteroid.lightning_cli import from_checkpoint_or_config, load_weights
-from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout
+from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout, thermostat_coupling
 from asteroid.runs import ROOT
 
 
@@ -231,8 +231,8 @@ def main(argv: list[str]) -> int:
     run_name = cli.config.name
     model, datamodule = load_weights(cli, ckpt_path)
     spacing = rollout_spacing(datamodule.layout)
-    trained = read_checkpoint(ckpt_path).get(DATA_KEY) or {}
-    if args.init is not None and "dt_fs" in trained:  # the checkpoint knows its atoms and spacing: no data needed
+    trained = DataSignature.from_dict(read_checkpoint(ckpt_path).get(DATA_KEY))
+    if args.init is not None and trained is not None and trained.atoms:  # it knows its atoms: no data needed
         start = start_from_file(args.init, trained, datamodule.history, spacing, args.dt_fs)
     else:
         datamodule.prepare_data()
@@ -257,8 +257,8 @@ def main(argv: list[str]) -> int:
                 "--mean is set), so every sample would be the same trajectory"
             )
         start = repeat_starts(start, args.samples)
-    coupling = args.thermostat if args.thermostat is not None else THERMOSTAT_COUPLING if sample else 0.0
-    unseen = transferable(trained)  # a model for many molecules takes ranges and temperature from the history
+    coupling = thermostat_coupling(model.net, sample, args.thermostat)
+    unseen = trained is not None and trained.transferable  # ranges and temperature from the history
     check_resources(out, len(start.history), args.frames, len(start.z), args.samples)
 
     torch.manual_seed(args.seed)
@@ -293,7 +293,7 @@ def main(argv: list[str]) -> int:
                 None if box is None else box[part],
                 sample=sample,
                 keep_rigid_motion=args.keep_rigid_motion,
-                thermostat_coupling=coupling or None,
+                thermostat_coupling=coupling,
                 molecule_from_history=unseen,
                 into=predicted[part],
             )
@@ -316,7 +316,7 @@ def main(argv: list[str]) -> int:
             "bond_constraints": model.net.bonded is not None and model.net.bonded.fitted,
             "molecule_from_history": unseen,
             "rigid_motion_stripped": not args.keep_rigid_motion and start.box is None,
-            "thermostat_coupling_forecasts": coupling or None,
+            "thermostat_coupling_forecasts": coupling,
             "reference": str(args.reference or start.source),
         }
         print("rollout options: " + ", ".join(f"{key} {value}" for key, value in options.items()))

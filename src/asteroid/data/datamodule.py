@@ -21,7 +21,7 @@ from asteroid.data.dataset import EpochShuffle, WindowDataset, collate_windows
 from asteroid.data.md17 import DATASETS, resolve_dataset
 from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset
 from asteroid.data.readers import load_trajectory
-from asteroid.data.signature import CachedTrajectory, check_signature, content_digest, data_signature, formula
+from asteroid.data.signature import CachedTrajectory, DataSignature, check_signature, content_digest, formula
 from asteroid.data.sources import TrajectorySource, with_dataset_topology
 from asteroid.data.windows import (
     PROTOCOLS,
@@ -290,12 +290,12 @@ class TrajectoryDataModule(pl.LightningDataModule):
         """(P,) time of each target frame after the last history frame, femtoseconds (first trajectory's dt)."""
         return self.layout.lead_frames() * self.trajectories[0].dt_fs
 
-    def signature(self) -> dict:
+    def signature(self) -> DataSignature:
         """What a model trained on this data depends on (`data.signature`): saved in every checkpoint and checked
         when the checkpoint meets data again."""
-        return data_signature(self.layout, self.heavy_atoms, self.trajectories)
+        return DataSignature.of(self.layout, self.heavy_atoms, self.trajectories)
 
-    def check_signature(self, recorded: dict | None, checkpoint: str) -> None:
+    def check_signature(self, recorded: DataSignature | None, checkpoint: str) -> None:
         """Refuse data other than what `checkpoint` was trained on (None: a checkpoint older than the record)."""
         check_signature(recorded, self.signature(), self.trajectories, checkpoint)
 

@@ -41,83 +41,142 @@ def content_digest(coordinates: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(coordinates[picks], dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
-def data_signature(layout: WindowLayout, heavy_atoms: bool, trajectories: list[CachedTrajectory]) -> dict:
-    """The window layout and atoms kept; once the data is set up, each trajectory's atoms, spacing and periodicity
-    (enough to roll out from a user's frames without the data)."""
-    signature = {
-        "history_offsets": list(layout.history_offsets),
-        "target_offsets": list(layout.target_offsets),
-        "heavy_atoms": bool(heavy_atoms),
-    }
-    if trajectories:
-        signature["atoms"] = [list(t.z) for t in trajectories]
-        signature["dt_fs"] = [t.dt_fs for t in trajectories]
-        signature["periodic"] = [bool(t.periodic) for t in trajectories]
-        signature["content"] = [t.content for t in trajectories]
-    return signature
+@dataclass(frozen=True)
+class DataSignature:
+    """What a model trained on some data depends on: the window layout and the atoms kept; once the data is set up,
+    each trajectory's atoms, frame step (fs), periodicity and content digest (enough to roll out from a user's frames
+    without the data); and whether the model forecasts molecules it was not trained on. Stored in every checkpoint
+    as a dict (`as_dict`, `from_dict`)."""
 
+    history_offsets: tuple[int, ...]
+    target_offsets: tuple[int, ...]
+    heavy_atoms: bool
+    atoms: tuple[tuple[int, ...], ...] = ()  # per trajectory; empty before the data is set up
+    dt_fs: tuple[float, ...] = ()
+    periodic: tuple[bool, ...] = ()
+    content: tuple[str, ...] = ()
+    fitted_to_one_molecule: bool = True  # False: no bond table (`ForecastModule.on_save_checkpoint` says)
 
-def transferable(recorded: dict) -> bool:
-    """Whether a checkpoint's model forecasts molecules it was not trained on: trained on several molecules, with
-    nothing fitted to one of them (no bond table: `ForecastModule.on_save_checkpoint` records it). The noise head
-    reads only atom types and motion; what it cannot know of an unseen molecule (its ranges, its temperature) a
-    rollout takes from the starting history (`models.rollout.rollout(..., molecule_from_history=True)`)."""
-    return bool(recorded.get("transferable")) and len({tuple(z) for z in recorded.get("atoms", [])}) > 1
+    @classmethod
+    def of(cls, layout: WindowLayout, heavy_atoms: bool, trajectories: list[CachedTrajectory]) -> DataSignature:
+        return cls(
+            tuple(layout.history_offsets),
+            tuple(layout.target_offsets),
+            bool(heavy_atoms),
+            tuple(tuple(int(n) for n in t.z) for t in trajectories),
+            tuple(float(t.dt_fs) for t in trajectories),
+            tuple(bool(t.periodic) for t in trajectories),
+            tuple(t.content for t in trajectories),
+        )
 
-
-def unknown_atoms(recorded: dict, z) -> str | None:
-    """Why a checkpoint cannot forecast atoms z, or None: a transferable model takes any molecule of the elements it
-    was trained on (an element it never saw has an untrained embedding), any other model only its own molecules."""
-    known = [list(atoms) for atoms in recorded["atoms"]]
-    z = [int(number) for number in z]
-    if transferable(recorded):
-        elements = {number for atoms in known for number in atoms}
-        missing = sorted({chemical_symbols[number] for number in z if number not in elements})
-        if not missing:
+    @classmethod
+    def from_dict(cls, recorded: dict | None) -> DataSignature | None:
+        """The record a checkpoint stores (None: a checkpoint older than the record)."""
+        if not recorded:
             return None
-        trained = ", ".join(chemical_symbols[number] for number in sorted(elements))
-        return f"holds {', '.join(missing)}, which the model never saw (it was trained on the elements {trained})"
-    if z in known:
-        return None
-    trained = ", ".join(sorted({formula(atoms) for atoms in known}))
-    return f"its atoms ({formula(z)}, z = {z}) are not those of any molecule the model was trained on ({trained})"
+        return cls(
+            tuple(recorded["history_offsets"]),
+            tuple(recorded["target_offsets"]),
+            bool(recorded["heavy_atoms"]),
+            tuple(tuple(int(n) for n in z) for z in recorded.get("atoms", [])),
+            tuple(float(dt) for dt in recorded.get("dt_fs", [])),
+            tuple(bool(p) for p in recorded.get("periodic", [])),
+            tuple(recorded.get("content", [])),
+            not recorded.get("transferable", False),
+        )
+
+    def as_dict(self) -> dict:
+        """The checkpoint's record: plain lists, as every reader of older checkpoints knows them."""
+        recorded = {
+            "history_offsets": list(self.history_offsets),
+            "target_offsets": list(self.target_offsets),
+            "heavy_atoms": self.heavy_atoms,
+        }
+        if self.atoms:
+            recorded["atoms"] = [list(z) for z in self.atoms]
+            recorded["dt_fs"] = list(self.dt_fs)
+            recorded["periodic"] = list(self.periodic)
+            recorded["content"] = list(self.content)
+        return {**recorded, "transferable": not self.fitted_to_one_molecule}
+
+    @property
+    def layout(self) -> WindowLayout:
+        return WindowLayout(self.history_offsets, self.target_offsets)
+
+    @property
+    def transferable(self) -> bool:
+        """Whether the model forecasts molecules it was not trained on: trained on several molecules, with nothing
+        fitted to one of them (no bond table). The noise head reads only atom types and motion; what it cannot know
+        of an unseen molecule (its ranges, its temperature) a rollout takes from the starting history
+        (`models.rollout.rollout(..., molecule_from_history=True)`)."""
+        return not self.fitted_to_one_molecule and len(set(self.atoms)) > 1
+
+    def unknown_atoms(self, z) -> str | None:
+        """Why the model cannot forecast atoms z, or None: a transferable model takes any molecule of the elements it
+        was trained on (an element it never saw has an untrained embedding), any other model only its own
+        molecules."""
+        z = tuple(int(number) for number in z)
+        if self.transferable:
+            elements = {number for atoms in self.atoms for number in atoms}
+            missing = sorted({chemical_symbols[number] for number in z if number not in elements})
+            if not missing:
+                return None
+            trained = ", ".join(chemical_symbols[number] for number in sorted(elements))
+            return f"holds {', '.join(missing)}, which the model never saw (it was trained on the elements {trained})"
+        if z in self.atoms:
+            return None
+        trained = ", ".join(sorted({formula(atoms) for atoms in self.atoms}))
+        return (
+            f"its atoms ({formula(z)}, z = {list(z)}) are not those of any molecule the model was trained on "
+            f"({trained})"
+        )
+
+    def record_of(self, z) -> tuple[float, bool]:
+        """(frame step fs, periodic) of molecule z's trajectories, or (a molecule new to a transferable model) of the
+        first: they share the frame step."""
+        z = tuple(int(number) for number in z)
+        kinds = list(zip(self.atoms, self.dt_fs, self.periodic))
+        return next(((dt, periodic) for atoms, dt, periodic in kinds if atoms == z), kinds[0][1:])
 
 
-def check_signature(recorded: dict | None, mine: dict, trajectories: list[CachedTrajectory], checkpoint: str) -> None:
+def check_signature(
+    recorded: DataSignature | None, mine: DataSignature, trajectories: list[CachedTrajectory], checkpoint: str
+) -> None:
     """Refuse data (`mine`, its `trajectories`) other than what `checkpoint` was trained on (`recorded`; None for
     checkpoints older than the record, which cannot be checked)."""
-    if not recorded:
+    if recorded is None:
         return
-    trained = (recorded["history_offsets"], recorded["target_offsets"])
-    given = (mine["history_offsets"], mine["target_offsets"])
+    trained = (list(recorded.history_offsets), list(recorded.target_offsets))
+    given = (list(mine.history_offsets), list(mine.target_offsets))
     if trained != given:
         raise ConfigError(
             f"{checkpoint}: trained on windows of frames {trained[0]} -> {trained[1]}, but the data "
             f"settings give {given[0]} -> {given[1]}; use the data.spacing, data.history, "
             "data.horizon and data.protocol it was trained with"
         )
-    if recorded["heavy_atoms"] != mine["heavy_atoms"]:
-        kept = "heavy atoms only" if recorded["heavy_atoms"] else "every atom"
+    if recorded.heavy_atoms != mine.heavy_atoms:
+        kept = "heavy atoms only" if recorded.heavy_atoms else "every atom"
         raise ConfigError(
             f"{checkpoint}: trained on {kept}, but the data settings keep "
-            f"{'heavy atoms only' if mine['heavy_atoms'] else 'every atom'}"
+            f"{'heavy atoms only' if mine.heavy_atoms else 'every atom'}"
         )
-    if "atoms" in recorded and "atoms" in mine:
+    if recorded.atoms and mine.atoms:
         for trajectory in trajectories:
-            problem = unknown_atoms(recorded, trajectory.z)
+            problem = recorded.unknown_atoms(trajectory.z)
             if problem is not None:
                 raise DataError(f"{trajectory.source}: {problem} ({checkpoint})")
-            trained_dt = {dt for z, dt in zip(recorded["atoms"], recorded["dt_fs"]) if z == list(trajectory.z)}
-            trained_dt = trained_dt or set(recorded["dt_fs"])  # a molecule new to a transferable model
+            z = tuple(int(n) for n in trajectory.z)
+            trained_dt = {dt for atoms, dt in zip(recorded.atoms, recorded.dt_fs) if atoms == z}
+            trained_dt = trained_dt or set(recorded.dt_fs)  # a molecule new to a transferable model
             if trajectory.dt_fs not in trained_dt:
                 raise DataError(
                     f"{trajectory.source}: frames {trajectory.dt_fs:g} fs apart, but {checkpoint} was trained on "
                     f"frames {', '.join(f'{dt:g}' for dt in sorted(trained_dt))} fs apart: its windows would span "
                     "other times; give data at the training frame step"
                 )
-        known = set(recorded.get("content", []))
+        known = set(recorded.content)
         others = [t.source for t in trajectories if known and t.content and t.content not in known]
-        if others and not transferable(recorded):
+        if others and not recorded.transferable:
             print(
                 f"note: {', '.join(others)} is not the trajectory {checkpoint} was trained on (same molecule, other "
                 "frames): its windows are new to the model",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from asteroid.data.readers import load_trajectory
-from asteroid.data.signature import unknown_atoms
+from asteroid.data.signature import DataSignature
 from asteroid.errors import ConfigError, DataError, MissingTimestepError
 
 
@@ -64,32 +64,31 @@ def start_from_test_split(datamodule, batch: int, spacing: int, n_frames: int) -
 
 
 def start_from_file(
-    path: str, trained: dict, history: int, spacing: int, dt_fs: float | None = None
+    path: str, trained: DataSignature, history: int, spacing: int, dt_fs: float | None = None
 ) -> InitialConditions:
     """The last `history` frames of a user's file, `spacing` training frames apart, checked against what the
     checkpoint was trained on (`trained`: its data signature, `TrajectoryDataModule.signature`). Needs no training
     data: the report then judges the rollout against the file's own frames. `dt_fs` (fs between the file's frames)
     where the file states none; a file of one structure needs none (GFN2-xTB makes the history, `xtb_history`)."""
-    kinds = list(zip(trained["atoms"], trained["dt_fs"], trained["periodic"]))
+    first_dt_fs, first_periodic = trained.dt_fs[0], trained.periodic[0]
     try:
         trajectory = load_trajectory(path, dt_fs=dt_fs)
     except MissingTimestepError:
-        trajectory = load_trajectory(path, dt_fs=kinds[0][1])
+        trajectory = load_trajectory(path, dt_fs=first_dt_fs)
         if trajectory.n_frames > 1:
             raise MissingTimestepError(
                 f"{path}: does not say the time between its frames; pass --dt-fs (the model's data were "
-                f"{kinds[0][1]:g} fs apart)"
+                f"{first_dt_fs:g} fs apart)"
             ) from None
-    from_structure = trajectory.n_frames == 1 and not kinds[0][2]
+    from_structure = trajectory.n_frames == 1 and not first_periodic
     if from_structure:
-        trajectory = xtb_history(path, (history - 1) * spacing + 1, kinds[0][1])
-    if trained["heavy_atoms"]:
+        trajectory = xtb_history(path, (history - 1) * spacing + 1, first_dt_fs)
+    if trained.heavy_atoms:
         trajectory = trajectory.select_atoms(np.flatnonzero(trajectory.z > 1))
-    problem = unknown_atoms(trained, trajectory.z)
+    problem = trained.unknown_atoms(trajectory.z)
     if problem is not None:
         raise DataError(f"{path}: {problem}")
-    # its own molecule's record, or (a model for any molecule) the first: they share the frame step
-    _, dt_fs, periodic = next((kind for kind in kinds if np.array_equal(kind[0], trajectory.z)), kinds[0])
+    dt_fs, periodic = trained.record_of(trajectory.z)
     box = trajectory.box if trajectory.box is not None and periodic else None
     if periodic and box is None:
         raise DataError(f"{path}: the model was trained on a periodic system and this file has no periodic cell")

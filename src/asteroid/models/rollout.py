@@ -44,6 +44,14 @@ def default_thermostat(net: ForecastModel) -> float | None:
     return THERMOSTAT_COUPLING if net.noise is not None and net.noise.step_energy > 0 else None
 
 
+def thermostat_coupling(net: ForecastModel, sample: bool, requested: float | None = None) -> float | None:
+    """The coupling (forecasts) of the thermostat a rollout runs, None for none: `requested` (0: off), or by default
+    `default_thermostat` for a sampled rollout and none for the forecast mean."""
+    if requested is None:
+        return default_thermostat(net) if sample else None
+    return requested or None
+
+
 def remove_rigid_motion(previous: Tensor, frames: Tensor, mass: Tensor) -> Tensor:
     """frames (B, P, N, 3) following previous (B, N, 3), each frame-to-frame step stripped of its centre-of-mass
     translation and of its rigid rotation about the centre of mass (the angular momentum of the step), as our MD

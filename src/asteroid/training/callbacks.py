@@ -22,6 +22,7 @@ from asteroid.checkpoints import (
     read_checkpoint,
 )
 from asteroid.data.dataset import collate_windows
+from asteroid.data.signature import DataSignature
 from asteroid.fileio import atomic_output
 from asteroid.runs import run_dir
 
@@ -49,7 +50,7 @@ class InitialWeights(Callback):
 
     def on_fit_start(self, trainer, pl_module):
         checkpoint = read_checkpoint(self.ckpt_path)
-        trainer.datamodule.check_signature(checkpoint.get(DATA_KEY), self.ckpt_path)
+        trainer.datamodule.check_signature(DataSignature.from_dict(checkpoint.get(DATA_KEY)), self.ckpt_path)
         check_finite_weights(checkpoint["state_dict"], self.ckpt_path)
         load_state(pl_module, checkpoint["state_dict"], self.ckpt_path)
         if trainer.is_global_zero:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
 from asteroid.checkpoints import DATA_KEY, TRAIN_POSITION_KEY
-from asteroid.data.signature import split_summary
+from asteroid.data.signature import DataSignature, split_summary
 from asteroid.errors import ConfigError, DataError, DivergedError
 from asteroid.fileio import atomic_output
 from asteroid.models.base import ForecastModel
@@ -186,12 +187,14 @@ class ForecastModule(Evaluation, pl.LightningModule):
         }
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:  # no bond table of one molecule: the net may forecast others (signature.py)
-            checkpoint[DATA_KEY] = {**datamodule.signature(), "transferable": self.net.bonded is None}
+            signature = replace(datamodule.signature(), fitted_to_one_molecule=self.net.bonded is not None)
+            checkpoint[DATA_KEY] = signature.as_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
-            datamodule.check_signature(checkpoint.get(DATA_KEY), str(self.trainer.ckpt_path or "the checkpoint"))
+            recorded = DataSignature.from_dict(checkpoint.get(DATA_KEY))
+            datamodule.check_signature(recorded, str(self.trainer.ckpt_path or "the checkpoint"))
         # set when training starts: the sanity-check validation that Lightning runs first draws random numbers too
         self._rng_state_to_restore = checkpoint.get("torch_rng_state")
         if datamodule is not None and TRAIN_POSITION_KEY in checkpoint:
