@@ -153,14 +153,14 @@ def test_models_see_the_same_system_whichever_image_an_atom_is_in(cls):
     torch.manual_seed(0)
     model = cls(H, P, hidden=16, cutoff=5.0).double()
     history, z, mask, box = periodic_batch()
-    pred = model(history, z, mask, box=box)["pred"]
+    pred = model(history, z, mask, box=box).pred
     lattice = torch.tensor([1.0, -2.0, 1.0], dtype=torch.float64) @ box[0]  # a whole cell translation
     moved = history.clone()
     moved[:, :, 0] += lattice
-    moved_pred = model(moved, z, mask, box=box)["pred"]
+    moved_pred = model(moved, z, mask, box=box).pred
     torch.testing.assert_close(moved_pred[:, :, 1:], pred[:, :, 1:], atol=1e-9, rtol=0)
     torch.testing.assert_close(moved_pred[:, :, 0], pred[:, :, 0] + lattice, atol=1e-9, rtol=0)
-    open_pred = model(moved, z, mask)["pred"]  # without the cell, atom 0 has lost its neighbours
+    open_pred = model(moved, z, mask).pred  # without the cell, atom 0 has lost its neighbours
     assert (open_pred[:, :, 1:] - pred[:, :, 1:]).abs().max() > 1e-6
 
 
@@ -174,9 +174,9 @@ def test_rotating_windows_rotates_the_cell_with_them(cls):
     rotation = random_rotations(2, dtype=torch.float64)
     rotated = rotate_windows(batch, rotation)
     torch.testing.assert_close(rotated["box"][1], box[1] @ rotation[1].T)
-    pred = model(history, z, mask, box=box)["pred"]
+    pred = model(history, z, mask, box=box).pred
     torch.testing.assert_close(
-        model(rotated["history"], z, mask, box=rotated["box"])["pred"], rotate(pred, rotation), atol=1e-9, rtol=0
+        model(rotated["history"], z, mask, box=rotated["box"]).pred, rotate(pred, rotation), atol=1e-9, rtol=0
     )
 
 
@@ -184,16 +184,14 @@ def test_asteroid_with_a_cell_sees_its_images_and_leaves_out_absolute_positions(
     torch.manual_seed(0)
     model = Asteroid(H, P, hidden=16, cutoff=5.0).double().eval()
     history, z, mask, box = periodic_batch()
-    pred_open = model(history, z, mask)["pred"]
+    pred_open = model(history, z, mask).pred
     huge = 100.0 * torch.eye(3, dtype=torch.float64).expand(2, 3, 3)  # no image within the cutoff
-    pred_huge = model(history, z, mask, box=huge)["pred"]
+    pred_huge = model(history, z, mask, box=huge).pred
     assert (pred_huge - pred_open).abs().max() > 1e-6  # relative positions left out of global attention
-    assert (model(history, z, mask, box=box)["pred"] - pred_huge).abs().max() > 1e-6  # images within reach
+    assert (model(history, z, mask, box=box).pred - pred_huge).abs().max() > 1e-6  # images within reach
     for block in model.encoder.spatial:
         block.global_attention.attention.position_out.weight.detach().zero_()  # an open system now reads none
-    torch.testing.assert_close(
-        model(history, z, mask, box=huge)["pred"], model(history, z, mask)["pred"], atol=1e-10, rtol=0
-    )
+    torch.testing.assert_close(model(history, z, mask, box=huge).pred, model(history, z, mask).pred, atol=1e-10, rtol=0)
 
 
 # ---- end to end --------------------------------------------------------------------------------------------------

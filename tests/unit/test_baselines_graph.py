@@ -49,11 +49,11 @@ def test_shapes_and_no_auxiliary_losses(cls):
     history, target, z, mask = make_batch()
     trained = model(history, z, mask, target=target, sampling_prob=0.5)
     inferred = model(history, z, mask)
-    assert trained["pred"].shape == inferred["pred"].shape == (3, P, N, 3)
-    assert torch.isfinite(inferred["pred"]).all()
+    assert trained.pred.shape == inferred.pred.shape == (3, P, N, 3)
+    assert torch.isfinite(inferred.pred).all()
     # Direct forecasters: the target is never looked at.
-    torch.testing.assert_close(trained["pred"], inferred["pred"])
-    assert trained["losses"] == inferred["losses"] == {}
+    torch.testing.assert_close(trained.pred, inferred.pred)
+    assert trained.losses == inferred.losses == {}
 
 
 def test_config_and_data_errors():
@@ -77,8 +77,8 @@ def test_e3_equivariance(cls, reflect):
     model = make_model(cls).double()
     history, _, z, mask = make_batch(dtype=torch.float64)
     matrix, shift = orthogonal(reflect), torch.tensor([3.0, -7.5, 12.0], dtype=torch.float64)
-    pred = model(history, z, mask)["pred"]
-    moved = model(history @ matrix.T + shift, z, mask)["pred"]
+    pred = model(history, z, mask).pred
+    moved = model(history @ matrix.T + shift, z, mask).pred
     torch.testing.assert_close(moved, pred @ matrix.T + shift, atol=1e-9, rtol=0)
     assert (pred - history[:, -1:]).abs().max() > 1e-3  # not trivially the last frame
 
@@ -88,9 +88,9 @@ def test_egno_without_time_convolution_as_the_official_md17_run():
     assert len(model.convolutions) == 0 and len(model.layers) == SMALL["layers"]
     history, _, z, mask = make_batch(dtype=torch.float64)
     matrix, shift = orthogonal(reflect=False), torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64)
-    pred = model(history, z, mask)["pred"]
+    pred = model(history, z, mask).pred
     torch.testing.assert_close(
-        model(history @ matrix.T + shift, z, mask)["pred"], pred @ matrix.T + shift, atol=1e-9, rtol=0
+        model(history @ matrix.T + shift, z, mask).pred, pred @ matrix.T + shift, atol=1e-9, rtol=0
     )
     assert (pred[:, 0] - pred[:, -1]).abs().max() > 1e-4  # the time embedding still tells the output times apart
 
@@ -100,8 +100,8 @@ def test_permuting_atoms_permutes_predictions(cls):
     model = make_model(cls)
     history, _, z, mask = make_batch()
     perm = torch.randperm(N)
-    pred = model(history, z, mask)["pred"]
-    permuted = model(history[:, :, perm], z[:, perm], mask[:, perm])["pred"]
+    pred = model(history, z, mask).pred
+    permuted = model(history[:, :, perm], z[:, perm], mask[:, perm]).pred
     torch.testing.assert_close(permuted, pred[:, :, perm], atol=1e-5, rtol=1e-5)
 
 
@@ -109,14 +109,14 @@ def test_permuting_atoms_permutes_predictions(cls):
 def test_padded_atoms_do_not_change_real_atoms(cls):
     model = make_model(cls)
     history, _, z, mask = make_batch(B=2)
-    pred = model(history, z, mask)["pred"]
+    pred = model(history, z, mask).pred
     extra = 3
     # Garbage in the padding, within the cutoff of real atoms if it were not masked.
     padded_history = torch.cat([history, torch.randn(2, H, extra, 3)], dim=2)
     padded_history[0, :, N] = float("nan")
     padded_z = torch.cat([z, torch.randint(1, 9, (2, extra))], dim=1)
     padded_mask = torch.cat([mask, torch.zeros(2, extra, dtype=torch.bool)], dim=1)
-    padded = model(padded_history, padded_z, padded_mask)["pred"]
+    padded = model(padded_history, padded_z, padded_mask).pred
     torch.testing.assert_close(padded[:, :, :N], pred, atol=1e-5, rtol=1e-5)
     assert torch.isfinite(padded).all()
 
@@ -151,7 +151,7 @@ def test_overfits_one_batch(cls):
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(80):
-        loss = ((model(history, z, mask, target)["pred"] - target) / 0.1).square().mean()
+        loss = ((model(history, z, mask, target).pred - target) / 0.1).square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

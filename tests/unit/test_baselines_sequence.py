@@ -33,7 +33,7 @@ def polynomial_window(times, coefficients):
 # ---- no training ------------------------------------------------------------------------------------------------
 def test_last_frame_repeats_the_last_history_frame():
     history, z, mask, _ = batch()
-    pred = LastFrame(H, P)(history, z, mask)["pred"]
+    pred = LastFrame(H, P)(history, z, mask).pred
     assert pred.shape == (3, P, N, 3)
     torch.testing.assert_close(pred, history[:, -1:].expand(-1, P, -1, -1), rtol=0, atol=0)
 
@@ -53,7 +53,7 @@ def test_extrapolation_is_exact_on_polynomials_of_its_degree(model_class, degree
     future = target_offsets or list(range(H, H + P))
     history = polynomial_window(times, coefficients)
     model = model_class(H, P, history_offsets, target_offsets)
-    pred = model(history, torch.ones(1, N, dtype=torch.long), torch.ones(1, N, dtype=torch.bool))["pred"]
+    pred = model(history, torch.ones(1, N, dtype=torch.long), torch.ones(1, N, dtype=torch.bool)).pred
     torch.testing.assert_close(pred, polynomial_window(future, coefficients), rtol=1e-9, atol=1e-6)
 
 
@@ -62,7 +62,7 @@ def test_linear_extrapolation_on_the_gmn_layout():
     model = LinearExtrapolation(2, 1, history_offsets=[0, 1], target_offsets=[3000])
     pred = model(
         polynomial_window([0, 1], coefficients), torch.ones(1, N, dtype=torch.long), torch.ones(1, N, dtype=torch.bool)
-    )["pred"]
+    ).pred
     torch.testing.assert_close(pred, polynomial_window([3000], coefficients))
 
 
@@ -70,7 +70,7 @@ def test_extrapolation_ignores_padding_and_rejects_bad_layouts():
     history, z, mask, _ = batch()
     mask[:, -1] = False
     history[:, :, -1] = float("nan")
-    pred = QuadraticExtrapolation(H, P)(history, z, mask)["pred"]
+    pred = QuadraticExtrapolation(H, P)(history, z, mask).pred
     assert torch.isfinite(pred).all()
     with pytest.raises(ConfigError, match="QuadraticExtrapolation fits the last 3 frames but history=2"):
         QuadraticExtrapolation(2, P)
@@ -90,24 +90,24 @@ def net(request):
 
 def test_sequence_shapes_and_translation_invariance(net):
     history, z, mask, target = batch()
-    pred = net(history, z, mask)["pred"]
+    pred = net(history, z, mask).pred
     assert pred.shape == (3, P, N, 3)
     shift = torch.tensor([30.0, -12.0, 7.0])
-    moved = net(history + shift, z, mask)["pred"]
+    moved = net(history + shift, z, mask).pred
     torch.testing.assert_close(moved, pred + shift, rtol=0, atol=1e-4)
     # also under teacher forcing
-    forced = net(history, z, mask, target=target)["pred"]
-    moved = net(history + shift, z, mask, target=target + shift)["pred"]
+    forced = net(history, z, mask, target=target).pred
+    moved = net(history + shift, z, mask, target=target + shift).pred
     torch.testing.assert_close(moved, forced + shift, rtol=0, atol=1e-4)
 
 
 def test_teacher_forcing_is_causal(net):
     history, z, mask, target = batch()
-    pred = net(history, z, mask, target=target)["pred"]
+    pred = net(history, z, mask, target=target).pred
     for k in range(P):
         changed = target.clone()
         changed[:, k] += 1.0
-        new = net(history, z, mask, target=changed)["pred"]
+        new = net(history, z, mask, target=changed).pred
         torch.testing.assert_close(new[:, : k + 1], pred[:, : k + 1], rtol=0, atol=0)
         if k + 1 < P:
             assert not torch.allclose(new[:, k + 1], pred[:, k + 1])
@@ -116,20 +116,20 @@ def test_teacher_forcing_is_causal(net):
 def test_full_scheduled_sampling_is_the_inference_forecast(net):
     history, z, mask, target = batch()
     net.train()
-    sampled = net(history, z, mask, target=target, sampling_prob=1.0)["pred"]
+    sampled = net(history, z, mask, target=target, sampling_prob=1.0).pred
     net.eval()
-    torch.testing.assert_close(sampled, net(history, z, mask)["pred"])
-    assert not torch.allclose(net(history, z, mask, target=target)["pred"][:, 1:], sampled[:, 1:])
+    torch.testing.assert_close(sampled, net(history, z, mask).pred)
+    assert not torch.allclose(net(history, z, mask, target=target).pred[:, 1:], sampled[:, 1:])
 
 
 def test_padding_atoms_do_not_affect_real_atoms(net):
     history, z, mask, target = batch(n=N)
-    alone = net(history, z, mask, target=target)["pred"]
+    alone = net(history, z, mask, target=target).pred
     padded_history = torch.cat([history, torch.full((3, H, 2, 3), float("nan"))], dim=2)
     padded_target = torch.cat([target, 1e3 * torch.randn(3, P, 2, 3)], dim=2)
     padded_mask = torch.cat([mask, torch.zeros(3, 2, dtype=torch.bool)], dim=1)
     padded_z = torch.cat([z, torch.zeros(3, 2, dtype=torch.long)], dim=1)
-    pred = net(padded_history, padded_z, padded_mask, target=padded_target)["pred"]
+    pred = net(padded_history, padded_z, padded_mask, target=padded_target).pred
     torch.testing.assert_close(pred[:, :, :N], alone)
     assert torch.isfinite(pred).all()
 
@@ -145,7 +145,7 @@ def test_overfitting_one_batch_lowers_the_loss(net):
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):
-        pred = net(history, z, mask, target=target, sampling_prob=0.5)["pred"]
+        pred = net(history, z, mask, target=target, sampling_prob=0.5).pred
         loss = ((pred - target) / net.displacement_scale[None, :, None, None]).square().mean()
         optimizer.zero_grad()
         loss.backward()

@@ -44,14 +44,14 @@ def test_shapes_and_losses_for_every_ablation(overrides):
     history, target, z, mask = make_batch()
     trained = model(history, z, mask, target, sampling_prob=0.5)
     inferred = model(history, z, mask)
-    assert trained["pred"].shape == inferred["pred"].shape == (3, P, N, 3)
-    assert torch.isfinite(trained["pred"]).all()
+    assert trained.pred.shape == inferred.pred.shape == (3, P, N, 3)
+    assert torch.isfinite(trained.pred).all()
     if overrides.get("sti", True):
-        assert set(trained["losses"]) == {"sti_primary", "sti_consistency", "sti_conjugate"}
-        assert inferred["losses"] == {}  # training terms: not computed for a forecast
-        assert all(loss.ndim == 0 and loss.item() >= 0 for loss in trained["losses"].values())
+        assert set(trained.losses) == {"sti_primary", "sti_consistency", "sti_conjugate"}
+        assert inferred.losses == {}  # training terms: not computed for a forecast
+        assert all(loss.ndim == 0 and loss.item() >= 0 for loss in trained.losses.values())
     else:
-        assert trained["losses"] == inferred["losses"] == {}
+        assert trained.losses == inferred.losses == {}
 
 
 @pytest.mark.parametrize("overrides", ABLATIONS[1:], ids=lambda o: ",".join(o))
@@ -67,7 +67,7 @@ def test_every_ablation_switch_changes_the_forecast(overrides):
     }
     ablated.load_state_dict(shared, strict=False)  # same weights wherever both have them
     history, _, z, mask = make_batch()
-    assert not torch.allclose(ablated(history, z, mask)["pred"], full(history, z, mask)["pred"], atol=1e-6)
+    assert not torch.allclose(ablated(history, z, mask).pred, full(history, z, mask).pred, atol=1e-6)
 
 
 def random_orthogonal(reflect: bool) -> torch.Tensor:
@@ -90,9 +90,9 @@ def test_exact_e3_equivariance_without_augmentation(overrides, reflect):
     q, shift = random_orthogonal(reflect), torch.tensor([3.0, -7.5, 12.0], dtype=torch.float64)
     out = model(history, z, mask, target)
     moved = model(history @ q.T + shift, z, mask, target @ q.T + shift)
-    torch.testing.assert_close(moved["pred"], out["pred"] @ q.T + shift, atol=1e-10, rtol=0)
-    for name, loss in out["losses"].items():
-        torch.testing.assert_close(moved["losses"][name], loss, atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(moved.pred, out.pred @ q.T + shift, atol=1e-10, rtol=0)
+    for name, loss in out.losses.items():
+        torch.testing.assert_close(moved.losses[name], loss, atol=1e-12, rtol=1e-9)
 
 
 @pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
@@ -104,13 +104,13 @@ def test_exact_e3_equivariance_in_a_periodic_cell(reflect):
     history, _, z, mask = (t.double() if t.is_floating_point() else t for t in make_batch())
     box = torch.diag(torch.tensor([6.5, 7.0, 7.5], dtype=torch.float64)).expand(3, 3, 3)
     q = random_orthogonal(reflect)
-    pred = model(history, z, mask, box=box)["pred"]
-    turned = model(history @ q.T + 1.5, z, mask, box=box @ q.T)["pred"]
+    pred = model(history, z, mask, box=box).pred
+    turned = model(history @ q.T + 1.5, z, mask, box=box @ q.T).pred
     torch.testing.assert_close(turned, pred @ q.T + 1.5, atol=1e-10, rtol=0)
     perm = torch.randperm(N)
-    permuted = model(history[:, :, perm], z[:, perm], mask[:, perm], box=box)["pred"]
+    permuted = model(history[:, :, perm], z[:, perm], mask[:, perm], box=box).pred
     torch.testing.assert_close(permuted, pred[:, :, perm], atol=1e-10, rtol=0)
-    assert (pred - model(history, z, mask)["pred"]).abs().max() > 1e-6  # the images were seen
+    assert (pred - model(history, z, mask).pred).abs().max() > 1e-6  # the images were seen
 
 
 def test_flops_per_forecast_within_the_budget():
@@ -179,9 +179,9 @@ def test_permuting_atoms_permutes_predictions():
     perm = torch.randperm(N)
     out = model(history, z, mask, target)
     permuted = model(history[:, :, perm], z[:, perm], mask[:, perm], target[:, :, perm])
-    torch.testing.assert_close(permuted["pred"], out["pred"][:, :, perm], atol=1e-5, rtol=1e-5)
-    for name, loss in out["losses"].items():
-        torch.testing.assert_close(permuted["losses"][name], loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(permuted.pred, out.pred[:, :, perm], atol=1e-5, rtol=1e-5)
+    for name, loss in out.losses.items():
+        torch.testing.assert_close(permuted.losses[name], loss, atol=1e-6, rtol=1e-5)
 
 
 @DECODERS
@@ -198,10 +198,10 @@ def test_padded_atoms_do_not_change_real_atoms(overrides):
     padded_z = torch.cat([z, torch.zeros(2, extra, dtype=z.dtype)], dim=1)
     padded_mask = torch.cat([mask, torch.zeros(2, extra, dtype=torch.bool)], dim=1)
     padded = model(padded_history, padded_z, padded_mask, padded_target)
-    torch.testing.assert_close(padded["pred"][:, :, :N], out["pred"], atol=1e-5, rtol=1e-5)
-    assert torch.isfinite(padded["pred"]).all()
-    for name, loss in out["losses"].items():
-        torch.testing.assert_close(padded["losses"][name], loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(padded.pred[:, :, :N], out.pred, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(padded.pred).all()
+    for name, loss in out.losses.items():
+        torch.testing.assert_close(padded.losses[name], loss, atol=1e-6, rtol=1e-5)
 
 
 def test_molecules_of_different_size_share_a_batch():
@@ -209,8 +209,8 @@ def test_molecules_of_different_size_share_a_batch():
     history, target, z, mask = make_batch(B=2)
     small = 4
     mask[1, small:] = False
-    together = model(history, z, mask, target)["pred"]
-    alone = model(history[1:, :, :small], z[1:, :small], mask[1:, :small], target[1:, :, :small])["pred"]
+    together = model(history, z, mask, target).pred
+    alone = model(history[1:, :, :small], z[1:, :small], mask[1:, :small], target[1:, :, :small]).pred
     torch.testing.assert_close(together[1:, :, :small], alone, atol=1e-5, rtol=1e-5)
 
 
@@ -218,11 +218,11 @@ def test_molecules_of_different_size_share_a_batch():
 def test_changing_a_target_step_never_changes_earlier_steps(overrides):
     model = make_model(**overrides)
     history, target, z, mask = make_batch()
-    pred = model(history, z, mask, target)["pred"]
+    pred = model(history, z, mask, target).pred
     for k in range(P):
         changed = target.clone()
         changed[:, k] += torch.randn(3, N, 3)
-        pred_changed = model(history, z, mask, changed)["pred"]
+        pred_changed = model(history, z, mask, changed).pred
         # Step k is fed target k-1, so steps <= k do not see target k at all.
         torch.testing.assert_close(pred_changed[:, : k + 1], pred[:, : k + 1], atol=0, rtol=0)
         if model.autoregressive and k + 1 < P:
@@ -234,13 +234,13 @@ def test_changing_a_target_step_never_changes_earlier_steps(overrides):
 def test_scheduled_sampling_extremes():
     model = make_model(autoregressive=True)
     history, target, z, mask = make_batch()
-    inferred = model(history, z, mask)["pred"]
+    inferred = model(history, z, mask).pred
     # Probability 1: every step is fed the model's own prediction, exactly as at inference.
-    torch.testing.assert_close(model(history, z, mask, target, sampling_prob=1.0)["pred"], inferred)
+    torch.testing.assert_close(model(history, z, mask, target, sampling_prob=1.0).pred, inferred)
     # Teacher forcing on the model's own forecast reproduces that forecast.
-    torch.testing.assert_close(model(history, z, mask, inferred, sampling_prob=0.0)["pred"], inferred)
+    torch.testing.assert_close(model(history, z, mask, inferred, sampling_prob=0.0).pred, inferred)
     # Teacher forcing on the truth differs from free running.
-    assert not torch.allclose(model(history, z, mask, target)["pred"], inferred)
+    assert not torch.allclose(model(history, z, mask, target).pred, inferred)
 
 
 @DECODERS
@@ -248,7 +248,7 @@ def test_every_parameter_gets_a_gradient(overrides):
     model = make_model(**overrides).train()
     history, target, z, mask = make_batch()
     out = model(history, z, mask, target, sampling_prob=0.5)
-    loss = ((out["pred"] - target) ** 2).mean() + sum(out["losses"].values())
+    loss = ((out.pred - target) ** 2).mean() + sum(out.losses.values())
     loss.backward()
     silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     # Embedding rows of atomic numbers absent from the batch get no gradient; whole tensors must.
@@ -263,7 +263,7 @@ def test_overfits_one_batch():
 
     def loss_value():
         out = model(history, z, mask, target)
-        return (((out["pred"] - target) / scale) ** 2).mean() + sum(out["losses"].values())
+        return (((out.pred - target) / scale) ** 2).mean() + sum(out.losses.values())
 
     first = loss_value().item()
     for _ in range(40):

@@ -6,7 +6,7 @@ import torch
 
 from asteroid.errors import DataError
 from asteroid.models import LastFrame, LinearExtrapolation
-from asteroid.models.base import ForecastModel
+from asteroid.models.base import Forecast, ForecastModel
 from asteroid.models.noise import GaussMarkovNoise
 from asteroid.studies.accuracy_tables import rollout_table
 from asteroid.studies.peer_rollout import DELTA, ensemble_rollout_mse, estag_pivot, estag_rollout_mse
@@ -47,7 +47,7 @@ class Exploding(ForecastModel):
     """Multiplies the last frame by 1e10 each round: float32 overflows in the fourth."""
 
     def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):
-        return {"pred": history[:, -1:] * 1e10, "losses": {}}
+        return Forecast(history[:, -1:] * 1e10, {})
 
 
 def test_a_rollout_that_diverges_scores_infinity_from_that_round_on():
@@ -60,7 +60,7 @@ class Still(ForecastModel):
     """The last frame held: what moves comes from the noise head's draws."""
 
     def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):
-        return {"pred": history[:, -1:], "losses": {}}
+        return Forecast(history[:, -1:], {})
 
 
 def test_the_mean_of_sampled_rollouts_averages_their_scatter_away():

@@ -11,6 +11,7 @@ from ase.data import atomic_masses
 from asteroid.errors import ConfigError
 from asteroid.fileio import scratch_array
 from asteroid.models import LastFrame
+from asteroid.models.base import Forecast
 from asteroid.models.bonded import (
     PLAUSIBLE_BOND_STRETCH,
     RANGE_TOLERANCE,
@@ -322,7 +323,7 @@ def test_rigid_motion_is_stripped_and_internal_motion_kept():
 def test_rollout_strips_a_drifting_forecast_unless_asked_to_keep_it():
     class Drifting(LastFrame):
         def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):
-            return {"pred": history[:, -1:].repeat(1, self.horizon, 1, 1) + 0.3, "losses": {}}
+            return Forecast(history[:, -1:].repeat(1, self.horizon, 1, 1) + 0.3, {})
 
     history = torch.as_tensor(ETHANOL, dtype=torch.float32)[None, None].repeat(1, 3, 1, 1)
     mask = torch.ones(1, 9, dtype=torch.bool)
@@ -353,7 +354,7 @@ class Still(LastFrame):
     """The last frame held: whatever moves in a rollout of it comes from the noise head's draws."""
 
     def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):
-        return {"pred": history[:, -1:].repeat(1, self.horizon, 1, 1), "losses": {}}
+        return Forecast(history[:, -1:].repeat(1, self.horizon, 1, 1), {})
 
 
 def still_net_with_noise() -> Still:

@@ -157,8 +157,8 @@ def test_asteroid_with_latent_tokens_forecasts_and_rejects_bad_counts():
     z = torch.full((B, N), 6)
     mask = torch.ones(B, N, dtype=torch.bool)
     out = model(history, z, mask, target=torch.randn(B, P, N, 3))
-    assert out["pred"].shape == (B, P, N, 3)
-    out["pred"].sum().backward()
+    assert out.pred.shape == (B, P, N, 3)
+    out.pred.sum().backward()
     assert model.encoder.spatial[0].global_attention.tokens.grad is not None
     with pytest.raises(ConfigError, match="latent_tokens"):
         Asteroid(H, P, latent_tokens=0)

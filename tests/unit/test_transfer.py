@@ -39,7 +39,7 @@ def two_molecules():
 
 def forecast(net, windows):
     batch = collate_windows(windows)
-    return net(batch["history"], batch["z"], batch["mask"])["pred"]
+    return net(batch["history"], batch["z"], batch["mask"]).pred
 
 
 def test_each_molecule_forecast_alone_equals_its_forecast_in_a_mixed_batch(model, two_molecules):
@@ -54,7 +54,7 @@ def test_padding_never_changes_a_forecast(model, two_molecules):
     small, large = two_molecules
     batch = collate_windows([small, large])
     batch["history"][0, :, 5:] = torch.nan  # whatever the padding holds
-    pred = model(batch["history"], batch["z"], batch["mask"])["pred"]
+    pred = model(batch["history"], batch["z"], batch["mask"]).pred
     torch.testing.assert_close(pred[0, :, :5], forecast(model, [small])[0], atol=1e-10, rtol=0)
     assert torch.isfinite(pred[:, :, :5]).all()
 

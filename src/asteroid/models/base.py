@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,6 +13,15 @@ from asteroid.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from asteroid.models.bonded import BondedGeometry
     from asteroid.models.noise import GaussMarkovNoise
+
+
+@dataclass
+class Forecast:
+    """What a forecaster's forward returns: pred (B, P, N, 3) Angstrom absolute coordinates, and its auxiliary training
+    losses {name: scalar tensor} (empty when it has none; each model says whether they are weighted)."""
+
+    pred: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
 
 
 def scheduled_frame(true_frame: Tensor, predicted_frame: Tensor, sampling_prob: float) -> Tensor:
@@ -27,7 +37,7 @@ class ForecastModel(nn.Module):
     """Base of every forecaster: H history frames in, P future frames out.
 
     Subclasses implement
-    ``forward(history, z, mask, target=None, sampling_prob=0.0, box=None) -> dict`` with
+    ``forward(history, z, mask, target=None, sampling_prob=0.0, box=None) -> Forecast`` with
 
     - history (B, H, N, 3) Angstrom, z (B, N) int64 atomic numbers (0 = padding),
       mask (B, N) bool (False = padding atom, which must not influence real atoms);
@@ -39,9 +49,7 @@ class ForecastModel(nn.Module):
       history frame, or None for open boundaries. Coordinates are unwrapped (continuous
       in time), and the cell is taken as constant over the window and its forecast.
 
-    and return ``{"pred": (B, P, N, 3) Angstrom absolute coordinates,
-    "losses": {name: scalar tensor}}``; each subclass documents whether its
-    auxiliary losses are weighted (the dict is empty when there are none).
+    and return a `Forecast` (the coordinates, and the auxiliary losses of training).
     """
 
     def __init__(self, history: int, horizon: int):
@@ -131,7 +139,7 @@ class ForecastModel(nn.Module):
         mean, or with sample=True a draw from the learned distribution around it (the mean for a model without one);
         and the bond lengths (B, P, E) the projection is to give them (drawn too when sampling), None for a model
         without a bonded geometry. A rollout adjusts the frames (rigid motion, temperature) before projecting."""
-        pred = self(history, z, mask, box=box)["pred"]
+        pred = self(history, z, mask, box=box).pred
         sample = sample and self.noise is not None
         if sample:
             pred = self.noise.sample(history, z, pred, self.displacement_scale, generator)

@@ -226,18 +226,18 @@ class ForecastModule(Evaluation, pl.LightningModule):
             history = history + random_walk_noise(history, self.hparams.history_noise)
         sampling_prob = self.sampling_prob  # asks the trainer and the clock: once per step
         out = self.net(history, batch["z"], mask, target=target, sampling_prob=sampling_prob, box=batch.get("box"))
-        pred = self.net.constrain(out["pred"], batch["z"], history)
+        pred = self.net.constrain(out.pred, batch["z"], history)
         forecast = self.forecast_loss(pred, target, mask)
-        unknown = set(out["losses"]) - set(self.aux_loss_weights)
+        unknown = set(out.losses) - set(self.aux_loss_weights)
         if unknown:
             raise ConfigError(f"the net returns losses {sorted(unknown)} with no weight in model.aux_loss_weights")
-        aux = {name: self.aux_loss_weights[name] * value for name, value in out["losses"].items()}
+        aux = {name: self.aux_loss_weights[name] * value for name, value in out.losses.items()}
         if self.net.bonded is not None and self.net.bonded.fitted:
             aux["bond_nll"] = self.net.bonded.length_nll(history, target)
             # the unprojected forecast is scored too, so that it stays near the constraints: trained through the
             # projection alone, the net parked its output far off them (0.5 A on ethanol), where only that
             # projection's own path mapped it back to the right frames (issue 25)
-            aux["unprojected"] = self.forecast_loss(out["pred"], target, mask)
+            aux["unprojected"] = self.forecast_loss(out.pred, target, mask)
         if self.net.noise is not None:
             aux["noise_nll"] = self.net.noise.nll(history, batch["z"], mask, pred, target, self.net.displacement_scale)
         loss = forecast + sum(aux.values())

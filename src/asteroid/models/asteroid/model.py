@@ -14,7 +14,7 @@ from asteroid.models.asteroid.sti import (
     primary_loss,
 )
 from asteroid.models.asteroid.temporal import DirectDecoder, StepwiseDecoder, TemporalEncoder, frame_geometry
-from asteroid.models.base import ForecastModel
+from asteroid.models.base import Forecast, ForecastModel
 from asteroid.models.frames import atoms_to_sequences, frame_velocities, sequences_to_atoms
 from asteroid.models.neighbors import RadiusGraph
 
@@ -24,7 +24,7 @@ class Asteroid(ForecastModel):
 
     Exactly E(3)-equivariant (rotations, reflections, translations: only velocities, offsets from the present frame
     and relative positions enter, as vectors or through their dot products) and permutation equivariant in atoms
-    (no atom index features), so it needs no rotation augmentation. "losses" holds the UNWEIGHTED STI terms
+    (no atom index features), so it needs no rotation augmentation. Its Forecast.losses holds the UNWEIGHTED STI terms
     "sti_primary", "sti_consistency" and "sti_conjugate" when a target is given; empty without one or when
     sti=False.
 
@@ -126,9 +126,9 @@ class Asteroid(ForecastModel):
         target: Tensor | None = None,
         sampling_prob: float = 0.0,
         box: Tensor | None = None,
-    ) -> dict:
+    ) -> Forecast:
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), target (B, P, N, 3) or None, box (B, 3, 3) or None
-        -> {"pred": (B, P, N, 3) Angstrom, "losses": unweighted STI losses}."""
+        -> Forecast: pred (B, P, N, 3) Angstrom, losses the unweighted STI terms."""
         self.check_inputs(history, z, target, self.max_z)
         B, H, N, _ = history.shape
         frames, centroid = self.center(history, mask)  # (B, H, N, 3), (B, 1, 1, 3)
@@ -168,4 +168,4 @@ class Asteroid(ForecastModel):
         else:
             output = self.decoder(memory, seed)
         # From the centred frames, whose padded atoms are zeroed, so padding never yields NaN.
-        return {"pred": self.displace(frames + centroid, sequences_to_atoms(output, B)), "losses": losses}
+        return Forecast(self.displace(frames + centroid, sequences_to_atoms(output, B)), losses)

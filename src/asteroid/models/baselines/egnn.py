@@ -3,6 +3,7 @@
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
+from asteroid.models.base import Forecast
 from asteroid.models.baselines.graph import EGNNLayer, GraphForecaster, MultiStepHead
 from asteroid.models.frames import atoms_to_sequences, sequences_to_atoms
 
@@ -36,9 +37,9 @@ class EGNN(GraphForecaster):
         target: Tensor | None = None,
         sampling_prob: float = 0.0,
         box: Tensor | None = None,
-    ) -> dict:
+    ) -> Forecast:
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) or None
-        -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
+        -> Forecast: pred (B, P, N, 3) Angstrom, no losses."""
         inputs = self.prepare(history, z, mask, box)
         unit = self.displacement_scale[0]
         x = atoms_to_sequences(inputs.frames[:, -1:])  # (V, 1, 3)
@@ -48,4 +49,4 @@ class EGNN(GraphForecaster):
             h, x = layer(h, x, velocity, inputs.edges, unit)
         output = self.head(h, x, velocity / unit, inputs.edges)  # (V, P, 3)
         pred = self.displace(inputs.frames + inputs.centroid, sequences_to_atoms(output, len(history)))
-        return {"pred": pred, "losses": {}}
+        return Forecast(pred)

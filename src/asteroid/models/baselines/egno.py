@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
+from asteroid.models.base import Forecast
 from asteroid.models.baselines.graph import EGNNLayer, GraphForecaster
 from asteroid.models.frames import atoms_to_sequences, sequences_to_atoms
 
@@ -79,9 +80,9 @@ class EGNO(GraphForecaster):
         target: Tensor | None = None,
         sampling_prob: float = 0.0,
         box: Tensor | None = None,
-    ) -> dict:
+    ) -> Forecast:
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) or None
-        -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
+        -> Forecast: pred (B, P, N, 3) Angstrom, no losses."""
         inputs = self.prepare(history, z, mask, box)
         step_unit = self.displacement_scale[:, None]  # (P, 1)
         last = atoms_to_sequences(inputs.frames[:, -1:])  # (V, 1, 3)
@@ -96,4 +97,4 @@ class EGNO(GraphForecaster):
             h, x = layer(h, x, velocity, inputs.edges, step_unit)
         output = (x - last) / step_unit  # (V, P, 3) in displacement-scale units
         pred = self.displace(inputs.frames + inputs.centroid, sequences_to_atoms(output, len(history)))
-        return {"pred": pred, "losses": {}}
+        return Forecast(pred)

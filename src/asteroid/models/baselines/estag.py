@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
+from asteroid.models.base import Forecast
 from asteroid.models.baselines.graph import EGNNLayer, GraphForecaster, MultiStepHead, mlp
 from asteroid.models.frames import atoms_to_sequences, sequences_to_atoms
 
@@ -98,9 +99,9 @@ class ESTAG(GraphForecaster):
         target: Tensor | None = None,
         sampling_prob: float = 0.0,
         box: Tensor | None = None,
-    ) -> dict:
+    ) -> Forecast:
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), box (B, 3, 3) or None
-        -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}."""
+        -> Forecast: pred (B, P, N, 3) Angstrom, no losses."""
         inputs = self.prepare(history, z, mask, box)
         unit = self.displacement_scale[0]
         x = atoms_to_sequences(inputs.frames)  # (V, H, 3)
@@ -118,4 +119,4 @@ class ESTAG(GraphForecaster):
         output = (moved - start) / self.displacement_scale[:, None]  # (V, P, 3) in displacement-scale units
         output = output + self.head(h[:, -1:], x[:, -1:], velocity[:, -1:] / unit, edges)
         pred = self.displace(inputs.frames + inputs.centroid, sequences_to_atoms(output, len(history)))
-        return {"pred": pred, "losses": {}}
+        return Forecast(pred)

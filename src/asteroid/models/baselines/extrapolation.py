@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from asteroid.errors import ConfigError
-from asteroid.models.base import ForecastModel
+from asteroid.models.base import Forecast, ForecastModel
 
 
 def extrapolate(history: Tensor, history_offsets, target_offsets, order: int) -> Tensor:
@@ -37,7 +37,7 @@ class PolynomialExtrapolation(ForecastModel):
     they may be omitted: the default is that layout with unit spacing. Irregular layouts (the peers' protocols,
     e.g. gmn: history (0, 1) -> target (3000,)) must pass them. The net has no parameters: training it needs a
     ForecastModule whose configure_optimizers accepts a net without parameters; evaluation (trainer.test) works as is.
-    Translation and rotation equivariant and permutation equivariant in atoms; "losses" is always empty.
+    Translation and rotation equivariant and permutation equivariant in atoms; its Forecast has no losses.
     """
 
     order: int  # set by each subclass
@@ -75,14 +75,14 @@ class PolynomialExtrapolation(ForecastModel):
         target: Tensor | None = None,
         sampling_prob: float = 0.0,
         box: Tensor | None = None,
-    ) -> dict:
-        """history (B, H, N, 3) Angstrom, mask (B, N) -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}.
+    ) -> Forecast:
+        """history (B, H, N, 3) Angstrom, mask (B, N) -> Forecast: pred (B, P, N, 3) Angstrom, no losses.
 
         A periodic box changes nothing: each atom's unwrapped path is extrapolated on its own."""
         self.check_inputs(history, z, target)
         # Padding may hold anything (even NaN); each atom is extrapolated on its own, so zeros are harmless.
         history = history.masked_fill(~mask[:, None, :, None], 0.0)
-        return {"pred": extrapolate(history, self.history_offsets, self.target_offsets, self.order), "losses": {}}
+        return Forecast(extrapolate(history, self.history_offsets, self.target_offsets, self.order))
 
 
 class LastFrame(PolynomialExtrapolation):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asteroid.errors import ConfigError
-from asteroid.models.base import ForecastModel, scheduled_frame
+from asteroid.models.base import Forecast, ForecastModel, scheduled_frame
 from asteroid.models.frames import frame_velocities
 
 POSITION_UNIT = 5.0  # Angstrom: centred coordinates of small molecules are a few units of this
@@ -23,7 +23,7 @@ class FlattenedSeriesForecaster(ForecastModel):
     sampling_prob=1 gives exactly the inference forecast.
 
     Translation invariant (centred inputs, displacement outputs) but neither rotation nor permutation equivariant:
-    atom i is always input slot i, as in the time-series literature. "losses" is always empty. Subclasses
+    atom i is always input slot i, as in the time-series literature. Its Forecast has no losses. Subclasses
     implement `encode` and `step`.
     """
 
@@ -56,9 +56,9 @@ class FlattenedSeriesForecaster(ForecastModel):
         target: Tensor | None = None,
         sampling_prob: float = 0.0,
         box: Tensor | None = None,
-    ) -> dict:
+    ) -> Forecast:
         """history (B, H, N, 3) Angstrom, z (B, N), mask (B, N), target (B, P, N, 3) or None
-        -> {"pred": (B, P, N, 3) Angstrom, "losses": {}}.
+        -> Forecast: pred (B, P, N, 3) Angstrom, no losses.
 
         The box, if any, is not used: the flattened series has no notion of neighbours or of periodic images."""
         B, H, N, _ = history.shape
@@ -92,7 +92,7 @@ class FlattenedSeriesForecaster(ForecastModel):
                     next_frame = scheduled_frame(truth[:, k], next_frame, sampling_prob)
                 frame, velocity = next_frame, next_frame - frame
         output = torch.stack(outputs, dim=1)[:, :, :N]  # (B, P, N, 3)
-        return {"pred": self.displace(frames + centroid, output), "losses": {}}
+        return Forecast(self.displace(frames + centroid, output))
 
 
 class LSTMForecaster(FlattenedSeriesForecaster):
