@@ -273,15 +273,9 @@ def from_checkpoint_or_config(args: list[str], ckpt_path: str, own_options: list
     return from_config(args, own_options), ckpt_path
 
 
-def load_trained(ckpt_path: str | Path, config_args: list[str] = ()) -> tuple[ForecastModule, TrajectoryDataModule]:
-    """A checkpoint's model with its weights, and its data: built from the config stored in the checkpoint, or from
-    `config_args` (`--config ...` and overrides; refused if the checkpoint was trained with other settings)."""
-    cli, ckpt_path = from_checkpoint_or_config(list(config_args), str(ckpt_path))
-    return load_weights(cli, ckpt_path)
-
-
 def load_weights(cli: AsteroidCLI, ckpt_path: str | Path) -> tuple[ForecastModule, TrajectoryDataModule]:
-    """`load_trained` for a config already built with `from_config`."""
+    """The model of a config built with `from_config`, with the weights of `ckpt_path` (checked against the config
+    and its data's layout), and its data module (`asteroid.api.forecaster.load_with_data` is the loader to call)."""
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise ConfigError(f"{ckpt_path}: checkpoint file not found")

@@ -9,9 +9,9 @@ import torch
 from ase import Atoms
 
 import asteroid
+from asteroid.api.forecaster import load_with_data
 from asteroid.cli import main
 from asteroid.errors import AsteroidError
-from asteroid.lightning_cli import load_trained
 from asteroid.models.rollout import rollout
 
 from helpers import tiny_args
@@ -39,8 +39,8 @@ def model(trained):
 def test_a_checkpoint_alone_gives_the_trained_model(trained, model):
     folder, ckpt, R, z = trained
     history = R[: 40 : model.spacing]  # (20, N, 3): more than it needs, as a user would pass
-    module, _ = load_trained(ckpt)  # the same checkpoint through the command layer's loader
-    reference = module.net.generate(
+    loaded, _ = load_with_data(ckpt)  # the same checkpoint with its run's config and data
+    reference = loaded.net.generate(
         torch.as_tensor(history[-model.history_frames :], dtype=torch.float32)[None],
         torch.as_tensor(z)[None],
         torch.ones(1, len(z), dtype=torch.bool),

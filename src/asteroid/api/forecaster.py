@@ -70,7 +70,7 @@ def load(checkpoint: str | Path, device: str = "cpu") -> Forecaster:
     if CONFIG_KEY not in stored or trained is None or not trained.atoms:
         raise ConfigError(
             f"{path}: made before checkpoints stored their model and atoms; load it with "
-            "asteroid.lightning_cli.load_trained(path, ['--config', CONFIG])"
+            "asteroid.api.forecaster.load_with_data(path, ['--config', CONFIG])"
         )
     check_finite_weights(stored["state_dict"], path)
     config = dict(stored[CONFIG_KEY])
@@ -78,6 +78,20 @@ def load(checkpoint: str | Path, device: str = "cpu") -> Forecaster:
     module = ForecastModule(net=net, **config)
     load_state(module, stored["state_dict"], path)
     return Forecaster(module.net.to(device).eval(), trained, str(path))
+
+
+def load_with_data(checkpoint: str | Path, config_args: list[str] = (), own_options: list[str] = ()):
+    """A checkpoint's Forecaster (with its run's `name`) and the data module of its run, for the commands and for
+    work on the test windows: built from the config stored in the checkpoint (`last`: the run's newest last.ckpt),
+    or from `config_args` (`--config ...` and overrides; refused where the model was trained with other settings).
+    The file is read once. Returns (Forecaster, TrajectoryDataModule); the data are set up by the caller."""
+    from asteroid.lightning_cli import from_checkpoint_or_config, load_weights  # Lightning: only where needed
+
+    cli, path = from_checkpoint_or_config(list(config_args), str(checkpoint), list(own_options))
+    module, datamodule = load_weights(cli, path)
+    # a checkpoint from before the record: the layout of its config, its atoms once the data are set up
+    trained = DataSignature.from_dict(read_checkpoint(path).get(DATA_KEY)) or datamodule.signature()
+    return Forecaster(module.net.eval(), trained, str(path), name=cli.config.name), datamodule
 
 
 def _instantiate(spec: dict, **linked):
@@ -98,17 +112,17 @@ class Forecaster:
     `history_frames` of them are used.
     """
 
-    def __init__(self, net, trained: DataSignature, checkpoint: str):
-        self.net, self.trained, self.checkpoint = net, trained, checkpoint
+    def __init__(self, net, trained: DataSignature, checkpoint: str, name: str | None = None):
+        self.net, self.trained, self.checkpoint, self.name = net, trained, checkpoint, name
         self.layout = trained.layout
         self.molecules = [np.asarray(z) for z in trained.atoms]
         self.history_frames, self.horizon = net.history, net.horizon
-        self.dt_fs = trained.dt_fs[0]  # of the training data's frames
+        self.dt_fs = trained.dt_fs[0] if trained.dt_fs else None  # of the training data's frames
         try:
             self.spacing = rollout_spacing(self.layout)
         except ConfigError:  # a peer protocol's layout: it forecasts, but its forecasts cannot become history
             self.spacing = None
-        self.frame_fs = None if self.spacing is None else self.spacing * self.dt_fs
+        self.frame_fs = None if self.spacing is None or self.dt_fs is None else self.spacing * self.dt_fs
         self.stochastic = net.noise is not None
 
     def __repr__(self) -> str:

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from asteroid.api.forecaster import load_with_data
 from asteroid.arguments import CommandParser, existing_file, non_negative, positive
-from asteroid.checkpoints import DATA_KEY, read_checkpoint
-from asteroid.data.signature import DataSignature
 from asteroid.data.starts import (
     InitialConditions,
     repeat_starts,
@@ -29,7 +28,6 @@ from asteroid.data.windows import rollout_spacing
 from asteroid.data.writers import OUTPUT_FORMATS, write_rollout
 from asteroid.errors import ConfigError
 from asteroid.fileio import free_disk, not_an_input, scratch_array, writable_output
-from asteroid.lightning_cli import from_checkpoint_or_config, load_weights
 from asteroid.models.rollout import THERMOSTAT_COUPLING, rollout, thermostat_coupling
 from asteroid.runs import ROOT
 
@@ -223,22 +221,20 @@ def main(argv: list[str]) -> int:
         raise ConfigError("--device cuda: torch sees no CUDA device here; use --device cpu")
     config_args = [arg for config in args.config for arg in ("--config", config)] + overrides
 
-    cli, ckpt_path = from_checkpoint_or_config(config_args, args.ckpt_path, list(parser._option_string_actions))
+    model, datamodule = load_with_data(args.ckpt_path, config_args, list(parser._option_string_actions))
+    ckpt_path, trained = model.checkpoint, model.trained
     inputs = [("checkpoint", ckpt_path), ("--init file", args.init), ("--reference file", args.reference)]
     inputs += [("config file", config) for config in args.config]
-    inputs += [("training data file", source.path) for source in cli.datamodule.sources]
+    inputs += [("training data file", source.path) for source in datamodule.sources]
     not_an_input(out, inputs)
-    run_name = cli.config.name
-    model, datamodule = load_weights(cli, ckpt_path)
     spacing = rollout_spacing(datamodule.layout)
-    trained = DataSignature.from_dict(read_checkpoint(ckpt_path).get(DATA_KEY))
-    if args.init is not None and trained is not None and trained.atoms:  # it knows its atoms: no data needed
+    if args.init is not None and trained.atoms:  # the checkpoint knows its atoms: no data needed
         start = start_from_file(args.init, trained, datamodule.history, spacing, args.dt_fs)
     else:
         datamodule.prepare_data()
         datamodule.setup("test")
-        datamodule.check_signature(trained, str(ckpt_path))  # now with the atoms
-        if args.init is not None:  # a checkpoint from before the signature held the spacing
+        datamodule.check_signature(trained, ckpt_path)  # now with the atoms
+        if args.init is not None:  # a checkpoint from before the record: its atoms from the data
             start = start_from_file(args.init, datamodule.signature(), datamodule.history, spacing, args.dt_fs)
         else:
             start = start_from_test_split(datamodule, args.batch, spacing, args.frames)
@@ -249,7 +245,7 @@ def main(argv: list[str]) -> int:
             f"--report: {args.init} is one structure, with no trajectory to judge the rollout against; pass "
             "--reference FILE (an MD trajectory of the molecule)"
         )
-    sample = not args.mean and model.net.noise is not None
+    sample = not args.mean and model.stochastic
     if args.samples > 1:
         if not sample:
             raise ConfigError(
@@ -258,7 +254,7 @@ def main(argv: list[str]) -> int:
             )
         start = repeat_starts(start, args.samples)
     coupling = thermostat_coupling(model.net, sample, args.thermostat)
-    unseen = trained is not None and trained.transferable  # ranges and temperature from the history
+    unseen = trained.transferable  # a model for many molecules: ranges and temperature from the history
     check_resources(out, len(start.history), args.frames, len(start.z), args.samples)
 
     torch.manual_seed(args.seed)
@@ -321,5 +317,5 @@ def main(argv: list[str]) -> int:
         }
         print("rollout options: " + ", ".join(f"{key} {value}" for key, value in options.items()))
         if args.report:
-            physical_checks(predicted, start, out, run_name, options, str(ckpt_path))
+            physical_checks(predicted, start, out, model.name, options, ckpt_path)
     return 0

@@ -109,18 +109,20 @@ def estag_rollout_rows(name: str, key: tuple, arguments: list[str]) -> list[dict
     """ESTAG's rollout metric (`peer_rollout`) of run `name` ({molecule, model, seed} = key, trained with
     `fit_arguments` arguments) with the checkpoint it was tested with, the best one (a model without parameters has
     none: built from the arguments); no rows when the run's folder is not here."""
-    from asteroid.lightning_cli import from_config, load_trained
+    from asteroid.api.forecaster import load_with_data
+    from asteroid.lightning_cli import from_config
 
     if newest(name, "test_metrics.csv") is None:
         return []
     if (best := newest(name, "best-*.ckpt")) is not None:
-        module, data = load_trained(best, arguments)
+        forecaster, data = load_with_data(best, arguments)
+        net = forecaster.net
     else:
         cli = from_config(arguments)
-        module, data = cli.model, cli.datamodule
+        net, data = cli.model.net.eval(), cli.datamodule
     data.prepare_data()
     data.setup("test")
-    net, frames, z = module.net.eval(), data.frames(0), np.asarray(data.trajectories[0].z)
+    frames, z = data.frames(0), np.asarray(data.trajectories[0].z)
     molecule, model, seed = key
     scored = {model: estag_rollout_mse(net, frames, z)}
     if net.noise is not None:

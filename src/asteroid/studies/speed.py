@@ -17,10 +17,11 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 from torch.utils.flop_counter import FlopCounterMode
 
+from asteroid.api.forecaster import load_with_data
 from asteroid.data import load_trajectory
 from asteroid.data.starts import start_from_test_split
 from asteroid.errors import ConfigError
-from asteroid.lightning_cli import from_checkpoint_or_config, from_config, load_weights
+from asteroid.lightning_cli import from_config
 from asteroid.models.rollout import PARTS, default_thermostat, rollout
 from asteroid.simulation.xtb import (
     TEMPERATURE_K,
@@ -215,8 +216,6 @@ def load_net(config: Path | None, ckpt_path: str | None, device: torch.device, n
     args = ([] if config is None else ["--config", str(config)]) + ([] if name is None else ["--name", name])
     if ckpt_path is None:
         cli = from_config(args)
-        module, datamodule = cli.model, cli.datamodule
-    else:
-        cli, ckpt_path = from_checkpoint_or_config(args, ckpt_path)
-        module, datamodule = load_weights(cli, ckpt_path)
-    return module.net.to(device).eval(), datamodule, ckpt_path
+        return cli.model.net.to(device).eval(), cli.datamodule, None
+    forecaster, datamodule = load_with_data(ckpt_path, args)
+    return forecaster.net.to(device), datamodule, forecaster.checkpoint
