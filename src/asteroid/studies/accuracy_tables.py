@@ -135,7 +135,10 @@ def rollout_table(rollouts: list[dict]) -> list[str]:
         "(Angstrom^2) against the true frame at rounds "
         + " and ".join(map(str, rounds))
         + " (one round: 10 frames of the file). One trajectory per run, so a seed's figure is noisy; seeds: the "
-        "runs whose folders were here.",
+        "runs whose folders were here. Beside the official rule (the forecast mean fed back), from the same start: "
+        "a stochastic model's mean over 16 rollouts of its draws (`ensemble_rollout_mse`: each member fed back its "
+        "own draws, rigid motion stripped, the thermostat on), and, with no model, the mean of the 10 history "
+        "frames held.",
         "",
         "| model | seeds | " + " | ".join(f"round {n}" for n in rounds) + " |",
         "|---|---|" + "---|" * len(rounds),
