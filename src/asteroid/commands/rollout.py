@@ -94,7 +94,8 @@ def check_resources(out: Path, trajectories: int, frames: int, atoms: int, sampl
     scratch file, then to the output) or whose one trajectory would not fit in memory while it is written."""
     values = frames * atoms * 3  # of one trajectory
     request = (
-        f"{trajectories} trajectories ({trajectories // samples} start(s) x --samples {samples}) x --frames {frames}"
+        f"{trajectories} {'trajectory' if trajectories == 1 else 'trajectories'} ({trajectories // samples} start(s) "
+        f"x --samples {samples}) x --frames {frames}"
     )
     disk_bytes, memory_bytes = FORMAT_BYTES_PER_VALUE[out.suffix.lower()]
     needed = trajectories * values * (SCRATCH_BYTES_PER_VALUE + disk_bytes)
