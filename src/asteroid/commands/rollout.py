@@ -278,10 +278,11 @@ def main(argv: list[str]) -> int:
     ):
         started, cpu_started = time.perf_counter(), time.process_time()
         box = None if start.box is None else torch.as_tensor(start.box, device=device)
+        net = model.net.to(device)
         for first in range(0, B, CHUNK):  # independent trajectories: the network's memory grows with their number
             part = slice(first, first + CHUNK)
             rollout(
-                model.net.to(device),
+                net,
                 history[part],
                 z[part],
                 mask[part],
