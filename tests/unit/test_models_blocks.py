@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from asteroid.models.asteroid import temporal
 from asteroid.models.asteroid.layers import EquivariantAttention, EquivariantFeedForward
 from asteroid.models.asteroid.spatial import DenseAttention, LocalAttention, SpatialBlock
 from asteroid.models.asteroid.temporal import DirectDecoder, StepwiseDecoder, TemporalEncoder, frame_geometry
 from asteroid.models.frames import atoms_to_sequences, frame_velocities, sequences_to_atoms
-from asteroid.models.neighbors import RadiusGraph, radius_neighbors
+from asteroid.models.neighbors import DenseGraph, RadiusGraph, radius_neighbors
 
 C, CV, HEADS, RBF, CUTOFF = 16, 4, 2, 8, 2.0
 
@@ -62,24 +63,50 @@ def test_radius_graph_features():
         assert graph.envelope[edge] == pytest.approx(float(value), abs=1e-6)
 
 
-def test_local_attention_sees_only_atoms_within_cutoff():
+@pytest.mark.parametrize("dense_max_atoms", [0, 32])  # the edge list, the dense pairs
+def test_local_attention_sees_only_atoms_within_cutoff(monkeypatch, dense_max_atoms):
+    monkeypatch.setattr(temporal, "DENSE_LOCAL_MAX_ATOMS", dense_max_atoms)
     attention = LocalAttention(C, CV, HEADS, RBF)
     pos = torch.randn(2, 5, 3) * 0.3
     pos[:, 4] = torch.tensor([10.0, 0.0, 0.0])  # far from everything
     mask = torch.ones(2, 5, dtype=torch.bool)
     geometry = frame_geometry(pos, mask, RadiusGraph(CUTOFF, RBF), None)
-    s, v = torch.randn(10, C), torch.randn(10, 3, CV)
+    s, v = torch.randn(2, 5, C), torch.randn(2, 5, 3, CV)
     out_s, out_v = attention(s, v, geometry.graph, geometry.relative)
-    assert out_s.shape == (10, C) and out_v.shape == (10, 3, CV)
+    assert out_s.shape == (2, 5, C) and out_v.shape == (2, 5, 3, CV)
     moved_s, moved_v = s.clone(), v.clone()
-    moved_s[[4, 9]], moved_v[[4, 9]] = torch.randn(2, C), torch.randn(2, 3, CV)
+    moved_s[:, 4], moved_v[:, 4] = torch.randn(2, C), torch.randn(2, 3, CV)
     near_s, near_v = attention(moved_s, moved_v, geometry.graph, geometry.relative)
-    near = [0, 1, 2, 3, 5, 6, 7, 8]
-    torch.testing.assert_close(near_s[near], out_s[near])
-    torch.testing.assert_close(near_v[near], out_v[near])
+    torch.testing.assert_close(near_s[:, :4], out_s[:, :4])
+    torch.testing.assert_close(near_v[:, :4], out_v[:, :4])
     # An isolated atom aggregates nothing: only the output bias is left, and no vector.
-    torch.testing.assert_close(out_s[[4, 9]], attention.out.bias.expand(2, C))
-    assert (out_v[[4, 9]] == 0).all()
+    torch.testing.assert_close(out_s[:, 4], attention.out.bias.expand(2, C))
+    assert (out_v[:, 4] == 0).all()
+
+
+def test_dense_local_attention_gives_the_edge_lists_values_and_gradients(monkeypatch):
+    """Padding, an isolated atom and pairs beyond the cutoff included."""
+    attention = LocalAttention(C, CV, HEADS, RBF)
+    pos = torch.rand(3, 7, 3) * 3.0
+    pos[0, 6] = 20.0
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    s = torch.randn(3, 7, C, requires_grad=True)
+    v = torch.randn(3, 7, 3, CV, requires_grad=True)
+    positions = pos.clone().requires_grad_(True)
+    results = []
+    for dense_max_atoms in (0, 32):
+        monkeypatch.setattr(temporal, "DENSE_LOCAL_MAX_ATOMS", dense_max_atoms)
+        geometry = frame_geometry(positions, mask, RadiusGraph(CUTOFF, RBF), None)
+        out_s, out_v = attention(s, v, geometry.graph, geometry.relative)
+        real = mask[..., None]
+        loss = (out_s * real).square().sum() + (out_v * real[..., None]).square().sum()
+        inputs = [s, v, positions, attention.distance_filter.weight]
+        results.append(((out_s * real, out_v * real[..., None]), torch.autograd.grad(loss, inputs)))
+    assert isinstance(geometry.graph, DenseGraph)
+    for tensors, reference in zip(results[1], results[0]):
+        for tensor, expected in zip(tensors, reference):
+            torch.testing.assert_close(tensor, expected, atol=2e-5, rtol=1e-4)
 
 
 def test_equivariant_attention_weights_are_invariant_and_padding_is_ignored():

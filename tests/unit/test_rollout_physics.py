@@ -320,6 +320,24 @@ def test_rigid_motion_is_stripped_and_internal_motion_kept():
     assert (kept - previous[:, None]).norm(dim=-1).mean() > 0.5 * (internal - previous[:, None]).norm(dim=-1).mean()
 
 
+def test_rigid_motion_of_a_linear_molecule_is_stripped_without_nan():
+    """A linear molecule's inertia is singular along its axis: the damped solve must still strip a tumble."""
+    mass = torch.tensor([12.011, 15.999, 15.999])
+    previous = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, 1.16], [0.0, 0.0, -1.16]]])  # CO2 along z
+    angle = 0.004 * torch.arange(1, 4)  # a tumble about x, radians per frame
+    tumble = torch.stack(
+        [
+            previous[0, :, 0].expand(3, -1),
+            -torch.sin(angle)[:, None] * previous[0, :, 2],
+            torch.cos(angle)[:, None] * previous[0, :, 2],
+        ],
+        -1,
+    )[None]  # (1, 3, 3, 3)
+    stripped = remove_rigid_motion(previous, tumble, mass[None])
+    assert torch.isfinite(stripped).all()
+    torch.testing.assert_close(stripped, previous[:, None].expand_as(tumble), atol=1e-4, rtol=0)
+
+
 def test_rollout_strips_a_drifting_forecast_unless_asked_to_keep_it():
     class Drifting(LastFrame):
         def forward(self, history, z, mask, target=None, sampling_prob=0.0, box=None):

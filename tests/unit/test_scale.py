@@ -111,12 +111,14 @@ def test_cell_list_handles_frames_without_pairs_and_fully_padded_frames():
 
 def test_recomputed_local_attention_gives_the_same_values_and_gradients(monkeypatch):
     import asteroid.models.asteroid.spatial as spatial
+    import asteroid.models.asteroid.temporal as temporal
 
     attention = spatial.LocalAttention(C, 4, HEADS, 4)
     pos, mask = random_frames(M=2, N=30)
+    monkeypatch.setattr(temporal, "DENSE_LOCAL_MAX_ATOMS", 0)  # recomputation is the edge list's
     geometry = frame_geometry(pos, mask, RadiusGraph(2.5, 4), None)
-    s = torch.randn(60, C, requires_grad=True)
-    v = torch.randn(60, 3, 4, requires_grad=True)
+    s = torch.randn(2, 30, C, requires_grad=True)
+    v = torch.randn(2, 30, 3, 4, requires_grad=True)
     results = []
     for recompute in (1 << 30, 0):  # kept for backward; recomputed in the backward pass
         monkeypatch.setattr(spatial, "RECOMPUTE_MIN_EDGE_VALUES", recompute)

@@ -147,6 +147,15 @@ class LocalGraph(NamedTuple):
     image: Tensor  # (E, 3) periodic translation of the source atom (zeros without a box), see radius_neighbors
 
 
+class DenseGraph(NamedTuple):
+    """The same radius graph as LocalGraph for small frames in open space, as (M, N, N) arrays over every target i
+    and source j, so that attention runs as batched products instead of gathers and scatters over edges."""
+
+    edge: Tensor  # (M, N, N) bool: j within the cutoff of i, both real, i != j
+    rbf: Tensor  # (M, N, N, num_rbf)
+    envelope: Tensor  # (M, N, N), zero where edge is False
+
+
 class RadiusGraph(nn.Module):
     """Builds the LocalGraph of frames: neighbours within ``cutoff``, distances in Gaussian RBFs."""
 
@@ -161,7 +170,21 @@ class RadiusGraph(nn.Module):
 
         Neighbours come from dense pair distances for molecules and from a cell list for large frames."""
         edge_index, distance, image = radius_neighbors(pos, mask, self.cutoff, box)
-        rbf = torch.exp(-0.5 * ((distance[:, None] - self.centers) / self.width) ** 2)  # (E, R)
+        return LocalGraph(edge_index, *self._features(distance), image)
+
+    def dense(self, pos: Tensor, mask: Tensor) -> DenseGraph:
+        """pos (M, N, 3) Angstrom in open space, mask (M, N) -> DenseGraph, the pairs `forward` finds."""
+        N = pos.shape[1]
+        with torch.no_grad():  # the pair set as radius_neighbors decides it, in float64
+            near = (pos.double()[:, None] - pos.double()[:, :, None]).norm(dim=-1) < self.cutoff  # (M, N, N)
+            edge = near & mask[:, :, None] & mask[:, None, :] & ~torch.eye(N, dtype=torch.bool, device=pos.device)
+        # the diagonal's zero distance has no gradient: it is masked, but its norm's backward would give NaN
+        vector = torch.where(edge[..., None], pos[:, None] - pos[:, :, None], 1.0)  # (M, N_target, N_source, 3)
+        rbf, envelope = self._features(vector.norm(dim=-1))
+        return DenseGraph(edge, rbf, envelope * edge)
+
+    def _features(self, distance: Tensor) -> tuple[Tensor, Tensor]:
+        """distance (...) Angstrom -> rbf (..., R), envelope (...)."""
+        rbf = torch.exp(-0.5 * ((distance[..., None] - self.centers) / self.width) ** 2)
         envelope = 0.5 * (torch.cos(distance * math.pi / self.cutoff) + 1.0)
-        envelope = envelope * (distance < self.cutoff)
-        return LocalGraph(edge_index, rbf, envelope, image)
+        return rbf, envelope * (distance < self.cutoff)

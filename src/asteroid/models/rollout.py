@@ -22,6 +22,8 @@ THERMOSTAT_COUPLING = 4.0
 # Bounds of the thermostat's integral term (`rollout`): how far it may move the set point to make up for what the
 # projection takes back.
 SET_POINT_RANGE = (0.5, 2.0)
+# Relative damping of the inertia tensor in `remove_rigid_motion`.
+RIGID_DAMPING = 1e-6
 # The parts of one rollout forecast that `rollout(..., timings=)` times: the network with its draws and bond lengths,
 # the removal of rigid motion, the thermostat, the projection onto the bonded geometry.
 PARTS = ("network", "rigid_motion", "thermostat", "projection")
@@ -69,7 +71,11 @@ def remove_rigid_motion(previous: Tensor, frames: Tensor, mass: Tensor) -> Tenso
     momentum = (weights * torch.linalg.cross(arm, steps)).sum(-2)  # (B, P, 3)
     eye = torch.eye(3, device=arm.device, dtype=arm.dtype)
     inertia = weights[..., None] * ((arm * arm).sum(-1)[..., None, None] * eye - arm[..., :, None] * arm[..., None, :])
-    spin = (torch.linalg.pinv(inertia.sum(-3)) @ momentum[..., None])[..., 0]  # (B, P, 3); pinv: linear molecules
+    inertia = inertia.sum(-3)  # (B, P, 3, 3)
+    # Damped, because a linear molecule's inertia is singular along its axis (where its momentum is zero, so the
+    # damping changes nothing else); a solve, because a pseudo-inverse's SVD cost 35x as much (7 ms a batched forecast).
+    damping = RIGID_DAMPING * inertia.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None] * eye
+    spin = torch.linalg.solve(inertia + damping, momentum)  # (B, P, 3)
     steps = steps - torch.linalg.cross(spin[:, :, None].expand_as(arm), arm)
     return torch.where(real, before[:, :1] + steps.cumsum(dim=1), original)
 

@@ -6,10 +6,11 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from torch_geometric.utils import scatter, softmax
+from torch_geometric.utils import scatter
+from torch_geometric.utils import softmax as edge_softmax
 
-from asteroid.models.asteroid.layers import EquivariantAttention, EquivariantFeedForward, vector_linear
-from asteroid.models.neighbors import LocalGraph
+from asteroid.models.asteroid.layers import EquivariantAttention, EquivariantFeedForward, softmax, vector_linear
+from asteroid.models.neighbors import DenseGraph, LocalGraph
 
 # Edges x channels above which training recomputes the local attention's per-edge tensors in the backward pass
 # instead of keeping them: about six (E, C) tensors per layer, which for one frame of 10,000 atoms (1.2 million
@@ -39,16 +40,39 @@ class LocalAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.vector_out = vector_linear(vector_dim, vector_dim)
 
-    def forward(self, s: Tensor, v: Tensor, graph: LocalGraph, relative: Tensor) -> tuple[Tensor, Tensor]:
-        """s (V, C), v (V, 3, Cv) of the flattened atoms, graph over them, relative (E, 3) = (x_j + image - x_i) /
-        cutoff -> updates (V, C), (V, 3, Cv); atoms without neighbours receive nothing."""
-        C = s.shape[-1]
-        recompute = torch.is_grad_enabled() and len(relative) * C >= RECOMPUTE_MIN_EDGE_VALUES
-        parts = (s, v, graph.edge_index, graph.rbf, graph.envelope, relative)
-        s_update, v_update = (
-            checkpoint(self._attend, *parts, use_reentrant=False) if recompute else self._attend(*parts)
-        )
+    def forward(self, s: Tensor, v: Tensor, graph: LocalGraph | DenseGraph, relative: Tensor) -> tuple[Tensor, Tensor]:
+        """s (M, N, C), v (M, N, 3, Cv), the graph over the M*N atoms and relative = (x_j + image - x_i) / cutoff:
+        (E, 3) on a LocalGraph's edges, (M, N, N, 3) on a DenseGraph -> updates (M, N, C), (M, N, 3, Cv); atoms
+        without neighbours receive nothing."""
+        M, N, C = s.shape
+        if isinstance(graph, DenseGraph):
+            s_update, v_update = self._attend_dense(s, v, graph, relative)
+        else:
+            recompute = torch.is_grad_enabled() and len(relative) * C >= RECOMPUTE_MIN_EDGE_VALUES
+            flat = s.reshape(M * N, C), v.reshape(M * N, 3, -1)
+            parts = (*flat, graph.edge_index, graph.rbf, graph.envelope, relative)
+            s_update, v_update = (
+                checkpoint(self._attend, *parts, use_reentrant=False) if recompute else self._attend(*parts)
+            )
+            s_update, v_update = s_update.view(M, N, C), v_update.view(M, N, 3, -1)
         return self.out(s_update), self.vector_out(v_update)
+
+    def _attend_dense(self, s: Tensor, v: Tensor, graph: DenseGraph, relative: Tensor) -> tuple[Tensor, Tensor]:
+        """`_attend` over every target i and source j of each frame, the pairs off the graph weighted zero."""
+        M, N, C = s.shape
+        d = C // self.heads
+        query, key = self.query_key(s).view(M, N, 2, self.heads, d).unbind(2)  # (M, N, h, d) each
+        logits = torch.einsum("mihd,mjhd->mijh", query, key) / math.sqrt(d) + self.distance_bias(graph.rbf)
+        # a large finite fill, not -inf: a row without neighbours then has uniform weights, zeroed by the envelope
+        logits = logits.masked_fill(~graph.edge[..., None], -1e9).transpose(2, 3)  # (M, N_i, h, N_j)
+        weight = softmax(logits).transpose(2, 3) * graph.envelope[..., None]  # (M, N_i, N_j, h)
+        values = self.value(s)[:, None] * self.distance_filter(graph.rbf)  # (M, N_i, N_j, C + 2 Cv)
+        scalars, along_vectors, along_bond = values.split([C, self.vector_dim, self.vector_dim], dim=-1)
+        scalars = torch.einsum("mijhd,mijh->mihd", scalars.view(M, N, N, self.heads, d), weight).reshape(M, N, C)
+        vector_weight = weight.repeat_interleave(self.vector_dim // self.heads, dim=-1)  # (M, N_i, N_j, Cv)
+        vectors = torch.einsum("mijc,mjxc->mixc", along_vectors * vector_weight, self.vector_value(v))
+        vectors = vectors + torch.einsum("mijc,mijx->mixc", along_bond * vector_weight, relative)  # (M, N, 3, Cv)
+        return scalars, vectors
 
     def _attend(
         self, s: Tensor, v: Tensor, edge_index: Tensor, rbf: Tensor, envelope: Tensor, relative: Tensor
@@ -57,7 +81,7 @@ class LocalAttention(nn.Module):
         source, target = edge_index
         query, key = self.query_key(s).view(V, 2, self.heads, -1).unbind(1)  # (V, h, d) each
         logits = (query.index_select(0, target) * key.index_select(0, source)).sum(-1) / math.sqrt(C // self.heads)
-        weight = softmax(logits + self.distance_bias(rbf), target, num_nodes=V) * envelope[:, None]  # (E, h)
+        weight = edge_softmax(logits + self.distance_bias(rbf), target, num_nodes=V) * envelope[:, None]  # (E, h)
         values = self.value(s).index_select(0, source) * self.distance_filter(rbf)  # (E, C + 2 Cv)
         scalars, along_vectors, along_bond = values.split([C, self.vector_dim, self.vector_dim], dim=-1)
         scalars = (scalars.view(-1, self.heads, C // self.heads) * weight[..., None]).flatten(1)  # (E, C)
@@ -148,16 +172,15 @@ class SpatialBlock(nn.Module):
         s: Tensor,
         v: Tensor,
         mask: Tensor,
-        graph: LocalGraph | None,
+        graph: LocalGraph | DenseGraph | None,
         relative: Tensor | None,
         positions: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """s (M, N, C), v (M, N, 3, Cv), mask (M, N), graph and relative (see LocalAttention; None when local
         attention is off), positions (see DenseAttention) -> same shapes."""
-        M, N, C = s.shape
+        C = s.shape[-1]
         if self.local_attention is not None:
-            local_s, local_v = self.local_attention(s.reshape(M * N, C), v.reshape(M * N, 3, -1), graph, relative)
-            local_s, local_v = local_s.view(M, N, C), local_v.view(M, N, 3, -1)
+            local_s, local_v = self.local_attention(s, v, graph, relative)
         if self.global_attention is not None:
             global_s, global_v = self.global_attention(s, v, mask, positions)
         if self.local_attention is None:

@@ -47,7 +47,10 @@ def antidiagonal_mean(delays: Tensor) -> Tensor:
     times = hankel_time_index(H, L, delays.device).flatten()  # (H*L,)
     entries = delays.permute(0, 1, 3, 2, 4).reshape(B, H * L, N, D)
     sums = delays.new_zeros(B, H + L - 1, N, D).index_add_(1, times, entries)
-    counts = torch.bincount(times, minlength=H + L - 1).to(delays.dtype)
+    # entries per time k: min(k + 1, H, L, H + L - 1 - k), from the shape alone (a bincount of times would be the
+    # same numbers, but a data-dependent shape to torch.compile)
+    k = torch.arange(H + L - 1, device=delays.device)
+    counts = torch.minimum(torch.minimum(k + 1, H + L - 1 - k), k.new_tensor(min(H, L))).to(delays.dtype)
     return sums / counts[:, None, None]
 
 
