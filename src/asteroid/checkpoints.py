@@ -128,13 +128,20 @@ def check_finite_weights(state_dict: dict, ckpt_path) -> None:
 CORRELATED_HEADS = ("net.noise.mlp.", "net.bonded.length_head.")
 
 
-def load_state(module: torch.nn.Module, state_dict: dict, ckpt_path) -> None:
-    """module.load_state_dict, with a one-line ConfigError when the weights do not fit the module's network."""
+def load_state(module: torch.nn.Module, state_dict: dict, ckpt_path, fresh: tuple[str, ...] = ()) -> list[str]:
+    """module.load_state_dict, with a one-line ConfigError when the weights do not fit the module's network. Entries
+    of the module under a prefix in `fresh` may be missing from state_dict (they keep their initial values); returns
+    the prefixes that were."""
+    missing = sorted(
+        {prefix for key in module.state_dict() if key not in state_dict for prefix in fresh if key.startswith(prefix)}
+    )
     try:
-        module.load_state_dict(state_dict)
+        module.load_state_dict(
+            {**{k: v for k, v in module.state_dict().items() if k.startswith(tuple(missing))}, **state_dict}
+        )
     except RuntimeError as error:  # shapes or keys: the config describes another network
         problems = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
-        if any(head in problem for problem in problems for head in CORRELATED_HEADS):
+        if any("size mismatch" in problem and head in problem for problem in problems for head in CORRELATED_HEADS):
             raise ConfigError(
                 f"{ckpt_path}: made by an older version, whose sampled residuals were uncorrelated over the "
                 "horizon; this version's are correlated (2026-11-30): train it again"
@@ -142,6 +149,7 @@ def load_state(module: torch.nn.Module, state_dict: dict, ckpt_path) -> None:
         raise ConfigError(
             f"{ckpt_path}: its weights do not fit the config's model ({problems[0] if problems else error})"
         ) from None
+    return missing
 
 
 def trained_steps(name: str) -> int | None:

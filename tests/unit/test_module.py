@@ -36,3 +36,19 @@ def test_a_checkpoint_with_the_older_uncorrelated_heads_is_refused_in_one_line()
     other = {key: value for key, value in state.items() if key != "net.noise.step_energy"}
     with pytest.raises(ConfigError, match=r"old\.ckpt: its weights do not fit the config's model \(Missing key"):
         load_state(module, other, "old.ckpt")
+
+
+def test_a_fine_tune_may_add_the_bond_head_its_weights_lack_and_nothing_else():
+    """A model for many molecules has no bond-length head; a fine-tune with model.bond_constraints starts one new."""
+    without = ForecastModule(LastFrame(history=3, horizon=4), stochastic=True).state_dict()
+    module = ForecastModule(LastFrame(history=3, horizon=4), stochastic=True, bond_constraints=True)
+    head = {key: value.clone() for key, value in module.state_dict().items() if key.startswith("net.bonded.")}
+    assert head and not any(key.startswith("net.bonded.") for key in without)
+    with pytest.raises(ConfigError, match=r"^tuned\.ckpt: its weights do not fit the config's model \(Missing key"):
+        load_state(module, without, "tuned.ckpt")  # a missing head is not an older version's
+    assert load_state(module, without, "tuned.ckpt", fresh=("net.bonded.",)) == ["net.bonded."]
+    for key, value in head.items():
+        torch.testing.assert_close(module.state_dict()[key], value)
+    other = {key: value for key, value in without.items() if key != "net.noise.step_energy"}
+    with pytest.raises(ConfigError, match=r"Missing key"):
+        load_state(module, other, "tuned.ckpt", fresh=("net.bonded.",))

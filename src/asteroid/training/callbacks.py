@@ -39,6 +39,10 @@ class ConfigInCheckpoint(Callback):
         checkpoint[RUN_CONFIG_KEY] = self.run_config
 
 
+# The part of a net fitted to one molecule (model.bond_constraints): absent from a model for many molecules.
+FITTED_HEAD = "net.bonded."
+
+
 class InitialWeights(Callback):
     """`fit --ckpt_path` with a weights-only checkpoint (the shipped pretrained model): a new run that starts from its
     weights (the network's displacement scale included, which the weights are in units of) with a fresh optimizer,
@@ -52,9 +56,12 @@ class InitialWeights(Callback):
         checkpoint = read_checkpoint(self.ckpt_path)
         trainer.datamodule.check_signature(DataSignature.from_dict(checkpoint.get(DATA_KEY)), self.ckpt_path)
         check_finite_weights(checkpoint["state_dict"], self.ckpt_path)
-        load_state(pl_module, checkpoint["state_dict"], self.ckpt_path)
+        # a head fitted to one molecule (the bond lengths), which a model for many molecules has none of, starts new
+        fresh = load_state(pl_module, checkpoint["state_dict"], self.ckpt_path, fresh=(FITTED_HEAD,))
         if trainer.is_global_zero:
             print(f"fine-tuning from the weights of {self.ckpt_path} (a new run: fresh optimizer and schedule)")
+            if fresh:
+                print("the bond-length head is new: fitted to this molecule's training frames, trained from scratch")
 
 
 class CheckpointOnInterrupt(Callback):
