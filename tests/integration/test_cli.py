@@ -62,7 +62,7 @@ def test_tensorboard_has_losses_per_step_errors_and_figures(tmp_path, monkeypatc
     assert {
         "train/loss",
         "train/forecast",
-        "train/sti_primary",
+        "train/noise_nll",
         "val/mse_mean",
         "val/rmsd_mean",
         "val_mse_per_step/step_01",
