@@ -132,13 +132,10 @@ def load_state(module: torch.nn.Module, state_dict: dict, ckpt_path, fresh: tupl
     """module.load_state_dict, with a one-line ConfigError when the weights do not fit the module's network. Entries
     of the module under a prefix in `fresh` may be missing from state_dict (they keep their initial values); returns
     the prefixes that were."""
-    missing = sorted(
-        {prefix for key in module.state_dict() if key not in state_dict for prefix in fresh if key.startswith(prefix)}
-    )
+    own = {key: value for key, value in module.state_dict().items() if key not in state_dict}
+    missing = sorted({prefix for key in own for prefix in fresh if key.startswith(prefix)})
     try:
-        module.load_state_dict(
-            {**{k: v for k, v in module.state_dict().items() if k.startswith(tuple(missing))}, **state_dict}
-        )
+        module.load_state_dict({**{k: v for k, v in own.items() if k.startswith(tuple(missing))}, **state_dict})
     except RuntimeError as error:  # shapes or keys: the config describes another network
         problems = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
         if any("size mismatch" in problem and head in problem for problem in problems for head in CORRELATED_HEADS):

@@ -209,7 +209,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the network first (about a minute; ethanol on one CPU thread: 1.8 against 2.8 ms a "
+        help="torch.compile the network first (about a minute; ethanol on one CPU thread: 1.9 against 3.0 ms a "
         "forecast at --batch 1, so it pays after about 60,000 forecasts; needs a C++ compiler)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

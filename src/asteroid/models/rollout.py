@@ -169,8 +169,8 @@ def rollout(
             state["set_point"] = set_point
         kept = pred[:, : n_frames - start]  # the last forecast may be cut short
         frames[:, start : start + P] = kept if into is None else kept.cpu().numpy()
-        history = torch.cat([history, pred], dim=1)[:, -net.history :].contiguous()  # (B, H, N, 3); a compiled
-        # network sees the same strides every forecast, so it is compiled once
+        # contiguous: a compiled network then sees the same strides every forecast, so it is compiled once
+        history = torch.cat([history, pred], dim=1)[:, -net.history :].contiguous()  # (B, H, N, 3)
         if progress is not None:
             progress(kept.shape[1])
     return frames
