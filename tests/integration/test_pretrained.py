@@ -100,6 +100,21 @@ def test_fit_from_a_weights_only_checkpoint_is_a_new_run_from_its_weights(export
         torch.testing.assert_close(tuned["state_dict"][name], value, atol=1e-6, rtol=0)
 
 
+def test_a_fine_tune_may_swap_the_transferable_bond_head_for_a_bond_table(tmp_path, monkeypatch, capsys):
+    """A model trained with model.transferable_bonds (as the pretrained one is) fine-tuned without: the molecule's
+    own bond table and head start new, the transferable head is left behind."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *tiny_args(tmp_path, "many", **{"--model.transferable_bonds": "true"})]) == 0
+    out = tmp_path / "many.ckpt"
+    assert main(["export", "--ckpt_path", "last", "--name", "many", "--out", str(out), "--command", "a test"]) == 0
+    assert any(key.startswith("net.bond_head.") for key in read_checkpoint(out)["state_dict"])
+    args = tiny_args(tmp_path, "table", **{"--trainer.max_epochs": "1", "--trainer.limit_train_batches": "1"})
+    assert main(["fit", *args, "--ckpt_path", str(out)]) == 0
+    assert "the bond-length head is new" in capsys.readouterr().out
+    tuned = read_checkpoint(tmp_path / "runs/table/version_0/checkpoints/last.ckpt")["state_dict"]
+    assert "net.bonded.length_mean" in tuned and not any(key.startswith("net.bond_head.") for key in tuned)
+
+
 def ethanol_history(frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     atoms = read(STRUCTURES / "ethanol.xyz")
     motion = 0.01 * np.random.default_rng(seed).normal(size=(frames, len(atoms), 3)).cumsum(axis=0)

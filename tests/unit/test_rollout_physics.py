@@ -407,16 +407,16 @@ def test_plausible_ranges_move_only_what_leaves_them():
     """A model for many molecules has no bond table: its rollout keeps each bond within PLAUSIBLE_BOND_STRETCH of its
     mean over the starting history (a hydroxyl hydrogen driven into its oxygen went to 0.55-0.67 A, issue 26)."""
     history = torch.as_tensor(vibrating(8, amplitude=0.01), dtype=torch.float32)  # (8, 9, 3)
-    guard = plausible_geometry(Z, history)
+    guard = plausible_geometry(Z, history[None])
     assert guard.n_bonds == 8 and len(guard.pairs) > 8
-    within = history[-1:] + 0.01 * torch.randn(1, 9, 3)
-    torch.testing.assert_close(guard(within), within)  # a vibration is no business of it
+    within = history[-1:] + 0.01 * torch.randn(1, 9, 3)  # one forecast frame of the one window
+    torch.testing.assert_close(guard(within[None]), within[None])  # a vibration is no business of it
     crushed = within.clone()
     crushed[0, 8] = crushed[0, 2] + 0.6 * (crushed[0, 8] - crushed[0, 2])  # O1-H6 at 60% of its length
-    fixed = guard(crushed)
+    fixed = guard(crushed[None])[0]
     oh = (fixed[0, 8] - fixed[0, 2]).norm()
     mean = (history[:, 8] - history[:, 2]).norm(dim=-1).mean()
-    assert oh >= mean * (1 - PLAUSIBLE_BOND_STRETCH) - 1e-3 and guard.violation(fixed).max() < 2 * RANGE_TOLERANCE
+    assert oh >= mean * (1 - PLAUSIBLE_BOND_STRETCH) - 1e-3 and guard.violation(fixed[None]).max() < 2 * RANGE_TOLERANCE
     mass = torch.as_tensor(atomic_masses[ETHANOL_Z], dtype=torch.float32)
     torch.testing.assert_close(  # internal forces only: the centre of mass stays
         (mass[:, None] * fixed[0]).sum(0), (mass[:, None] * crushed[0]).sum(0), atol=1e-4, rtol=0

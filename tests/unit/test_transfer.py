@@ -1,15 +1,24 @@
-"""One network for many molecules: mixed-molecule batches (equivariance, permutation, padding), which molecules a
-checkpoint may forecast, and structures from SMILES."""
+"""One network for many molecules: mixed-molecule batches (equivariance, permutation, padding), the bond-length head
+read from each molecule, which molecules a checkpoint may forecast, and structures from SMILES."""
 
+from pathlib import Path
+
+import ase.io
 import numpy as np
 import pytest
 import torch
 
+import asteroid
 from asteroid.data.dataset import collate_windows
 from asteroid.data.signature import DataSignature
 from asteroid.errors import ConfigError
 from asteroid.models import Asteroid
+from asteroid.models.bonded import TransferableBondLengths, plausible_geometry
+from asteroid.models.rollout import rollout
 from asteroid.simulation.smiles import structure_from_smiles
+from asteroid.training.module import ForecastModule
+
+STRUCTURES = Path(asteroid.__file__).parent / "structures"
 
 H, P = 4, 3
 SMALL = dict(hidden=16, temporal_hidden=8, vector_channels=8, heads=2, spatial_layers=2, cutoff=3.0, num_rbf=8)
@@ -131,3 +140,108 @@ def test_structure_from_smiles():
     np.testing.assert_allclose(structure_from_smiles("CCO").positions, atoms.positions)  # reproducible
     with pytest.raises(ConfigError, match="cannot parse it as SMILES"):
         structure_from_smiles("C1CC(")
+
+
+# ---- the transferable bond head: bond lengths read from each molecule (issue 26) --------------------------------
+def thermal_window(name: str, seed: int) -> dict:
+    """A window of a shipped structure jiggled by 0.02 A random walks: real bonds, covalent radii find them."""
+    atoms = ase.io.read(STRUCTURES / f"{name}.xyz")
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.as_tensor(atoms.positions, dtype=torch.float64)
+    frames = start + 0.02 * torch.randn(H + P, len(atoms), 3, generator=generator, dtype=torch.float64).cumsum(0)
+    z = torch.as_tensor(atoms.numbers)
+    return dict(history=frames[:H], target=frames[H:], z=z, mask=torch.ones(len(z), dtype=torch.bool))
+
+
+@pytest.fixture
+def bonded_model(model):
+    torch.manual_seed(1)
+    model.bond_head = TransferableBondLengths(H, P).double()
+    return model
+
+
+@pytest.fixture
+def three_windows():
+    """Methanol (6 atoms) and two ethanol windows (9 atoms): a padded batch of two molecules."""
+    return [thermal_window("pretraining/methanol", 1), thermal_window("ethanol", 2), thermal_window("ethanol", 3)]
+
+
+def generated(net, windows):
+    batch = collate_windows(windows)
+    return net.generate(batch["history"], batch["z"], batch["mask"])
+
+
+def test_transferable_bond_head_reads_each_molecule_alone_as_in_a_mixed_batch(bonded_model, three_windows):
+    head, batch = bonded_model.bond_head, collate_windows(three_windows)
+    window, atoms = head.bonds(batch["z"], batch["history"], batch["mask"])
+    assert window.tolist() == [0] * 5 + [1] * 8 + [2] * 8  # CH3OH's 5 bonds, C2H5OH's 8, none to padding
+    together, _ = head.predict(batch["history"], batch["z"], window, atoms)
+    alone_batch = collate_windows(three_windows[:1])
+    alone, _ = head.predict(
+        alone_batch["history"],
+        alone_batch["z"],
+        *head.bonds(alone_batch["z"], alone_batch["history"], alone_batch["mask"]),
+    )
+    torch.testing.assert_close(together[:5], alone, atol=1e-12, rtol=0)
+    loss = head.nll(batch["history"], batch["target"], batch["z"], batch["mask"])
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in head.parameters())
+
+
+def test_transferable_bonds_project_each_molecule_of_a_batch_onto_its_predicted_lengths(bonded_model, three_windows):
+    batch = collate_windows(three_windows)
+    batch["history"][0, :, 6:] = torch.nan  # whatever methanol's padding holds
+    with torch.no_grad():
+        pred = bonded_model.generate(batch["history"], batch["z"], batch["mask"])
+        for i, window in enumerate(three_windows):
+            n = len(window["z"])
+            alone = generated(bonded_model, [window])[0]
+            torch.testing.assert_close(pred[i, :, :n], alone, atol=1e-10, rtol=0)
+            history = window["history"][None]
+            geometry = plausible_geometry(window["z"], history)
+            lengths = bonded_model.bond_head.lengths(history, window["z"][None], geometry)  # (1, P, E)
+            reached = geometry.distances(alone[None])[..., : geometry.n_bonds]
+            torch.testing.assert_close(reached, lengths, atol=geometry.tolerance, rtol=0)
+            unprojected = bonded_model(history, window["z"][None], window["mask"][None]).pred
+            assert (unprojected - alone).abs().max() > 1e-3  # the projection did move the frames
+
+
+@pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
+def test_transferable_bonds_keep_forecasts_e3_equivariant(bonded_model, three_windows, reflect):
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    if reflect:
+        q[:, 0] = -q[:, 0]
+    shift = torch.tensor([2.0, -5.0, 9.0], dtype=torch.float64)
+    moved = [{**w, "history": w["history"] @ q.T + shift} for w in three_windows]
+    with torch.no_grad():
+        expected, got = generated(bonded_model, three_windows) @ q.T + shift, generated(bonded_model, moved)
+    for i, window in enumerate(three_windows):
+        n = len(window["z"])
+        torch.testing.assert_close(got[i, :, :n], expected[i, :, :n], atol=1e-6, rtol=0)
+
+
+def test_a_rollout_of_an_unseen_molecule_imposes_the_bond_lengths_the_head_predicts(bonded_model):
+    window = thermal_window("ethanol", 4)
+    history, z = window["history"][None].repeat(2, 1, 1, 1), window["z"][None].repeat(2, 1)
+    state = {}
+    with torch.no_grad():
+        frames = rollout(
+            bonded_model,
+            history,
+            z,
+            torch.ones_like(z, dtype=torch.bool),
+            2 * P,
+            thermostat_state=state,
+            molecule_from_history=True,
+        )
+    guard = state["guard"]
+    assert guard.n_bonds == 8 and torch.isfinite(frames).all()
+    bonds = guard.distances(frames)[..., :8]  # (2, 2P, 8)
+    assert (bonds >= guard.lower[..., :8] - 1e-4).all() and (bonds <= guard.upper[..., :8] + 1e-4).all()
+
+
+def test_transferable_bonds_need_bond_constraints():
+    with pytest.raises(
+        ConfigError, match="model.transferable_bonds reads the bond lengths that model.bond_constraints"
+    ):
+        ForecastModule(Asteroid(H, P, **SMALL), transferable_bonds=True)

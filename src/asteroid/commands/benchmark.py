@@ -93,7 +93,7 @@ def benchmark_case(
         # what was timed: the rollout `asteroid rollout` runs by default for this model, from its test windows
         # (trained, with its data here) or from ballistic histories
         starts="test windows" if starts is not None else "ballistic",
-        bond_constraints=net.bonded is not None and net.bonded.fitted,
+        bond_constraints=net.imposes_bond_lengths,
         stochastic=net.noise is not None,
         thermostat=default_thermostat(net),
         # milliseconds of one forecast of 1 and of B trajectories, per part

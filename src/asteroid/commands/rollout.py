@@ -319,7 +319,7 @@ def main(argv: list[str]) -> int:
         options = {
             "sampled": sample,
             "samples_per_start": args.samples,
-            "bond_constraints": model.net.bonded is not None and model.net.bonded.fitted,
+            "bond_constraints": model.net.imposes_bond_lengths,
             "molecule_from_history": unseen,
             "rigid_motion_stripped": not args.keep_rigid_motion and start.box is None,
             "thermostat_coupling_forecasts": coupling,

@@ -270,7 +270,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
             raise ConfigError(
                 f"data.sources holds {len(molecules)} molecules ({', '.join(formula(z) for z in molecules)}), but "
                 "model.bond_constraints fits its bond table to one: train one molecule per run, or set "
-                "model.bond_constraints false (as experiments/pretrain.yaml does)"
+                "model.transferable_bonds true (as experiments/pretrain.yaml does)"
             )
         train = self.datasets["train"]
         per_trajectory = max(1, max_frames // len(self.trajectories))

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from asteroid.data.geometry import covalent_bond_mask
 from asteroid.errors import ConfigError, DataError
+from asteroid.models.bonded import BondedGeometry, BondProjection, plausible_geometry
 
 if TYPE_CHECKING:
-    from asteroid.models.bonded import BondedGeometry
+    from asteroid.models.bonded import TransferableBondLengths
     from asteroid.models.noise import GaussMarkovNoise
 
 
@@ -62,9 +64,16 @@ class ForecastModel(nn.Module):
         # fitted on the training split; a buffer so that checkpoints carry it.
         self.register_buffer("displacement_scale", torch.ones(horizon))
         # Optional parts the training module attaches (`model.stochastic`, `model.bond_constraints`): a learned
-        # distribution around the forecast and the projection onto the training data's bond and angle ranges.
+        # distribution around the forecast and the projection onto the training data's bond and angle ranges, or, in
+        # a model for many molecules, the bond lengths read from each molecule (`model.transferable_bonds`).
         self.noise: GaussMarkovNoise | None = None
         self.bonded: BondedGeometry | None = None
+        self.bond_head: TransferableBondLengths | None = None
+
+    @property
+    def imposes_bond_lengths(self) -> bool:
+        """Whether forecasts go onto predicted bond lengths: a fitted bond table's, or a transferable head's."""
+        return (self.bonded is not None and self.bonded.fitted) or self.bond_head is not None
 
     def check_inputs(self, history: Tensor, z: Tensor, target: Tensor | None = None, max_z: int | None = None) -> None:
         """The checks every forward starts with: history length, target shape, atomic numbers within max_z."""
@@ -119,13 +128,17 @@ class ForecastModel(nn.Module):
         lengths = self._bond_lengths(z, history, sample, generator)
         return frames if lengths is None else self.bonded(frames, lengths)
 
-    def _bond_lengths(self, z: Tensor, history: Tensor, sample: bool, generator) -> Tensor | None:
-        """(B, P, E) bond lengths for the frames after history (drawn when sample=True), None without a fitted
-        bonded geometry."""
-        if self.bonded is None or not self.bonded.fitted:
-            return None
-        self.bonded.check(z)
-        return self.bonded.lengths(history, sample, generator)
+    def _bond_lengths(
+        self, z: Tensor, history: Tensor, sample: bool, generator, geometry: BondProjection | None = None
+    ) -> Tensor | None:
+        """(B, P, E) bond lengths for the frames after history (drawn when sample=True): from the fitted bond table,
+        or from the transferable head for the bonds of `geometry` (one molecule's); None without either."""
+        if self.bonded is not None and self.bonded.fitted:
+            self.bonded.check(z)
+            return self.bonded.lengths(history, sample, generator)
+        if self.bond_head is not None and geometry is not None:
+            return self.bond_head.lengths(history, z, geometry, sample, generator)
+        return None
 
     def propose(
         self,
@@ -135,16 +148,19 @@ class ForecastModel(nn.Module):
         box: Tensor | None = None,
         sample: bool = False,
         generator: torch.Generator | None = None,
+        geometry: BondProjection | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """The next P frames (B, P, N, 3) after history (B, H, N, 3) before the bonded projection: the forecast
         mean, or with sample=True a draw from the learned distribution around it (the mean for a model without one);
         and the bond lengths (B, P, E) the projection is to give them (drawn too when sampling), None for a model
-        without a bonded geometry. A rollout adjusts the frames (rigid motion, temperature) before projecting."""
+        without a bonded geometry. A rollout adjusts the frames (rigid motion, temperature) before projecting. A
+        model with a transferable bond head gives the lengths of the bonds of `geometry`, the molecule's
+        `plausible_geometry` (windows of one molecule), when given."""
         pred = self(history, z, mask, box=box).pred
         sample = sample and self.noise is not None
         if sample:
             pred = self.noise.sample(history, z, pred, self.displacement_scale, generator)
-        return pred, self._bond_lengths(z, history, sample, generator)
+        return pred, self._bond_lengths(z, history, sample, generator, geometry)
 
     def generate(
         self,
@@ -155,6 +171,30 @@ class ForecastModel(nn.Module):
         sample: bool = False,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """`propose`'s frames (B, P, N, 3), projected onto its bond lengths and the angle ranges."""
+        """`propose`'s frames (B, P, N, 3), projected onto its bond lengths and the angle ranges: a bond table's, or
+        with a transferable bond head each molecule's of the batch in turn."""
         pred, lengths = self.propose(history, z, mask, box, sample, generator)
-        return pred if lengths is None else self.bonded(pred, lengths)
+        if lengths is not None:
+            return self.bonded(pred, lengths)
+        if self.bond_head is None:
+            return pred
+        return self._project_each_molecule(pred, history, z, mask, sample, generator)
+
+    def _project_each_molecule(self, pred, history, z, mask, sample, generator) -> Tensor:
+        """pred (B, P, N, 3) with each window's frames projected onto the bond lengths the transferable head predicts
+        and the ranges of `plausible_geometry`, windows of the same atoms and bonds taken together (a padded batch
+        may hold several molecules)."""
+        B, N = z.shape
+        bonds = covalent_bond_mask(z, history[:, 0], mask).reshape(B, -1)  # (B, N N)
+        kinds, molecule = torch.unique(torch.cat([z * mask, bonds], dim=-1), dim=0, return_inverse=True)
+        pred = pred.clone()
+        for m in range(len(kinds)):
+            windows = (molecule == m).nonzero()[:, 0]
+            if not bonds[windows[0]].any():  # single atoms: nothing to project
+                continue
+            atoms = mask[windows[0]].nonzero()[:, 0]
+            past = history[windows][:, :, atoms]  # (W, H, A, 3)
+            geometry = plausible_geometry(z[windows[0], atoms], past)
+            lengths = self.bond_head.lengths(past, z[windows][:, atoms], geometry, sample, generator)
+            pred[windows[:, None], :, atoms] = geometry(pred[windows][:, :, atoms], lengths).transpose(1, 2)
+        return pred

@@ -16,7 +16,7 @@ import torch
 from ase.data import atomic_masses
 from torch import Tensor, nn
 
-from asteroid.data.geometry import covalent_bonds
+from asteroid.data.geometry import covalent_bond_mask, covalent_bonds
 from asteroid.errors import ConfigError, DataError
 from asteroid.models.noise import factor_nll, lower_triangular
 
@@ -54,104 +54,142 @@ RELAXATION, RANGE_ROUNDS, ALTERNATIONS, RANGE_TOLERANCE = 1.5, 4, 25, 1e-3
 PLAUSIBLE_BOND_STRETCH, PLAUSIBLE_ANGLE_STRETCH = 0.17, 0.20
 
 
-def plausible_geometry(z: Tensor, frames: Tensor) -> BondedGeometry:
-    """Ranges for a molecule no bond table was fitted to (a transferable model's rollout): its bonds and 1-3 pairs
-    from the first of frames (T, N, 3), each allowed PLAUSIBLE_BOND_STRETCH / PLAUSIBLE_ANGLE_STRETCH about its
-    mean over the frames. Projecting onto them (`BondedGeometry.forward` without lengths) moves only what leaves
-    them: a hydroxyl hydrogen driven into its oxygen, say, not the vibrations."""
-    geometry = BondedGeometry(len(frames), 1).to(frames.device)
-    geometry.fit(z.cpu(), frames.detach().cpu())
-    geometry.to(frames.device)
-    mean = geometry.distances(frames).mean(0)  # (K,)
+def plausible_geometry(z: Tensor, history: Tensor) -> BondProjection:
+    """Ranges for a molecule no bond table was fitted to (a transferable model's forecasts): its bonds and 1-3 pairs
+    from the first frame of history (B, H, N, 3) (windows of one molecule, z (N,)), each allowed
+    PLAUSIBLE_BOND_STRETCH / PLAUSIBLE_ANGLE_STRETCH about its mean over each window's own H frames (ranges (B, 1, K),
+    so that a window's ranges do not depend on the others in its batch). Projecting onto them
+    (`BondProjection.forward` without lengths) moves only what leaves them: a hydroxyl hydrogen driven into its
+    oxygen, say, not the vibrations; with lengths (`TransferableBondLengths`) the bonds go to those."""
+    geometry = BondProjection()
+    geometry.set_molecule(z.cpu(), history[0, 0].detach().cpu())
+    geometry.to(history.device, history.dtype)
+    mean = geometry.distances(history).mean(1, keepdim=True)  # (B, 1, K)
     stretch = torch.full_like(mean, PLAUSIBLE_ANGLE_STRETCH)
-    stretch[: geometry.n_bonds] = PLAUSIBLE_BOND_STRETCH
+    stretch[..., : geometry.n_bonds] = PLAUSIBLE_BOND_STRETCH
     geometry.lower, geometry.upper = mean * (1 - stretch), mean * (1 + stretch)
     return geometry
 
 
-class BondedGeometry(nn.Module):
-    """Bond lengths predicted from the history, and the projection of frames onto them and the angle ranges.
+# The transferable head's unit of bond stretch (Angstrom), about the spread of a C-H or C-C bond at 500 K: what it
+# reads and gives is then of order one for every element pair.
+STRETCH_UNIT = 0.03
+# The bond lengths of H/C/N/O molecules lie within about 1.25 +- 0.3 A: the head reads a bond's mean length so.
+TYPICAL_LENGTH, LENGTH_SPAN = 1.25, 0.3
 
-    Empty (a no-op) until `fit` gives it a molecule; its buffers then travel in checkpoints, sized on loading. The
-    length head reads, per bond, its atoms' types and its lengths over the history (in units of the bond's training
-    mean and spread) and gives, per horizon step, the mean length and a Gaussian over the residuals about it, r = M eps
-    from r_0 = 0 at the known last history frame, M lower triangular (`noise.lower_triangular`: each step's own
-    scale and how it follows the steps before). A hydrogen's stretch decorrelates within a frame, a C=O or ring
-    stretch oscillates over a few frames (aspirin's ring C-C: about 4 frames); independent draws put stretch power
-    where the data have none (aspirin: 1.31x the temperature), and a first-order autoregression, which cannot
-    oscillate, gave ring C-C steps 1.2-1.4x the data's (issue 15).
 
-    The projection (issue 25) solves the bonds directly, the topology being fixed: with S (E, N) the bonds'
-    incidence (+1 at j, -1 at i) and W the inverse masses, each Newton iteration moves the atoms by -W S^T (lambda
-    u), u (E, 3) the bonds' current unit vectors and lambda from the E x E system (C o u u^T) lambda = gap, C = S W
-    S^T (LINCS's coupling matrix, a constant of the molecule), by Cholesky. The bonds of a molecule are independent
-    constraints, so one or two iterations reach 1e-4 Angstrom on rollout forecasts. The 1-3 ranges are inequalities
-    whose active sets are redundant in rings (a Newton active set on them cycled and threw aspirin's forecasts
-    0.5-0.9 A away, where these rounds move them 0.2): a pair outside its range is pushed back by Jacobi rounds,
-    alternating with the bond solve until both hold (most frames have no pair outside and take the bond solve alone:
-    92% of ethanol's, 86% of aspirin's). The Jacobi-style SHAKE on every pair before took about 100 rounds to 1e-3
-    and cost twice the network. The corrections are internal forces along interatomic axes, shared by inverse mass:
-    the centre of mass stays put, no angular momentum is added (to first order) and the result is E(3)-equivariant.
-    """
+class TransferableBondLengths(nn.Module):
+    """The bond-length head of a model for many molecules (issue 26): BondedGeometry's distribution (a mean length
+    per horizon step and a Gaussian over the residuals, `noise.lower_triangular`), but read from the molecule at
+    run time instead of a bond table fitted to one: each bond's atom types, its mean length over the history and its
+    lengths over the history about that mean, in STRETCH_UNIT. Bonds are found in each window's first history frame
+    (covalent radii), so a padded batch of several molecules is one call; where a forecast is projected onto the
+    lengths, the molecule's `plausible_geometry` gives the bonds' order and the ranges."""
 
-    def __init__(
-        self,
-        history: int,
-        horizon: int,
-        hidden: int = 32,
-        max_z: int = 100,
-        tolerance: float = 1e-4,
-        max_iterations: int = 12,
-    ):
+    def __init__(self, history: int, horizon: int, hidden: int = 32, max_z: int = 100):
         super().__init__()
         self.horizon = horizon
-        self.tolerance, self.max_iterations = tolerance, max_iterations
-        for name, dtype in (
-            ("z", torch.int64),
-            ("pairs", torch.int64),
-            ("lower", torch.float32),
-            ("upper", torch.float32),
-            ("inverse_mass", torch.float32),
-            ("length_mean", torch.float32),
-            ("length_std", torch.float32),
-        ):
-            self.register_buffer(name, torch.zeros((0, 2) if name == "pairs" else (0,), dtype=dtype))
         self.embed = nn.Embedding(max_z + 1, hidden)
         self.length_head = nn.Sequential(
-            nn.Linear(hidden + history, hidden),
+            nn.Linear(hidden + history + 1, hidden),
             nn.SiLU(),
             nn.Linear(hidden, hidden),
             nn.SiLU(),
             nn.Linear(hidden, horizon + horizon * (horizon + 1) // 2),
         )
 
+    @staticmethod
+    def bonds(z: Tensor, history: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The bonds of every window of history (B, H, N, 3), z and mask (B, N): window (E,) and atoms (E, 2), i < j."""
+        window, i, j = covalent_bond_mask(z, history[:, 0], mask).nonzero(as_tuple=True)
+        return window, torch.stack([i, j], dim=-1)
+
+    def predict(self, history: Tensor, z: Tensor, window: Tensor, atoms: Tensor) -> tuple[Tensor, Tensor]:
+        """Bonds (window (E,), atoms (E, 2)) of history (B, H, N, 3) -> each bond's mean length (E, P) Angstrom at each
+        horizon step and the factor (E, P, P) of its residual over the horizon, in STRETCH_UNIT."""
+        P = self.horizon
+        past = (history[window, :, atoms[:, 1]] - history[window, :, atoms[:, 0]]).norm(dim=-1)  # (E, H)
+        centre = past.mean(-1, keepdim=True)  # (E, 1)
+        kinds = self.embed(z[window, atoms[:, 0]]) + self.embed(z[window, atoms[:, 1]])  # (E, C), symmetric
+        features = torch.cat([kinds, (past - centre) / STRETCH_UNIT, (centre - TYPICAL_LENGTH) / LENGTH_SPAN], -1)
+        mean, log_std, coupling = self.length_head(features).split([P, P, P * (P - 1) // 2], dim=-1)
+        return centre + STRETCH_UNIT * mean, lower_triangular(log_std, coupling)
+
+    def nll(self, history: Tensor, target: Tensor, z: Tensor, mask: Tensor) -> Tensor:
+        """Mean negative log-likelihood of the true bond lengths of target (B, P, N, 3) under the predicted Gaussian,
+        in STRETCH_UNIT, over the bonds of every window."""
+        window, atoms = self.bonds(z, history, mask)
+        mean, factor = self.predict(history, z, window, atoms)
+        true = (target[window, :, atoms[:, 1]] - target[window, :, atoms[:, 0]]).norm(dim=-1)  # (E, P)
+        residual = (true - mean) / STRETCH_UNIT
+        return factor_nll(residual[..., None], factor).mean() + 0.5 * math.log(2 * math.pi)
+
+    def lengths(
+        self,
+        history: Tensor,
+        z: Tensor,
+        geometry: BondProjection,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """(B, P, E) lengths of the bonds of `geometry` (the molecule's `plausible_geometry`) for the P frames after
+        history (B, H, N, 3): the predicted means, or with sample=True one draw about them, kept within its ranges."""
+        B, E = len(history), geometry.n_bonds
+        window = torch.arange(B, device=history.device).repeat_interleave(E)
+        mean, factor = self.predict(history, z, window, geometry.pairs[:E].repeat(B, 1))  # (B E, P), (B E, P, P)
+        if sample:
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            mean = mean + STRETCH_UNIT * (factor @ eps[..., None])[..., 0]
+        lengths = mean.reshape(B, E, -1).transpose(1, 2)  # (B, P, E)
+        return torch.minimum(torch.maximum(lengths, geometry.lower[..., :E]), geometry.upper[..., :E])
+
+
+class BondProjection(nn.Module):
+    """A molecule's bonds and 1-3 pairs and the projection of frames onto bond lengths and 1-3 ranges.
+
+    Empty (a no-op) until given a molecule (`set_molecule`); its buffers are sized by the molecule (and travel in
+    checkpoints as `BondedGeometry`'s). The projection (issue 25) solves the bonds directly, the topology being fixed:
+    with S (E, N) the bonds' incidence (+1 at j, -1 at i) and W the inverse masses, each Newton iteration moves the
+    atoms by -W S^T (lambda u), u (E, 3) the bonds' current unit vectors and lambda from the E x E system
+    (C o u u^T) lambda = gap, C = S W S^T (LINCS's coupling matrix, a constant of the molecule), by Cholesky. The
+    bonds of a molecule are independent constraints, so one or two iterations reach 1e-4 Angstrom on rollout
+    forecasts. The 1-3 ranges are inequalities whose active sets are redundant in rings (a Newton active set on them
+    cycled and threw aspirin's forecasts 0.5-0.9 A away, where these rounds move them 0.2): a pair outside its range is
+    pushed back by Jacobi rounds, alternating with the bond solve until both hold (most frames have no pair outside
+    and take the bond solve alone: 92% of ethanol's, 86% of aspirin's). The Jacobi-style SHAKE on every pair before
+    took about 100 rounds to 1e-3 and cost twice the network. The corrections are internal forces along interatomic
+    axes, shared by inverse mass: the centre of mass stays put, no angular momentum is added (to first order) and the
+    result is E(3)-equivariant. The ranges `lower`, `upper` are (K,), or (B, 1, K) for B windows of forecast frames
+    (B, P, N, 3) each with its own (`plausible_geometry`).
+    """
+
+    def __init__(self, tolerance: float = 1e-4, max_iterations: int = 12):
+        super().__init__()
+        self.tolerance, self.max_iterations = tolerance, max_iterations
+        self._bonds = 0
+        for name, dtype in (
+            ("z", torch.int64),
+            ("pairs", torch.int64),
+            ("lower", torch.float32),
+            ("upper", torch.float32),
+            ("inverse_mass", torch.float32),
+        ):
+            self.register_buffer(name, torch.zeros((0, 2) if name == "pairs" else (0,), dtype=dtype))
+
     @property
     def fitted(self) -> bool:
-        return len(self.z) > 0
+        return len(self.pairs) > 0
 
     @property
     def n_bonds(self) -> int:
-        """The first n_bonds pairs are the bonds (their statistics are length_mean, length_std), the rest 1-3 pairs."""
-        return len(self.length_mean)
+        """The first n_bonds pairs are the bonds, the rest 1-3 pairs."""
+        return self._bonds
 
-    @torch.no_grad()
-    def fit(self, z: Tensor, frames: Tensor) -> None:
-        """Pairs from the first of `frames` (T, N, 3) Angstrom (training frames of one molecule), ranges and bond
-        statistics over all of them."""
-        z = torch.as_tensor(z, dtype=torch.int64)
-        frames = torch.as_tensor(frames, dtype=torch.float64)
-        pairs, bonds = bonded_pairs(z, frames[0])
-        if not len(pairs):
-            raise DataError(
-                f"model.bond_constraints: the training molecule (z = {z.tolist()}) has no covalent bond "
-                "to keep; turn the constraints off"
-            )
-        lengths = (frames[:, pairs[:, 1]] - frames[:, pairs[:, 0]]).norm(dim=-1)  # (T, K)
-        self.z, self.pairs = z, pairs
-        self.lower, self.upper = lengths.min(0).values.float(), lengths.max(0).values.float()
-        self.inverse_mass = 1.0 / torch.as_tensor(atomic_masses[z.numpy()], dtype=torch.float32)
-        self.length_mean = lengths[:, :bonds].mean(0).float()
-        self.length_std = lengths[:, :bonds].std(0).float().clamp_min(1e-4)
+    def set_molecule(self, z: Tensor, frame: Tensor) -> None:
+        """The molecule of atomic numbers z (N,), its bonds and 1-3 pairs found in frame (N, 3) Angstrom."""
+        self.z = torch.as_tensor(z, dtype=torch.int64)
+        self.pairs, self._bonds = bonded_pairs(self.z, torch.as_tensor(frame, dtype=torch.float64))
+        self.inverse_mass = 1.0 / torch.as_tensor(atomic_masses[self.z.numpy()], dtype=torch.float32)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The buffers' sizes depend on the molecule: take them from the checkpoint.
@@ -160,45 +198,9 @@ class BondedGeometry(nn.Module):
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=buffer.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def check(self, z: Tensor) -> None:
-        """Refuse frames of another molecule than the one the geometry was fitted on; z (B, N)."""
-        if self.fitted and (z.shape[-1] != len(self.z) or not (z == self.z.to(z.device)).all()):
-            raise ConfigError(
-                f"model.bond_constraints: the constraints were fitted on z = {self.z.tolist()}, but "
-                f"the frames hold z = {z[0].tolist()}; bond constraints need one molecule"
-            )
-
     def distances(self, frames: Tensor) -> Tensor:
         """(..., K) distance of every pair in frames (..., N, 3)."""
         return (frames[..., self.pairs[:, 1], :] - frames[..., self.pairs[:, 0], :]).norm(dim=-1)
-
-    def predict_lengths(self, history: Tensor) -> tuple[Tensor, Tensor]:
-        """history (B, H, N, 3) -> each bond's mean length (B, P, E) Angstrom at each horizon step, and the factor
-        (B, E, P, P) of its residual over the horizon, in units of the bond's training spread."""
-        E, P = self.n_bonds, self.horizon
-        past = (self.distances(history)[..., :E] - self.length_mean) / self.length_std  # (B, H, E)
-        kinds = self.embed(self.z[self.pairs[:E, 0]]) + self.embed(self.z[self.pairs[:E, 1]])  # (E, C), symmetric
-        features = torch.cat([kinds.expand(len(history), -1, -1), past.transpose(1, 2)], dim=-1)  # (B, E, C + H)
-        mean, log_std, coupling = self.length_head(features).split([P, P, P * (P - 1) // 2], dim=-1)  # (B, E, ...)
-        return self.length_mean + self.length_std * mean.transpose(1, 2), lower_triangular(log_std, coupling)
-
-    def length_nll(self, history: Tensor, target: Tensor) -> Tensor:
-        """Mean negative log-likelihood of the true bond lengths of target (B, P, N, 3) under the predicted
-        Gaussian, in units of each bond's training spread."""
-        mean, factor = self.predict_lengths(history)
-        residual = (self.distances(target)[..., : self.n_bonds] - mean) / self.length_std  # (B, P, E)
-        return factor_nll(residual.transpose(1, 2)[..., None], factor).mean() + 0.5 * math.log(2 * math.pi)
-
-    def lengths(self, history: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
-        """(B, P, E) bond lengths for the next P frames: the predicted means, or with sample=True one draw of the
-        Gaussian about them, kept within the training range."""
-        mean, factor = self.predict_lengths(history)
-        if sample:
-            eps = torch.randn(factor.shape[:-1], generator=generator, device=mean.device, dtype=mean.dtype)
-            residual = (factor @ eps[..., None])[..., 0]  # (B, E, P)
-            mean = mean + self.length_std * residual.transpose(1, 2)
-        E = self.n_bonds
-        return torch.minimum(torch.maximum(mean, self.lower[:E]), self.upper[:E])
 
     def violation(self, frames: Tensor, lengths: Tensor | None = None) -> Tensor:
         """(...) largest distance off its target (bonds, when lengths (..., E) are given) or outside its range,
@@ -330,3 +332,98 @@ class BondedGeometry(nn.Module):
         """(...) largest distance outside [lower, upper] (..., K) in frames (..., N, 3)."""
         distances = self.distances(frames)
         return torch.maximum(lower - distances, distances - upper).clamp_min(0).amax(-1)
+
+
+class BondedGeometry(BondProjection):
+    """Bond lengths predicted from the history by a head fitted to one molecule (its bond table), and the projection
+    of frames onto them and the training frames' 1-3 ranges (`BondProjection`).
+
+    Empty (a no-op) until `fit` gives it a molecule; its buffers then travel in checkpoints, sized on loading. The
+    length head reads, per bond, its atoms' types and its lengths over the history (in units of the bond's training
+    mean and spread) and gives, per horizon step, the mean length and a Gaussian over the residuals about it, r = M eps
+    from r_0 = 0 at the known last history frame, M lower triangular (`noise.lower_triangular`: each step's own
+    scale and how it follows the steps before). A hydrogen's stretch decorrelates within a frame, a C=O or ring
+    stretch oscillates over a few frames (aspirin's ring C-C: about 4 frames); independent draws put stretch power
+    where the data have none (aspirin: 1.31x the temperature), and a first-order autoregression, which cannot
+    oscillate, gave ring C-C steps 1.2-1.4x the data's (issue 15).
+    """
+
+    def __init__(
+        self,
+        history: int,
+        horizon: int,
+        hidden: int = 32,
+        max_z: int = 100,
+        tolerance: float = 1e-4,
+        max_iterations: int = 12,
+    ):
+        super().__init__(tolerance, max_iterations)
+        self.horizon = horizon
+        self.register_buffer("length_mean", torch.zeros(0))
+        self.register_buffer("length_std", torch.zeros(0))
+        self.embed = nn.Embedding(max_z + 1, hidden)
+        self.length_head = nn.Sequential(
+            nn.Linear(hidden + history, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, horizon + horizon * (horizon + 1) // 2),
+        )
+
+    @property
+    def n_bonds(self) -> int:
+        """The first n_bonds pairs are the bonds (their statistics are length_mean, length_std), the rest 1-3 pairs."""
+        return len(self.length_mean)
+
+    @torch.no_grad()
+    def fit(self, z: Tensor, frames: Tensor) -> None:
+        """Pairs from the first of `frames` (T, N, 3) Angstrom (training frames of one molecule), ranges and bond
+        statistics over all of them."""
+        frames = torch.as_tensor(frames, dtype=torch.float64)
+        self.set_molecule(z, frames[0])
+        if not self.fitted:
+            raise DataError(
+                f"model.bond_constraints: the training molecule (z = {self.z.tolist()}) has no covalent bond "
+                "to keep; turn the constraints off"
+            )
+        lengths = self.distances(frames)  # (T, K)
+        bonds = self._bonds
+        self.lower, self.upper = lengths.min(0).values.float(), lengths.max(0).values.float()
+        self.length_mean = lengths[:, :bonds].mean(0).float()
+        self.length_std = lengths[:, :bonds].std(0).float().clamp_min(1e-4)
+
+    def check(self, z: Tensor) -> None:
+        """Refuse frames of another molecule than the one the geometry was fitted on; z (B, N)."""
+        if self.fitted and (z.shape[-1] != len(self.z) or not (z == self.z.to(z.device)).all()):
+            raise ConfigError(
+                f"model.bond_constraints: the constraints were fitted on z = {self.z.tolist()}, but "
+                f"the frames hold z = {z[0].tolist()}; bond constraints need one molecule"
+            )
+
+    def predict_lengths(self, history: Tensor) -> tuple[Tensor, Tensor]:
+        """history (B, H, N, 3) -> each bond's mean length (B, P, E) Angstrom at each horizon step, and the factor
+        (B, E, P, P) of its residual over the horizon, in units of the bond's training spread."""
+        E, P = self.n_bonds, self.horizon
+        past = (self.distances(history)[..., :E] - self.length_mean) / self.length_std  # (B, H, E)
+        kinds = self.embed(self.z[self.pairs[:E, 0]]) + self.embed(self.z[self.pairs[:E, 1]])  # (E, C), symmetric
+        features = torch.cat([kinds.expand(len(history), -1, -1), past.transpose(1, 2)], dim=-1)  # (B, E, C + H)
+        mean, log_std, coupling = self.length_head(features).split([P, P, P * (P - 1) // 2], dim=-1)  # (B, E, ...)
+        return self.length_mean + self.length_std * mean.transpose(1, 2), lower_triangular(log_std, coupling)
+
+    def length_nll(self, history: Tensor, target: Tensor) -> Tensor:
+        """Mean negative log-likelihood of the true bond lengths of target (B, P, N, 3) under the predicted
+        Gaussian, in units of each bond's training spread."""
+        mean, factor = self.predict_lengths(history)
+        residual = (self.distances(target)[..., : self.n_bonds] - mean) / self.length_std  # (B, P, E)
+        return factor_nll(residual.transpose(1, 2)[..., None], factor).mean() + 0.5 * math.log(2 * math.pi)
+
+    def lengths(self, history: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """(B, P, E) bond lengths for the next P frames: the predicted means, or with sample=True one draw of the
+        Gaussian about them, kept within the training range."""
+        mean, factor = self.predict_lengths(history)
+        if sample:
+            eps = torch.randn(factor.shape[:-1], generator=generator, device=mean.device, dtype=mean.dtype)
+            residual = (factor @ eps[..., None])[..., 0]  # (B, E, P)
+            mean = mean + self.length_std * residual.transpose(1, 2)
+        E = self.n_bonds
+        return torch.minimum(torch.maximum(mean, self.lower[:E]), self.upper[:E])

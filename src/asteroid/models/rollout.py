@@ -126,7 +126,8 @@ def rollout(
     molecule_from_history took from the first history ("guard", "target") from one call to the next, for a caller
     that advances a rollout a forecast at a time (`ForecastDynamics`). molecule_from_history: for
     a net fitted to no molecule in particular (a model for many molecules; one molecule per call), take from the
-    starting history what it cannot know: the ranges of `plausible_geometry` (when it has no bond table) and the
+    starting history what it cannot know: the bonds and ranges of `plausible_geometry` (when it has no bond table;
+    the bonds at the lengths its transferable head predicts, when it has one) and the
     thermostat's target, the history's own step energy (the pretraining molecules' mean was 8% above ethanol's and
     15% below aspirin's).
     """
@@ -141,7 +142,7 @@ def rollout(
     frames = history.new_empty(B, n_frames, N, 3) if into is None else into
     state = {} if thermostat_state is None else thermostat_state
     if molecule_from_history and "guard" not in state:  # from the first history only, never from the rollout's own
-        state["guard"] = plausible_geometry(z[0], history.reshape(-1, N, 3)) if net.bonded is None else None
+        state["guard"] = plausible_geometry(z[0], history) if net.bonded is None else None
         state["target"] = step_energy(history, mass).mean()
     guard = state.get("guard")
     target = state.get("target", net.noise.step_energy if net.noise is not None else None)
@@ -149,7 +150,7 @@ def rollout(
     for start in range(0, n_frames, P):
         previous = history[:, -1]  # (B, N, 3)
         with timed(timings, "network"):
-            pred, lengths = net.propose(history, z, mask, box=box, sample=sample, generator=generator)  # (B, P, N, 3)
+            pred, lengths = net.propose(history, z, mask, box, sample, generator, guard)  # (B, P, N, 3), (B, P, E)
         check_finite(pred, mask, start)  # before the steps below, which would fail on it less plainly
         with timed(timings, "rigid_motion"):
             if strip:
@@ -158,10 +159,10 @@ def rollout(
             if thermostat_coupling is not None:
                 pred = thermostat(previous, pred, mass, target * set_point, thermostat_coupling)
         with timed(timings, "projection"):
-            if lengths is not None:
+            if guard is not None:  # a transferable model's: the history's bonds, at lengths when it predicts them
+                pred = guard(pred, lengths)
+            elif lengths is not None:
                 pred = net.bonded(pred, lengths)
-            elif guard is not None:
-                pred = guard(pred)
         check_finite(pred, mask, start)
         if thermostat_coupling is not None:
             measured = step_energy(torch.cat([previous[:, None], pred], dim=1), mass).clamp_min(1e-12)  # (B,)

@@ -39,8 +39,9 @@ class ConfigInCheckpoint(Callback):
         checkpoint[RUN_CONFIG_KEY] = self.run_config
 
 
-# The part of a net fitted to one molecule (model.bond_constraints): absent from a model for many molecules.
-FITTED_HEAD = "net.bonded."
+# The part of a net fitted to one molecule (model.bond_constraints): absent from a model for many molecules, whose
+# bond lengths come from a head read from each molecule (model.transferable_bonds) instead.
+FITTED_HEAD, TRANSFERABLE_HEAD = "net.bonded.", "net.bond_head."
 
 
 class InitialWeights(Callback):
@@ -56,8 +57,11 @@ class InitialWeights(Callback):
         checkpoint = read_checkpoint(self.ckpt_path)
         trainer.datamodule.check_signature(DataSignature.from_dict(checkpoint.get(DATA_KEY)), self.ckpt_path)
         check_finite_weights(checkpoint["state_dict"], self.ckpt_path)
+        state = checkpoint["state_dict"]
+        if pl_module.net.bond_head is None:  # a fine-tune with a bond table of its own leaves the transferable head
+            state = {key: value for key, value in state.items() if not key.startswith(TRANSFERABLE_HEAD)}
         # a head fitted to one molecule (the bond lengths), which a model for many molecules has none of, starts new
-        fresh = load_state(pl_module, checkpoint["state_dict"], self.ckpt_path, fresh=(FITTED_HEAD,))
+        fresh = load_state(pl_module, state, self.ckpt_path, fresh=(FITTED_HEAD,))
         if trainer.is_global_zero:
             print(f"fine-tuning from the weights of {self.ckpt_path} (a new run: fresh optimizer and schedule)")
             if fresh:

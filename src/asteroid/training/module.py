@@ -18,7 +18,7 @@ from asteroid.data.signature import DataSignature, split_summary
 from asteroid.errors import ConfigError, DataError, DivergedError
 from asteroid.fileio import atomic_output
 from asteroid.models.base import ForecastModel
-from asteroid.models.bonded import BondedGeometry
+from asteroid.models.bonded import BondedGeometry, TransferableBondLengths
 from asteroid.models.noise import GaussMarkovNoise, windows_step_energy
 from asteroid.runs import run_dir
 from asteroid.schedule import training_progress, warmup_cosine
@@ -45,10 +45,11 @@ class ForecastModule(Evaluation, pl.LightningModule):
 
     For long rollouts (docs/design.md, "Rollouts"): `bond_constraints` projects every forecast, in training too,
     onto bond lengths a head predicts (its likelihood added as "bond_nll", weight 1) and the 1-3 distance ranges of
-    the training frames (`models.bonded`); `stochastic` learns a distribution
-    around the forecast (`models.noise`, its likelihood added to the loss as "noise_nll" with weight 1, the mean
-    untouched by it) that rollouts sample from, and the test table then reports the spread of `test_samples` draws
-    against the error of their mean (spread-skill, 1 = calibrated).
+    the training frames (`models.bonded`), and with `transferable_bonds` onto lengths read from each molecule, by a
+    head fitted to none (a model for many molecules: its forecasts are projected at inference only); `stochastic`
+    learns a distribution around the forecast (`models.noise`, its likelihood added to the loss as "noise_nll" with
+    weight 1, the mean untouched by it) that rollouts sample from, and the test table then reports the spread of
+    `test_samples` draws against the error of their mean (spread-skill, 1 = calibrated).
 
     Validation, test and predict steps, their metrics and dashboards are `evaluation.Evaluation`'s.
     """
@@ -66,6 +67,7 @@ class ForecastModule(Evaluation, pl.LightningModule):
         rotation_augmentation: bool = True,
         history_noise: float = 0.0,
         bond_constraints: bool = False,
+        transferable_bonds: bool = False,
         stochastic: bool = False,
         test_samples: int = 8,
     ):
@@ -93,7 +95,14 @@ class ForecastModule(Evaluation, pl.LightningModule):
             raise ConfigError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        if bond_constraints:
+        if transferable_bonds and not bond_constraints:
+            raise ConfigError(
+                "model.transferable_bonds reads the bond lengths that model.bond_constraints imposes from each "
+                "molecule: set model.bond_constraints true too"
+            )
+        if transferable_bonds:
+            net.bond_head = TransferableBondLengths(net.history, net.horizon)
+        elif bond_constraints:
             net.bonded = BondedGeometry(net.history, net.horizon)
         if stochastic:
             net.noise = GaussMarkovNoise(net.history, net.horizon)
@@ -238,6 +247,8 @@ class ForecastModule(Evaluation, pl.LightningModule):
             # projection alone, the net parked its output far off them (0.5 A on ethanol), where only that
             # projection's own path mapped it back to the right frames (issue 25)
             aux["unprojected"] = self.forecast_loss(out.pred, target, mask)
+        if self.net.bond_head is not None:  # the forecast itself is not projected in training: a batch holds molecules
+            aux["bond_nll"] = self.net.bond_head.nll(history, target, batch["z"], mask)
         if self.net.noise is not None:
             aux["noise_nll"] = self.net.noise.nll(history, batch["z"], mask, pred, target, self.net.displacement_scale)
         loss = forecast + sum(aux.values())
