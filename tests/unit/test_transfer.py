@@ -240,6 +240,23 @@ def test_a_rollout_of_an_unseen_molecule_imposes_the_bond_lengths_the_head_predi
     assert (bonds >= guard.lower[..., :8] - 1e-4).all() and (bonds <= guard.upper[..., :8] + 1e-4).all()
 
 
+def test_a_rollout_reads_each_bond_about_its_starting_history(bonded_model):
+    """In a rollout the geometry is the starting history's: each bond is read about its mean there, not about the
+    mean of the rollout's own latest frames (which let small errors add up: C-O from 1.42 to 1.24 A)."""
+    head, window = bonded_model.bond_head, thermal_window("ethanol", 5)
+    history, z = window["history"][None], window["z"][None]
+    start = plausible_geometry(window["z"], history)
+    with torch.no_grad():
+        mean, _ = head.predict(history, z, *head.bonds(z, history, window["mask"][None]))  # about its own mean
+        torch.testing.assert_close(
+            head.lengths(history, z, start)[0], mean.T.clamp(start.lower[0, :, :8], start.upper[0, :, :8])
+        )
+        stretched = history * 1.02  # later frames whose bonds drifted 2% long
+        about_start = head.lengths(stretched, z, start)
+        about_own = head.lengths(stretched, z, plausible_geometry(window["z"], stretched))
+    assert (about_start - about_own).abs().max() > 1e-3
+
+
 def test_transferable_bonds_need_bond_constraints():
     with pytest.raises(
         ConfigError, match="model.transferable_bonds reads the bond lengths that model.bond_constraints"
