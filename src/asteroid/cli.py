@@ -54,14 +54,19 @@ def run_interruptible(command, argv: list[str]) -> int:
 
 
 def with_checkpoint_config(argv: list[str]) -> list[str]:
-    """`asteroid test --ckpt_path CKPT` with no --config: the config stored in the checkpoint, before the rest."""
-    from asteroid.checkpoints import names_a_config, with_stored_config
+    """`asteroid test --ckpt_path CKPT` with no --config: the config stored in the checkpoint, before the rest. A fit
+    from a weights-only checkpoint (a fine-tune) is a new run: it tests after fitting, as `fit` does by default,
+    whatever the run that made the weights did (the shipped model's pretraining skipped its own test)."""
+    from asteroid.checkpoints import is_weights_only, names_a_config, read_checkpoint, with_stored_config
     from asteroid.config import option_value
 
     ckpt_path = option_value(argv, "--ckpt_path", default=None)
     if len(argv) < 2 or names_a_config(argv) or ckpt_path is None:
         return argv
-    return [argv[0], *with_stored_config(argv[1:], ckpt_path)[0]]
+    args, ckpt_file = with_stored_config(argv[1:], ckpt_path)
+    if argv[0] == "fit" and is_weights_only(read_checkpoint(ckpt_file)):
+        args = [*args[:2], "--test_after_fit", "true", *args[2:]]
+    return [argv[0], *args]
 
 
 def lightning_subcommand(argv: list[str]) -> int:

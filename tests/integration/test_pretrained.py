@@ -102,12 +102,17 @@ def test_fit_from_a_weights_only_checkpoint_is_a_new_run_from_its_weights(export
 
 def test_a_fine_tune_may_swap_the_transferable_bond_head_for_a_bond_table(tmp_path, monkeypatch, capsys):
     """A model trained with model.transferable_bonds (as the pretrained one is) fine-tuned without: the molecule's
-    own bond table and head start new, the transferable head is left behind."""
+    own bond table and head start new, the transferable head is left behind. A fine-tune is a new run, and tests
+    after fitting even where the run that made the weights did not."""
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", *tiny_args(tmp_path, "many", **{"--model.transferable_bonds": "true"})]) == 0
+    many = tiny_args(tmp_path, "many", **{"--model.transferable_bonds": "true", "--test_after_fit": "false"})
+    assert main(["fit", *many]) == 0
+    assert "test table written" not in capsys.readouterr().out
     out = tmp_path / "many.ckpt"
     assert main(["export", "--ckpt_path", "last", "--name", "many", "--out", str(out), "--command", "a test"]) == 0
     assert any(key.startswith("net.bond_head.") for key in read_checkpoint(out)["state_dict"])
+    assert main(["fit", "--ckpt_path", str(out), "--name", "again", "--trainer.max_epochs", "1"]) == 0
+    assert "test table written" in capsys.readouterr().out  # the stored config said test_after_fit false
     args = tiny_args(tmp_path, "table", **{"--trainer.max_epochs": "1", "--trainer.limit_train_batches": "1"})
     assert main(["fit", *args, "--ckpt_path", str(out)]) == 0
     assert "the bond-length head is new" in capsys.readouterr().out
