@@ -68,14 +68,23 @@ def test_padding_never_changes_a_forecast(model, two_molecules):
     assert torch.isfinite(pred[:, :, :5]).all()
 
 
-@pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
-def test_mixed_batch_is_e3_equivariant(model, two_molecules, reflect):
+def rigidly_moved(windows: list[dict], reflect: bool):
+    """A rotation (or, reflect, an improper rotation) with a shift, and the windows' histories moved by it."""
     q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
     if reflect:
         q[:, 0] = -q[:, 0]
     shift = torch.tensor([2.0, -5.0, 9.0], dtype=torch.float64)
-    moved = [{**w, "history": w["history"] @ q.T + shift} for w in two_molecules]
-    expected = forecast(model, two_molecules) @ q.T + shift
+
+    def move(positions: torch.Tensor) -> torch.Tensor:
+        return positions @ q.T + shift
+
+    return move, [{**w, "history": move(w["history"])} for w in windows]
+
+
+@pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
+def test_mixed_batch_is_e3_equivariant(model, two_molecules, reflect):
+    move, moved = rigidly_moved(two_molecules, reflect)
+    expected = move(forecast(model, two_molecules))
     got = forecast(model, moved)
     for i, window in enumerate(two_molecules):
         n = len(window["z"])
@@ -208,13 +217,9 @@ def test_transferable_bonds_project_each_molecule_of_a_batch_onto_its_predicted_
 
 @pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
 def test_transferable_bonds_keep_forecasts_e3_equivariant(bonded_model, three_windows, reflect):
-    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
-    if reflect:
-        q[:, 0] = -q[:, 0]
-    shift = torch.tensor([2.0, -5.0, 9.0], dtype=torch.float64)
-    moved = [{**w, "history": w["history"] @ q.T + shift} for w in three_windows]
+    move, moved = rigidly_moved(three_windows, reflect)
     with torch.no_grad():
-        expected, got = generated(bonded_model, three_windows) @ q.T + shift, generated(bonded_model, moved)
+        expected, got = move(generated(bonded_model, three_windows)), generated(bonded_model, moved)
     for i, window in enumerate(three_windows):
         n = len(window["z"])
         torch.testing.assert_close(got[i, :, :n], expected[i, :, :n], atol=1e-6, rtol=0)
