@@ -2,6 +2,7 @@
 export`, fine-tuning from weights only, `asteroid.load("pretrained")` on molecules it never saw, and a rollout from
 one structure."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from ase.io import read
 import asteroid
 from asteroid.checkpoints import DATA_KEY, PRETRAINED_FILE, PROVENANCE_KEY, read_checkpoint
 from asteroid.cli import main
+from asteroid.data.dataset import collate_windows
 from asteroid.errors import AsteroidError
+from asteroid.studies.speed import load_net
 
-from helpers import tiny_args
+from helpers import ETHANOL_Z, tiny_args, write_toy_trajectory
 
 ROOT = Path(__file__).resolve().parents[2]
 STRUCTURES = ROOT / "src" / "asteroid" / "structures"
@@ -190,3 +193,32 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     exec(compile(block.replace("2000", "24"), "README.md", "exec"), namespace)  # 24 frames: the same code, quicker
     future, frames = namespace["future"], namespace["frames"]
     assert future.positions.shape == (24, 9, 3) and len(frames) == 24 and frames[0].info["time_fs"] == 5.0
+
+
+def test_pretraining_validation_scores_a_padded_batch_as_its_windows_one_by_one(tmp_path, monkeypatch):
+    """benchmarks/pretraining_validation.py, which chose the shipped model's width: over two molecules of different
+    sizes its MSE is that of each window forecast alone (padding neither scored nor moving a forecast)."""
+    monkeypatch.chdir(tmp_path)
+    write_toy_trajectory(tmp_path / "small.npz", z=ETHANOL_Z[:5], seed=1)
+    sources = json.dumps([{"path": str(tmp_path / "toy.npz")}, {"path": str(tmp_path / "small.npz")}])
+    args = tiny_args(tmp_path, "two", **{"--model.transferable_bonds": "true", "--data.sources": sources})
+    assert main(["fit", *args, "--test_after_fit", "false"]) == 0
+    checkpoint = str(tmp_path / "runs/two/version_0/checkpoints/last.ckpt")
+    spec = importlib.util.spec_from_file_location("validation", ROOT / "benchmarks" / "pretraining_validation.py")
+    validation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(validation)
+    mse, count = validation.validation_mse(checkpoint)
+
+    net, datamodule, _ = load_net(None, checkpoint, torch.device("cpu"))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    windows = [datamodule.datasets["val"][i] for i in range(0, len(datamodule.datasets["val"]), validation.EVERY)]
+    assert count == len(windows) and {len(w["z"]) for w in windows} == {5, 9}
+    squared = components = 0.0
+    with torch.no_grad():
+        for window in windows:
+            alone = collate_windows([window])
+            forecast = net.generate(alone["history"], alone["z"], alone["mask"])
+            squared += float((forecast - alone["target"]).square().sum())
+            components += forecast.numel()
+    assert mse == pytest.approx(squared / components, rel=1e-5)
