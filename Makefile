@@ -42,9 +42,10 @@ train: install ## Train, test and report an experiment: make train EXP=ethanol A
 
 # Resumable: a second `make pretrain` goes on from the run's last checkpoint (its data too: each molecule's MD resumes).
 PRETRAINED_RUN := $(wildcard runs/pretrained/version_*/checkpoints/last.ckpt)
-pretrain: install ## Remake the shipped pretrained model: data of 83 molecules (GFN2-xTB, ~100 CPU-min), 24,000 steps (~75 CPU-min), export
+pretrain: install ## Remake the shipped pretrained model: data of 83 molecules (GFN2-xTB, ~95 CPU-min), 24,000 steps (~80 CPU-min), export
 	OMP_NUM_THREADS=1 $(BIN)/asteroid fit --config experiments/pretrain.yaml $(if $(PRETRAINED_RUN),--ckpt_path last) $(ARGS)
-	$(BIN)/asteroid export --ckpt_path last --name pretrained --command "make pretrain" \
+	$(BIN)/asteroid export --ckpt_path last --name pretrained \
+		--command "make pretrain (asteroid fit --config experiments/pretrain.yaml)" \
 		--out src/asteroid/weights/asteroid-pretrained.ckpt
 
 transfer-table: install ## Held-out molecules: zero-shot, fine-tuned and own-model test MSE (docs/results/transfer.csv)

@@ -12,15 +12,16 @@ import sys
 
 import torch
 
+from asteroid.api.forecaster import load_with_data
 from asteroid.data.dataset import collate_windows
-from asteroid.studies.speed import load_net
 
 EVERY, BATCH = 8, 64
 
 
 def validation_mse(ckpt_path: str) -> tuple[float, int]:
     """Mean squared error (A^2, over atoms, components and horizon steps) and the number of windows."""
-    net, datamodule, _ = load_net(None, ckpt_path, torch.device("cpu"))
+    forecaster, datamodule = load_with_data(ckpt_path)
+    net = forecaster.net
     datamodule.prepare_data()
     datamodule.setup("fit")
     windows = datamodule.datasets["val"]

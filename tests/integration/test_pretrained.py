@@ -15,11 +15,11 @@ from ase import Atoms
 from ase.io import read
 
 import asteroid
+from asteroid.api.forecaster import load_with_data
 from asteroid.checkpoints import DATA_KEY, PRETRAINED_FILE, PROVENANCE_KEY, read_checkpoint
 from asteroid.cli import main
 from asteroid.data.dataset import collate_windows
 from asteroid.errors import AsteroidError
-from asteroid.studies.speed import load_net
 
 from helpers import ETHANOL_Z, tiny_args, write_toy_trajectory
 
@@ -209,7 +209,8 @@ def test_pretraining_validation_scores_a_padded_batch_as_its_windows_one_by_one(
     spec.loader.exec_module(validation)
     mse, count = validation.validation_mse(checkpoint)
 
-    net, datamodule, _ = load_net(None, checkpoint, torch.device("cpu"))
+    forecaster, datamodule = load_with_data(checkpoint)
+    net = forecaster.net
     datamodule.prepare_data()
     datamodule.setup("fit")
     windows = [datamodule.datasets["val"][i] for i in range(0, len(datamodule.datasets["val"]), validation.EVERY)]
