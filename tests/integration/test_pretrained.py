@@ -197,7 +197,8 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
 
 def test_pretraining_validation_scores_a_padded_batch_as_its_windows_one_by_one(tmp_path, monkeypatch):
     """benchmarks/pretraining_validation.py, which chose the shipped model's width: over two molecules of different
-    sizes its MSE is that of each window forecast alone (padding neither scored nor moving a forecast)."""
+    sizes its MSE is that of each window forecast alone (padding neither scored nor moving a forecast), and one
+    molecule's share (how runs trained on different molecules are compared) is that of its windows alone."""
     monkeypatch.chdir(tmp_path)
     write_toy_trajectory(tmp_path / "small.npz", z=ETHANOL_Z[:5], seed=1)
     sources = json.dumps([{"path": str(tmp_path / "toy.npz")}, {"path": str(tmp_path / "small.npz")}])
@@ -207,7 +208,8 @@ def test_pretraining_validation_scores_a_padded_batch_as_its_windows_one_by_one(
     spec = importlib.util.spec_from_file_location("validation", ROOT / "benchmarks" / "pretraining_validation.py")
     validation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(validation)
-    mse, count = validation.validation_mse(checkpoint)
+    errors = validation.validation_errors(checkpoint)
+    mse, count = validation.pooled(errors)
 
     forecaster, datamodule = load_with_data(checkpoint)
     net = forecaster.net
@@ -223,3 +225,10 @@ def test_pretraining_validation_scores_a_padded_batch_as_its_windows_one_by_one(
             squared += float((forecast - alone["target"]).square().sum())
             components += forecast.numel()
     assert mse == pytest.approx(squared / components, rel=1e-5)
+    alone, small_count = validation.pooled(errors, ["small"])  # one molecule's share: its windows alone
+    small = [w for w in windows if len(w["z"]) == 5]
+    assert small_count == len(small) and validation.pooled(errors, ["toy", "small"]) == (mse, count)
+    with torch.no_grad():
+        batch = collate_windows(small)
+        forecast = net.generate(batch["history"], batch["z"], batch["mask"])
+    assert alone == pytest.approx(float((forecast - batch["target"]).square().mean()), rel=1e-5)

@@ -20,7 +20,7 @@ from asteroid.models.bonded import (
     plausible_geometry,
 )
 from asteroid.models.noise import GaussMarkovNoise, factor_nll, lower_triangular, step_energy, thermostat
-from asteroid.models.rollout import remove_rigid_motion, rollout
+from asteroid.models.rollout import compile_proposals, remove_rigid_motion, rollout
 from asteroid.training.augment import random_rotations, rotate
 
 from helpers import ETHANOL_MINIMUM as ETHANOL
@@ -401,6 +401,29 @@ def test_a_thermostatted_rollout_is_projected_last_and_settles_near_the_training
     assert geometry.violation(frames).mean() < 5 * RANGE_TOLERANCE and geometry.violation(frames).max() < 0.1
     settled = step_energy(frames[:, 300:], mass).mean()
     assert abs(settled / target - 1) < 0.1, (settled, target)
+
+
+def test_compiled_proposals_roll_out_the_eager_frames_and_refuse_another_molecule(geometry):
+    """`compile_proposals` (asteroid rollout --compile): the same draws from the same generator, the same frames up
+    to float rounding, and the same frames twice; and another molecule than the bond table's is still refused (a
+    compiled network checks nothing: `rollout` checks before its first forecast)."""
+    net = still_net_with_noise()
+    net.bonded = geometry
+    history = torch.as_tensor(vibrating(30, seed=1)[::10], dtype=torch.float32)[None].repeat(2, 1, 1, 1)
+    z, mask = Z.expand(2, 9), torch.ones(2, 9, dtype=torch.bool)
+
+    def frames():
+        return rollout(net, history, z, mask, 6, generator=torch.Generator().manual_seed(5))
+
+    eager = frames()
+    compile_proposals(net)
+    compiled = frames()
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+    torch.testing.assert_close(frames(), compiled, atol=0, rtol=0)
+    other = z.clone()
+    other[:, 0] = 7
+    with pytest.raises(ConfigError, match="the constraints were fitted on"):
+        rollout(net, history, other, mask, 4)
 
 
 def test_plausible_ranges_move_only_what_leaves_them():

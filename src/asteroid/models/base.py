@@ -82,7 +82,7 @@ class ForecastModel(nn.Module):
             raise ValueError(f"model expects {self.history} history frames, got {H}")
         if target is not None and target.shape != (B, self.horizon, N, 3):
             raise ValueError(f"target must have shape {(B, self.horizon, N, 3)}, got {tuple(target.shape)}")
-        # not while compiling: reading a value out is a graph break (a compiled rollout checks z before it starts)
+        # not while compiling: reading a value out is a graph break (`rollout` checks z before its first forecast)
         if max_z is not None and not torch.compiler.is_compiling() and int(z.max()) > max_z:
             raise DataError(f"model: atomic number {int(z.max())} exceeds max_z={max_z}")
 

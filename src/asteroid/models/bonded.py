@@ -405,8 +405,13 @@ class BondedGeometry(BondProjection):
         self.length_std = lengths[:, :bonds].std(0).float().clamp_min(1e-4)
 
     def check(self, z: Tensor) -> None:
-        """Refuse frames of another molecule than the one the geometry was fitted on; z (B, N)."""
-        if self.fitted and (z.shape[-1] != len(self.z) or not (z == self.z.to(z.device)).all()):
+        """Refuse frames of another molecule than the one the geometry was fitted on; z (B, N). Not while compiling
+        (reading a value out is a graph break): `rollout` checks before its first forecast."""
+        if (
+            self.fitted
+            and not torch.compiler.is_compiling()
+            and (z.shape[-1] != len(self.z) or not (z == self.z.to(z.device)).all())
+        ):
             raise ConfigError(
                 f"model.bond_constraints: the constraints were fitted on z = {self.z.tolist()}, but "
                 f"the frames hold z = {z[0].tolist()}; bond constraints need one molecule"
