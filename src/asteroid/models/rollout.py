@@ -84,8 +84,8 @@ def compile_proposals(net: ForecastModel) -> None:
     """Replace `net.propose` (the network, its draws and its bond lengths: what `rollout` calls it for) by one
     compiled for fixed shapes (inductor, with its C++ wrapper: the Python wrapper's per-kernel calls cost as much as
     the kernels at batch 1). It compiles on its first call (about a minute per batch shape, and again for another)
-    and gives the same forecasts up to float rounding (ethanol, one CPU thread: the network with its draws 1.25
-    against 2.97 ms a forecast at batch 1, 69 against 88 at 256; docs/results/benchmark.md). The constraint step
+    and gives the same forecasts up to float rounding (ethanol, one CPU thread: the network with its draws 1.17
+    against 3.78 ms a forecast at batch 1, 75 against 102 at 256; docs/results/benchmark.md). The constraint step
     stays eager: its Newton iterations stop when each frame has converged, which a fixed graph cannot."""
     net.propose = torch.compile(net.propose, dynamic=False, options={"cpp_wrapper": True})
 
