@@ -53,11 +53,6 @@ def pooled(errors: dict[str, list[float]], molecules=None) -> tuple[float, int]:
     return sum(e[0] for e in chosen) / sum(e[1] for e in chosen), sum(e[2] for e in chosen)
 
 
-def validation_mse(ckpt_path: str) -> tuple[float, int]:
-    """Mean squared error (A^2) over every molecule of the checkpoint, and the number of windows."""
-    return pooled(validation_errors(ckpt_path))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+")
