@@ -2,6 +2,7 @@
 on a tiny model."""
 
 import json
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from ase.build import molecule
 
+import asteroid.commands.benchmark as benchmark_command
 from asteroid.cli import main as cli_main
 from asteroid.commands.benchmark import main
 from asteroid.data.datamodule import TrajectoryDataModule
@@ -221,3 +223,27 @@ def test_bad_invocations_are_one_line_errors(tmp_path, capsys):
         main(["--molecules", "ethanol", "--water", "8"])
     assert cli_main(["benchmark", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml: config file not found" in capsys.readouterr().err
+
+
+def test_a_trained_model_is_timed_from_the_test_windows_its_row_reports(monkeypatch):
+    """The row says where the rollout started: from the checkpoint's test windows it must have started there (it
+    had started from ballistic histories while saying "test windows"), compiled when asked, at batch 1 and B."""
+    calls = []
+
+    def model_time(net, atoms, trajectories, forecasts, frame_fs, device, repeats, clock, starts, compiled):
+        calls.append((trajectories, starts, compiled))
+        return 1.0, {"network": 1.0, "rest": 0.0}
+
+    monkeypatch.setattr(benchmark_command, "model_seconds_per_ps", model_time)
+    monkeypatch.setattr(benchmark_command, "md_seconds_per_ps", lambda *args: 10.0)
+    starts = np.zeros((3, 3, 9, 3))
+    args = Namespace(forecasts=1, batch=3, repeats=1, md_steps=1, md_warmup=0, threads=1, clock="cpu", compile=True)
+    net = Asteroid(3, 2, hidden=16, heads=2, spatial_layers=1).eval()
+    row = benchmark_command.benchmark_case(
+        "ethanol", molecule("CH3CH2OH"), net, 4, 0.5, "trained.ckpt", args, torch.device("cpu"), None, starts
+    )
+    assert row["starts"] == "test windows" and row["compiled"] is True
+    assert [(batch, given is starts, compiled) for batch, given, compiled in calls] == [
+        (1, True, True),
+        (3, True, True),
+    ]

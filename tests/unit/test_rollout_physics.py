@@ -8,6 +8,7 @@ import pytest
 import torch
 from ase.data import atomic_masses
 
+import asteroid.models.bonded as bonded_module
 from asteroid.errors import ConfigError
 from asteroid.fileio import scratch_array
 from asteroid.models import LastFrame
@@ -20,7 +21,7 @@ from asteroid.models.bonded import (
     plausible_geometry,
 )
 from asteroid.models.noise import GaussMarkovNoise, factor_nll, lower_triangular, step_energy, thermostat
-from asteroid.models.rollout import compile_proposals, remove_rigid_motion, rollout
+from asteroid.models.rollout import remove_rigid_motion, rollout
 from asteroid.training.augment import random_rotations, rotate
 
 from helpers import ETHANOL_MINIMUM as ETHANOL
@@ -145,6 +146,49 @@ def test_the_newton_solve_converges_in_a_few_iterations_and_agrees_with_the_jaco
     assert (projected - relaxed).norm(dim=-1).mean() < 0.1 * moved
     error = {name: (result - true).norm(dim=-1).mean() for name, result in [("newton", projected), ("jacobi", relaxed)]}
     assert error["newton"] < (frames - true).norm(dim=-1).mean() and error["newton"] < 1.05 * error["jacobi"], error
+
+
+@torch.no_grad()
+def test_the_fixed_newton_rounds_reach_the_constraints_where_the_alternation_does(monkeypatch):
+    """`settle` (the fixed semi-smooth Newton rounds over bonds and 1-3 pairs, compiled into a rollout's step): on
+    forecast-sized errors it alone leaves nearly every frame within tolerance, equivariantly and frame by frame, and
+    the projection with it ends where the alternation alone ends (up to a small fraction of how far they moved)."""
+    bonded = BondedGeometry(history=3, horizon=8)
+    bonded.fit(Z, torch.as_tensor(vibrating(2000)))
+    torch.manual_seed(0)
+    true = torch.as_tensor(vibrating(64, seed=3), dtype=torch.float32).reshape(8, 8, 9, 3)  # 8 forecasts of 8 frames
+    frames = true + 0.03 * torch.randn_like(true)
+    lengths = bonded.distances(true)[..., : bonded.n_bonds]
+    lower, upper = bonded._targets(frames, lengths)
+    assert (bonded._outside(frames, lower, upper) > RANGE_TOLERANCE).float().mean() > 0.2  # ranges are at stake
+    settled, off = bonded.settle(frames, lengths)  # (B, P, N, 3), (B, P)
+    within = ((bonded.distances(settled)[..., : bonded.n_bonds] - lengths).abs().amax(-1) <= bonded.tolerance) & (
+        bonded._outside(settled, lower, upper) <= RANGE_TOLERANCE
+    )
+    assert within[~off].all() and (~off).float().mean() >= 0.95, (~off).float().mean()
+    one_by_one = torch.cat([bonded.settle(frames[i : i + 1], lengths[i : i + 1])[0] for i in range(len(frames))])
+    torch.testing.assert_close(one_by_one, settled, atol=1e-6, rtol=0)
+    rotation, shift = random_rotations(1), torch.tensor([3.0, -1.0, 2.0])
+    torch.testing.assert_close(
+        bonded.settle(rotate(frames, rotation) + shift, lengths)[0],
+        rotate(settled, rotation) + shift,
+        atol=1e-4,
+        rtol=0,
+    )
+
+    projected = bonded(frames, lengths, (settled, off))
+    assert_projected(bonded, projected, lengths)
+    monkeypatch.setattr(bonded_module, "SETTLE_MAX_WORK", 0)  # the alternation alone, as before the fixed rounds
+    alternated = bonded(frames, lengths)
+    assert_projected(bonded, alternated, lengths)
+    apart = (projected - alternated).norm(dim=-1).amax(-1)  # (B, P) largest atom
+    moved = (alternated - frames).norm(dim=-1).amax(-1)
+    assert apart.median() < 0.02 * moved.median() and (apart < 0.2 * moved).all(), (apart.max(), moved.median())
+    # and no further from the forecast (mass-weighted), as a projection should be
+    cost = {
+        name: ((x - frames).norm(dim=-1) ** 2 * MASS).sum() for name, x in [("settle", projected), ("alt", alternated)]
+    }
+    assert cost["settle"] <= 1.01 * cost["alt"], cost
 
 
 @torch.no_grad()
@@ -403,23 +447,22 @@ def test_a_thermostatted_rollout_is_projected_last_and_settles_near_the_training
     assert abs(settled / target - 1) < 0.1, (settled, target)
 
 
-def test_compiled_proposals_roll_out_the_eager_frames_and_refuse_another_molecule(geometry):
-    """`compile_proposals` (asteroid rollout --compile): the same draws from the same generator, the same frames up
-    to float rounding, and the same frames twice; and another molecule than the bond table's is still refused (a
-    compiled network checks nothing: `rollout` checks before its first forecast)."""
+def test_a_compiled_rollout_gives_the_eager_frames_and_refuses_another_molecule(geometry):
+    """`rollout(..., compiled=True)` (asteroid rollout --compile): the same draws from the same generator, the same
+    frames up to float rounding, and the same frames twice; and another molecule than the bond table's is still
+    refused (a compiled step checks nothing: `rollout` checks before its first forecast)."""
     net = still_net_with_noise()
     net.bonded = geometry
     history = torch.as_tensor(vibrating(30, seed=1)[::10], dtype=torch.float32)[None].repeat(2, 1, 1, 1)
     z, mask = Z.expand(2, 9), torch.ones(2, 9, dtype=torch.bool)
 
-    def frames():
-        return rollout(net, history, z, mask, 6, generator=torch.Generator().manual_seed(5))
+    def frames(compiled):
+        return rollout(net, history, z, mask, 6, generator=torch.Generator().manual_seed(5), compiled=compiled)
 
-    eager = frames()
-    compile_proposals(net)
-    compiled = frames()
+    eager = frames(False)
+    compiled = frames(True)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
-    torch.testing.assert_close(frames(), compiled, atol=0, rtol=0)
+    torch.testing.assert_close(frames(True), compiled, atol=0, rtol=0)
     other = z.clone()
     other[:, 0] = 7
     with pytest.raises(ConfigError, match="the constraints were fitted on"):

@@ -24,7 +24,7 @@ from asteroid.arguments import CommandParser, positive
 from asteroid.data.windows import rollout_spacing
 from asteroid.errors import ConfigError
 from asteroid.fileio import atomic_output, not_an_input, writable_output
-from asteroid.models.rollout import compile_proposals, default_thermostat
+from asteroid.models.rollout import default_thermostat
 from asteroid.simulation.xtb import read_structure
 from asteroid.studies.speed import (
     CLOCKS,
@@ -65,10 +65,10 @@ def benchmark_case(
     md = md_seconds_per_ps(atoms, args.md_steps, args.md_warmup, args.repeats, args.threads, args.clock)
     print(f"{name}: timing the model's rollout at batch 1, then {args.batch}", file=sys.stderr, flush=True)
     single, single_split = model_seconds_per_ps(
-        net, atoms, 1, args.forecasts, frame_fs, device, args.repeats, args.clock
+        net, atoms, 1, args.forecasts, frame_fs, device, args.repeats, args.clock, starts, args.compile
     )
     batched, batched_split = model_seconds_per_ps(
-        net, atoms, args.batch, args.forecasts, frame_fs, device, args.repeats, args.clock
+        net, atoms, args.batch, args.forecasts, frame_fs, device, args.repeats, args.clock, starts, args.compile
     )
     flops = forecast_flops(net, atoms, device)
     flops_per_ps = flops * 1000.0 / (net.horizon * frame_fs)
@@ -219,8 +219,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="compile the network and its draws first, as asteroid rollout --compile does (minutes, not timed; "
-        "the same forecasts up to float rounding)",
+        help="compile each forecast up to the projection's fixed rounds, as asteroid rollout --compile does (a "
+        "minute per batch shape, in the untimed warm-up; the same forecasts up to float rounding)",
     )
     parser.add_argument("--json", type=Path, help="write the results here: a list of one object per molecule")
     args = parser.parse_args(argv)
@@ -258,8 +258,6 @@ def main(argv: list[str]) -> int:
     )
     for index, (config, ckpt_path) in enumerate(configs):
         net, datamodule, ckpt_path = load_net(config, ckpt_path, device, args.name if index == 0 else None)
-        if args.compile:  # compiled by the untimed warm-up forecast of each batch size
-            compile_proposals(net)
         name, atoms, data_fs = config_molecule(datamodule)
         if datamodule.heavy_atoms:
             raise ConfigError(f"{config}: a heavy-atom model has no MD of its own atoms to compare with")

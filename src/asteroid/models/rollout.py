@@ -12,7 +12,7 @@ from torch import Tensor
 
 from asteroid.errors import ConfigError, DivergedError
 from asteroid.models.base import ForecastModel
-from asteroid.models.bonded import plausible_geometry
+from asteroid.models.bonded import BondProjection, plausible_geometry
 from asteroid.models.noise import step_energy, thermostat
 
 # Forecasts over which a sampled rollout relaxes to the training temperature (32 frames, 160 fs at the shipped
@@ -25,8 +25,10 @@ SET_POINT_RANGE = (0.5, 2.0)
 # Relative damping of the inertia tensor in `remove_rigid_motion`.
 RIGID_DAMPING = 1e-6
 # The parts of one rollout forecast that `rollout(..., timings=)` times: the network with its draws and bond lengths,
-# the removal of rigid motion, the thermostat, the projection onto the bonded geometry.
-PARTS = ("network", "rigid_motion", "thermostat", "projection")
+# the removal of rigid motion, the thermostat, the projection onto the bonded geometry (its fixed rounds, its check
+# and the alternation for the frames they leave off); compiled, all but the check and the alternation are one call,
+# timed as "compiled".
+PARTS = ("network", "rigid_motion", "thermostat", "projection", "compiled")
 
 
 @contextmanager
@@ -75,19 +77,50 @@ def remove_rigid_motion(previous: Tensor, frames: Tensor, mass: Tensor) -> Tenso
     # Damped, because a linear molecule's inertia is singular along its axis (where its momentum is zero, so the
     # damping changes nothing else); a solve, because a pseudo-inverse's SVD cost 35x as much (7 ms a batched forecast).
     damping = RIGID_DAMPING * inertia.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None] * eye
-    spin = torch.linalg.solve(inertia + damping, momentum)  # (B, P, 3)
+    spin = torch.linalg.solve_ex(inertia + damping, momentum)[0]  # (B, P, 3); NaN frames: NaN, refused after
     steps = steps - torch.linalg.cross(spin[:, :, None].expand_as(arm), arm)
     return torch.where(real, before[:, :1] + steps.cumsum(dim=1), original)
 
 
-def compile_proposals(net: ForecastModel) -> None:
-    """Replace `net.propose` (the network, its draws and its bond lengths: what `rollout` calls it for) by one
-    compiled for fixed shapes (inductor, with its C++ wrapper: the Python wrapper's per-kernel calls cost as much as
-    the kernels at batch 1). It compiles on its first call (about a minute per batch shape, and again for another)
-    and gives the same forecasts up to float rounding (ethanol, one CPU thread: the network with its draws 1.17
-    against 3.78 ms a forecast at batch 1, 75 against 102 at 256; docs/results/benchmark.md). The constraint step
-    stays eager: its Newton iterations stop when each frame has converged, which a fixed graph cannot."""
-    net.propose = torch.compile(net.propose, dynamic=False, options={"cpp_wrapper": True})
+def forecast_step(
+    net: ForecastModel,
+    history: Tensor,
+    z: Tensor,
+    mask: Tensor,
+    box: Tensor | None,
+    sample: bool,
+    generator: torch.Generator | None,
+    geometry: BondProjection | None,
+    mass: Tensor,
+    strip: bool,
+    temperature: Tensor | None,
+    coupling: float | None,
+    timings: dict | None = None,
+) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
+    """One forecast of `rollout` up to its projection's fixed rounds: (B, P, N, 3) frames proposed after history
+    (B, H, N, 3) (`ForecastModel.propose`), stripped of rigid motion (strip), rescaled toward the step energy
+    `temperature` (B,) (coupling in forecasts, None: off); their bond lengths (B, P, E) or None; and
+    `geometry.settle` of them (the net's bond table, or a transferable model's `plausible_geometry`; None without
+    one). Tensors in, tensors out, no value read back: `rollout(..., compiled=True)` runs it as one compiled call
+    (COMPILED_STEP)."""
+    previous = history[:, -1]  # (B, N, 3)
+    with timed(timings, "network"):
+        pred, lengths = net.propose(history, z, mask, box, sample, generator, geometry)  # (B, P, N, 3), (B, P, E)
+    with timed(timings, "rigid_motion"):
+        if strip:
+            pred = remove_rigid_motion(previous, pred, mass)
+    with timed(timings, "thermostat"):
+        if coupling is not None:
+            pred = thermostat(previous, pred, mass, temperature, coupling)
+    with timed(timings, "projection"):
+        settled = None if geometry is None else geometry.settle(pred, lengths)
+    return pred, lengths, settled
+
+
+# `forecast_step` compiled for fixed shapes (inductor, with its C++ wrapper: at batch 1 the Python wrapper's
+# per-kernel calls cost as much as the kernels), compiled anew for each net and batch shape on its first call (about
+# a minute): the same frames up to float rounding (docs/results/benchmark.md).
+COMPILED_STEP = torch.compile(forecast_step, dynamic=False, options={"cpp_wrapper": True})
 
 
 def check_finite(pred: Tensor, mask: Tensor, start: int) -> None:
@@ -115,6 +148,7 @@ def rollout(
     thermostat_state: dict | None = None,
     molecule_from_history: bool = False,
     into: np.ndarray | None = None,
+    compiled: bool = False,
 ) -> Tensor | np.ndarray:
     """`n_frames` frames after `history`, each forecast of P frames becoming part of the next history.
 
@@ -139,7 +173,9 @@ def rollout(
     starting history what it cannot know: the bonds and ranges of `plausible_geometry` (when it has no bond table;
     the bonds at the lengths its transferable head predicts, when it has one) and the
     thermostat's target, the history's own step energy (the pretraining molecules' mean was 8% above ethanol's and
-    15% below aspirin's).
+    15% below aspirin's). compiled: run each forecast up to the projection's fixed rounds (`forecast_step`) as one
+    call compiled for the batch's shapes (about a minute on the first forecast; ethanol at batch 1 then pays it back
+    after about 17,000 forecasts, docs/results/benchmark.md); the same frames up to float rounding.
     """
     net.check_inputs(history, z, max_z=getattr(net, "max_z", None))  # a compiled network checks nothing
     if net.bonded is not None:
@@ -157,25 +193,23 @@ def rollout(
     if molecule_from_history and "guard" not in state:  # from the first history only, never from the rollout's own
         state["guard"] = plausible_geometry(z[0], history) if net.bonded is None else None
         state["target"] = step_energy(history, mass).mean()
-    guard = state.get("guard")
     target = state.get("target", net.noise.step_energy if net.noise is not None else None)
     set_point = state.get("set_point", history.new_ones(B))  # the thermostat's integral term, per trajectory
+    # what the forecasts are projected onto: the net's bond table, else the guard taken from the history, if any
+    geometry = net.bonded if net.bonded is not None and net.bonded.fitted else state.get("guard")
     for start in range(0, n_frames, P):
         previous = history[:, -1]  # (B, N, 3)
-        with timed(timings, "network"):
-            pred, lengths = net.propose(history, z, mask, box, sample, generator, guard)  # (B, P, N, 3), (B, P, E)
-        check_finite(pred, mask, start)  # before the steps below, which would fail on it less plainly
-        with timed(timings, "rigid_motion"):
-            if strip:
-                pred = remove_rigid_motion(previous, pred, mass)
-        with timed(timings, "thermostat"):
-            if thermostat_coupling is not None:
-                pred = thermostat(previous, pred, mass, target * set_point, thermostat_coupling)
+        temperature = None if thermostat_coupling is None else target * set_point
+        step = (history, z, mask, box, sample, generator, geometry, mass, strip, temperature, thermostat_coupling)
+        if compiled:
+            with timed(timings, "compiled"):
+                pred, lengths, settled = COMPILED_STEP(net, *step)
+        else:
+            pred, lengths, settled = forecast_step(net, *step, timings)
+        check_finite(pred, mask, start)  # before the projection, which would fail on it less plainly
         with timed(timings, "projection"):
-            if guard is not None:  # a transferable model's: the history's bonds, at lengths when it predicts them
-                pred = guard(pred, lengths)
-            elif lengths is not None:
-                pred = net.bonded(pred, lengths)
+            if geometry is not None:
+                pred = geometry(pred, lengths, settled)
         check_finite(pred, mask, start)
         if thermostat_coupling is not None:
             measured = step_energy(torch.cat([previous[:, None], pred], dim=1), mass).clamp_min(1e-12)  # (B,)
@@ -183,8 +217,9 @@ def rollout(
             state["set_point"] = set_point
         kept = pred[:, : n_frames - start]  # the last forecast may be cut short
         frames[:, start : start + P] = kept if into is None else kept.cpu().numpy()
-        # contiguous: a compiled network then sees the same strides every forecast, so it is compiled once
-        history = torch.cat([history, pred], dim=1)[:, -net.history :].contiguous()  # (B, H, N, 3)
+        # a fresh copy: a compiled step then sees the same strides every forecast (with B = 1 too, whose `contiguous`
+        # keeps the concatenation's batch stride), so it is compiled once
+        history = torch.cat([history, pred], dim=1)[:, -net.history :].clone(memory_format=torch.contiguous_format)
         if progress is not None:
             progress(kept.shape[1])
     return frames

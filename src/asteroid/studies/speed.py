@@ -110,16 +110,18 @@ def model_seconds_per_ps(
     repeats: int,
     clock: str,
     starts: np.ndarray | None = None,
+    compiled: bool = False,
 ) -> tuple[float, dict]:
     """Seconds per simulated picosecond of one trajectory, rolling out `trajectories` at once, and the milliseconds
-    of one forecast (of all trajectories) that each of its parts takes (`models.rollout.PARTS`, and the rest).
+    of one forecast (of all trajectories) that each of its parts takes (`models.rollout.PARTS` that ran, and the rest).
 
     One untimed forecast warms up; then `repeats` rollouts of `forecasts` whole forecasts each are timed, with the
     settings `asteroid rollout` uses by default, and one more with its parts timed (`rollout(..., timings=)`) for the
     split. `frame_fs` is the time between predicted frames (spacing x data frame time).
     starts (S, H, N, 3): real histories (a trained model's test windows), repeated to `trajectories`; without them,
     ballistic ones. A trained model's constraint step costs what its forecasts' distance from the constraints
-    costs, and a straight-line history is further from anything it was trained on.
+    costs, and a straight-line history is further from anything it was trained on. compiled: as `asteroid rollout
+    --compile` (compiled in the warm-up).
     """
     if starts is None:
         starts = ballistic_history(atoms, trajectories, net.history, frame_fs)
@@ -132,7 +134,7 @@ def model_seconds_per_ps(
     coupling = default_thermostat(net)
 
     def run(n_frames: int, timings: dict | None = None) -> None:
-        rollout(net, history, z, mask, n_frames, thermostat_coupling=coupling, timings=timings)
+        rollout(net, history, z, mask, n_frames, thermostat_coupling=coupling, timings=timings, compiled=compiled)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
@@ -140,7 +142,7 @@ def model_seconds_per_ps(
     seconds = seconds_per_ps(measure(clock, lambda: run(frames), repeats), frames, frame_fs, trajectories)
     timings: dict = {}
     whole = measure("cpu", lambda: run(frames, timings), 1)  # the parts on the CPU clock, beside their total
-    split = {part: timings.get(part, 0.0) * 1e3 / forecasts for part in PARTS}  # ms per forecast
+    split = {part: timings[part] * 1e3 / forecasts for part in PARTS if part in timings}  # ms per forecast
     split["rest"] = max(0.0, whole * 1e3 / forecasts - sum(split.values()))
     return seconds, split
 
