@@ -461,7 +461,8 @@ def test_a_compiled_rollout_gives_the_eager_frames_and_refuses_another_molecule(
 
     eager = frames(False)
     compiled = frames(True)
-    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+    # float rounding, through the fixed Newton rounds: far below the bond tolerance (1e-4 A)
+    torch.testing.assert_close(compiled, eager, atol=5e-5, rtol=0)
     torch.testing.assert_close(frames(True), compiled, atol=0, rtol=0)
     other = z.clone()
     other[:, 0] = 7

@@ -210,7 +210,7 @@ def main(argv: list[str]) -> int:
         "--compile",
         action="store_true",
         help="torch.compile each forecast up to the projection's check (about a minute first; ethanol on one CPU "
-        "thread: 1.8 against 5.2 ms a forecast at --batch 1, so it pays after about 17,000 forecasts; needs a C++ "
+        "thread: 1.6 against 7.0 ms a forecast at --batch 1, so it pays after about 12,000 forecasts; needs a C++ "
         "compiler)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -48,10 +48,11 @@ STEP_LIMIT = 2.0
 RELAXATION, RANGE_ROUNDS, ALTERNATIONS, RANGE_TOLERANCE = 1.5, 4, 25, 1e-3
 # `BondProjection._settle`: its Newton iterations, and the weight of a 1-3 pair's push (its multiplier, in units of
 # the distance it moves the pair) against the pair's distance from its bound in deciding whether it stays in the
-# system. On 300 forecasts of a batch-1 rollout each of the shipped ethanol and aspirin models, 4 / 6 / 8 iterations
-# left 0.7 / 0.4 / 0.4% of ethanol's frames outside tolerance with weight 1, and 6 iterations 0.0% (ethanol) and
-# 0.1% (aspirin) with 0.1; with 10, 8% and 21% (a pair held too long over-constrains a ring).
-SETTLE_ITERATIONS, RELEASE_WEIGHT = 6, 0.1
+# system. On 300 forecasts of a batch-1 rollout each of the shipped ethanol and aspirin models, with weight 0.1, 3 / 4
+# / 6 iterations left 0.3 / 0.0 / 0.0% of ethanol's frames outside tolerance and 5.7 / 0.8 / 0.1% of aspirin's, and 4
+# made the faster compiled rollout of both (the frames left go through the alternation); with weight 1, 6
+# iterations left 0.4% and 5.6%, with 10, 8% and 21% (a pair held too long over-constrains a ring).
+SETTLE_ITERATIONS, RELEASE_WEIGHT = 4, 0.1
 # `_settle` runs where its LU over all K pairs costs at most this much (frames x K^3); elsewhere the alternation,
 # which solves the E bonds alone in most frames, is the cheaper. Milliseconds a whole forecast, rollouts compiled,
 # one thread, settle first against the alternation alone (ethanol K = 21, aspirin 53): ethanol 8 frames 1.8 against

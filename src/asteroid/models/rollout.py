@@ -175,7 +175,7 @@ def rollout(
     thermostat's target, the history's own step energy (the pretraining molecules' mean was 8% above ethanol's and
     15% below aspirin's). compiled: run each forecast up to the projection's fixed rounds (`forecast_step`) as one
     call compiled for the batch's shapes (about a minute on the first forecast; ethanol at batch 1 then pays it back
-    after about 17,000 forecasts, docs/results/benchmark.md); the same frames up to float rounding.
+    after about 12,000 forecasts, docs/results/benchmark.md); the same frames up to float rounding.
     """
     net.check_inputs(history, z, max_z=getattr(net, "max_z", None))  # a compiled network checks nothing
     if net.bonded is not None:
