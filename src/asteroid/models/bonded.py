@@ -53,10 +53,10 @@ RELAXATION, RANGE_ROUNDS, ALTERNATIONS, RANGE_TOLERANCE = 1.5, 4, 25, 1e-3
 # made the faster compiled rollout of both (the frames left go through the alternation); with weight 1, 6
 # iterations left 0.4% and 5.6%, with 10, 8% and 21% (a pair held too long over-constrains a ring).
 SETTLE_ITERATIONS, RELEASE_WEIGHT = 4, 0.1
-# `_settle` runs where its LU over all K pairs costs at most this much (frames x K^3); elsewhere the alternation,
-# which solves the E bonds alone in most frames, is the cheaper. Milliseconds a whole forecast, rollouts compiled,
-# one thread, settle first against the alternation alone (ethanol K = 21, aspirin 53): ethanol 8 frames 1.8 against
-# 3.8, 64 frames 6.9 against 10.4; aspirin 8 frames 5.1 against 5.7, 64 frames 28 against 18; and ethanol's
+# `_settle` runs where its LU over all K pairs costs at most this much (frames x K^3); elsewhere the alternation, which
+# solves the E bonds alone in most frames, is the cheaper. Milliseconds a whole forecast, rollouts compiled, one thread,
+# settle first (six iterations then) against the alternation alone (ethanol K = 21, aspirin 53): ethanol 8 frames 1.8
+# against 3.8, 64 frames 6.9 against 10.4; aspirin 8 frames 5.1 against 5.7, 64 frames 28 against 18; and ethanol's
 # projection of 2048 frames, eager, 84 against 32.
 SETTLE_MAX_WORK = 2e6
 # `settle`'s frame is kept only where no atom moved more than this many times the largest gap it started with (the
@@ -368,14 +368,15 @@ class BondProjection(nn.Module):
         return torch.minimum(torch.maximum(self.distances(frames)[:, :E], lower[:, :E]), upper[:, :E])
 
     def _settle(self, frames: Tensor, goal: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-        """frames (F, N, 3) after SETTLE_ITERATIONS semi-smooth Newton iterations (a primal-dual active set) toward
-        the bonds at goal (F, E) and the 1-3 pairs within [lower, upper] (F, K): the bonds and the pairs at a bound
-        in one system. The unknowns are each pair's total multiplier lambda, the atoms moving by -W S^T (lambda u0)
-        along the pairs' axes in `frames` (u0, as SHAKE takes its directions from the unconstrained frame); a 1-3
-        pair is in the system while lambda + (distance - bound) / C_kk keeps the sign of a push back from its bound,
-        and otherwise its lambda is zero, so a pair held at a bound it no longer needs is released and its push
-        undone (an active set that only grew had over-constrained aspirin's rings). The same operations whatever
-        the frames; `solve` takes the frames it leaves off through the alternation from the start."""
+        """frames (F, N, 3) after SETTLE_ITERATIONS semi-smooth Newton iterations (a primal-dual active set) toward the
+        bonds at goal (F, E) and the 1-3 pairs within [lower, upper] (F, K): the bonds and the pairs at a bound in one
+        system. The unknowns are each pair's total multiplier lambda, the atoms moving by -W S^T (lambda u0) along the
+        pairs' axes in `frames` (u0, as SHAKE takes its directions from the unconstrained frame); a 1-3 pair is in the
+        system while its distance plus RELEASE_WEIGHT C_kk lambda lies beyond its bound (with a hysteresis of
+        RANGE_TOLERANCE once in), and otherwise its lambda is zero, so a pair held at a bound it no longer needs is
+        released and its push undone (an active set that only grew had over-constrained aspirin's rings). The same
+        operations whatever the frames; `solve` takes the frames it leaves off through the alternation from the
+        start."""
         K, E = len(self.pairs), self.n_bonds
         if len(frames) * K**3 > SETTLE_MAX_WORK:
             return frames
@@ -414,23 +415,18 @@ class BondProjection(nn.Module):
         active = torch.ones_like(lengths, dtype=torch.bool)
         live = torch.arange(len(frames), device=frames.device)
         for _ in range(self.max_iterations):
-            gap = (incidence @ frames[live]).norm(dim=-1) - lengths[live]  # (L, E)
-            live = live[gap.abs().amax(-1) > self.tolerance]
-            if not len(live):
+            bond = incidence @ frames[live]  # (L, E, 3)
+            length = bond.norm(dim=-1).clamp_min(1e-6)  # (L, E)
+            gap = length - lengths[live]
+            moving = gap.abs().amax(-1) > self.tolerance  # (L,)
+            if not moving.any():
                 break
-            frames[live] = self._newton_step(frames[live], lengths[live], active[live], incidence, coupling)
+            live, bond, length, gap = live[moving], bond[moving], length[moving], gap[moving]
+            _, move = self._newton_move(gap, active[live], bond / length[..., None], coupling, incidence)
+            reach = move.norm(dim=-1).amax(-1, keepdim=True).clamp_min(1e-12)  # (L, 1)
+            shrink = (STEP_LIMIT * gap.abs().amax(-1, keepdim=True) / reach).clamp(max=1.0)  # trust region
+            frames[live] = frames[live] - move * shrink[..., None]
         return frames
-
-    def _newton_step(self, frames: Tensor, lengths: Tensor, active: Tensor, incidence: Tensor, coupling: Tensor):
-        """frames (F, N, 3) after one Newton iteration toward the bond lengths (F, E), its move limited to
-        STEP_LIMIT times the largest gap (a trust region)."""
-        bond = incidence @ frames  # (F, E, 3)
-        length = bond.norm(dim=-1).clamp_min(1e-6)  # (F, E)
-        gap = length - lengths
-        _, move = self._newton_move(gap, active, bond / length[..., None], coupling, incidence)
-        reach = move.norm(dim=-1).amax(-1, keepdim=True).clamp_min(1e-12)  # (F, 1)
-        shrink = (STEP_LIMIT * gap.abs().amax(-1, keepdim=True) / reach).clamp(max=1.0)
-        return frames - move * shrink[..., None]
 
     def _push_into_range(self, frames: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
         """frames (F, N, 3) after RANGE_ROUNDS Jacobi rounds on the 1-3 pairs outside [lower, upper] (F, K - E): each
