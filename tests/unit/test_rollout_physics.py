@@ -9,6 +9,7 @@ import torch
 from ase.data import atomic_masses
 
 import asteroid.models.bonded as bonded_module
+import asteroid.models.rollout as rollout_module
 from asteroid.errors import ConfigError
 from asteroid.fileio import scratch_array
 from asteroid.models import LastFrame
@@ -468,6 +469,38 @@ def test_a_compiled_rollout_gives_the_eager_frames_and_refuses_another_molecule(
     other[:, 0] = 7
     with pytest.raises(ConfigError, match="the constraints were fitted on"):
         rollout(net, history, other, mask, 4)
+
+
+def test_a_forecast_the_fixed_rounds_settled_and_one_the_alternation_finishes_carry_on_alike(geometry, monkeypatch):
+    """`rollout` reads back one flag per forecast (`Step.ready`): where the fixed rounds settled every frame it keeps
+    their frames and the history and thermostat set points the step carried on from them; otherwise it checks the
+    forecast, finishes its frames by the alternation and carries on itself (`advance`). Where every frame is settled,
+    both ways give the same frames and set points, the 1-3 pairs within their ranges; and the set points have moved."""
+    net = still_net_with_noise()
+    net.bonded = geometry
+    net.noise.step_energy.fill_(1e-3)
+    history = torch.as_tensor(vibrating(30, seed=1)[::10], dtype=torch.float32)[None].repeat(2, 1, 1, 1)
+    z, mask = Z.expand(2, 9), torch.ones(2, 9, dtype=torch.bool)
+
+    def run():
+        state = {}
+        generator = torch.Generator().manual_seed(2)
+        frames = rollout(
+            net, history, z, mask, 10, thermostat_coupling=4.0, generator=generator, thermostat_state=state
+        )
+        return frames, state["set_point"]
+
+    read_back, set_point = run()
+    step = rollout_module.forecast_step
+    monkeypatch.setattr(rollout_module, "forecast_step", lambda *a: step(*a)._replace(ready=torch.tensor(False)))
+    finished, finished_set_point = run()
+    torch.testing.assert_close(finished, read_back, atol=0, rtol=0)
+    torch.testing.assert_close(finished_set_point, set_point, atol=0, rtol=0)
+    assert (set_point != 1).all()
+    E = geometry.n_bonds  # the bonds sit at drawn lengths; the 1-3 pairs within their ranges, but on this harsh
+    one_three = geometry.distances(read_back)[..., E:]  # jitter a few are held off by the bonds (as above)
+    outside = torch.maximum(geometry.lower[E:] - one_three, one_three - geometry.upper[E:]).clamp_min(0)
+    assert outside.mean() < RANGE_TOLERANCE and outside.max() < 0.02
 
 
 def test_plausible_ranges_move_only_what_leaves_them():

@@ -219,8 +219,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="compile each forecast up to the projection's fixed rounds, as asteroid rollout --compile does (a "
-        "minute per batch shape, in the untimed warm-up; the same forecasts up to float rounding)",
+        help="compile each forecast into one call, as asteroid rollout --compile does (a minute per batch shape, in "
+        "the untimed warm-up; the same forecasts up to float rounding)",
     )
     parser.add_argument("--json", type=Path, help="write the results here: a list of one object per molecule")
     args = parser.parse_args(argv)

@@ -209,9 +209,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile each forecast up to the projection's check (about a minute first; ethanol on one CPU "
-        "thread: 1.6 against 7.0 ms a forecast at --batch 1, so it pays after about 12,000 forecasts; needs a C++ "
-        "compiler)",
+        help="torch.compile each forecast into one call (about a minute first; ethanol on one CPU thread: 1.1 "
+        "against 6-8 ms a forecast at --batch 1, so it pays after about 10,000 forecasts; needs a C++ compiler)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args, overrides = parser.parse_known_args(argv)

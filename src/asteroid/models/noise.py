@@ -101,10 +101,15 @@ class GaussMarkovNoise(nn.Module):
         return mean + steps.transpose(1, 2).cumsum(dim=1)
 
 
-def step_energy(frames: Tensor, mass: Tensor) -> Tensor:
+def step_energy(frames: Tensor, mass: Tensor, previous: Tensor | None = None) -> Tensor:
     """(B,) mass-weighted mean square step per atom between consecutive frames of frames (B, T, N, 3), mass (B, N)
-    amu (0 for padding): twice the finite-difference kinetic energy per atom, in amu A^2 per frame spacing^2."""
+    amu (0 for padding): twice the finite-difference kinetic energy per atom, in amu A^2 per frame spacing^2.
+    previous (B, N, 3): the frame before frames, whose step to the first counts too."""
     steps = frames.diff(dim=1).square().sum(-1)  # (B, T - 1, N)
+    if previous is not None:
+        # the first step's squares joined to the others, not the frames to previous: compiled by torch 2.13's
+        # inductor, frames concatenated there were stored in a buffer it then reused while they were still in use
+        steps = torch.cat([(frames[:, 0] - previous).square().sum(-1)[:, None], steps], dim=1)  # (B, T, N)
     return (mass[:, None] * steps).sum(-1).mean(-1) / (mass > 0).sum(-1)
 
 
@@ -112,8 +117,7 @@ def thermostat(previous: Tensor, frames: Tensor, mass: Tensor, target: Tensor, c
     """Berendsen velocity rescaling of a forecast: the steps of frames (B, P, N, 3) after previous (B, N, 3) scaled
     by sqrt(1 + (target / E - 1) / coupling), E their `step_energy`, so a rollout relaxes to the training temperature
     within about `coupling` forecasts (1: at once). mass (B, N) amu."""
-    path = torch.cat([previous[:, None], frames], dim=1)  # (B, P + 1, N, 3)
-    energy = step_energy(path, mass).clamp_min(1e-12)  # (B,)
+    energy = step_energy(frames, mass, previous).clamp_min(1e-12)  # (B,)
     factor = (1 + (target / energy - 1) / coupling).clamp_min(0).sqrt()  # (B,)
     return previous[:, None] + factor[:, None, None, None] * (frames - previous[:, None])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,9 +26,8 @@ SET_POINT_RANGE = (0.5, 2.0)
 # Relative damping of the inertia tensor in `remove_rigid_motion`.
 RIGID_DAMPING = 1e-6
 # The parts of one rollout forecast that `rollout(..., timings=)` times: the network with its draws and bond lengths,
-# the removal of rigid motion, the thermostat, the projection onto the bonded geometry (its fixed rounds, its check
-# and the alternation for the frames they leave off); compiled, all but the check and the alternation are one call,
-# timed as "compiled".
+# the removal of rigid motion, the thermostat, the projection onto the bonded geometry (its fixed rounds, and the
+# alternation for the frames they leave off); compiled, all but the alternation are one call, timed as "compiled".
 PARTS = ("network", "rigid_motion", "thermostat", "projection", "compiled")
 
 
@@ -82,6 +82,21 @@ def remove_rigid_motion(previous: Tensor, frames: Tensor, mass: Tensor) -> Tenso
     return torch.where(real, before[:, :1] + steps.cumsum(dim=1), original)
 
 
+class Step(NamedTuple):
+    """What one forecast of `rollout` gives (`forecast_step`): frames (B, P, N, 3) as proposed (network, rigid
+    motion, thermostat), their bond lengths (B, P, E) or None, `BondProjection.settle` of them (or None without a
+    projection), and the rollout carried on from the settled frames: `ready` (a 0-d bool tensor) says those are
+    final (finite, and every frame settled within tolerance), `history` the next history and `set_point` the
+    thermostat's next set points (B,)."""
+
+    proposed: Tensor
+    lengths: Tensor | None
+    settled: tuple[Tensor, Tensor] | None
+    ready: Tensor
+    history: Tensor
+    set_point: Tensor
+
+
 def forecast_step(
     net: ForecastModel,
     history: Tensor,
@@ -93,16 +108,16 @@ def forecast_step(
     geometry: BondProjection | None,
     mass: Tensor,
     strip: bool,
-    temperature: Tensor | None,
+    target: Tensor | None,
+    set_point: Tensor,
     coupling: float | None,
     timings: dict | None = None,
-) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
-    """One forecast of `rollout` up to its projection's fixed rounds: (B, P, N, 3) frames proposed after history
-    (B, H, N, 3) (`ForecastModel.propose`), stripped of rigid motion (strip), rescaled toward the step energy
-    `temperature` (B,) (coupling in forecasts, None: off); their bond lengths (B, P, E) or None; and
-    `geometry.settle` of them (the net's bond table, or a transferable model's `plausible_geometry`; None without
-    one). Tensors in, tensors out, no value read back: `rollout(..., compiled=True)` runs it as one compiled call
-    (COMPILED_STEP)."""
+) -> Step:
+    """One forecast of `rollout` after history (B, H, N, 3): proposed (`ForecastModel.propose`), stripped of rigid
+    motion (strip), rescaled toward the step energy target * set_point (coupling in forecasts, None: off), settled by
+    `geometry.settle` (the net's bond table, or a transferable model's `plausible_geometry`; None: no projection),
+    and the rollout carried on from the settled frames (`advance`). Tensors in, tensors out, no value read back:
+    `rollout(..., compiled=True)` runs it as one compiled call (COMPILED_STEP), and reads back `ready` alone."""
     previous = history[:, -1]  # (B, N, 3)
     with timed(timings, "network"):
         pred, lengths = net.propose(history, z, mask, box, sample, generator, geometry)  # (B, P, N, 3), (B, P, E)
@@ -111,21 +126,49 @@ def forecast_step(
             pred = remove_rigid_motion(previous, pred, mass)
     with timed(timings, "thermostat"):
         if coupling is not None:
-            pred = thermostat(previous, pred, mass, temperature, coupling)
+            pred = thermostat(previous, pred, mass, target * set_point, coupling)
     with timed(timings, "projection"):
         settled = None if geometry is None else geometry.settle(pred, lengths)
-    return pred, lengths, settled
+        final = pred if settled is None else settled[0]
+        ready = finite(final, mask) if settled is None else ~settled[1].any() & finite(final, mask)
+    return Step(pred, lengths, settled, ready, *advance(net, history, final, mass, target, set_point, coupling))
+
+
+def advance(
+    net: ForecastModel,
+    history: Tensor,
+    pred: Tensor,
+    mass: Tensor,
+    target: Tensor | None,
+    set_point: Tensor,
+    coupling: float | None,
+) -> tuple[Tensor, Tensor]:
+    """The history (B, H, N, 3) that follows history with the final forecast pred (B, P, N, 3), and the thermostat's
+    set points (B,) moved by the integral term (`rollout`; unchanged with coupling None)."""
+    if coupling is not None:
+        measured = step_energy(pred, mass, history[:, -1]).clamp_min(1e-12)  # (B,)
+        set_point = (set_point * (target / measured) ** (1 / coupling)).clamp(*SET_POINT_RANGE)
+    # a fresh copy with standard strides (with B = 1 too, whose `contiguous` keeps the concatenation's batch
+    # stride): a compiled step then sees the same strides every forecast, so it is compiled once
+    history = torch.cat([history, pred], dim=1)[:, -net.history :].clone(memory_format=torch.contiguous_format)
+    return history, set_point
 
 
 # `forecast_step` compiled for fixed shapes (inductor, with its C++ wrapper: at batch 1 the Python wrapper's
 # per-kernel calls cost as much as the kernels), compiled anew for each net and batch shape on its first call (about
-# a minute): the same frames up to float rounding (docs/results/benchmark.md).
-COMPILED_STEP = torch.compile(forecast_step, dynamic=False, options={"cpp_wrapper": True})
+# a minute): the same frames up to float rounding (docs/results/benchmark.md). fallback_random: torch's own random
+# numbers, not inductor's, so that a seeded compiled rollout draws what the eager one draws.
+COMPILED_STEP = torch.compile(forecast_step, dynamic=False, options={"cpp_wrapper": True, "fallback_random": True})
+
+
+def finite(pred: Tensor, mask: Tensor) -> Tensor:
+    """0-d bool tensor: whether the real atoms (mask (B, N)) of pred (B, P, N, 3) are all finite."""
+    return (torch.isfinite(pred) | ~mask[:, None, :, None]).all()
 
 
 def check_finite(pred: Tensor, mask: Tensor, start: int) -> None:
     """Refuse a forecast (B, P, N, 3) whose real atoms (mask (B, N)) hold NaN or infinity, naming its frames."""
-    if not torch.isfinite(pred[mask[:, None, :, None].expand_as(pred)]).all():
+    if not finite(pred, mask):
         raise DivergedError(
             f"the forecast of frames {start + 1}-{start + pred.shape[1]} holds NaN or infinity; nothing was written"
         )
@@ -173,9 +216,9 @@ def rollout(
     starting history what it cannot know: the bonds and ranges of `plausible_geometry` (when it has no bond table;
     the bonds at the lengths its transferable head predicts, when it has one) and the
     thermostat's target, the history's own step energy (the pretraining molecules' mean was 8% above ethanol's and
-    15% below aspirin's). compiled: run each forecast up to the projection's fixed rounds (`forecast_step`) as one
-    call compiled for the batch's shapes (about a minute on the first forecast; ethanol at batch 1 then pays it back
-    after about 12,000 forecasts, docs/results/benchmark.md); the same frames up to float rounding.
+    15% below aspirin's). compiled: run each forecast (`forecast_step`, with the projection's fixed rounds and
+    `advance`) as one call compiled for the batch's shapes (about a minute on the first forecast; ethanol at batch 1
+    then pays it back after about 10,000 forecasts, docs/results/benchmark.md); the same frames up to float rounding.
     """
     net.check_inputs(history, z, max_z=getattr(net, "max_z", None))  # a compiled network checks nothing
     if net.bonded is not None:
@@ -198,28 +241,26 @@ def rollout(
     # what the forecasts are projected onto: the net's bond table, else the guard taken from the history, if any
     geometry = net.bonded if net.bonded is not None and net.bonded.fitted else state.get("guard")
     for start in range(0, n_frames, P):
-        previous = history[:, -1]  # (B, N, 3)
-        temperature = None if thermostat_coupling is None else target * set_point
-        step = (history, z, mask, box, sample, generator, geometry, mass, strip, temperature, thermostat_coupling)
+        step = (history, z, mask, box, sample, generator, geometry, mass, strip, target, set_point, thermostat_coupling)
         if compiled:
             with timed(timings, "compiled"):
-                pred, lengths, settled = COMPILED_STEP(net, *step)
+                result = COMPILED_STEP(net, *step)
         else:
-            pred, lengths, settled = forecast_step(net, *step, timings)
-        check_finite(pred, mask, start)  # before the projection, which would fail on it less plainly
-        with timed(timings, "projection"):
-            if geometry is not None:
-                pred = geometry(pred, lengths, settled)
-        check_finite(pred, mask, start)
-        if thermostat_coupling is not None:
-            measured = step_energy(torch.cat([previous[:, None], pred], dim=1), mass).clamp_min(1e-12)  # (B,)
-            set_point = (set_point * (target / measured) ** (1 / thermostat_coupling)).clamp(*SET_POINT_RANGE)
-            state["set_point"] = set_point
+            result = forecast_step(net, *step, timings)
+        if result.ready:  # the one value read back: finite, and settled within tolerance
+            pred = result.proposed if geometry is None else result.settled[0]
+            history, set_point = result.history, result.set_point
+        else:
+            # refused before the projection, which would fail on it less plainly; without a projection, a finite
+            # forecast is ready, so geometry is not None past this check
+            check_finite(result.proposed, mask, start)
+            with timed(timings, "projection"):  # the alternation, for the frames the fixed rounds left off
+                pred = geometry(result.proposed, result.lengths, result.settled)
+            check_finite(pred, mask, start)
+            history, set_point = advance(net, history, pred, mass, target, set_point, thermostat_coupling)
+        state["set_point"] = set_point
         kept = pred[:, : n_frames - start]  # the last forecast may be cut short
         frames[:, start : start + P] = kept if into is None else kept.cpu().numpy()
-        # a fresh copy: a compiled step then sees the same strides every forecast (with B = 1 too, whose `contiguous`
-        # keeps the concatenation's batch stride), so it is compiled once
-        history = torch.cat([history, pred], dim=1)[:, -net.history :].clone(memory_format=torch.contiguous_format)
         if progress is not None:
             progress(kept.shape[1])
     return frames
