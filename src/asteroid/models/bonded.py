@@ -53,11 +53,11 @@ RELAXATION, RANGE_ROUNDS, ALTERNATIONS, RANGE_TOLERANCE = 1.5, 4, 25, 1e-3
 # made the faster compiled rollout of both (the frames left go through the alternation); with weight 1, 6
 # iterations left 0.4% and 5.6%, with 10, 8% and 21% (a pair held too long over-constrains a ring).
 SETTLE_ITERATIONS, RELEASE_WEIGHT = 4, 0.1
-# `_settle` runs where its LU over all K pairs costs at most this much (frames x K^3); elsewhere the alternation, which
-# solves the E bonds alone in most frames, is the cheaper. Milliseconds a whole forecast, rollouts compiled, one thread,
-# settle first (six iterations then) against the alternation alone (ethanol K = 21, aspirin 53): ethanol 8 frames 1.8
-# against 3.8, 64 frames 6.9 against 10.4; aspirin 8 frames 5.1 against 5.7, 64 frames 28 against 18; and ethanol's
-# projection of 2048 frames, eager, 84 against 32.
+# `_settle` and its check run where its LU over all K pairs costs at most this much (frames x K^3); elsewhere the
+# alternation alone, which solves the E bonds alone in most frames, is the cheaper. Milliseconds a whole forecast,
+# rollouts compiled, one thread, settle first (six iterations then) against the alternation alone (ethanol K = 21,
+# aspirin 53): ethanol 8 frames 1.8 against 3.8, 64 frames 6.9 against 10.4; aspirin 8 frames 5.1 against 5.7, 64
+# frames 28 against 18; and ethanol's projection of 2048 frames, eager, 84 against 32.
 SETTLE_MAX_WORK = 2e6
 # `settle`'s frame is kept only where no atom moved more than this many times the largest gap it started with (the
 # rest go through the alternation): with release weight 1, 3 of aspirin's 2400 converged frames had found a solution
@@ -350,7 +350,11 @@ class BondProjection(nn.Module):
 
     def _settle_and_check(self, frames: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         """`_settle` of frames (F, N, 3), and (F,) whether each ended outside tolerance or moved an atom further
-        than SETTLE_MOVE_LIMIT times its largest gap (NaN counts as off)."""
+        than SETTLE_MOVE_LIMIT times its largest gap (NaN counts as off). Where the fixed rounds do not run
+        (SETTLE_MAX_WORK), the frames as they are, all off: the alternation finds those already within tolerance
+        at its first check (checking them here cost 5.6 of ethanol's 30 ms projection of 2048 frames)."""
+        if len(frames) * len(self.pairs) ** 3 > SETTLE_MAX_WORK:
+            return frames, torch.ones(len(frames), dtype=torch.bool, device=frames.device)
         goal = self._goal(frames, lower, upper)
         settled = self._settle(frames, goal, lower, upper)
         bond_gap, range_gap = self._gaps(settled, goal, lower, upper)
@@ -378,8 +382,6 @@ class BondProjection(nn.Module):
         operations whatever the frames; `solve` takes the frames it leaves off through the alternation from the
         start."""
         K, E = len(self.pairs), self.n_bonds
-        if len(frames) * K**3 > SETTLE_MAX_WORK:
-            return frames
         incidence, coupling = self.incidence()  # (K, N), (K, K)
         low, high = torch.cat([goal, lower[:, E:]], -1), torch.cat([goal, upper[:, E:]], -1)  # (F, K)
         axes = incidence @ frames  # (F, K, 3)
