@@ -130,7 +130,9 @@ def forecast_step(
     with timed(timings, "projection"):
         settled = None if geometry is None else geometry.settle(pred, lengths)
         final = pred if settled is None else settled[0]
-        ready = finite(final, mask) if settled is None else ~settled[1].any() & finite(final, mask)
+        ready = finite(final, mask)
+        if settled is not None:
+            ready = ready & ~settled[1].any()
     return Step(pred, lengths, settled, ready, *advance(net, history, final, mass, target, set_point, coupling))
 
 
