@@ -119,6 +119,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def data_sources(path: str | Path) -> list[dict]:
+    """`data.sources` of config file `path` as `asteroid fit` reads it: the last config of its `extends` chain that
+    sets them."""
+    sources = None
+    for config in _config_chain(Path(path)):
+        if not config.is_file():
+            raise ConfigError(f"{config}: config file not found")
+        data = yaml.safe_load(config.read_text()).get("data") or {}
+        sources = data.get("sources", sources)
+    if not isinstance(sources, list) or not all(isinstance(source, dict) for source in sources):
+        raise ConfigError(f"{path}: data.sources is not a list of sources ({{path: ..., molecule: ...}}, ...)")
+    return sources
+
+
 def _config_chain(path: Path, seen: tuple = ()) -> list[Path]:
     if not path.is_file():
         return [path]  # jsonargparse reports the missing file (or parses an inline yaml string)

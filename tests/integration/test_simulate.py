@@ -2,6 +2,7 @@
 
 import ctypes
 import itertools
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -288,6 +289,34 @@ def test_a_smiles_string_is_embedded_kept_and_simulated(tmp_path, capfd):
     with pytest.raises(ConfigError, match=r"--smiles 'C1CC\(': RDKit cannot parse it as SMILES$"):
         main(["--smiles", "C1CC(", "--out", str(tmp_path / "bad.npz")])
     assert "Parse Error" not in capfd.readouterr().err  # RDKit's own multi-line complaint is not shown
+
+
+def test_a_config_s_missing_trajectories_are_made_several_at_a_time_as_fit_makes_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ase.io.write("water.xyz", Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]))
+    Path("base.yaml").write_text("data:\n  sources:\n    - {path: elsewhere.npz}\n")
+    Path("many.yaml").write_text(
+        "extends: base.yaml\ndata:\n  sources:\n"
+        "    - {path: data/water.npz, structure: water.xyz, frames: 4}\n"
+        "    - {path: data/ethanol.npz, molecule: ethanol, frames: 3}\n"
+        "    - {path: data/there.npz, structure: water.xyz, frames: 5}\n"
+    )
+    simulate("data/there.npz", structure="water.xyz", frames=5, progress=False)
+    assert main(["--config", "many.yaml", "--processes", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "many.yaml: 1 of 3 trajectories there, 2 to make" in printed and "[2/2] data/" in printed
+    with np.load("data/ethanol.npz") as data:
+        assert data["R"].shape == (3, 9, 3)
+    simulate("direct.npz", structure="water.xyz", frames=4, progress=False)  # what `asteroid fit` would make
+    with np.load("data/water.npz") as made, np.load("direct.npz") as direct:
+        np.testing.assert_array_equal(made["R"], direct["R"])
+    assert main(["--config", "many.yaml"]) == 0
+    assert "3 of 3 trajectories there, 0 to make" in capsys.readouterr().out
+    Path("bad.yaml").write_text("data:\n  sources:\n    - {path: data/x.npz, molecul: ethanol}\n")
+    with pytest.raises(ConfigError, match=r"^bad.yaml: data.sources entry .*unexpected keyword argument 'molecul'"):
+        main(["--config", "bad.yaml"])
+    with pytest.raises(ConfigError, match="^--out is each source's path with --config"):
+        main(["--config", "many.yaml", "--out", "x.npz"])
 
 
 def test_command_line_reports_cost_and_drift(tmp_path, capsys):

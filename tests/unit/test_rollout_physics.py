@@ -193,6 +193,27 @@ def test_the_fixed_newton_rounds_reach_the_constraints_where_the_alternation_doe
 
 
 @torch.no_grad()
+def test_frames_too_many_for_the_fixed_rounds_end_where_they_end_frame_by_frame(monkeypatch):
+    """A batch too large for the fixed rounds solves the bonds of all its frames, and only the few then outside a 1-3
+    range take the fixed rounds: each frame ends where a batch small enough for the rounds takes it."""
+    bonded = BondedGeometry(history=3, horizon=8)
+    bonded.fit(Z, torch.as_tensor(vibrating(2000)))
+    torch.manual_seed(0)
+    true = torch.as_tensor(vibrating(64, seed=3), dtype=torch.float32).reshape(8, 8, 9, 3)
+    frames = true + 0.03 * torch.randn_like(true)
+    lengths = bonded.distances(true)[..., : bonded.n_bonds]
+    one_by_one = torch.cat([bonded(frames[i : i + 1], lengths[i : i + 1]) for i in range(len(frames))])
+    rounds = []
+    monkeypatch.setattr(bonded_module, "SETTLE_MAX_WORK", 48 * len(bonded.pairs) ** 3)  # 64 frames are too many
+    monkeypatch.setattr(bonded, "_settle", lambda frames, *args: rounds.append(len(frames)) or settle(frames, *args))
+    settle = BondedGeometry._settle.__get__(bonded)
+    together = bonded(frames, lengths)
+    assert len(rounds) == 1 and 0 < rounds[0] < 48, rounds  # the rounds ran once, on the frames left outside
+    assert_projected(bonded, together, lengths)
+    torch.testing.assert_close(together, one_by_one, atol=2e-3, rtol=0)  # the same solution, to the tolerances
+
+
+@torch.no_grad()
 def test_a_planar_ring_far_off_its_constraints_projects_to_finite_frames_within_tolerance():
     """Benzene with every pair out of range: more pairs than in-plane degrees of freedom (the redundancy that made a
     Newton active set over every pair cycle); the bonds are solved, the 1-3 pairs pushed into range between."""

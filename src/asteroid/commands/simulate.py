@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 
 from ase.io import write
 
 from asteroid.arguments import CommandParser
+from asteroid.config import data_sources
+from asteroid.data.sources import TrajectorySource
+from asteroid.errors import ConfigError
 from asteroid.fileio import not_an_input, writable_output
 from asteroid.simulation.md import run_summary, simulate
 from asteroid.simulation.smiles import structure_from_smiles
@@ -24,7 +30,15 @@ def main(argv: list[str]) -> int:
     what.add_argument("--molecule", help=f"built-in MD17 molecule: {', '.join(BUILTIN_MOLECULES)}")
     what.add_argument("--structure", help="starting structure of any other molecule (an ASE-readable file, e.g. .xyz)")
     what.add_argument("--smiles", help="any other molecule as SMILES, embedded in 3D by RDKit (pip install rdkit)")
-    parser.add_argument("--out", required=True, help="output .npz")
+    what.add_argument(
+        "--config",
+        help="an experiment config: make each trajectory of its data.sources that is missing, as `asteroid fit` "
+        "makes it before training (each source's path and frames; the other options are the defaults)",
+    )
+    parser.add_argument("--out", help="output .npz (not with --config)")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="with --config: trajectories made at once, one core each (default 1)"
+    )
     parser.add_argument("--frames", type=int, default=20000, help="frames to record (default 20000)")
     parser.add_argument(
         "--temperature",
@@ -48,6 +62,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=2000, help="steps between checkpoints (default 2000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.config is not None:
+        if args.out is not None:
+            parser.error("--out is each source's path with --config; give one or the other")
+        if args.processes < 1:
+            parser.error(f"--processes must be at least 1, got {args.processes}")
+        return make_missing(args.config, args.processes)
+    if args.out is None:
+        parser.error("--out is required (or --config)")
     not_an_input(writable_output(args.out), [("--structure file", args.structure)])
     structure = args.structure
     if args.smiles is not None:  # the embedded start is kept beside the output: the run's structure, reproducible
@@ -72,3 +94,34 @@ def main(argv: list[str]) -> int:
     )
     print(run_summary(report))
     return 0
+
+
+def make_missing(config: str, processes: int) -> int:
+    """Make every trajectory of `config`'s data sources that is missing, `processes` at a time (each resumes from
+    its checkpoint where one was interrupted): the data of a run of many molecules before it trains."""
+    sources = []
+    for entry in data_sources(config):
+        try:
+            sources.append(TrajectorySource(**entry))
+        except TypeError as error:
+            raise ConfigError(f"{config}: data.sources entry {entry}: {error}") from None
+    missing = [s for s in sources if not Path(s.path).exists() and (s.molecule or s.structure)]
+    print(f"{config}: {len(sources) - len(missing)} of {len(sources)} trajectories there, {len(missing)} to make")
+    # spawn: a fresh interpreter per worker, not a fork of one that has loaded torch and OpenMP
+    with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        made = [pool.submit(_make, dataclasses.asdict(source)) for source in missing]
+        for done, future in enumerate(as_completed(made), 1):
+            print(f"[{done}/{len(missing)}] {future.result()}", flush=True)
+    return 0
+
+
+def _make(source: dict) -> str:
+    report = simulate(
+        source["path"],
+        molecule=source["molecule"],
+        structure=source["structure"],
+        frames=source["frames"],
+        resume=True,
+        progress=False,
+    )
+    return run_summary(report).split("\n")[0]

@@ -316,8 +316,10 @@ class BondProjection(nn.Module):
         lower = upper), bonds to `tolerance` and 1-3 pairs to RANGE_TOLERANCE (a bond with a range is taken to the
         nearest point of it): `settle`'s fixed rounds (or `settled`, what they gave where the caller has made them),
         and for the frames they leave off, the alternation of the bonds' Newton solve and Jacobi rounds on the 1-3
-        pairs outside their range from the start, until within tolerance (the class docstring). A frame's result
-        does not depend on the others in its batch."""
+        pairs outside their range from the start, until within tolerance (the class docstring). Frames too many for
+        the fixed rounds (SETTLE_MAX_WORK) have their bonds solved first; those then outside a range take the fixed
+        rounds where they are few enough, the alternation where not. A frame's result does not depend on the others
+        in its batch, except there through how many of them end outside a range (both ways meet the tolerances)."""
         shape, K, E = frames.shape, lower.shape[-1], self.n_bonds
         frames, lower, upper = frames.reshape(-1, *shape[-2:]), lower.reshape(-1, K), upper.reshape(-1, K)
         settled, off = self._settle_and_check(frames, lower, upper) if settled is None else settled
@@ -325,21 +327,33 @@ class BondProjection(nn.Module):
         if not off.any():
             return settled.reshape(shape)
         goal = self._goal(self.distances(frames), lower, upper)  # (F, E)
-        frames = torch.where(off[:, None, None], frames, settled)  # the frames settle left off start again
+        result = torch.where(off[:, None, None], frames, settled)  # the frames settle left off start again
         incidence, coupling = self.incidence()
         bonds_only = incidence[:E], coupling[:E, :E]  # (E, N), (E, E)
         live = off.nonzero()[:, 0]  # (L,)
+        if not self._settles(len(live)):
+            # Too many frames for the fixed rounds (batched): most need their bonds alone, and those then outside a
+            # 1-3 range take the fixed rounds from the start where they are few enough (the alternation's tail of
+            # small subsets cost more than its first solve of all: ethanol, 2048 frames)
+            result[live] = self._solve_bonds(result[live], goal[live], *bonds_only)
+            live = live[self._outside(result[live], lower[live], upper[live]) > RANGE_TOLERANCE]
+            if self._settles(len(live)):
+                settled, off = self._settle_and_check(frames[live], lower[live], upper[live])
+                result[live] = torch.where(off[:, None, None], frames[live], settled)
+                live = live[off]
+            else:  # the alternation goes on from its first bond solve
+                result[live] = self._push_into_range(result[live], lower[live, E:], upper[live, E:])
         for _ in range(ALTERNATIONS):
             if not len(live):
                 break
-            frames[live] = self._solve_bonds(frames[live], goal[live], *bonds_only)
-            outside = self._outside(frames[live], lower[live], upper[live]) > RANGE_TOLERANCE  # (L,)
+            result[live] = self._solve_bonds(result[live], goal[live], *bonds_only)
+            outside = self._outside(result[live], lower[live], upper[live]) > RANGE_TOLERANCE  # (L,)
             live = live[outside]
             if len(live):
-                frames[live] = self._push_into_range(frames[live], lower[live, E:], upper[live, E:])
+                result[live] = self._push_into_range(result[live], lower[live, E:], upper[live, E:])
         else:
-            frames[live] = self._solve_bonds(frames[live], goal[live], *bonds_only)
-        return frames.reshape(shape)
+            result[live] = self._solve_bonds(result[live], goal[live], *bonds_only)
+        return result.reshape(shape)
 
     def settle(self, frames: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """frames (..., N, 3) after `_settle`'s fixed rounds toward the bond lengths (..., E) (or the nearest point
@@ -358,7 +372,7 @@ class BondProjection(nn.Module):
         than SETTLE_MOVE_LIMIT times its largest gap (NaN counts as off). Where the fixed rounds do not run
         (SETTLE_MAX_WORK), the frames as they are, all off: the alternation finds those already within tolerance
         at its first check (checking them here cost 5.6 of ethanol's 30 ms projection of 2048 frames)."""
-        if len(frames) * len(self.pairs) ** 3 > SETTLE_MAX_WORK:
+        if not self._settles(len(frames)):
             return frames, torch.ones(len(frames), dtype=torch.bool, device=frames.device)
         before = self.distances(frames)  # (F, K)
         goal = self._goal(before, lower, upper)
@@ -371,6 +385,10 @@ class BondProjection(nn.Module):
             & (moved <= SETTLE_MOVE_LIMIT * torch.maximum(*self._gaps(before, goal, lower, upper)))
         )
         return settled, off
+
+    def _settles(self, frames: int) -> bool:
+        """Whether the fixed rounds run on this many frames at once (SETTLE_MAX_WORK)."""
+        return frames * len(self.pairs) ** 3 <= SETTLE_MAX_WORK
 
     def _goal(self, distances: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
         """(F, E) each bond's length, of the pair distances (F, K), or the nearest point of its range [lower, upper]
