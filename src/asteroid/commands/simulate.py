@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -11,7 +10,7 @@ from ase.io import write
 
 from asteroid.arguments import CommandParser
 from asteroid.config import data_sources
-from asteroid.data.sources import TrajectorySource
+from asteroid.data.sources import TrajectorySource, generate, generated
 from asteroid.errors import ConfigError
 from asteroid.fileio import not_an_input, writable_output
 from asteroid.simulation.md import run_summary, simulate
@@ -105,23 +104,15 @@ def make_missing(config: str, processes: int) -> int:
             sources.append(TrajectorySource(**entry))
         except TypeError as error:
             raise ConfigError(f"{config}: data.sources entry {entry}: {error}") from None
-    missing = [s for s in sources if not Path(s.path).exists() and (s.molecule or s.structure)]
+    missing = [s for s in sources if not Path(s.path).exists() and generated(s)]
     print(f"{config}: {len(sources) - len(missing)} of {len(sources)} trajectories there, {len(missing)} to make")
     # spawn: a fresh interpreter per worker, not a fork of one that has loaded torch and OpenMP
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
-        made = [pool.submit(_make, dataclasses.asdict(source)) for source in missing]
+        made = [pool.submit(_make, source) for source in missing]
         for done, future in enumerate(as_completed(made), 1):
             print(f"[{done}/{len(missing)}] {future.result()}", flush=True)
     return 0
 
 
-def _make(source: dict) -> str:
-    report = simulate(
-        source["path"],
-        molecule=source["molecule"],
-        structure=source["structure"],
-        frames=source["frames"],
-        resume=True,
-        progress=False,
-    )
-    return run_summary(report).split("\n")[0]
+def _make(source: TrajectorySource) -> str:
+    return run_summary(generate(source, progress=False)).split("\n")[0]

@@ -22,7 +22,7 @@ from asteroid.data.md17 import DATASETS, resolve_dataset
 from asteroid.data.mdanalysis import PROTEIN_DATASETS, fetch_protein_dataset
 from asteroid.data.readers import load_trajectory
 from asteroid.data.signature import CachedTrajectory, DataSignature, check_signature, content_digest, formula
-from asteroid.data.sources import TrajectorySource, with_dataset_topology
+from asteroid.data.sources import TrajectorySource, generate, generated, with_dataset_topology
 from asteroid.data.windows import (
     PROTOCOLS,
     SPLITS,
@@ -107,7 +107,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
     def _file(source: TrajectorySource) -> Path:
         """Where the source's trajectory is, fetching a known dataset that is missing (rank 0, in prepare_data)."""
         path = Path(source.path)
-        if path.exists() or source.molecule is not None or source.structure is not None:
+        if path.exists() or generated(source):
             return path
         if source.path.lower() in PROTEIN_DATASETS:
             return fetch_protein_dataset(source.path, root="data")[0]
@@ -146,17 +146,9 @@ class TrajectoryDataModule(pl.LightningDataModule):
         for source in self.sources:
             path = self._file(source)
             if not path.exists():
-                from asteroid.simulation.md import (  # here: tblite loads only when data must be made
-                    run_summary,
-                    simulate,
-                )
+                from asteroid.simulation.md import run_summary
 
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # resume=True continues an interrupted generation (its checkpoint) and starts afresh otherwise
-                made = simulate(
-                    path, molecule=source.molecule, structure=source.structure, frames=source.frames, resume=True
-                )
-                print(run_summary(made))
+                print(run_summary(generate(source)))
             coords_file, meta_file = self._cache_paths(source)
             if meta_file.exists():
                 problem = cache_problem(coords_file, read_record(meta_file))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from asteroid.data.mdanalysis import PROTEIN_DATASETS, protein_files
 
@@ -39,3 +40,25 @@ def with_dataset_topology(source: TrajectorySource) -> TrajectorySource:
         return source
     topology = source.topology or str(protein_files(dataset.name, root="data")[1])
     return dataclasses.replace(source, topology=topology, dt_fs=source.dt_fs or dataset.dt_fs)
+
+
+def generated(source: TrajectorySource) -> bool:
+    """Whether GFN2-xTB MD makes the source's trajectory when its file is missing (it names a molecule or structure)."""
+    return source.molecule is not None or source.structure is not None
+
+
+def generate(source: TrajectorySource, progress: bool = True) -> dict:
+    """Make the trajectory of a `generated` source at its path (GFN2-xTB MD at 500 K; an interrupted run resumes from
+    its checkpoint, else starts afresh): `simulate`'s report. What `asteroid fit` and `asteroid simulate --config`
+    make alike."""
+    from asteroid.simulation.md import simulate  # here: tblite loads only when data must be made
+
+    Path(source.path).parent.mkdir(parents=True, exist_ok=True)
+    return simulate(
+        source.path,
+        molecule=source.molecule,
+        structure=source.structure,
+        frames=source.frames,
+        resume=True,
+        progress=progress,
+    )
