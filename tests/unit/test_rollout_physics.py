@@ -194,8 +194,9 @@ def test_the_fixed_newton_rounds_reach_the_constraints_where_the_alternation_doe
 
 @torch.no_grad()
 def test_frames_too_many_for_the_fixed_rounds_end_where_they_end_frame_by_frame(monkeypatch):
-    """A batch too large for the fixed rounds solves the bonds of all its frames, and only the few then outside a 1-3
-    range take the fixed rounds: each frame ends where a batch small enough for the rounds takes it."""
+    """A batch too large for the fixed rounds solves the bonds of all its frames in fixed rounds of their own, and only
+    the few then outside a 1-3 range take the fixed rounds: each frame ends where a batch small enough for the rounds
+    takes it."""
     bonded = BondedGeometry(history=3, horizon=8)
     bonded.fit(Z, torch.as_tensor(vibrating(2000)))
     torch.manual_seed(0)
@@ -211,6 +212,40 @@ def test_frames_too_many_for_the_fixed_rounds_end_where_they_end_frame_by_frame(
     assert len(rounds) == 1 and 0 < rounds[0] < 48, rounds  # the rounds ran once, on the frames left outside
     assert_projected(bonded, together, lengths)
     torch.testing.assert_close(together, one_by_one, atol=2e-3, rtol=0)  # the same solution, to the tolerances
+
+
+@torch.no_grad()
+def test_the_bonds_fixed_rounds_reach_the_newton_solution_equivariantly_in_a_chain_and_a_ring():
+    """`_bond_rounds` (a batch's bonds in fixed rounds, LINCS's expansion for the solve, compiled with the network):
+    on forecast-sized errors every bond reaches its length to the tolerance, where the Newton solve with its
+    Cholesky puts it (to twice the tolerance, where each stops), in ethanol's chain and in a benzene ring (whose
+    coupled bonds the expansion converges on more slowly), and a rotated, shifted batch gives the rotated, shifted
+    frames."""
+    torch.manual_seed(0)
+    ring = torch.as_tensor(BENZENE_RING)
+    benzene = BondedGeometry(history=3, horizon=1)
+    benzene.fit(torch.full((6,), 6), ring[None] * (1 + 0.02 * torch.linspace(-1, 1, 5))[:, None, None])
+    ethanol = BondedGeometry(history=3, horizon=8)
+    ethanol.fit(Z, torch.as_tensor(vibrating(2000)))
+    true_ethanol = torch.as_tensor(vibrating(512, seed=3), dtype=torch.float32)
+    for bonded, true in ((ethanol, true_ethanol), (benzene, ring * (1 + 0.01 * torch.randn(512, 1, 1)))):
+        frames = true + 0.03 * torch.randn_like(true)
+        lengths = bonded.distances(true)[:, : bonded.n_bonds]  # (F, E)
+        rounds = bonded._bond_rounds(frames, lengths)
+        incidence, coupling = bonded.incidence()
+        E = bonded.n_bonds
+        newton = bonded._solve_bonds(frames.clone(), lengths, incidence[:E], coupling[:E, :E])
+        gap = (bonded.distances(rounds)[:, :E] - lengths).abs().amax(-1)
+        assert gap.max() <= bonded.tolerance, gap.max()
+        torch.testing.assert_close(rounds, newton, atol=2 * bonded.tolerance, rtol=0)
+        assert (rounds - frames).norm(dim=-1).mean() > 20 * bonded.tolerance  # the frames did have to move
+        rotation, shift = random_rotations(1), torch.tensor([3.0, -1.0, 2.0])
+        torch.testing.assert_close(
+            bonded._bond_rounds(rotate(frames, rotation) + shift, lengths),
+            rotate(rounds, rotation) + shift,
+            atol=1e-4,
+            rtol=0,
+        )
 
 
 @torch.no_grad()
@@ -469,10 +504,9 @@ def test_a_thermostatted_rollout_is_projected_last_and_settles_near_the_training
     assert abs(settled / target - 1) < 0.1, (settled, target)
 
 
-def test_a_compiled_rollout_gives_the_eager_frames_and_refuses_another_molecule(geometry):
-    """`rollout(..., compiled=True)` (asteroid rollout --compile): the same draws from the same generator, the same
-    frames up to float rounding, and the same frames twice; and another molecule than the bond table's is still
-    refused (a compiled step checks nothing: `rollout` checks before its first forecast)."""
+def seeded_rollouts(geometry):
+    """frames(compiled): 6 frames of 2 rollouts of the still net with its noise head on geometry, drawn from seed 5,
+    from a vibrating history; and the rollout's net, history, z and mask."""
     net = still_net_with_noise()
     net.bonded = geometry
     history = torch.as_tensor(vibrating(30, seed=1)[::10], dtype=torch.float32)[None].repeat(2, 1, 1, 1)
@@ -481,6 +515,14 @@ def test_a_compiled_rollout_gives_the_eager_frames_and_refuses_another_molecule(
     def frames(compiled):
         return rollout(net, history, z, mask, 6, generator=torch.Generator().manual_seed(5), compiled=compiled)
 
+    return frames, (net, history, z, mask)
+
+
+def test_a_compiled_rollout_gives_the_eager_frames_and_refuses_another_molecule(geometry):
+    """`rollout(..., compiled=True)` (asteroid rollout --compile): the same draws from the same generator, the same
+    frames up to float rounding, and the same frames twice; and another molecule than the bond table's is still
+    refused (a compiled step checks nothing: `rollout` checks before its first forecast)."""
+    frames, (net, history, z, mask) = seeded_rollouts(geometry)
     eager = frames(False)
     compiled = frames(True)
     # float rounding, through the fixed Newton rounds: far below the bond tolerance (1e-4 A)
@@ -490,6 +532,28 @@ def test_a_compiled_rollout_gives_the_eager_frames_and_refuses_another_molecule(
     other[:, 0] = 7
     with pytest.raises(ConfigError, match="the constraints were fitted on"):
         rollout(net, history, other, mask, 4)
+
+
+def test_a_compiled_batched_rollout_solves_the_bonds_in_its_step_and_ends_where_the_eager_one_does(
+    geometry, monkeypatch
+):
+    """Batched (frames x K^3 over SETTLE_MAX_WORK) a compiled step solves the bonds of every frame in fixed rounds
+    (`_bond_rounds`), where an eager one leaves them to `solve`'s Newton iterations: the same draws, and frames
+    where the eager rollout puts them, to a few times the bond tolerance."""
+    monkeypatch.setattr(bonded_module, "SETTLE_MAX_WORK", 0)
+    rounds = []
+    bond_rounds = geometry._bond_rounds
+    monkeypatch.setattr(geometry, "_bond_rounds", lambda *args: rounds.append(1) or bond_rounds(*args))
+    frames, _ = seeded_rollouts(geometry)
+    eager = frames(False)
+    assert not rounds  # eager, no fixed rounds
+    compiled = frames(True)
+    assert rounds  # traced into the compiled step
+    torch.testing.assert_close(compiled, eager, atol=5 * geometry.tolerance, rtol=0)
+    E = geometry.n_bonds  # the 1-3 pairs within their ranges, but on this harsh jitter a few held off by the bonds
+    one_three = geometry.distances(compiled)[..., E:]
+    outside = torch.maximum(geometry.lower[E:] - one_three, one_three - geometry.upper[E:]).clamp_min(0)
+    assert outside.mean() < RANGE_TOLERANCE and outside.max() < 0.02, outside.max()
 
 
 def test_a_forecast_the_fixed_rounds_settled_and_one_the_alternation_finishes_carry_on_alike(geometry, monkeypatch):
