@@ -406,11 +406,12 @@ class BondProjection(nn.Module):
         rollout solves the bonds of most frames in its one compiled call; eager: the frames as they are, all off,
         for `solve`'s Newton iterations with their Cholesky, each frame stopping once it is there, cost less there
         (ethanol's projection of 2048 frames 18.0 against 20.4 ms, aspirin's 68.0 against 79.6)."""
-        if not self._settles(len(frames)) and not torch.compiler.is_compiling():
+        settles = self._settles(len(frames))
+        if not settles and not torch.compiler.is_compiling():
             return frames, torch.ones(len(frames), dtype=torch.bool, device=frames.device)
         before = self.distances(frames)  # (F, K)
         goal = self._goal(before, lower, upper)
-        if not self._settles(len(frames)):
+        if not settles:
             solved = self._bond_rounds(frames, goal)
             bond_gap, range_gap = self._gaps(self.distances(solved), goal, lower, upper)
             return solved, ~((bond_gap <= self.tolerance) & (range_gap <= RANGE_TOLERANCE))
@@ -498,9 +499,10 @@ class BondProjection(nn.Module):
         alike (no value read back): `_solve_bonds`'s iterations, the system (C o u u^T) lambda = gap scaled to a unit
         diagonal and solved by CG_ITERATIONS of conjugate gradients (it is symmetric positive definite for bonds
         alone), element-wise with the frames last, so that compiled they run as loops along the frames: 2048 of
-        ethanol's in 1.3 ms, aspirin's in 7.5, where Cholesky's Newton steps, which pay per small matrix and which
-        compiled code reaches LAPACK for through a fallback, made a compiled ethanol step 71 against 60 ms, and
-        LINCS's series expansion (A's eigenvalues reach 0.79 in aspirin's rings) needed 16 terms."""
+        ethanol's in 1.3 ms, aspirin's in 7.5. Cholesky's Newton steps pay per small matrix and compiled code reaches
+        LAPACK for them through a fallback (three such rounds made a compiled ethanol step 71 ms, against 60 with
+        LINCS's series expansion in their place); that expansion needed 16 terms in aspirin's rings (A's
+        eigenvalues reach 0.79)."""
         E = self.n_bonds
         incidence, coupling = self.incidence()
         i, j = self.pairs[:E].unbind(-1)
